@@ -1,0 +1,4 @@
+"""tinyllm: a pure-NumPy Transformer and GPT library you can read end to end."""
+__version__ = "0.1.0"
+
+from .kernels import get_num_threads, set_num_threads  # noqa: F401

@@ -1,0 +1,42 @@
+"""The one place where tinyllm talks to numba's compiler.
+
+Every kernel is decorated with :func:`njit` from here instead of ``numba.njit`` so that
+
+* compiled machine code is cached on disk (``cache=True``): the second run of a script skips the
+  compilation (seconds) and starts at once;
+* a read-only install (site-packages owned by root, a zip import, ...) where numba has nowhere to
+  write its cache falls back to compiling in memory instead of failing at import time;
+* ``NUMBA_DISABLE_JIT=1`` turns every kernel back into the plain Python function it is written as,
+  so a learner can step through the loops in a debugger (``prange`` then is just ``range``).
+"""
+import numba
+from numba import prange  # noqa: F401  (re-exported: kernels import prange from here)
+
+__all__ = ["njit", "prange", "set_num_threads", "get_num_threads"]
+
+
+def njit(fn=None, *, parallel=False):
+    """``numba.njit(cache=True)`` that degrades to ``cache=False`` where no cache can be written."""
+
+    def decorate(fn):
+        try:
+            return numba.njit(cache=True, parallel=parallel)(fn)
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+            return numba.njit(cache=False, parallel=parallel)(fn)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def set_num_threads(n):
+    """Use ``n`` threads in the parallel kernels (like ``torch.set_num_threads``)."""
+    n = int(n)
+    if not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(
+            f"set_num_threads: n={n} is outside 1..{numba.config.NUMBA_NUM_THREADS} "
+            "(numba's thread pool size, set by the NUMBA_NUM_THREADS environment variable)"
+        )
+    numba.set_num_threads(n)
+
+
+def get_num_threads():
+    return numba.get_num_threads()

@@ -2,3 +2,5 @@
 __version__ = "0.1.0"
 
 from .kernels import get_num_threads, set_num_threads  # noqa: F401
+from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: F401
+from .gradcheck import GradcheckError, gradcheck  # noqa: F401

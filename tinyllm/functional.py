@@ -1,0 +1,380 @@
+"""Neural-network functions on Tensors (``import tinyllm.functional as F``), like
+``torch.nn.functional``.
+
+The heavy ones (GELU, layer norm, cross-entropy, attention) are fused Functions: one forward and
+one backward each, computed by a numba kernel from :mod:`tinyllm.kernels` instead of a chain of
+small NumPy operations. Each kernel module also holds the plain NumPy version of the same math.
+"""
+import math
+
+import numpy as np
+
+from .kernels import attention as _attn
+from .kernels import cross_entropy as _ce
+from .kernels import gelu as _gelu
+from .kernels import layernorm as _ln
+from .tensor import Function, Tensor, unbroadcast
+
+__all__ = [
+    "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "embedding", "dropout",
+    "concatenate", "cat", "stack", "where", "scaled_dot_product_attention", "linear",
+]
+
+
+def relu(x):
+    return x.relu()
+
+
+def softmax(x, axis=-1):
+    return x.softmax(axis)
+
+
+def log_softmax(x, axis=-1):
+    return x.log_softmax(axis)
+
+
+# ----------------------------------------------------------------------------------------------
+# GELU
+
+
+class GELU(Function):
+    """y = x * Phi(x), Phi the standard normal CDF; ``approximate="tanh"`` uses
+    Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 (GPT-2's choice).
+
+    dx = g * dy/dx, with dy/dx given in :mod:`tinyllm.kernels.gelu`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, approximate):
+        ctx.save_for_backward(x)
+        ctx.approximate = approximate
+        return _gelu.gelu_forward(x, approximate)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return _gelu.gelu_backward(x, g, ctx.approximate)
+
+
+def gelu(x, approximate="tanh"):
+    """GELU activation; ``approximate`` is ``"tanh"`` (GPT-2) or ``"none"`` (exact, with erf)."""
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return GELU.apply(x, approximate=approximate)
+
+
+# ----------------------------------------------------------------------------------------------
+# layer norm
+
+
+class LayerNorm(Function):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last axis.
+
+    With xhat = (x - mean) * rstd and gw = g * weight, per row of C elements:
+    dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)),  dweight = sum_rows g * xhat,
+    dbias = sum_rows g. The forward saves only mean and rstd (one number each per row).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        rows = x.reshape(-1, x.shape[-1])  # (..., C) -> (N, C)
+        y, mean, rstd = _ln.layernorm_forward(rows, weight, bias, eps)
+        ctx.save_for_backward(rows, weight, mean, rstd)
+        ctx.in_shape, ctx.has_bias = x.shape, bias is not None
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        rows, weight, mean, rstd = ctx.saved_tensors
+        dx, dweight, dbias = _ln.layernorm_backward(g.reshape(rows.shape), rows, weight, mean, rstd)
+        return dx.reshape(ctx.in_shape), dweight, (dbias if ctx.has_bias else None)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Layer normalisation over the last axis of ``x``, as ``torch.nn.functional.layer_norm``."""
+    C = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (C,):
+            raise ValueError(f"layer_norm: {name} has shape {tuple(p.shape)} but x has {C} features (shape {x.shape})")
+    if weight is None:
+        weight = Tensor(np.ones(C, dtype=x.dtype))
+    return LayerNorm.apply(x, weight, bias, eps=eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# cross-entropy
+
+
+class CrossEntropy(Function):
+    """loss = mean over rows i with t_i != ignore_index of  logsumexp(z_i) - z_i[t_i].
+
+    dz_i = g * (softmax(z_i) - onehot(t_i)) / n_valid for valid rows, 0 for ignored ones: the
+    log-softmax and the pick are fused, so no (N, V) log-probability array is stored.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        loss, lse = _ce.cross_entropy_forward(logits, targets, ignore_index)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.ignore_index = ignore_index
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, targets, lse = ctx.saved_tensors
+        return _ce.cross_entropy_backward(logits, targets, lse, g, ctx.ignore_index), None
+
+
+def cross_entropy(logits, targets, ignore_index=-100):
+    """Mean cross-entropy of ``logits`` (..., V) against integer ``targets`` (...).
+
+    Positions whose target is ``ignore_index`` count for nothing (PyTorch's convention). Leading
+    axes are flattened, so ``(B, T, V)`` logits with ``(B, T)`` targets work as in nanoGPT.
+    """
+    targets = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integer class ids, got dtype {targets.dtype}")
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"cross_entropy: logits of shape {logits.shape} need targets of shape {logits.shape[:-1]}, "
+            f"got {targets.shape}"
+        )
+    V = logits.shape[-1]
+    flat = logits.reshape(-1, V) if logits.ndim != 2 else logits
+    return CrossEntropy.apply(flat, targets.reshape(-1), ignore_index=ignore_index)
+
+
+# ----------------------------------------------------------------------------------------------
+# embedding, dropout, linear
+
+
+class Embedding(Function):
+    """y = weight[ids]  (a row lookup);  dweight[v] = sum of g over the positions where ids == v.
+
+    The same id can appear many times in a batch, so the gradient is scatter-*added*
+    (``np.add.at``); plain ``dweight[ids] = g`` would keep only the last occurrence.
+    """
+
+    @staticmethod
+    def forward(ctx, ids, weight):
+        ctx.save_for_backward(ids)
+        ctx.weight_shape = weight.shape
+        return weight[ids]
+
+    @staticmethod
+    def backward(ctx, g):
+        (ids,) = ctx.saved_tensors
+        grad = np.zeros(ctx.weight_shape, dtype=g.dtype)
+        np.add.at(grad, ids.reshape(-1), g.reshape(-1, ctx.weight_shape[1]))
+        return None, grad
+
+
+def embedding(ids, weight):
+    """Rows of ``weight`` (V, C) picked by integer ``ids`` (any shape) -> (*ids.shape, C)."""
+    ids = ids.data if isinstance(ids, Tensor) else np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
+    V = weight.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        bad = ids.min() if ids.min() < 0 else ids.max()
+        raise ValueError(f"embedding: id {int(bad)} is out of range for a vocabulary of {V} (valid ids are 0..{V - 1})")
+    return Embedding.apply(ids, weight)
+
+
+class Dropout(Function):
+    """y = x * mask / (1 - p), mask ~ Bernoulli(1 - p);  dx = g * mask / (1 - p)."""
+
+    @staticmethod
+    def forward(ctx, x, p, rng):
+        keep = rng.random(x.shape) >= p
+        scale = np.asarray(0.0 if p >= 1 else 1.0 / (1.0 - p), dtype=x.dtype)
+        mask = keep * scale
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, g):
+        (mask,) = ctx.saved_tensors
+        return g * mask
+
+
+def dropout(x, p=0.5, training=True, rng=None):
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p), during training only.
+
+    Randomness comes from the explicit ``np.random.Generator`` ``rng`` (required when it acts).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if rng is None:
+        raise ValueError("dropout: pass rng=np.random.default_rng(seed) when training with p > 0")
+    return Dropout.apply(x, p=p, rng=rng)
+
+
+def linear(x, weight, bias=None):
+    """y = x @ weight^T + bias, with ``weight`` of shape (out_features, in_features) as in PyTorch."""
+    y = x @ weight.T
+    return y + bias if bias is not None else y
+
+
+# ----------------------------------------------------------------------------------------------
+# joining and selecting
+
+
+class Concatenate(Function):
+    """y = [x_1, x_2, ...] joined along ``axis``;  each dx_i is its slice of g."""
+
+    @staticmethod
+    def forward(ctx, *xs, axis):
+        ctx.axis = axis
+        ctx.splits = np.cumsum([x.shape[axis] for x in xs])[:-1]
+        return np.concatenate(xs, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return tuple(np.split(g, ctx.splits, axis=ctx.axis))
+
+
+def concatenate(tensors, axis=0):
+    tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("concatenate: need at least one tensor")
+    ndim = tensors[0].ndim
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"concatenate: axis {axis} is out of range for tensors with {ndim} dimensions")
+    axis %= ndim
+    for t in tensors[1:]:
+        if t.ndim != ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, tensors[0].shape)) if i != axis):
+            raise ValueError(
+                f"concatenate: shapes {tensors[0].shape} and {t.shape} differ outside axis {axis}"
+            )
+    return Concatenate.apply(*tensors, axis=axis)
+
+
+cat = concatenate
+
+
+def stack(tensors, axis=0):
+    """Join tensors of one shape along a new axis."""
+    tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("stack: need at least one tensor")
+    shape = tensors[0].shape
+    for t in tensors[1:]:
+        if t.shape != shape:
+            raise ValueError(f"stack: all tensors need one shape, got {shape} and {t.shape}")
+    if not -(len(shape) + 1) <= axis <= len(shape):
+        raise ValueError(f"stack: axis {axis} is out of range for {len(shape) + 1} dimensions")
+    axis %= len(shape) + 1
+    new_shape = shape[:axis] + (1,) + shape[axis:]
+    return concatenate([t.reshape(new_shape) for t in tensors], axis=axis)
+
+
+class Where(Function):
+    """y = a where cond else b;  da = g where cond (else 0), db = g where not cond."""
+
+    @staticmethod
+    def forward(ctx, cond, a, b):
+        ctx.save_for_backward(cond)
+        ctx.shapes = a.shape, b.shape
+        return np.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        (cond,) = ctx.saved_tensors
+        zero = np.zeros((), dtype=g.dtype)
+        a_shape, b_shape = ctx.shapes
+        return None, unbroadcast(np.where(cond, g, zero), a_shape), unbroadcast(np.where(cond, zero, g), b_shape)
+
+
+def where(cond, a, b):
+    """Element-wise choice with broadcasting, like ``np.where`` / ``torch.where``."""
+    cond = np.asarray(cond.data if isinstance(cond, Tensor) else cond, dtype=bool)
+    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else None
+    dtype = like.dtype if like is not None else np.float32
+    a = a if isinstance(a, Tensor) else Tensor(np.asarray(a, dtype=dtype))
+    b = b if isinstance(b, Tensor) else Tensor(np.asarray(b, dtype=dtype))
+    return Where.apply(cond, a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# attention
+
+
+def _causal_mask(Tq, Tk):
+    """(Tq, Tk) bool, True where query i may see key j: j <= i + (Tk - Tq).
+
+    Bottom-right aligned: with a KV cache the Tq new queries are the *last* Tq positions.
+    For Tq == Tk it is the usual lower triangle.
+    """
+    return np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq)
+
+
+def attention_composed(q, k, v, is_causal=False, scale=None, dropout_p=0.0, rng=None):
+    """softmax(q k^T * scale + mask) v, composed from Tensor operations (stores the (T, T) matrix).
+
+    The readable version of attention; :func:`scaled_dot_product_attention` computes the same with
+    the fused kernel. Used when attention dropout is on, and as the test oracle.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
+    if is_causal:
+        allowed = _causal_mask(q.shape[-2], k.shape[-2])
+        scores = where(allowed, scores, np.asarray(-np.inf, dtype=scores.dtype))
+        # a query that sees no key at all attends to nothing: give it zeros, not NaN
+        scores = where(allowed.any(-1, keepdims=True), scores, np.asarray(0.0, dtype=scores.dtype))
+    probs = scores.softmax(-1)
+    if is_causal and not allowed.any(-1).all():
+        probs = where(allowed.any(-1, keepdims=True), probs, np.asarray(0.0, dtype=probs.dtype))
+    if dropout_p > 0.0:
+        probs = dropout(probs, dropout_p, training=True, rng=rng)
+    return probs @ v
+
+
+class FusedAttention(Function):
+    """out = softmax(q k^T * scale + causal mask) v, computed flash-attention style.
+
+    Forward keeps only ``out`` and the per-row log-sum-exp ``lse``; backward recomputes the
+    probabilities P = exp(q k^T * scale - lse) block by block, then, with D = rowsum(dout * out),
+    dv = P^T dout,  dS = P * (dout v^T - D),  dq = dS k * scale,  dk = dS^T q * scale.
+    Memory is O(T), not O(T^2).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal, scale):
+        lead = q.shape[:-2]  # (B, n_head) or any batch axes
+        q3 = q.reshape(-1, *q.shape[-2:])  # (..., T, D) -> (N, T, D)
+        k3 = k.reshape(-1, *k.shape[-2:])
+        v3 = v.reshape(-1, *v.shape[-2:])
+        out, lse = _attn.attention_forward(q3, k3, v3, causal=is_causal, scale=scale)
+        ctx.save_for_backward(q3, k3, v3, out, lse)
+        ctx.is_causal, ctx.scale = is_causal, scale
+        ctx.shapes = q.shape, k.shape, v.shape
+        return out.reshape(*lead, *out.shape[-2:])
+
+    @staticmethod
+    def backward(ctx, g):
+        q3, k3, v3, out, lse = ctx.saved_tensors
+        g3 = g.reshape(out.shape)
+        dq, dk, dv = _attn.attention_backward(q3, k3, v3, out, lse, g3, causal=ctx.is_causal, scale=ctx.scale)
+        q_shape, k_shape, v_shape = ctx.shapes
+        return dq.reshape(q_shape), dk.reshape(k_shape), dv.reshape(v_shape)
+
+
+def scaled_dot_product_attention(q, k, v, is_causal=False, scale=None, dropout_p=0.0, rng=None):
+    """Attention over ``(..., T, head_dim)`` tensors, as ``torch.nn.functional.scaled_dot_product_attention``.
+
+    q (..., Tq, D), k (..., Tk, D), v (..., Tk, Dv) -> (..., Tq, Dv); ``scale`` defaults to
+    1/sqrt(D). ``is_causal`` masks key j from query i unless j <= i + (Tk - Tq): the queries are
+    the last Tq positions of the sequence (this equals PyTorch's mask when Tq == Tk, and is what
+    a KV cache needs when Tq < Tk).
+    """
+    if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
+        raise ValueError(f"scaled_dot_product_attention: q, k, v need the same rank >= 2, got shapes {q.shape}, {k.shape}, {v.shape}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
+        raise ValueError(f"scaled_dot_product_attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit (..., Tq, D), (..., Tk, D), (..., Tk, Dv)")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if dropout_p > 0.0:
+        return attention_composed(q, k, v, is_causal, scale, dropout_p, rng)
+    return FusedAttention.apply(q, k, v, is_causal=is_causal, scale=scale)

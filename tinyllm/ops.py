@@ -1,0 +1,409 @@
+"""Elementary differentiable operations: arithmetic, element-wise maps, reductions, shapes.
+
+Each class is one :class:`~tinyllm.tensor.Function`: ``forward`` on ndarrays, then ``backward``
+with the derivative in its docstring. ``g`` is always the gradient arriving from above
+(d loss / d output), with the output's shape. Users call these through Tensor methods and
+operators (``a + b``, ``x.exp()``, ``x.sum(axis=1)``), not directly.
+"""
+import numpy as np
+
+from .tensor import Function, unbroadcast
+
+
+def _matmul(a, b):
+    # Replaced by the kernels' dispatcher (BLAS or numba, by measurement) when it is available.
+    return np.matmul(a, b)
+
+
+try:
+    from .kernels.matmul import matmul as _matmul  # noqa: F811
+except ImportError:  # pragma: no cover - the kernels package always ships it
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# arithmetic (NumPy broadcasting; unbroadcast() sums each gradient back to its input's shape)
+
+
+class Cast(Function):
+    """y = x as another dtype;  dy/dx = 1 (the gradient is cast back)."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.in_dtype = x.dtype
+        return x.astype(dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.astype(ctx.in_dtype, copy=False)
+
+
+class Add(Function):
+    """y = a + b;  dy/da = 1, dy/db = 1."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = a.shape, b.shape
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        a_shape, b_shape = ctx.shapes
+        return unbroadcast(g, a_shape), unbroadcast(g, b_shape)
+
+
+class Sub(Function):
+    """y = a - b;  dy/da = 1, dy/db = -1."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = a.shape, b.shape
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        a_shape, b_shape = ctx.shapes
+        return unbroadcast(g, a_shape), unbroadcast(-g, b_shape)
+
+
+class Mul(Function):
+    """y = a * b;  dy/da = b, dy/db = a."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(g * b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(g * a, b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    """y = a / b;  dy/da = 1/b, dy/db = -a/b^2."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        ga = unbroadcast(g / b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(-g * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Pow(Function):
+    """y = a ** b;  dy/da = b a^(b-1),  dy/db = a^b ln(a) (only needed when b requires a gradient)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        out = a**b
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, out = ctx.saved_tensors
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = unbroadcast(g * b * a ** (b - 1), a.shape)
+        if ctx.needs_input_grad[1]:
+            gb = unbroadcast(g * out * np.log(a), b.shape)
+        return ga, gb
+
+
+class Neg(Function):
+    """y = -x;  dy/dx = -1."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return -x
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class MatMul(Function):
+    """Y = A @ B with NumPy's rules (batch axes broadcast; a 1-D operand is a row / column vector).
+
+    dA = G @ B^T,  dB = A^T @ G  (transposes over the last two axes), then un-broadcast over the
+    batch axes.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"matmul: both operands need at least 1 dimension, got shapes {a.shape} and {b.shape}")
+        k_a, k_b = a.shape[-1], b.shape[0] if b.ndim == 1 else b.shape[-2]
+        if k_a != k_b:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align: {k_a} != {k_b}")
+        ctx.save_for_backward(a, b)
+        return _matmul(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        # View 1-D operands as matrices so one formula covers every case.
+        a2 = a[None, :] if a.ndim == 1 else a  # (K,) -> (1, K)
+        b2 = b[:, None] if b.ndim == 1 else b  # (K,) -> (K, 1)
+        g2 = g
+        if b.ndim == 1:
+            g2 = g2[..., None]
+        if a.ndim == 1:
+            g2 = g2[..., None, :]
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = unbroadcast(_matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
+        if ctx.needs_input_grad[1]:
+            gb = unbroadcast(_matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(b.shape)
+        return ga, gb
+
+
+# ----------------------------------------------------------------------------------------------
+# element-wise maps
+
+
+class Exp(Function):
+    """y = e^x;  dy/dx = y."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = np.exp(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g * out
+
+
+class Log(Function):
+    """y = ln x;  dy/dx = 1/x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.log(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g / x
+
+
+class Tanh(Function):
+    """y = tanh x;  dy/dx = 1 - y^2."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = np.tanh(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g * (1 - out * out)
+
+
+class Sqrt(Function):
+    """y = sqrt x;  dy/dx = 1 / (2 y)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = np.sqrt(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g / (2 * out)
+
+
+class ReLU(Function):
+    """y = max(x, 0);  dy/dx = 1 where x > 0, else 0 (so relu'(0) = 0, as in PyTorch)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.maximum(x, 0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x > 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# reductions (axis is a sorted tuple of non-negative ints, normalised by Tensor)
+
+
+def _expand_reduced(g, in_shape, axis, keepdims):
+    """Give a reduced gradient back its reduced axes (size 1), so it broadcasts over the input."""
+    if not keepdims:
+        g = np.expand_dims(g, axis)
+    return np.broadcast_to(g, in_shape)
+
+
+class Sum(Function):
+    """y = sum of x over ``axis``;  dy/dx = 1 for every summed element."""
+
+    @staticmethod
+    def forward(ctx, x, axis, keepdims):
+        ctx.in_shape, ctx.axis, ctx.keepdims = x.shape, axis, keepdims
+        return np.asarray(x.sum(axis=axis, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        return _expand_reduced(g, ctx.in_shape, ctx.axis, ctx.keepdims)
+
+
+class Mean(Function):
+    """y = mean of x over ``axis`` (n elements each);  dy/dx = 1/n."""
+
+    @staticmethod
+    def forward(ctx, x, axis, keepdims):
+        ctx.in_shape, ctx.axis, ctx.keepdims = x.shape, axis, keepdims
+        ctx.count = int(np.prod([x.shape[a] for a in axis]))
+        return np.asarray(x.mean(axis=axis, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        g = _expand_reduced(g, ctx.in_shape, ctx.axis, ctx.keepdims)
+        return g / np.asarray(ctx.count, dtype=g.dtype)
+
+
+class Max(Function):
+    """y = max of x over ``axis``;  dy/dx = 1/k on each of the k elements equal to the max, else 0.
+
+    Ties split the gradient evenly (PyTorch's convention for ``amax``), so the gradient of the
+    maximum of [1, 3, 3] is [0, 1/2, 1/2].
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis, keepdims):
+        if x.size == 0:
+            raise ValueError(f"max: cannot take the max of an empty tensor of shape {x.shape}")
+        out = np.asarray(x.max(axis=axis, keepdims=True))
+        ctx.save_for_backward(x, out)
+        ctx.axis, ctx.keepdims = axis, keepdims
+        return out if keepdims else np.squeeze(out, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, out = ctx.saved_tensors
+        is_max = x == out
+        count = is_max.sum(axis=ctx.axis, keepdims=True)
+        g = g if ctx.keepdims else np.expand_dims(g, ctx.axis)
+        return is_max * (g / count).astype(x.dtype)
+
+
+class Softmax(Function):
+    """y = softmax(x) along ``axis``: e^(x - max) / sum e^(x - max) (the max keeps e^ finite).
+
+    dx = y * (g - sum(g * y))   (the Jacobian diag(y) - y y^T applied to g).
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis):
+        shifted = x - x.max(axis=axis, keepdims=True)
+        e = np.exp(shifted)
+        out = e / e.sum(axis=axis, keepdims=True)
+        ctx.save_for_backward(out)
+        ctx.axis = axis
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return out * (g - (g * out).sum(axis=ctx.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    """y = x - logsumexp(x) along ``axis``, with logsumexp = max + log(sum e^(x - max)).
+
+    dx = g - softmax(x) * sum(g).
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis):
+        shifted = x - x.max(axis=axis, keepdims=True)
+        out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        ctx.save_for_backward(out)
+        ctx.axis = axis
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g - np.exp(out) * g.sum(axis=ctx.axis, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# shapes and indexing
+
+
+class Reshape(Function):
+    """y = x viewed with another shape;  the gradient is reshaped back."""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.in_shape = x.shape
+        try:
+            return x.reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} ({x.size} elements) into {shape}") from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.in_shape)
+
+
+class Transpose(Function):
+    """y = x with axes permuted by ``axes``;  the gradient is permuted by the inverse permutation."""
+
+    @staticmethod
+    def forward(ctx, x, axes):
+        ctx.axes = axes
+        return x.transpose(axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(np.argsort(ctx.axes))
+
+
+def _is_basic_index(index):
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(p is None or p is Ellipsis or isinstance(p, (int, np.integer, slice)) for p in parts)
+
+
+class GetItem(Function):
+    """y = x[index] (ints, slices, None, ..., integer arrays);  dx = g scattered back to ``index``.
+
+    Integer-array indexing may pick the same element several times, so its gradient is
+    scatter-*added* with ``np.add.at`` (plain assignment would keep only the last copy).
+    """
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.in_shape, ctx.in_dtype, ctx.index = x.shape, x.dtype, index
+        out = x[index]
+        return out if isinstance(out, np.ndarray) else np.asarray(out)
+
+    @staticmethod
+    def backward(ctx, g):
+        grad = np.zeros(ctx.in_shape, dtype=ctx.in_dtype)
+        if _is_basic_index(ctx.index):
+            grad[ctx.index] = g  # basic indexing never repeats an element
+        else:
+            np.add.at(grad, ctx.index, g)
+        return grad

@@ -1,0 +1,507 @@
+"""The autograd engine: :class:`Tensor`, :class:`Function` and ``backward()``.
+
+How it works, in four sentences. A :class:`Tensor` wraps an ndarray (``.data``). Every operation
+on tensors is a :class:`Function` whose ``forward`` computes the result from plain arrays and whose
+``backward`` turns the gradient of the result into gradients of the inputs (the chain rule for that
+one operation). When an input requires a gradient, the result remembers the Function that made it
+(``._ctx``), and the Function remembers its inputs, so the operations form a graph. ``backward()``
+walks that graph from the output to the leaves in reverse topological order and adds each
+gradient into ``leaf.grad``.
+
+The elementary operations live in :mod:`tinyllm.ops`, the fused neural-network ones in
+:mod:`tinyllm.functional`; both are Functions built the same way.
+"""
+import numpy as np
+
+__all__ = ["Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled", "unbroadcast", "tensor"]
+
+
+# ----------------------------------------------------------------------------------------------
+# grad mode
+
+
+class _GradMode:
+    enabled = True
+
+
+def is_grad_enabled():
+    return _GradMode.enabled
+
+
+class no_grad:
+    """Context manager (and decorator) that stops graph recording, like ``torch.no_grad()``.
+
+    Re-entrant: each ``with`` restores whatever state was in force when it was entered.
+    """
+
+    _target = False
+
+    def __enter__(self):
+        self._stack = getattr(self, "_stack", [])
+        self._stack.append(_GradMode.enabled)
+        _GradMode.enabled = self._target
+
+    def __exit__(self, *exc):
+        _GradMode.enabled = self._stack.pop()
+        return False
+
+    def __call__(self, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.__class__():
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+class enable_grad(no_grad):
+    """Turn graph recording back on inside a ``no_grad`` block."""
+
+    _target = True
+
+
+# ----------------------------------------------------------------------------------------------
+# Function: one forward and its backward, side by side
+
+
+class Function:
+    """One differentiable operation.
+
+    Subclasses write two static methods:
+
+    * ``forward(ctx, *arrays, **kwargs) -> ndarray``: the operation on plain ndarrays. It stores
+      what backward will need with ``ctx.save_for_backward(...)`` (and plain settings, such as an
+      axis, as attributes of ``ctx``).
+    * ``backward(ctx, grad) -> grad_input or tuple of them``: one entry per Tensor input (``None``
+      where no gradient flows), each with exactly that input's shape.
+
+    ``Function.apply(*inputs, **kwargs)`` runs forward and, if any input requires a gradient and
+    grad mode is on, links the result into the graph.
+    """
+
+    __slots__ = ("parents", "saved_tensors", "needs_input_grad", "__dict__")
+
+    def save_for_backward(self, *arrays):
+        self.saved_tensors = arrays
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **kwargs):
+        ctx = cls()
+        arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
+        out = cls.forward(ctx, *arrays, **kwargs)
+        needs_grad = _GradMode.enabled and any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+        result = Tensor._wrap(out, needs_grad)
+        if needs_grad:
+            ctx.parents = inputs
+            ctx.needs_input_grad = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+            result._ctx = ctx
+        return result
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` down to ``shape``: the one place where broadcasting is undone.
+
+    If ``a`` of shape ``shape`` was broadcast to ``grad.shape`` in the forward pass, every copy of an
+    element received a gradient; the element's gradient is their sum. Leading axes that broadcasting
+    added are summed away, and axes where ``shape`` has size 1 are summed with ``keepdims``.
+    """
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if stretched:
+        grad = grad.sum(axis=stretched, keepdims=True)
+    return grad.reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensor
+
+
+def _as_array(data, dtype=None):
+    """ndarray for ``data``: float input becomes float32 unless it already is float64."""
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is not None:
+        return np.asarray(data, dtype=dtype)
+    if isinstance(data, np.ndarray):
+        arr = data
+    else:
+        arr = np.asarray(data)
+        if arr.dtype == np.float64:  # Python floats and lists of them: float32 by default
+            arr = arr.astype(np.float32)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(
+            f"Tensor: data of dtype {arr.dtype} is not numeric; pass floats, ints or bools "
+            "(e.g. token ids as an int64 array)"
+        )
+    if arr.dtype.kind == "f" and arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float32)  # float16 etc. compute in float32
+    return arr
+
+
+class Tensor:
+    """An ndarray that records the operations applied to it, for ``backward()``.
+
+    ``Tensor(data, requires_grad=False, dtype=None)``: float data is float32 unless it is a
+    float64 ndarray (kept, for finite differences); integer data is allowed but cannot require
+    gradients (token ids, indices).
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
+    __array_priority__ = 100  # ndarray + Tensor -> Tensor.__radd__
+
+    def __init__(self, data, requires_grad=False, dtype=None):
+        self.data = _as_array(data, dtype)
+        self.grad = None
+        self._ctx = None
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _wrap(cls, array, requires_grad=False):
+        """Wrap a result array without copying or dtype conversion (used by Function.apply)."""
+        t = cls.__new__(cls)
+        t.data = array if isinstance(array, np.ndarray) else np.asarray(array)
+        t.grad = None
+        t._ctx = None
+        t.requires_grad = requires_grad
+        return t
+
+    def requires_grad_(self, flag=True):
+        if flag and self.data.dtype.kind != "f":
+            raise TypeError(
+                f"requires_grad: only float tensors can require gradients, got dtype {self.data.dtype}"
+            )
+        self.requires_grad = bool(flag)
+        return self
+
+    # --- array-like attributes -----------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    is_leaf = property(lambda self: self._ctx is None)
+
+    def __len__(self):
+        return len(self.data)
+
+    def numpy(self):
+        return self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item: only a tensor with one element converts to a Python number, got shape {self.shape}")
+        return self.data.item()
+
+    def detach(self):
+        """The same data, cut from the graph."""
+        return Tensor._wrap(self.data, False)
+
+    def astype(self, dtype):
+        return _ops.Cast.apply(self, dtype=np.dtype(dtype))
+
+    def float(self):
+        return self.astype(np.float32)
+
+    def double(self):
+        return self.astype(np.float64)
+
+    def zero_grad(self):
+        self.grad = None
+
+    def __repr__(self):
+        body = np.array2string(self.data, separator=", ", prefix="tensor(", threshold=20)
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        return f"tensor({body}, dtype={self.dtype}{extra})"
+
+    # --- backward --------------------------------------------------------------------------------
+    def backward(self, grad=None, retain_graph=False):
+        """Add d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires a gradient.
+
+        ``grad`` is the gradient of some scalar with respect to ``self``; it may be left out only when
+        ``self`` holds a single number (a loss). Gradients accumulate (``+=``) as in PyTorch: call
+        ``zero_grad()`` between steps. The graph is freed afterwards unless ``retain_graph=True``.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(
+                "backward: this tensor does not require a gradient (no input of the computation has "
+                "requires_grad=True, or it was computed under no_grad())"
+            )
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward: grad can be left out only for a scalar output (one element, e.g. a loss), "
+                    f"but this tensor has shape {self.shape}; call .sum() or .mean() first, or pass grad="
+                )
+            grad = np.ones_like(self.data)
+        else:
+            grad = _as_array(grad, self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward: grad has shape {grad.shape} but the tensor has shape {self.shape}")
+        _run_backward(self, grad, retain_graph)
+
+    # --- operators (NumPy broadcasting on both sides) -----------------------------------------
+    def __add__(self, other):
+        return _ops.Add.apply(self, _operand(other, self))
+
+    def __radd__(self, other):
+        return _ops.Add.apply(_operand(other, self), self)
+
+    def __sub__(self, other):
+        return _ops.Sub.apply(self, _operand(other, self))
+
+    def __rsub__(self, other):
+        return _ops.Sub.apply(_operand(other, self), self)
+
+    def __mul__(self, other):
+        return _ops.Mul.apply(self, _operand(other, self))
+
+    def __rmul__(self, other):
+        return _ops.Mul.apply(_operand(other, self), self)
+
+    def __truediv__(self, other):
+        return _ops.Div.apply(self, _operand(other, self))
+
+    def __rtruediv__(self, other):
+        return _ops.Div.apply(_operand(other, self), self)
+
+    def __pow__(self, other):
+        return _ops.Pow.apply(self, _operand(other, self))
+
+    def __rpow__(self, other):
+        return _ops.Pow.apply(_operand(other, self), self)
+
+    def __neg__(self):
+        return _ops.Neg.apply(self)
+
+    def __matmul__(self, other):
+        return _ops.MatMul.apply(self, _operand(other, self))
+
+    def __rmatmul__(self, other):
+        return _ops.MatMul.apply(_operand(other, self), self)
+
+    # comparisons give plain bool arrays: they have no gradient
+    def __lt__(self, other):
+        return Tensor._wrap(self.data < _data(other))
+
+    def __le__(self, other):
+        return Tensor._wrap(self.data <= _data(other))
+
+    def __gt__(self, other):
+        return Tensor._wrap(self.data > _data(other))
+
+    def __ge__(self, other):
+        return Tensor._wrap(self.data >= _data(other))
+
+    __hash__ = object.__hash__
+
+    # --- element-wise functions ---------------------------------------------------------------
+    def exp(self):
+        return _ops.Exp.apply(self)
+
+    def log(self):
+        return _ops.Log.apply(self)
+
+    def tanh(self):
+        return _ops.Tanh.apply(self)
+
+    def sqrt(self):
+        return _ops.Sqrt.apply(self)
+
+    def relu(self):
+        return _ops.ReLU.apply(self)
+
+    # --- reductions -----------------------------------------------------------------------------
+    def sum(self, axis=None, keepdims=False):
+        return _ops.Sum.apply(self, axis=_norm_axis(axis, self.ndim, "sum"), keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return _ops.Mean.apply(self, axis=_norm_axis(axis, self.ndim, "mean"), keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return _ops.Max.apply(self, axis=_norm_axis(axis, self.ndim, "max"), keepdims=keepdims)
+
+    def softmax(self, axis=-1):
+        return _ops.Softmax.apply(self, axis=_norm_axis(axis, self.ndim, "softmax")[0])
+
+    def log_softmax(self, axis=-1):
+        return _ops.LogSoftmax.apply(self, axis=_norm_axis(axis, self.ndim, "log_softmax")[0])
+
+    # --- shape ------------------------------------------------------------------------------------
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops.Reshape.apply(self, shape=shape)
+
+    view = reshape
+
+    def transpose(self, *axes):
+        """``transpose()`` reverses the axes (NumPy); ``transpose(i, j)`` swaps two axes (PyTorch,
+        also on a 2-D tensor); three or more axes are a full permutation (NumPy)."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        if not axes:
+            perm = tuple(reversed(range(self.ndim)))
+        elif len(axes) == 2:
+            i, j = _norm_axis(axes, self.ndim, "transpose")
+            perm = list(range(self.ndim))
+            perm[i], perm[j] = perm[j], perm[i]
+            perm = tuple(perm)
+        else:
+            perm = _norm_axis(axes, self.ndim, "transpose")
+            if sorted(perm) != list(range(self.ndim)):
+                raise ValueError(f"transpose: axes {axes} are not a permutation of {self.ndim} axes")
+        return _ops.Transpose.apply(self, axes=perm)
+
+    def permute(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        perm = _norm_axis(axes, self.ndim, "permute")
+        if sorted(perm) != list(range(self.ndim)):
+            raise ValueError(f"permute: axes {axes} are not a permutation of {self.ndim} axes")
+        return _ops.Transpose.apply(self, axes=perm)
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    def __getitem__(self, index):
+        return _ops.GetItem.apply(self, index=_check_index(index, self.shape))
+
+
+def tensor(data, requires_grad=False, dtype=None):
+    """``tinyllm.tensor(data)``, like ``torch.tensor``."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _data(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _operand(other, like):
+    """The other side of a binary operator as a Tensor (no gradient unless it already was one).
+
+    Python numbers take the tensor's dtype (a float32 tensor times 0.5 stays float32), as in
+    PyTorch and NumPy 2; ndarrays keep theirs, and NumPy's promotion rules then apply.
+    """
+    if isinstance(other, Tensor):
+        return other
+    if isinstance(other, (bool, int, float)):
+        kind = like.data.dtype.kind
+        if kind == "f" or (kind in "iub" and isinstance(other, int)):
+            return Tensor._wrap(np.asarray(other, dtype=like.data.dtype))
+        return Tensor._wrap(np.asarray(other, dtype=np.float32))
+    return Tensor(other)
+
+
+def _norm_axis(axis, ndim, op):
+    """``axis`` (None, int or tuple, negatives allowed) as a sorted tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -max(ndim, 1) <= a < max(ndim, 1):
+            raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimensions")
+        out.append(int(a) % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: axis {axis} repeats an axis")
+    return tuple(out) if op in ("transpose", "permute") else tuple(sorted(out))
+
+
+def _check_index(index, shape):
+    """The index with Tensors replaced by their arrays; integer entries checked against the shape."""
+    if isinstance(index, Tensor):
+        index = index.data
+    elif isinstance(index, tuple):
+        index = tuple(p.data if isinstance(p, Tensor) else p for p in index)
+    try:  # let NumPy judge the index on a zero-cost view of the same shape
+        np.broadcast_to(np.empty((), dtype=np.int8), shape)[index]
+    except IndexError as e:
+        raise IndexError(f"index {index!r} does not fit a tensor of shape {shape}: {e}") from None
+    return index
+
+
+def _topological_order(root):
+    """Tensors of the graph below ``root``, each after every tensor it depends on.
+
+    Iterative depth-first search (a deep graph, e.g. a chain of 10,000 ops, would overflow
+    Python's recursion limit with the recursive textbook version).
+    """
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        ctx = node._ctx
+        if ctx is not None and ctx.parents is not None:
+            for parent in ctx.parents:
+                if isinstance(parent, Tensor) and parent.requires_grad and id(parent) not in visited:
+                    stack.append((parent, False))
+    return order
+
+
+def _run_backward(root, grad, retain_graph):
+    if root._ctx is not None and root._ctx.parents is None:
+        raise RuntimeError(
+            "backward: the graph of this tensor was already freed by an earlier backward(); "
+            "pass retain_graph=True to the first call to go through it twice"
+        )
+    grads = {id(root): grad}  # gradient w.r.t. each non-leaf, dropped once it has been passed on
+    for node in reversed(_topological_order(root)):
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        ctx = node._ctx
+        if ctx is None:  # a leaf: accumulate, as PyTorch does
+            node.grad = g.copy() if node.grad is None else node.grad + g
+            continue
+        if ctx.parents is None:
+            raise RuntimeError(
+                "backward: part of this graph was already freed by an earlier backward(); "
+                "pass retain_graph=True to the first call"
+            )
+        input_grads = ctx.backward(ctx, g)
+        if not isinstance(input_grads, tuple):
+            input_grads = (input_grads,)
+        for parent, needs, pg in zip(ctx.parents, ctx.needs_input_grad, input_grads):
+            if not needs or pg is None:
+                continue
+            assert pg.shape == parent.shape, (
+                f"{type(ctx).__name__}.backward returned a gradient of shape {pg.shape} "
+                f"for an input of shape {parent.shape}"
+            )
+            if pg.dtype != parent.dtype:
+                pg = pg.astype(parent.dtype)
+            key = id(parent)
+            grads[key] = pg if key not in grads else grads[key] + pg
+        if not retain_graph:
+            ctx.parents = None
+            ctx.saved_tensors = None
+
+
+from . import ops as _ops  # noqa: E402  (ops needs Tensor and Function defined above)

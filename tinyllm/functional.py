@@ -13,6 +13,7 @@ from .kernels import attention as _attn
 from .kernels import cross_entropy as _ce
 from .kernels import gelu as _gelu
 from .kernels import layernorm as _ln
+from .ops import _matmul
 from .tensor import Function, Tensor, unbroadcast
 
 __all__ = [
@@ -212,10 +213,41 @@ def dropout(x, p=0.5, training=True, rng=None):
     return Dropout.apply(x, p=p, rng=rng)
 
 
+class Linear(Function):
+    """y = x @ W^T + b over the last axis of x, with W of shape (out, in) as in PyTorch.
+
+    Leading axes are flattened so one matrix product (one BLAS call) does the whole batch:
+    with X (N, in) and G (N, out):  dX = G W,  dW = G^T X,  db = sum over rows of G.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        rows = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
+        out = _matmul(rows, weight.T)  # (N, out)
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(rows, weight)
+        ctx.in_shape, ctx.has_bias = x.shape, bias is not None
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        rows, weight = ctx.saved_tensors
+        g2 = g.reshape(-1, weight.shape[0])  # (..., out) -> (N, out)
+        dx = _matmul(g2, weight).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
+        dw = _matmul(g2.T, rows) if ctx.needs_input_grad[1] else None
+        db = g2.sum(axis=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
 def linear(x, weight, bias=None):
     """y = x @ weight^T + bias, with ``weight`` of shape (out_features, in_features) as in PyTorch."""
-    y = x @ weight.T
-    return y + bias if bias is not None else y
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input of shape {x.shape} has {x.shape[-1]} features but the weight of shape "
+            f"{weight.shape} expects {weight.shape[1]}"
+        )
+    return Linear.apply(x, weight, bias)
 
 
 # ----------------------------------------------------------------------------------------------

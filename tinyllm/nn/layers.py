@@ -1,0 +1,146 @@
+"""The basic layers: Linear, Embedding, LayerNorm, Dropout and the positional encodings."""
+import math
+
+import numpy as np
+
+from .. import functional as F
+from ..tensor import Tensor
+from .module import Module, Parameter
+
+__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "PositionalEncoding", "LearnedPositionalEmbedding"]
+
+
+def _rng(rng):
+    return rng if rng is not None else np.random.default_rng(0)
+
+
+class Linear(Module):
+    """y = x @ W^T + b with W of shape (out_features, in_features), as ``torch.nn.Linear``.
+
+    Initialised as PyTorch does: W and b ~ U(-1/sqrt(in), 1/sqrt(in)), from the explicit
+    ``rng`` (a ``np.random.Generator``; a fixed seed when left out).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        rng = _rng(rng)
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
+        self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """A table of ``num_embeddings`` vectors of size ``embedding_dim``; ``forward(ids)`` looks rows up.
+
+    Initialised N(0, 1) as in PyTorch (GPT re-initialises it N(0, 0.02)).
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, rng=None, dtype=np.float32):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(_rng(rng).standard_normal((num_embeddings, embedding_dim)).astype(dtype))
+
+    def forward(self, ids):
+        return F.embedding(ids, self.weight)  # (...,) -> (..., embedding_dim)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class LayerNorm(Module):
+    """Normalise the last axis to zero mean and unit variance, then scale and shift (weight=1, bias=0)."""
+
+    def __init__(self, normalized_shape, eps=1e-5, bias=True, dtype=np.float32):
+        super().__init__()
+        self.normalized_shape, self.eps = normalized_shape, eps
+        self.weight = Parameter(np.ones(normalized_shape, dtype=dtype))
+        self.bias = Parameter(np.zeros(normalized_shape, dtype=dtype)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class Dropout(Module):
+    """Zero elements with probability ``p`` while training (scaling the rest by 1/(1-p)).
+
+    Its randomness comes from ``self.rng``, an explicit ``np.random.Generator`` (the model that
+    owns the layer sets it from its seed).
+    """
+
+    def __init__(self, p=0.0, rng=None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p, self.rng = p, rng
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        if self.rng is None:
+            self.rng = np.random.default_rng(0)
+        return F.dropout(x, self.p, training=True, rng=self.rng)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def sinusoidal_table(max_len, d_model, dtype=np.float32):
+    """The fixed positional encoding of "Attention Is All You Need" (section 3.5)::
+
+        PE[pos, 2i]   = sin(pos / 10000^(2i / d_model))
+        PE[pos, 2i+1] = cos(pos / 10000^(2i / d_model))
+
+    Each dimension pair is a sinusoid of its own wavelength (2 pi .. 10000 * 2 pi), so any fixed
+    offset k turns PE[pos] into PE[pos + k] by a rotation: relative positions are easy to read.
+    """
+    pos = np.arange(max_len, dtype=np.float64)[:, None]  # (T, 1)
+    inv_freq = np.exp(-math.log(10000.0) * np.arange(0, d_model, 2) / d_model)  # (ceil(d/2),)
+    angles = pos * inv_freq  # (T, ceil(d/2))
+    table = np.zeros((max_len, d_model))
+    table[:, 0::2] = np.sin(angles)
+    table[:, 1::2] = np.cos(angles[:, : d_model // 2])
+    return table.astype(dtype)
+
+
+class PositionalEncoding(Module):
+    """Sinusoidal positional encoding: ``forward(positions)`` -> (len(positions), d_model).
+
+    No parameters: the table is a non-persistent buffer, rebuilt from (max_len, d_model).
+    """
+
+    def __init__(self, max_len, d_model, dtype=np.float32):
+        super().__init__()
+        self.max_len, self.d_model = max_len, d_model
+        self.register_buffer("table", sinusoidal_table(max_len, d_model, dtype), persistent=False)
+
+    def forward(self, positions):
+        positions = np.asarray(positions)
+        if positions.size and (positions.min() < 0 or positions.max() >= self.max_len):
+            raise ValueError(f"PositionalEncoding: position {int(positions.max())} is beyond max_len {self.max_len}")
+        return Tensor._wrap(self.table[positions])
+
+    def extra_repr(self):
+        return f"max_len={self.max_len}, d_model={self.d_model}"
+
+
+class LearnedPositionalEmbedding(Embedding):
+    """A learned vector per position (GPT-2's ``wpe``): ``forward(positions)`` -> (T, d_model)."""
+
+    def forward(self, positions):
+        positions = np.asarray(positions)
+        if positions.size and positions.max() >= self.num_embeddings:
+            raise ValueError(
+                f"LearnedPositionalEmbedding: position {int(positions.max())} is beyond the "
+                f"{self.num_embeddings} positions the model was built with (block_size)"
+            )
+        return super().forward(positions)

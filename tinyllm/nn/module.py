@@ -1,0 +1,238 @@
+"""``Module``, ``Parameter`` and the containers, with PyTorch's API.
+
+A Module finds its parameters the way PyTorch does: every attribute that is a :class:`Parameter`
+or another Module is registered, in assignment order, under its attribute name, so names compose
+into dotted paths such as ``transformer.h.0.attn.c_attn.weight``.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from ..tensor import Tensor
+
+__all__ = ["Parameter", "Module", "ModuleList", "ModuleDict"]
+
+
+class Parameter(Tensor):
+    """A Tensor that is a model weight: it requires a gradient and a Module registers it."""
+
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad=True, dtype=None):
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class Module:
+    """Base class of every layer and model.
+
+    Subclasses set parameters and sub-modules as attributes in ``__init__`` and write
+    ``forward``; ``module(x)`` calls ``forward(x)``.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_persistent", set())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before setting {name!r}")
+        for registry in (self._parameters, self._modules, self._buffers):
+            registry.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array, persistent=True):
+        """A non-trainable array that belongs to the module (e.g. a positional-encoding table).
+
+        Persistent buffers are part of ``state_dict()``; non-persistent ones are rebuilt by
+        ``__init__`` and never saved.
+        """
+        object.__setattr__(self, name, array)
+        self._buffers[name] = array
+        if persistent:
+            self._persistent.add(name)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} has no forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # --- walking the tree -------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix="", remove_duplicate=True):
+        """(name, Parameter) pairs; a tied parameter is listed once, under its first name."""
+        seen = set()
+        for mod_name, module in self.named_modules(prefix):
+            for name, p in module._parameters.items():
+                if remove_duplicate and id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    # --- state --------------------------------------------------------------------------------
+    def state_dict(self):
+        """Name -> ndarray of every parameter (tied ones under each of their names, as PyTorch)
+        and every persistent buffer. The arrays are the live ones: copy them to keep a snapshot."""
+        state = OrderedDict()
+        for name, p in self.named_parameters(remove_duplicate=False):
+            state[name] = p.data
+        for mod_name, module in self.named_modules():
+            for name in module._persistent:
+                state[f"{mod_name}.{name}" if mod_name else name] = module._buffers[name]
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays into the parameters, checking names and shapes.
+
+        With ``strict=True`` any missing, unexpected or mis-shaped key is an error that names
+        them all. A tied parameter needs only one of its names. Returns (missing, unexpected).
+        """
+        params = dict(self.named_parameters(remove_duplicate=False))
+        buffers = {
+            f"{m}.{n}" if m else n: (mod, n) for m, mod in self.named_modules() for n in mod._persistent
+        }
+        unexpected = [k for k in state_dict if k not in params and k not in buffers]
+        mis_shaped = [
+            f"{k}: checkpoint {tuple(np.shape(v))} vs model {tuple(params[k].shape)}"
+            for k, v in state_dict.items()
+            if k in params and tuple(np.shape(v)) != tuple(params[k].shape)
+        ]
+        loaded = {id(params[k]) for k in state_dict if k in params}
+        missing = [k for k, p in params.items() if id(p) not in loaded]
+        missing += [k for k in buffers if k not in state_dict]
+        problems = []
+        if mis_shaped:
+            problems.append("shapes differ for " + "; ".join(mis_shaped))
+        if strict and missing:
+            problems.append(f"missing keys {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        if problems:
+            raise ValueError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
+        for k, v in state_dict.items():
+            if k in params:
+                p = params[k]
+                p.data = np.array(v, dtype=p.dtype, copy=True)
+            elif k in buffers:
+                mod, n = buffers[k]
+                mod.register_buffer(n, np.array(v, copy=True), persistent=True)
+        return missing, unexpected
+
+    # --- modes and gradients -------------------------------------------------------------------
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.parameters():
+            p.grad = None if set_to_none else (np.zeros_like(p.data) if p.grad is not None else None)
+
+    def requires_grad_(self, flag=True):
+        for p in self.parameters():
+            p.requires_grad_(flag)
+        return self
+
+    def to(self, dtype):
+        """Cast every float parameter and buffer to ``dtype`` (e.g. np.float64 for gradcheck)."""
+        dtype = np.dtype(dtype)
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = None
+        for m in self.modules():
+            for n, b in list(m._buffers.items()):
+                if isinstance(b, np.ndarray) and b.dtype.kind == "f":
+                    m.register_buffer(n, b.astype(dtype), persistent=n in m._persistent)
+        return self
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    # --- printing -----------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_repr}")
+        if len(lines) == 1:
+            return lines[0] + ")"
+        n = self.num_parameters()
+        return "\n".join(lines) + f"\n)  # {n:,} parameters"
+
+
+class ModuleList(Module):
+    """A list of modules registered under the names "0", "1", ... (``transformer.h.0...``)."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class ModuleDict(Module):
+    """Modules registered under the given names (``transformer.wte``, ``transformer.h``, ...)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        for name, m in (modules or {}).items():
+            setattr(self, name, m)
+
+    def __getitem__(self, name):
+        return self._modules[name]
+
+    def __contains__(self, name):
+        return name in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def items(self):
+        return self._modules.items()

@@ -1,0 +1,200 @@
+"""Optimizers (AdamW, SGD), gradient clipping and the warmup + cosine learning-rate schedule,
+with PyTorch's API: ``opt = AdamW(model.parameters(), lr=1e-3); loss.backward(); opt.step()``.
+"""
+import math
+
+import numpy as np
+
+from .kernels import adamw as _adamw
+
+__all__ = ["Optimizer", "AdamW", "SGD", "clip_grad_norm", "clip_grad_norm_", "cosine_lr", "WarmupCosineLR"]
+
+
+class Optimizer:
+    """Holds parameter groups (lists of parameters with their own settings) and per-parameter state.
+
+    ``params`` is an iterable of Parameters, or of dicts ``{"params": [...], "weight_decay": 0.0}``
+    whose keys override the defaults for that group, exactly as in PyTorch.
+    """
+
+    def __init__(self, params, defaults):
+        self.defaults = defaults
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups = []
+        seen = set()
+        for g in groups:
+            unknown = set(g) - set(defaults) - {"params"}
+            if unknown:
+                raise ValueError(f"{type(self).__name__}: unknown parameter-group keys {sorted(unknown)}")
+            group = {**defaults, **g, "params": list(g["params"])}
+            for p in group["params"]:
+                if id(p) in seen:
+                    raise ValueError(f"{type(self).__name__}: a parameter of shape {p.shape} appears in two groups")
+                seen.add(id(p))
+            self.param_groups.append(group)
+        self.state = {}  # id(param) -> dict of arrays and the step count
+
+    def zero_grad(self, set_to_none=True):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None if set_to_none or p.grad is None else np.zeros_like(p.grad)
+
+    def _all_params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def state_dict(self):
+        """{"state": {index: {name: array or number}}, "param_groups": [settings]}, parameters
+        numbered in group order as in PyTorch."""
+        state = {}
+        for i, p in enumerate(self._all_params()):
+            if id(p) in self.state:
+                state[i] = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.state[id(p)].items()}
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        params = self._all_params()
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"load_state_dict: {len(groups)} parameter groups saved, {len(self.param_groups)} here")
+        for mine, saved in zip(self.param_groups, groups):
+            mine.update({k: v for k, v in saved.items() if k != "params"})
+        self.state = {}
+        for i, s in state_dict["state"].items():
+            i = int(i)
+            if i >= len(params):
+                raise ValueError(f"load_state_dict: state for parameter {i}, but there are only {len(params)}")
+            p = params[i]
+            for k, v in s.items():
+                if isinstance(v, np.ndarray) and v.shape != p.shape:
+                    raise ValueError(f"load_state_dict: {k} of parameter {i} has shape {v.shape}, parameter {p.shape}")
+            self.state[id(p)] = {k: (np.array(v, dtype=p.dtype) if isinstance(v, np.ndarray) else v)
+                                 for k, v in s.items()}
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's ``torch.optim.AdamW``.
+
+    For each parameter, with t the step count::
+
+        p  <- p * (1 - lr * weight_decay)
+        m  <- beta1 m + (1 - beta1) g          v <- beta2 v + (1 - beta2) g^2
+        p  <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    The update of one parameter is one fused numba kernel (:mod:`tinyllm.kernels.adamw`).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        if not lr >= 0:
+            raise ValueError(f"AdamW: lr must be >= 0, got {lr}")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"AdamW: betas must be in [0, 1), got {betas}")
+        if not eps >= 0:
+            raise ValueError(f"AdamW: eps must be >= 0, got {eps}")
+        if not weight_decay >= 0:
+            raise ValueError(f"AdamW: weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def step(self):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state.get(id(p))
+                if state is None:
+                    state = self.state[id(p)] = dict(
+                        step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data)
+                    )
+                state["step"] += 1
+                if not p.data.flags.c_contiguous:
+                    p.data = np.ascontiguousarray(p.data)
+                _adamw.adamw_step(
+                    p.data, np.ascontiguousarray(p.grad, dtype=p.dtype), state["exp_avg"], state["exp_avg_sq"],
+                    lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                    weight_decay=group["weight_decay"], step=state["step"],
+                )
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum and (coupled) weight decay, as PyTorch::
+
+        g <- g + weight_decay * p;   b <- momentum * b + g  (b = g at the first step);   p <- p - lr * b
+    """
+
+    def __init__(self, params, lr=1e-2, momentum=0.0, weight_decay=0.0):
+        if not lr >= 0:
+            raise ValueError(f"SGD: lr must be >= 0, got {lr}")
+        if not momentum >= 0:
+            raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.astype(p.dtype, copy=False)
+                if group["weight_decay"]:
+                    g = g + group["weight_decay"] * p.data
+                if group["momentum"]:
+                    state = self.state.setdefault(id(p), {})
+                    buf = state.get("momentum_buffer")
+                    state["momentum_buffer"] = g.copy() if buf is None else group["momentum"] * buf + g
+                    g = state["momentum_buffer"]
+                p.data -= group["lr"] * g
+
+
+def clip_grad_norm(params, max_norm):
+    """Scale all gradients together so their joint L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``), computed in float64.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    total = math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel().astype(np.float64))) for g in grads))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad = p.grad * np.asarray(coef, dtype=p.grad.dtype)
+    return total
+
+
+clip_grad_norm_ = clip_grad_norm
+
+
+def cosine_lr(step, max_lr, min_lr, warmup_steps, decay_steps):
+    """nanoGPT's schedule: linear warmup to ``max_lr`` over ``warmup_steps``, then a half cosine
+    down to ``min_lr`` at ``decay_steps``, then ``min_lr``.
+
+        lr(t) = max_lr * (t + 1) / (warmup + 1)                         t < warmup
+        lr(t) = min_lr + (1 + cos(pi * r)) / 2 * (max_lr - min_lr)      r = (t - warmup) / (decay - warmup)
+    """
+    if step < warmup_steps:
+        return max_lr * (step + 1) / (warmup_steps + 1)
+    if step > decay_steps:
+        return min_lr
+    ratio = (step - warmup_steps) / max(decay_steps - warmup_steps, 1)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (max_lr - min_lr)
+
+
+class WarmupCosineLR:
+    """Sets every group's ``lr`` from :func:`cosine_lr` (a ``torch.optim.lr_scheduler``-style object)."""
+
+    def __init__(self, optimizer, max_lr, min_lr, warmup_steps, decay_steps):
+        if warmup_steps < 0 or decay_steps < warmup_steps:
+            raise ValueError(f"WarmupCosineLR: need 0 <= warmup_steps <= decay_steps, got {warmup_steps}, {decay_steps}")
+        self.optimizer, self.max_lr, self.min_lr = optimizer, max_lr, min_lr
+        self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
+
+    def lr_at(self, step):
+        return cosine_lr(step, self.max_lr, self.min_lr, self.warmup_steps, self.decay_steps)
+
+    def set_step(self, step):
+        lr = self.lr_at(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr

@@ -1,0 +1,47 @@
+"""Generate text with a GPT-2-format model directory (Hugging Face's config.json +
+model.safetensors + vocab.json + merges.txt), or any directory tinyllm's save_pretrained wrote.
+
+    python examples/generate_gpt2.py --model-dir ./gpt2 --prompt "The quick brown fox" --max-length 50
+
+tinyllm never downloads: get a GPT-2 directory once on a machine with internet, e.g.
+    huggingface-cli download gpt2 --local-dir gpt2
+"""
+import argparse
+import sys
+import time
+
+from tinyllm import AutoModelForCausalLM, AutoTokenizer
+from tinyllm.models import resolve_pretrained
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, help="a GPT-2 format directory (or a model name in the HF cache)")
+    p.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog.")
+    p.add_argument("--max-length", type=int, default=50, help="total length, prompt included (as Hugging Face)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    try:
+        model_dir = resolve_pretrained(args.model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    input_ids = tokenizer.encode(args.prompt, return_tensors="np")
+    t0 = time.perf_counter()
+    output = model.generate(input_ids, max_length=args.max_length, do_sample=args.do_sample,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            eos_token_id=getattr(tokenizer, "eos_token_id", None), seed=args.seed)
+    dt = time.perf_counter() - t0
+    print(tokenizer.decode(output[0], skip_special_tokens=True))
+    new = output.shape[1] - input_ids.shape[1]
+    print(f"\n[{new} new tokens in {dt:.2f} s, {new / max(dt, 1e-9):.1f} tokens/s]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

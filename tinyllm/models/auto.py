@@ -1,0 +1,41 @@
+"""``AutoModelForCausalLM``: Hugging Face's entry point, for the model directories tinyllm reads."""
+import os
+from pathlib import Path
+
+from .gpt import GPT
+
+__all__ = ["AutoModelForCausalLM", "resolve_pretrained"]
+
+
+def resolve_pretrained(name_or_path):
+    """The local directory for ``name_or_path``: the path itself, or a snapshot of that model
+    name in the Hugging Face cache (``$HF_HOME/hub/models--<name>/snapshots/<rev>``).
+
+    tinyllm never downloads a model: a name with no local copy is an error that says how to get one.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    hub = Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub"))
+    repo = hub / ("models--" + str(name_or_path).replace("/", "--"))
+    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime) if repo.is_dir() else []
+    if snapshots:
+        return snapshots[-1]
+    raise FileNotFoundError(
+        f"from_pretrained: {name_or_path!r} is not a directory, and no copy of it is in the Hugging Face cache "
+        f"({hub}). tinyllm does not download models: fetch one first, e.g. "
+        f"`huggingface-cli download {name_or_path} --local-dir {Path(str(name_or_path)).name}` "
+        "(or save_pretrained() it from transformers), then pass that directory"
+    )
+
+
+class AutoModelForCausalLM:
+    """``AutoModelForCausalLM.from_pretrained(dir_or_name)`` -> a :class:`GPT` (tinyllm or GPT-2 files)."""
+
+    def __init__(self):
+        raise TypeError("AutoModelForCausalLM is not instantiated: use AutoModelForCausalLM.from_pretrained(dir)")
+
+    @staticmethod
+    def from_pretrained(name_or_path):
+        return GPT.from_pretrained(resolve_pretrained(name_or_path))

@@ -137,7 +137,7 @@ class Trainer:
                 "dropout": rng_state(self.model.dropout_rng)}
         extra = {"train_config": asdict(self.cfg), "last_eval": self.last_eval}
         if self.tokenizer is not None:
-            extra["tokenizer"] = {"type": type(self.tokenizer).__name__, **self.tokenizer._to_dict()}
+            extra["tokenizer"] = self.tokenizer.to_dict()
         save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.iter_num, rngs, extra)
 
     def resume(self):
@@ -284,7 +284,7 @@ def load_tokenizer_from_meta(meta):
     d = meta.get("tokenizer")
     if d is None:
         return None
-    return Tokenizer._types[d["type"]]._from_dict(d)
+    return Tokenizer.from_dict(d)
 
 
 def write_json(path, obj):

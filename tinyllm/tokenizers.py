@@ -1,0 +1,888 @@
+"""Tokenizers: text <-> lists of integer ids.
+
+Two tokenizers share one interface (:class:`Tokenizer`):
+
+* :class:`CharTokenizer` -- one id per character, the vocabulary being the sorted set of the
+  characters of a training text (nanoGPT's ``shakespeare_char``).
+* :class:`BPETokenizer` -- GPT-2's byte-level BPE. It loads GPT-2's own files and then encodes
+  exactly as GPT-2's reference ``encoder.py`` does, or trains a new vocabulary on a text.
+
+The interface follows Hugging Face habits::
+
+    tok = AutoTokenizer.from_pretrained("out/tokenizer")
+    input_ids = tok.encode("To be, or not", return_tensors="pt")   # (1, T) int64 ndarray
+    text = tok.decode(output_ids[0], skip_special_tokens=True)
+
+tinyllm has no torch, so ``return_tensors="pt"`` gives the same int64 ndarray as ``"np"``: the
+Hugging Face example then runs unchanged with tinyllm's models, which take ndarrays.
+
+Files
+-----
+``save(path)`` / ``load(path)`` use tinyllm's own JSON (a ``"type"`` field names the class).
+``save_pretrained(dir)`` writes that JSON as ``dir/tinyllm_tokenizer.json`` (not
+``tokenizer.json``: that name belongs to the Hugging Face ``tokenizers`` library) and, for a BPE,
+also GPT-2's ``vocab.json`` + ``merges.txt`` + ``tokenizer_config.json`` +
+``special_tokens_map.json``, so ``transformers.GPT2Tokenizer.from_pretrained(dir)`` loads it.
+:meth:`AutoTokenizer.from_pretrained` picks the class from whichever files it finds, and also
+reads the ``tokenizer.json`` of a GPT-2 style BPE saved by transformers >= 5.
+"""
+import json
+import operator
+import os
+from collections import Counter, OrderedDict
+from heapq import heapify, heappop, heappush
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+import regex
+
+__all__ = [
+    "GPT2_SPLIT_PATTERN",
+    "TOKENIZER_FILE",
+    "AutoTokenizer",
+    "BPETokenizer",
+    "CharTokenizer",
+    "Tokenizer",
+    "bytes_to_unicode",
+]
+
+# GPT-2's pre-tokenizer (openai/gpt-2 src/encoder.py). BPE merges never cross a boundary of
+# these chunks, so " dog." can only become " dog" + "." and never "g.".
+GPT2_SPLIT_PATTERN = (
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+)
+TOKENIZER_FILE = "tinyllm_tokenizer.json"
+_FORMAT_VERSION = 1
+_RETURN_TENSORS = (None, "np", "pt")
+
+
+def bytes_to_unicode():
+    """GPT-2's reversible map from the 256 byte values to 256 printable unicode characters.
+
+    Printable Latin-1 bytes map to themselves; the others (control bytes, space, ...) are
+    shifted to code points 256+, so the space byte becomes ``"Ġ"`` and newline ``"Ċ"``. GPT-2's
+    ``encoder.json`` and ``vocab.bpe`` spell every token in these characters.
+    """
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = list(printable)
+    shift = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + shift)
+            shift += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+_BYTE_ENCODER = bytes_to_unicode()
+_BYTE_DECODER = {c: b for b, c in _BYTE_ENCODER.items()}
+
+
+def _token_to_str(token_bytes):
+    return "".join(_BYTE_ENCODER[b] for b in token_bytes)
+
+
+def _str_to_token(token_str):
+    """Inverse of :func:`_token_to_str`; None if ``token_str`` is not spelled in GPT-2's alphabet."""
+    try:
+        return bytes(_BYTE_DECODER[c] for c in token_str)
+    except KeyError:
+        return None
+
+
+def _as_id_list(ids, who):
+    """Accept a list / tuple / 1-D integer ndarray / single int and return a list of ints."""
+    if isinstance(ids, np.ndarray):
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"{who}: ids must be integers, got an array of dtype {ids.dtype}")
+        if ids.ndim == 0:
+            return [int(ids)]
+        if ids.ndim != 1:
+            raise ValueError(
+                f"{who}: expected one sequence of ids (a 1-D array), got shape {ids.shape}; "
+                "pass a row such as ids[0], or use batch_decode"
+            )
+        return ids.tolist()
+    if isinstance(ids, (int, np.integer)):
+        return [int(ids)]
+    ids = list(ids)
+    try:
+        return [operator.index(i) for i in ids]
+    except TypeError:
+        bad = next(i for i in ids if not hasattr(i, "__index__"))
+        raise TypeError(f"{who}: ids must be integers, got {bad!r} ({type(bad).__name__})") from None
+
+
+def _to_tensors(ids, return_tensors):
+    if return_tensors is None:
+        return ids
+    if return_tensors not in _RETURN_TENSORS:
+        raise ValueError(
+            f"return_tensors={return_tensors!r} is not supported: use None (a list), 'np' or "
+            "'pt' (both give an int64 ndarray of shape (1, T); tinyllm has no torch)"
+        )
+    return np.asarray(ids, dtype=np.int64).reshape(1, len(ids))
+
+
+def _check_text(text, who):
+    if not isinstance(text, str):
+        raise TypeError(f"{who}: expected a str, got {type(text).__name__}")
+
+
+class Tokenizer:
+    """The interface every tokenizer implements.
+
+    Subclasses define ``_encode(text) -> list[int]``, ``_decode(ids, skip_special_tokens)``,
+    ``vocab_size``, ``__len__``, ``_to_dict()`` and ``_from_dict(d)``; this class turns those
+    into ``encode``/``decode`` with Hugging Face's arguments and into the file formats.
+    """
+
+    _types = {}  # JSON "type" -> class, filled by __init_subclass__
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        Tokenizer._types[cls.__name__] = cls
+
+    # ---- text <-> ids --------------------------------------------------------------------
+    def encode(self, text, return_tensors=None):
+        """``text`` -> list of ids, or an int64 ndarray of shape (1, T) with ``return_tensors``
+        ``"np"`` or ``"pt"`` (tinyllm has no torch: ``"pt"`` also gives the ndarray)."""
+        _check_text(text, f"{type(self).__name__}.encode")
+        return _to_tensors(self._encode(text), return_tensors)
+
+    def decode(self, ids, skip_special_tokens=False):
+        """ids (list, tuple, 1-D integer ndarray such as ``out[0]``) -> text."""
+        return self._decode(_as_id_list(ids, f"{type(self).__name__}.decode"), skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens=False):
+        """Decode each row of a 2-D array (or each list in a list) -> list of str."""
+        return [self.decode(seq, skip_special_tokens=skip_special_tokens) for seq in sequences]
+
+    @property
+    def vocab_size(self):
+        """Ids run over ``range(vocab_size)``: the size an embedding table needs."""
+        raise NotImplementedError
+
+    def __len__(self):
+        raise NotImplementedError
+
+    def _encode(self, text):
+        raise NotImplementedError
+
+    def _decode(self, ids, skip_special_tokens):
+        raise NotImplementedError
+
+    # ---- files ---------------------------------------------------------------------------
+    def _to_dict(self):
+        raise NotImplementedError
+
+    @classmethod
+    def _from_dict(cls, d):
+        raise NotImplementedError
+
+    def to_dict(self):
+        """The tokenizer as plain JSON-able data (what :meth:`save` writes)."""
+        return {"type": type(self).__name__, "format_version": _FORMAT_VERSION, **self._to_dict()}
+
+    @classmethod
+    def from_dict(cls, d, source="tokenizer data"):
+        """Inverse of :meth:`to_dict`. ``Tokenizer.from_dict`` returns whichever class ``d``
+        names; ``BPETokenizer.from_dict`` insists on a BPE."""
+        kind = d.get("type") if isinstance(d, dict) else None
+        if kind not in Tokenizer._types:
+            raise ValueError(
+                f"{source}: not a tinyllm tokenizer (its \"type\" is {kind!r}; "
+                f"known types: {sorted(Tokenizer._types)})"
+            )
+        version = d.get("format_version", _FORMAT_VERSION)
+        if version > _FORMAT_VERSION:
+            raise ValueError(
+                f"{source}: format_version {version} is newer than this tinyllm reads "
+                f"({_FORMAT_VERSION}); upgrade tinyllm"
+            )
+        target = Tokenizer._types[kind]
+        if cls is not Tokenizer and not issubclass(target, cls):
+            raise ValueError(f"{source} holds a {kind}, not a {cls.__name__}")
+        return target._from_dict(d)
+
+    def save(self, path):
+        """Write the tokenizer as tinyllm JSON to ``path``."""
+        _write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by :meth:`save` (see :meth:`from_dict` for the class returned)."""
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        return cls.from_dict(d, source=str(path))
+
+    def save_pretrained(self, save_directory):
+        """Write the tokenizer into ``save_directory`` (created if needed); returns the paths."""
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        path = save_directory / TOKENIZER_FILE
+        self.save(path)
+        return [path]
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """Load from a directory written by :meth:`save_pretrained` (or from a tinyllm JSON)."""
+        if cls is Tokenizer:
+            return AutoTokenizer.from_pretrained(path)
+        path = Path(path)
+        return cls.load(path / TOKENIZER_FILE if path.is_dir() else path)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class AutoTokenizer:
+    """Pick the tokenizer class from the files found, as ``transformers.AutoTokenizer`` does."""
+
+    def __init__(self):
+        raise TypeError("AutoTokenizer is not instantiated: use AutoTokenizer.from_pretrained(dir)")
+
+    @staticmethod
+    def from_pretrained(path):
+        """``path``: a directory holding ``tinyllm_tokenizer.json`` (any tinyllm tokenizer), or
+        GPT-2's ``vocab.json`` + ``merges.txt`` or Hugging Face's ``tokenizer.json`` (a BPE),
+        or a tinyllm JSON file itself."""
+        path = Path(path)
+        if path.is_file():
+            return Tokenizer.load(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"AutoTokenizer.from_pretrained: {path} does not exist")
+        if (path / TOKENIZER_FILE).is_file():
+            return Tokenizer.load(path / TOKENIZER_FILE)
+        if ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()) or (
+            (path / "tokenizer.json").is_file()
+        ):
+            return BPETokenizer.from_pretrained(path)
+        found = sorted(p.name for p in path.iterdir())
+        raise FileNotFoundError(
+            f"AutoTokenizer.from_pretrained: {path} holds none of {TOKENIZER_FILE}, "
+            f"vocab.json + merges.txt, tokenizer.json (found: {found})"
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# Characters
+# ------------------------------------------------------------------------------------------
+class CharTokenizer(Tokenizer):
+    """One id per character; ``chars[i]`` is the character of id ``i``. There are no special
+    tokens (``decode`` accepts ``skip_special_tokens`` and has nothing to skip)."""
+
+    def __init__(self, chars):
+        chars = list(chars)
+        for c in chars:
+            if not (isinstance(c, str) and len(c) == 1):
+                raise ValueError(f"CharTokenizer: vocabulary entries must be single characters, got {c!r}")
+        if not chars:
+            raise ValueError("CharTokenizer: the vocabulary is empty")
+        if len(set(chars)) != len(chars):
+            dup = next(c for c, n in Counter(chars).items() if n > 1)
+            raise ValueError(f"CharTokenizer: character {dup!r} appears twice in the vocabulary")
+        self.chars = chars
+        self._stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text):
+        """Vocabulary = the sorted set of characters of ``text`` (as nanoGPT's shakespeare_char)."""
+        _check_text(text, "CharTokenizer.from_text")
+        if not text:
+            raise ValueError("CharTokenizer.from_text: the text is empty")
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self):
+        return len(self.chars)
+
+    def __len__(self):
+        return len(self.chars)
+
+    def _encode(self, text):
+        stoi = self._stoi
+        try:
+            return [stoi[c] for c in text]
+        except KeyError:
+            pos, char = next((i, c) for i, c in enumerate(text) if c not in stoi)
+            raise ValueError(
+                f"CharTokenizer.encode: character {char!r} at position {pos} is not in the "
+                f"vocabulary ({len(self.chars)} characters, built from the training text)"
+            ) from None
+
+    def _decode(self, ids, skip_special_tokens):
+        n = len(self.chars)
+        bad = next((i for i in ids if not 0 <= i < n), None)
+        if bad is not None:
+            raise ValueError(f"CharTokenizer.decode: id {bad} is out of range for vocab_size {n}")
+        chars = self.chars
+        return "".join([chars[i] for i in ids])
+
+    def _to_dict(self):
+        return {"chars": self.chars}
+
+    @classmethod
+    def _from_dict(cls, d):
+        return cls(d["chars"])
+
+
+# ------------------------------------------------------------------------------------------
+# Byte-level BPE
+# ------------------------------------------------------------------------------------------
+class BPETokenizer(Tokenizer):
+    """GPT-2's byte-level BPE.
+
+    Encoding a text: (1) special tokens (e.g. ``"<|endoftext|>"``) are split out and become
+    their ids; (2) the text between them is cut into chunks by ``pattern`` (GPT-2's regex);
+    (3) each chunk's UTF-8 bytes start as one token per byte; (4) the adjacent pair whose merge
+    was learned earliest (lowest rank) is merged everywhere in the chunk, repeatedly, until no
+    learned pair is left. The ids of the chunks are concatenated.
+
+    Args:
+        vocab: ``{id: bytes}`` of the ordinary tokens; must hold all 256 single bytes.
+        merges: ``[(id_a, id_b, id_merged), ...]`` in rank order (first = merged first), with
+            ``vocab[id_merged] == vocab[id_a] + vocab[id_b]``.
+        special_tokens: ``{text: id}`` of tokens never produced by merges, e.g.
+            ``{"<|endoftext|>": 50256}``.
+        pattern: the pre-tokenizer regex (``regex`` syntax).
+        eos_token: the end-of-text token; defaults to ``"<|endoftext|>"`` if it is special.
+    """
+
+    def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
+                 eos_token=None, cache_size=65536):
+        self._vocab = {int(i): bytes(b) for i, b in vocab.items()}
+        self._merges = [(int(a), int(b), int(m)) for a, b, m in merges]
+        self.special_tokens = dict(special_tokens or {})
+        self.pattern = pattern
+        self._validate()
+
+        self._token_id = {b: i for i, b in self._vocab.items()}
+        self._byte_ids = [self._token_id[bytes([b])] for b in range(256)]
+        self._ranks = {}
+        for rank, (a, b, _) in enumerate(self._merges):
+            self._ranks.setdefault((a, b), rank)  # a pair listed twice keeps its first rank
+        self._decoder = dict(self._vocab)
+        self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
+        self._special_ids = frozenset(self.special_tokens.values())
+        self._split_re = regex.compile(pattern)
+        self._special_re = self._compile_special_re(self.special_tokens)
+        self._cache = OrderedDict()  # chunk -> ids, least recently used first
+        self._cache_size = cache_size
+
+        if eos_token is None and "<|endoftext|>" in self.special_tokens:
+            eos_token = "<|endoftext|>"
+        if eos_token is not None and eos_token not in self.special_tokens:
+            raise ValueError(f"BPETokenizer: eos_token {eos_token!r} is not a special token")
+        self.eos_token = eos_token
+        self.eos_token_id = None if eos_token is None else self.special_tokens[eos_token]
+
+    def _validate(self):
+        vocab = self._vocab
+        tokens = set(vocab.values())
+        missing = [b for b in range(256) if bytes([b]) not in tokens]
+        if missing:
+            raise ValueError(f"BPETokenizer: the vocabulary lacks the single bytes {missing[:8]} "
+                             f"({len(missing)} in all); every byte needs a token")
+        if len(tokens) != len(vocab):
+            dup = next(b for b, n in Counter(vocab.values()).items() if n > 1)
+            raise ValueError(f"BPETokenizer: the token {dup!r} has more than one id")
+        for rank, (a, b, m) in enumerate(self._merges):
+            for i in (a, b, m):
+                if i not in vocab:
+                    raise ValueError(f"BPETokenizer: merge {rank} uses id {i}, which is not in the vocabulary")
+            if vocab[m] != vocab[a] + vocab[b]:
+                raise ValueError(f"BPETokenizer: merge {rank} makes {vocab[m]!r} from "
+                                 f"{vocab[a]!r} + {vocab[b]!r}")
+        for s, i in self.special_tokens.items():
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"BPETokenizer: special token {s!r} must be a non-empty str")
+            if i in vocab:
+                raise ValueError(f"BPETokenizer: special token {s!r} has id {i}, which is also the "
+                                 f"ordinary token {vocab[i]!r}")
+        if len(set(self.special_tokens.values())) != len(self.special_tokens):
+            raise ValueError(f"BPETokenizer: two special tokens share an id: {self.special_tokens}")
+        try:
+            regex.compile(self.pattern)
+        except regex.error as e:
+            raise ValueError(f"BPETokenizer: pattern {self.pattern!r} does not compile: {e}") from None
+
+    @staticmethod
+    def _compile_special_re(specials):
+        if not specials:
+            return None
+        # Longest first, so that "<|a|><|b|>"-style overlaps pick the longer token.
+        alternatives = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
+        return regex.compile(f"({alternatives})")
+
+    # ---- sizes ---------------------------------------------------------------------------
+    @property
+    def vocab_size(self):
+        """Largest id + 1 (50257 for GPT-2), the size an embedding table needs."""
+        return max(self._decoder) + 1
+
+    def __len__(self):
+        """Number of distinct tokens, ordinary and special."""
+        return len(self._decoder)
+
+    @property
+    def merges(self):
+        """``[(bytes_a, bytes_b), ...]`` in rank order."""
+        return [(self._vocab[a], self._vocab[b]) for a, b, _ in self._merges]
+
+    def id_to_token(self, token_id):
+        """The bytes of an ordinary token, or the text of a special one."""
+        for s, i in self.special_tokens.items():
+            if i == token_id:
+                return s
+        return self._vocab[token_id]
+
+    # ---- encode --------------------------------------------------------------------------
+    def encode(self, text, return_tensors=None, allowed_special="all"):
+        """``text`` -> ids (see the class docstring for the algorithm).
+
+        ``allowed_special``: which special tokens written in ``text`` become their ids:
+        ``"all"`` (the default, as Hugging Face does for added tokens), ``"none"``, or a set of
+        them. A special token that is not allowed is encoded as ordinary text, byte by byte
+        (tiktoken would raise instead; here the text always round-trips through decode).
+        """
+        _check_text(text, "BPETokenizer.encode")
+        special_re = self._special_re_for(allowed_special)
+        try:
+            ids = self._encode_text(text, special_re)
+        except UnicodeEncodeError:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(
+                    f"BPETokenizer.encode: character {text[e.start]!r} at position {e.start} "
+                    "cannot be encoded as UTF-8 (a lone surrogate)"
+                ) from None
+            raise
+        return _to_tensors(ids, return_tensors)
+
+    def _special_re_for(self, allowed_special):
+        if allowed_special == "all":
+            return self._special_re
+        if allowed_special == "none" or allowed_special is None:
+            return None
+        if isinstance(allowed_special, str):
+            allowed_special = {allowed_special}
+        allowed = set(allowed_special)
+        unknown = allowed - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"BPETokenizer.encode: allowed_special names {sorted(unknown)}, which "
+                             f"are not special tokens (those are {sorted(self.special_tokens)})")
+        return self._compile_special_re(allowed)
+
+    def _encode_text(self, text, special_re):
+        if special_re is None:
+            return self._encode_ordinary(text)
+        ids = []
+        # re.split with a capturing group alternates: ordinary, special, ordinary, ...
+        for k, part in enumerate(special_re.split(text)):
+            if k % 2:
+                ids.append(self.special_tokens[part])
+            elif part:
+                ids.extend(self._encode_ordinary(part))
+        return ids
+
+    def _encode_ordinary(self, text):
+        ids = []
+        cache = self._cache
+        for chunk in self._split_re.findall(text):
+            chunk_ids = cache.get(chunk)
+            if chunk_ids is None:
+                chunk_ids = self._bpe([self._byte_ids[b] for b in chunk.encode("utf-8")])
+                cache[chunk] = chunk_ids
+                if len(cache) > self._cache_size:
+                    cache.popitem(last=False)
+            else:
+                cache.move_to_end(chunk)
+            ids.extend(chunk_ids)
+        return ids
+
+    def _bpe(self, ids):
+        """Merge the lowest-ranked adjacent pair everywhere, left to right, until none is left."""
+        rank_of = self._ranks.get
+        no_merge = len(self._merges)  # rank of a pair that was never learned
+        while len(ids) >= 2:
+            # min over the ranks of all adjacent pairs (map + repeat keep the loop in C)
+            rank = min(map(rank_of, zip(ids, ids[1:]), repeat(no_merge)))
+            if rank == no_merge:
+                break
+            a, b, merged = self._merges[rank]
+            ids = _merge_pair(ids, (a, b), merged)
+        return ids
+
+    # ---- decode --------------------------------------------------------------------------
+    def _decode(self, ids, skip_special_tokens):
+        decoder = self._decoder
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._special_ids]
+        try:
+            data = b"".join([decoder[i] for i in ids])
+        except KeyError:
+            bad = next(i for i in ids if i not in decoder)
+            raise ValueError(f"BPETokenizer.decode: id {bad} is not in the vocabulary "
+                             f"(vocab_size {self.vocab_size})") from None
+        # A sequence cut mid-character (e.g. by sampling) holds invalid UTF-8: show U+FFFD.
+        return data.decode("utf-8", errors="replace")
+
+    # ---- training ------------------------------------------------------------------------
+    @classmethod
+    def train(cls, text, vocab_size, pattern=GPT2_SPLIT_PATTERN, special_tokens=None):
+        """Learn a byte-level BPE of at most ``vocab_size`` tokens from ``text``.
+
+        Ids: 0..255 are the bytes, then one id per learned merge, then ``special_tokens`` (a
+        list of strings, e.g. ``["<|endoftext|>"]``) in the order given. Special tokens written
+        in ``text`` are cut out before training. Each step merges the most frequent adjacent
+        pair (ties: the smallest ``(id_a, id_b)``), so the result is deterministic. Training
+        stops early when no pair is left (a tiny text); ``vocab_size`` is then not reached.
+
+        Cost: the chunks are counted once (``{chunk: count}``), and after a merge only the
+        chunks that contain the merged pair are revisited: ``where[pair]`` indexes them (it may
+        also list chunks that lost the pair since; those are skipped). A heap of pair counts,
+        whose stale entries are skipped when popped, finds the next best pair.
+        """
+        _check_text(text, "BPETokenizer.train")
+        if isinstance(special_tokens, str):
+            special_tokens = [special_tokens]
+        specials = list(special_tokens or [])
+        if isinstance(special_tokens, dict):
+            raise TypeError("BPETokenizer.train: special_tokens is a list of strings; their ids "
+                            "are assigned after the learned merges")
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"BPETokenizer.train: special_tokens has duplicates: {specials}")
+        n_ordinary = int(vocab_size) - len(specials)
+        if n_ordinary < 256:
+            raise ValueError(f"BPETokenizer.train: vocab_size={vocab_size} leaves no room for the "
+                             f"256 byte tokens and {len(specials)} special tokens")
+
+        words, counts = _count_chunks(text, regex.compile(pattern), specials)
+        vocab = {i: bytes([i]) for i in range(256)}
+        token_id = {b: i for i, b in vocab.items()}
+        merges = []
+
+        pair_counts = Counter()
+        where = {}  # pair -> ids of the words that contain it
+        for w, (word, n) in enumerate(zip(words, counts)):
+            for pair in zip(word, word[1:]):
+                pair_counts[pair] += n
+                where.setdefault(pair, set()).add(w)
+        heap = [(-n, pair) for pair, n in pair_counts.items()]
+        heapify(heap)
+
+        next_id = 256
+        while next_id < n_ordinary:
+            pair = _pop_most_frequent(heap, pair_counts)
+            if pair is None:
+                break
+            merged = vocab[pair[0]] + vocab[pair[1]]
+            new_id = token_id.get(merged)
+            if new_id is None:  # usually; a byte string can also arise from a second pair
+                new_id = next_id
+                next_id += 1
+                vocab[new_id] = merged
+                token_id[merged] = new_id
+            merges.append((pair[0], pair[1], new_id))
+
+            count_changes = Counter()
+            for w in where.pop(pair):
+                word = words[w]
+                new_word = _merge_pair(word, pair, new_id)
+                if len(new_word) == len(word):
+                    continue  # a stale index entry: an earlier merge took the pair away
+                # pairs gained minus pairs lost in this word, times how often the word occurs
+                delta = Counter(zip(new_word, new_word[1:]))
+                delta.subtract(zip(word, word[1:]))
+                for p, d in delta.items():
+                    if d:
+                        count_changes[p] += d * counts[w]
+                        if d > 0:
+                            where.setdefault(p, set()).add(w)
+                words[w] = new_word
+            for p, d in count_changes.items():
+                if not d:
+                    continue
+                n = pair_counts[p] + d
+                if n > 0:
+                    pair_counts[p] = n
+                    heappush(heap, (-n, p))
+                else:
+                    del pair_counts[p]
+
+        special_ids = {s: next_id + k for k, s in enumerate(specials)}
+        return cls(vocab, merges, special_ids, pattern=pattern)
+
+    # ---- GPT-2 files ---------------------------------------------------------------------
+    @classmethod
+    def from_gpt2_files(cls, encoder_json, vocab_bpe, special_tokens=None):
+        """Load GPT-2's ``encoder.json`` + ``vocab.bpe`` (= Hugging Face's ``vocab.json`` +
+        ``merges.txt``). ``special_tokens`` (names) defaults to ``["<|endoftext|>"]`` when
+        that token is in the vocabulary (id 50256 in GPT-2)."""
+        with open(encoder_json, encoding="utf-8") as f:
+            encoder = json.load(f)
+        merges = _read_merges(vocab_bpe)
+        if special_tokens is None:
+            special_tokens = [s for s in ("<|endoftext|>",) if s in encoder]
+        missing = [s for s in special_tokens if s not in encoder]
+        if missing:
+            raise ValueError(f"{encoder_json}: special tokens {missing} are not in the vocabulary")
+        return cls._from_gpt2_vocab(encoder, merges, {s: encoder[s] for s in special_tokens},
+                                    source=str(encoder_json))
+
+    @classmethod
+    def _from_gpt2_vocab(cls, encoder, merges, special_tokens, pattern=GPT2_SPLIT_PATTERN,
+                         eos_token=None, source="vocab"):
+        """Build from GPT-2 spelled strings: ``encoder`` {token_str: id}, ``merges`` [(a, b)]."""
+        vocab = {}
+        for s, i in encoder.items():
+            if s in special_tokens:
+                continue
+            b = _str_to_token(s)
+            if b is None:
+                raise ValueError(f"{source}: token {s!r} (id {i}) is not spelled in GPT-2's byte "
+                                 "alphabet and is not declared a special token")
+            vocab[int(i)] = b
+        merge_ids = []
+        for rank, (a, b) in enumerate(merges):
+            try:
+                merge_ids.append((encoder[a], encoder[b], encoder[a + b]))
+            except KeyError as e:
+                raise ValueError(f"{source}: merge {rank} ({a!r} {b!r}) uses the token {e.args[0]!r}, "
+                                 "which is not in the vocabulary") from None
+        return cls(vocab, merge_ids, special_tokens, pattern=pattern, eos_token=eos_token)
+
+    def _gpt2_vocab(self):
+        """``{token_str: id}`` in GPT-2's spelling, special tokens as their plain text."""
+        encoder = {_token_to_str(b): i for i, b in self._vocab.items()}
+        for s, i in self.special_tokens.items():
+            if s in encoder:
+                raise ValueError(f"special token {s!r} is spelled like the ordinary token id "
+                                 f"{encoder[s]}; GPT-2's vocab.json cannot hold both")
+            encoder[s] = i
+        return dict(sorted(encoder.items(), key=lambda kv: kv[1]))
+
+    def _gpt2_merges(self):
+        return [f"{_token_to_str(self._vocab[a])} {_token_to_str(self._vocab[b])}"
+                for a, b, _ in self._merges]
+
+    def _to_dict(self):
+        return {
+            "pattern": self.pattern,
+            "special_tokens": self.special_tokens,
+            "eos_token": self.eos_token,
+            "vocab": self._gpt2_vocab(),
+            "merges": self._gpt2_merges(),
+        }
+
+    @classmethod
+    def _from_dict(cls, d):
+        merges = [tuple(m.split(" ")) for m in d["merges"]]
+        return cls._from_gpt2_vocab(d["vocab"], merges, d.get("special_tokens", {}),
+                                    pattern=d.get("pattern", GPT2_SPLIT_PATTERN),
+                                    eos_token=d.get("eos_token"), source="tokenizer JSON")
+
+    def save_pretrained(self, save_directory):
+        """Write tinyllm's JSON plus GPT-2's / Hugging Face's files, so that
+        ``transformers.GPT2Tokenizer.from_pretrained(save_directory)`` loads the same tokenizer.
+        (Hugging Face always pre-tokenizes with GPT-2's regex: a custom ``pattern`` survives only
+        in tinyllm's JSON.)"""
+        paths = super().save_pretrained(save_directory)
+        save_directory = Path(save_directory)
+        vocab_path = save_directory / "vocab.json"
+        _write_json(vocab_path, self._gpt2_vocab(), indent=None)
+        merges_path = save_directory / "merges.txt"
+        _write_text(merges_path, "#version: 0.2\n" + "".join(m + "\n" for m in self._gpt2_merges()))
+
+        special_map = {}
+        if self.eos_token is not None:
+            # GPT-2 uses its one special token as bos, eos and unk alike.
+            special_map = {"bos_token": self.eos_token, "eos_token": self.eos_token,
+                           "unk_token": self.eos_token}
+        added = {
+            str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
+                     "single_word": False, "special": True}
+            for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])
+        }
+        config = {
+            "tokenizer_class": "GPT2Tokenizer",
+            "add_prefix_space": False,
+            "add_bos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "errors": "replace",
+            "added_tokens_decoder": added,
+            **special_map,
+        }
+        config_path = save_directory / "tokenizer_config.json"
+        _write_json(config_path, config)
+        map_path = save_directory / "special_tokens_map.json"
+        _write_json(map_path, special_map)
+        return paths + [vocab_path, merges_path, config_path, map_path]
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """Load a directory from :meth:`save_pretrained`, or a Hugging Face GPT-2 directory:
+        ``vocab.json`` + ``merges.txt`` (special tokens: ``"<|endoftext|>"`` if in the
+        vocabulary plus the added tokens listed in ``tokenizer_config.json`` /
+        ``added_tokens.json``), or else the ``tokenizer.json`` that transformers >= 5 writes."""
+        path = Path(path)
+        if path.is_file() or (path / TOKENIZER_FILE).is_file():
+            return super().from_pretrained(path)
+        vocab_path, merges_path = path / "vocab.json", path / "merges.txt"
+        if not (vocab_path.is_file() and merges_path.is_file()):
+            if (path / "tokenizer.json").is_file():
+                return cls._from_hf_tokenizer_json(path / "tokenizer.json")
+            raise FileNotFoundError(f"BPETokenizer.from_pretrained: {path} holds neither "
+                                    f"vocab.json + merges.txt nor tokenizer.json")
+        with open(vocab_path, encoding="utf-8") as f:
+            encoder = json.load(f)
+        specials = _hf_special_tokens(path, encoder)
+        for s, i in specials.items():
+            encoder.setdefault(s, i)
+        return cls._from_gpt2_vocab(encoder, _read_merges(merges_path), specials,
+                                    eos_token=_hf_eos_token(path, specials), source=str(vocab_path))
+
+    @classmethod
+    def _from_hf_tokenizer_json(cls, path):
+        """A ``tokenizers`` library file, if it describes GPT-2's kind of BPE (byte-level,
+        GPT-2's regex, no prefix space); anything else is refused rather than misread."""
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        model = d.get("model") or {}
+        pre = d.get("pre_tokenizer") or {}
+        if pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 1:
+            pre = pre["pretokenizers"][0]
+        problems = []
+        if model.get("type") != "BPE":
+            problems.append(f"model type {model.get('type')!r} (need 'BPE')")
+        if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+            problems.append(f"pre_tokenizer {pre} (need ByteLevel with use_regex)")
+        elif pre.get("add_prefix_space"):
+            problems.append("add_prefix_space=True")
+        if d.get("normalizer"):
+            problems.append(f"normalizer {d['normalizer'].get('type')!r}")
+        if problems:
+            raise ValueError(f"{path}: not a GPT-2 style byte-level BPE that tinyllm reproduces "
+                             f"exactly: {'; '.join(problems)}")
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        encoder = dict(model["vocab"])
+        specials = {t["content"]: int(t["id"]) for t in d.get("added_tokens", [])}
+        if "<|endoftext|>" in encoder:
+            specials.setdefault("<|endoftext|>", encoder["<|endoftext|>"])
+        for s, i in specials.items():
+            encoder.setdefault(s, i)
+        return cls._from_gpt2_vocab(encoder, merges, specials,
+                                    eos_token=_hf_eos_token(Path(path).parent, specials),
+                                    source=str(path))
+
+
+# ---- helpers for BPETokenizer -----------------------------------------------------------
+def _merge_pair(ids, pair, new_id):
+    """Replace each occurrence of ``pair`` in ``ids``, scanning left to right, by ``new_id``
+    ("aaa" with pair (a, a) -> [aa, a], as GPT-2 does)."""
+    a, b = pair
+    out = []
+    i, n = 0, len(ids)
+    while i < n:
+        try:
+            j = ids.index(a, i)
+        except ValueError:
+            out.extend(ids[i:])
+            break
+        out.extend(ids[i:j])
+        if j + 1 < n and ids[j + 1] == b:
+            out.append(new_id)
+            i = j + 2
+        else:
+            out.append(a)
+            i = j + 1
+    return out
+
+
+def _pop_most_frequent(heap, pair_counts):
+    """Pop the pair with the highest current count (heap entries go stale as counts change)."""
+    while heap:
+        neg_count, pair = heappop(heap)
+        if pair_counts.get(pair) == -neg_count:
+            return pair
+    return None
+
+
+def _count_chunks(text, split_re, specials):
+    """``({chunk: count})`` of the pre-tokenized text, as (list of byte-id lists, counts)."""
+    parts = [text]
+    if specials:
+        special_re = BPETokenizer._compile_special_re(specials)
+        parts = special_re.split(text)[::2]  # drop the special tokens themselves
+    chunk_counts = Counter()
+    for part in parts:
+        chunk_counts.update(split_re.findall(part))
+    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
+    return words, list(chunk_counts.values())
+
+
+def _read_merges(path):
+    merges = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line or (lineno == 1 and line.startswith("#version")):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{lineno}: expected two tokens separated by one space, "
+                                 f"got {line!r}")
+            merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _hf_special_tokens(directory, encoder):
+    specials = {}
+    if "<|endoftext|>" in encoder:
+        specials["<|endoftext|>"] = encoder["<|endoftext|>"]
+    config = _read_json_if_exists(directory / "tokenizer_config.json")
+    for i, tok in config.get("added_tokens_decoder", {}).items():
+        specials[tok["content"]] = int(i)
+    for s, i in _read_json_if_exists(directory / "added_tokens.json").items():
+        specials[s] = int(i)
+    return specials
+
+
+def _hf_eos_token(directory, specials):
+    """``eos_token`` of a Hugging Face ``tokenizer_config.json`` if it is a special token."""
+    eos = _read_json_if_exists(directory / "tokenizer_config.json").get("eos_token")
+    if isinstance(eos, dict):
+        eos = eos.get("content")
+    return eos if eos in specials else None
+
+
+def _read_json_if_exists(path):
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_json(path, obj, indent=2):
+    try:
+        text = json.dumps(obj, ensure_ascii=False, indent=indent)
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: only JSON's \uXXXX escapes can hold it
+        text = json.dumps(obj, ensure_ascii=True, indent=indent)
+    _write_text(path, text + "\n")
+
+
+def _write_text(path, text):
+    """Write via a temp file and rename, so a crash never leaves half a tokenizer behind."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    os.replace(tmp, path)

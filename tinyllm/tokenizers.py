@@ -256,7 +256,9 @@ class AutoTokenizer:
         if path.is_file():
             return Tokenizer.load(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"AutoTokenizer.from_pretrained: {path} does not exist")
+            from .models.auto import resolve_pretrained  # a model name with a copy in the HF cache
+
+            path = resolve_pretrained(path)
         if (path / TOKENIZER_FILE).is_file():
             return Tokenizer.load(path / TOKENIZER_FILE)
         if ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()) or (

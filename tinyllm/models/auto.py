@@ -16,16 +16,19 @@ def resolve_pretrained(name_or_path):
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    name = str(name_or_path)
+    if path.is_absolute() or name.startswith(".") or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        raise FileNotFoundError(f"from_pretrained: the directory {name} does not exist")
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     hub = Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub"))
-    repo = hub / ("models--" + str(name_or_path).replace("/", "--"))
+    repo = hub / ("models--" + name.replace("/", "--"))
     snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime) if repo.is_dir() else []
     if snapshots:
         return snapshots[-1]
     raise FileNotFoundError(
-        f"from_pretrained: {name_or_path!r} is not a directory, and no copy of it is in the Hugging Face cache "
+        f"from_pretrained: {name!r} is not a directory, and no copy of it is in the Hugging Face cache "
         f"({hub}). tinyllm does not download models: fetch one first, e.g. "
-        f"`huggingface-cli download {name_or_path} --local-dir {Path(str(name_or_path)).name}` "
+        f"`huggingface-cli download {name} --local-dir {path.name}` "
         "(or save_pretrained() it from transformers), then pass that directory"
     )
 

@@ -1,0 +1,192 @@
+"""Softmax cross-entropy of logits (N, V) against integer targets (N,), fused, with ignore_index.
+
+Per row i with target t_i != ignore_index (a "valid" row; n_valid of them)::
+
+    lse_i  = log sum_j exp(z_ij) = m_i + log sum_j exp(z_ij - m_i),   m_i = max_j z_ij
+    loss   = (1 / n_valid) * sum_{valid i} (lse_i - z_i[t_i])        (nan if n_valid == 0)
+
+Subtracting the row max keeps every exp in (0, 1], so any finite logits give a finite lse. The
+kernels take exp in the logits' dtype (expf for float32: numba's exp is a scalar libm call and
+dominates the cost) and accumulate sums in float64.
+Backward, for an upstream gradient g of the scalar loss::
+
+    dz_ij = g / n_valid * (softmax(z_i)_j - [j == t_i]),   softmax(z_i)_j = exp(z_ij - lse_i)
+    dz_ij = 0                                               for ignored rows
+
+The forward returns lse so the backward needs no second pass for the max and the sum (the
+numba backward still recomputes them for rows whose |lse| is too large to carry log s exactly).
+"""
+import math
+
+import numpy as np
+
+from ._jit import njit, prange
+
+__all__ = [
+    "cross_entropy_forward_ref", "cross_entropy_backward_ref",
+    "cross_entropy_forward", "cross_entropy_backward",
+]
+
+# The backward trusts a saved lse up to this magnitude (see _cross_entropy_backward_kernel).
+_LSE_TRUSTED = 32.0
+
+
+# ----------------------------------------------------------------------------------------------
+# NumPy reference
+
+
+def cross_entropy_forward_ref(logits, targets, ignore_index=-100):
+    """logits (N, V), targets (N,) -> loss (0-d, logits' dtype), lse (N,)."""
+    row_max = logits.max(axis=1)                                          # (N,)
+    lse = row_max + np.log(np.exp(logits - row_max[:, None]).sum(axis=1))  # (N,)
+    valid = targets != ignore_index                                       # (N,)
+    rows = np.flatnonzero(valid)
+    if rows.size == 0:
+        return np.array(np.nan, dtype=logits.dtype), lse
+    picked = logits[rows, targets[rows]]                                  # (n_valid,)
+    loss = np.sum(lse[rows] - picked, dtype=np.float64) / rows.size
+    return np.array(loss, dtype=logits.dtype), lse
+
+
+def cross_entropy_backward_ref(logits, targets, lse, grad_loss, ignore_index=-100):
+    """logits (N, V), targets (N,), lse (N,), scalar grad_loss -> dlogits (N, V)."""
+    valid = targets != ignore_index                                       # (N,)
+    n_valid = np.count_nonzero(valid)
+    probs = np.exp(logits - lse[:, None])                                 # (N, V) softmax
+    rows = np.flatnonzero(valid)
+    probs[rows, targets[rows]] -= 1.0
+    scale = float(grad_loss) / max(n_valid, 1)
+    return (probs * (scale * valid[:, None])).astype(logits.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# numba kernels
+
+
+@njit
+def _row_max_and_sum(logits, i):
+    """m = max_j z[i, j] (in the logits' dtype) and s = sum_j exp(z[i, j] - m) (float64)."""
+    vocab = logits.shape[1]
+    row_max = logits[i, 0]
+    for j in range(1, vocab):
+        if logits[i, j] > row_max:
+            row_max = logits[i, j]
+    total = 0.0
+    for j in range(vocab):
+        total += math.exp(logits[i, j] - row_max)
+    return row_max, total
+
+
+@njit(parallel=True)
+def _cross_entropy_forward_kernel(logits, targets, ignore_index, lse, row_loss):
+    """for each row i (parallel):  m, s = max_j z[i, j], sum_j exp(z[i, j] - m)   (2 passes)
+                                    lse[i] = m + log(s)
+                                    row_loss[i] = (m - z[i, t_i]) + log(s), or 0 if ignored
+    The caller sums row_loss (float64) and divides by n_valid. Writing the loss as
+    (m - z_t) + log(s) rather than lse - z_t keeps log(s) when |m| is so large (1e30) that
+    m + log(s) rounds to m.
+    """
+    for i in prange(logits.shape[0]):
+        row_max, total = _row_max_and_sum(logits, i)
+        row_max = np.float64(row_max)
+        lse[i] = row_max + math.log(total)
+        t = targets[i]
+        row_loss[i] = 0.0 if t == ignore_index else (row_max - logits[i, t]) + math.log(total)
+
+
+@njit(parallel=True)
+def _cross_entropy_backward_kernel(logits, targets, lse, scale, ignore_index, dlogits):
+    """for each row i (parallel):
+         p_j = exp(z[i, j] - lse[i])      if |lse[i]| <= _LSE_TRUSTED (one pass)
+         p_j = exp(z[i, j] - m) / s       otherwise (max and sum recomputed: 3 passes)
+         dz[i, j] = scale * (p_j - [j == t_i])       (scale = grad_loss / n_valid)
+    Ignored rows get 0. A large lse, stored in the logits' dtype, has rounded away part or all of
+    log(s) (for logits ~1e30, lse == m exactly), and exp(z - lse) would then be wrong by a
+    factor up to s; below the threshold its rounding costs at most ~32 ulp in p.
+    """
+    n_rows, vocab = logits.shape
+    for i in prange(n_rows):
+        t = targets[i]
+        if t == ignore_index:
+            for j in range(vocab):
+                dlogits[i, j] = 0.0
+        else:
+            shift = lse[i]
+            inv_total = 1.0
+            if abs(shift) > _LSE_TRUSTED:
+                shift, total = _row_max_and_sum(logits, i)
+                inv_total = 1.0 / total
+            for j in range(vocab):
+                dlogits[i, j] = scale * inv_total * math.exp(logits[i, j] - shift)
+            dlogits[i, t] = scale * (inv_total * math.exp(logits[i, t] - shift) - 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# public wrappers
+
+
+def _check_inputs(fn, logits, targets, ignore_index):
+    """Validate; return targets as a contiguous int64 array."""
+    if not isinstance(logits, np.ndarray) or logits.ndim != 2:
+        shape = getattr(logits, "shape", type(logits).__name__)
+        raise ValueError(f"{fn}: logits must be a 2-D array (N, V), got {shape}")
+    if logits.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{fn}: logits have dtype {logits.dtype}, expected float32 or float64")
+    n_rows, vocab = logits.shape
+    if vocab == 0:
+        raise ValueError(f"{fn}: logits have shape {logits.shape}: no classes to choose from")
+    targets = np.asarray(targets)
+    if targets.dtype.kind not in "iu":
+        raise ValueError(f"{fn}: targets must be integers, got dtype {targets.dtype}")
+    if targets.shape != (n_rows,):
+        raise ValueError(
+            f"{fn}: targets have shape {targets.shape}, expected ({n_rows},) for logits {logits.shape}"
+        )
+    if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
+        raise ValueError(f"{fn}: ignore_index must be an integer, got {ignore_index!r}")
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{fn}: targets[{i}] = {targets[i]} is outside [0, {vocab}) and is not ignore_index={ignore_index}"
+        )
+    return np.ascontiguousarray(targets, dtype=np.int64)
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """Fused numba forward; same contract as :func:`cross_entropy_forward_ref`.
+
+    logits (N, V) float32/float64, targets (N,) integers in [0, V) or == ignore_index.
+    Returns loss (0-d array of logits' dtype; nan if every row is ignored) and lse (N,).
+    """
+    targets = _check_inputs("cross_entropy_forward", logits, targets, ignore_index)
+    n_rows = logits.shape[0]
+    lse = np.empty(n_rows, dtype=logits.dtype)
+    row_loss = np.empty(n_rows)  # float64
+    _cross_entropy_forward_kernel(np.ascontiguousarray(logits), targets, int(ignore_index), lse, row_loss)
+    n_valid = np.count_nonzero(targets != ignore_index)
+    loss = row_loss.sum() / n_valid if n_valid else np.nan
+    return np.array(loss, dtype=logits.dtype), lse
+
+
+def cross_entropy_backward(logits, targets, lse, grad_loss, ignore_index=-100):
+    """Fused numba backward; same contract as :func:`cross_entropy_backward_ref`.
+
+    lse (N,) is the forward's; grad_loss is the scalar upstream gradient (a number or size-1
+    array). Returns dlogits (N, V) of logits' dtype.
+    """
+    fn = "cross_entropy_backward"
+    targets = _check_inputs(fn, logits, targets, ignore_index)
+    n_rows = logits.shape[0]
+    if not isinstance(lse, np.ndarray) or lse.shape != (n_rows,):
+        raise ValueError(f"{fn}: lse has shape {getattr(lse, 'shape', None)}, expected ({n_rows},)")
+    grad_loss = np.asarray(grad_loss)
+    if grad_loss.size != 1:
+        raise ValueError(f"{fn}: grad_loss must be a scalar, got shape {grad_loss.shape}")
+    n_valid = np.count_nonzero(targets != ignore_index)
+    scale = float(grad_loss.reshape(())) / max(n_valid, 1)
+    dlogits = np.empty(logits.shape, dtype=logits.dtype)
+    _cross_entropy_backward_kernel(
+        np.ascontiguousarray(logits), targets, np.ascontiguousarray(lse), scale, int(ignore_index), dlogits
+    )
+    return dlogits

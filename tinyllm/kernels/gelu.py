@@ -1,0 +1,163 @@
+"""GELU, element-wise, forward and backward: y = x * Phi(x), Phi the standard normal CDF.
+
+``approximate="tanh"`` (GPT-2), with k = sqrt(2/pi), c = 0.044715::
+
+    u  = k (x + c x^3),   t = tanh(u)
+    y  = 0.5 x (1 + t)
+    dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2)
+
+``approximate="none"`` (exact)::
+
+    y  = 0.5 x (1 + erf(x / sqrt 2))
+    dy/dx = 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
+
+In the tanh form x is clipped to [-10, 10] inside the cubic only: from |x| ~ 7.2 on, tanh(u) is
+exactly +-1 in float64 (and float32), so the clip changes no value, but it keeps x^3 from
+overflowing (float32 x = 1e15) and 0 * inf from turning dy/dx into nan. So y = x for large
+positive x and -0 for large negative x, with dy/dx = 1 and 0.
+
+Backward returns dx = dy * dy/dx. ``*_ref`` is the NumPy spec; :func:`gelu_forward` /
+:func:`gelu_backward` take any shape, flatten, and run a numba kernel over chunks in parallel.
+"""
+import math
+
+import numpy as np
+
+from ._jit import njit, prange
+
+__all__ = ["gelu_forward_ref", "gelu_backward_ref", "gelu_forward", "gelu_backward"]
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_COEF = 0.044715
+_CLIP = 10.0
+_CHUNK = 4096  # elements per parallel work item
+_APPROXIMATIONS = ("tanh", "none")
+
+# NumPy has no erf; the reference (and only the reference) maps math.erf over the array.
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _check_approximate(fn, approximate):
+    if approximate not in _APPROXIMATIONS:
+        raise ValueError(f"{fn}: approximate={approximate!r} is not one of {_APPROXIMATIONS}")
+
+
+# ----------------------------------------------------------------------------------------------
+# NumPy reference
+
+
+def gelu_forward_ref(x, approximate="tanh"):
+    """x (any shape) -> y (same shape and dtype)."""
+    _check_approximate("gelu_forward_ref", approximate)
+    if approximate == "tanh":
+        x_clip = np.clip(x, -_CLIP, _CLIP)
+        return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x_clip + _COEF * x_clip**3)))
+    return (0.5 * x * (1.0 + _erf(x * _INV_SQRT_2))).astype(x.dtype)
+
+
+def gelu_backward_ref(x, dy, approximate="tanh"):
+    """x, dy (same shape) -> dx = dy * gelu'(x)."""
+    _check_approximate("gelu_backward_ref", approximate)
+    if approximate == "tanh":
+        x_clip = np.clip(x, -_CLIP, _CLIP)
+        t = np.tanh(_SQRT_2_OVER_PI * (x_clip + _COEF * x_clip**3))
+        du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _COEF * x_clip**2)
+        return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+    cdf = 0.5 * (1.0 + _erf(x * _INV_SQRT_2))
+    with np.errstate(over="ignore"):  # x^2 = inf for |x| > 1e154, and exp(-inf) = 0 is right
+        pdf = np.exp(-0.5 * x.astype(np.float64) ** 2) * _INV_SQRT_2PI
+    return (dy * (cdf + x * pdf)).astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# numba kernels (per-element math in float64, one function per formula)
+
+
+@njit
+def _tanh(u):
+    """tanh(u) = 1 - 2 / (1 + exp(2u)): one exp is ~3x cheaper than math.tanh here, and the result
+    is exactly +-1 for |u| > 19 as tanh's is. Needs |u| < 354 (exp overflow): the clip sees to it."""
+    return 1.0 - 2.0 / (1.0 + math.exp(2.0 * u))
+
+
+@njit
+def _gelu_tanh(v):
+    v_clip = min(max(v, -_CLIP), _CLIP)
+    return 0.5 * v * (1.0 + _tanh(_SQRT_2_OVER_PI * (v_clip + _COEF * v_clip * v_clip * v_clip)))
+
+
+@njit
+def _gelu_tanh_grad(v):
+    v_clip = min(max(v, -_CLIP), _CLIP)
+    t = _tanh(_SQRT_2_OVER_PI * (v_clip + _COEF * v_clip * v_clip * v_clip))
+    du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _COEF * v_clip * v_clip)
+    return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du_dx
+
+
+@njit
+def _gelu_erf(v):
+    return 0.5 * v * (1.0 + math.erf(v * _INV_SQRT_2))
+
+
+@njit
+def _gelu_erf_grad(v):
+    return 0.5 * (1.0 + math.erf(v * _INV_SQRT_2)) + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI
+
+
+@njit(parallel=True)
+def _gelu_forward_kernel(x, exact, y):
+    """x, y (n,).  for each chunk of _CHUNK elements (parallel): for k in chunk: y[k] = gelu(x[k])"""
+    n = x.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for k in range(c * _CHUNK, min((c + 1) * _CHUNK, n)):
+            v = np.float64(x[k])
+            y[k] = _gelu_erf(v) if exact else _gelu_tanh(v)
+
+
+@njit(parallel=True)
+def _gelu_backward_kernel(x, dy, exact, dx):
+    """x, dy, dx (n,).  for each chunk (parallel): for k in chunk: dx[k] = dy[k] * gelu'(x[k])"""
+    n = x.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        for k in range(c * _CHUNK, min((c + 1) * _CHUNK, n)):
+            v = np.float64(x[k])
+            dx[k] = dy[k] * (_gelu_erf_grad(v) if exact else _gelu_tanh_grad(v))
+
+
+# ----------------------------------------------------------------------------------------------
+# public wrappers
+
+
+def _check_float_array(fn, name, a):
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{fn}: {name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{fn}: {name} has dtype {a.dtype}, expected float32 or float64")
+
+
+def gelu_forward(x, approximate="tanh"):
+    """Numba GELU of a float32/float64 array of any shape; same contract as :func:`gelu_forward_ref`."""
+    fn = "gelu_forward"
+    _check_approximate(fn, approximate)
+    _check_float_array(fn, "x", x)
+    y = np.empty(x.shape, dtype=x.dtype)  # C-contiguous, so reshape(-1) is a view
+    _gelu_forward_kernel(np.ascontiguousarray(x).reshape(-1), approximate == "none", y.reshape(-1))
+    return y
+
+
+def gelu_backward(x, dy, approximate="tanh"):
+    """Numba GELU backward, dx = dy * gelu'(x); same contract as :func:`gelu_backward_ref`."""
+    fn = "gelu_backward"
+    _check_approximate(fn, approximate)
+    _check_float_array(fn, "x", x)
+    _check_float_array(fn, "dy", dy)
+    if dy.shape != x.shape or dy.dtype != x.dtype:
+        raise ValueError(f"{fn}: dy is {dy.dtype} {dy.shape} but x is {x.dtype} {x.shape}; they must match")
+    dx = np.empty(x.shape, dtype=x.dtype)
+    _gelu_backward_kernel(
+        np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(dy).reshape(-1),
+        approximate == "none", dx.reshape(-1),
+    )
+    return dx

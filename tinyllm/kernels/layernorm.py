@@ -1,0 +1,191 @@
+"""Layer normalisation over the last axis of a 2-D array ``x`` (N, C), forward and backward.
+
+Callers flatten leading axes: ``(B, T, C) -> (B*T, C)``. Per row x (C,)::
+
+    mean = sum_j x_j / C
+    var  = sum_j (x_j - mean)^2 / C                  (biased, as PyTorch)
+    rstd = 1 / sqrt(var + eps)
+    xhat = (x - mean) * rstd
+    y    = xhat * weight + bias
+
+Backward, with g = dy * weight (per element) and means taken along the row::
+
+    dx      = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    dweight = sum_rows dy * xhat
+    dbias   = sum_rows dy
+
+(dx follows from d xhat_j / d x_k = rstd * (delta_jk - 1/C - xhat_j xhat_k / C).)
+
+``*_ref`` is the NumPy spec; :func:`layernorm_forward` / :func:`layernorm_backward` validate and
+call the fused numba kernels.
+"""
+import math
+
+import numpy as np
+
+from ._jit import njit, prange
+
+__all__ = [
+    "layernorm_forward_ref", "layernorm_backward_ref", "layernorm_forward", "layernorm_backward",
+]
+
+# Backward sums dweight/dbias over fixed blocks of this many rows, one partial row per block, so
+# no two threads add into the same memory and the result does not depend on the thread count.
+_ROWS_PER_BLOCK = 32
+
+
+# ----------------------------------------------------------------------------------------------
+# NumPy reference
+
+
+def layernorm_forward_ref(x, weight, bias, eps=1e-5):
+    """x (N, C), weight (C,), bias (C,) or None -> y (N, C), mean (N,), rstd (N,). Two passes."""
+    mean = x.mean(axis=1)                                   # (N,)
+    centred = x - mean[:, None]                             # (N, C)
+    rstd = 1.0 / np.sqrt((centred * centred).mean(axis=1) + eps)  # (N,)
+    y = centred * rstd[:, None] * weight
+    if bias is not None:
+        y = y + bias
+    return y, mean, rstd
+
+
+def layernorm_backward_ref(dy, x, weight, mean, rstd):
+    """dy, x (N, C), weight (C,), mean, rstd (N,) -> dx (N, C), dweight (C,), dbias (C,)."""
+    xhat = (x - mean[:, None]) * rstd[:, None]              # (N, C)
+    g = dy * weight                                         # (N, C)
+    g_mean = g.mean(axis=1, keepdims=True)                  # (N, 1)
+    gxhat_mean = (g * xhat).mean(axis=1, keepdims=True)     # (N, 1)
+    dx = rstd[:, None] * (g - g_mean - xhat * gxhat_mean)
+    return dx, (dy * xhat).sum(axis=0), dy.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# numba kernels
+
+
+@njit(parallel=True)
+def _layernorm_forward_kernel(x, weight, bias, eps, y, mean, rstd):
+    """for each row i (parallel):  one pass: s1, s2 = sum(x - shift), sum((x - shift)^2)
+                                    one pass: y[i, j] = (x - mean) * rstd * weight[j] + bias[j]
+
+    Sums are float64 and shifted by the row's first element: for a row like 1e4 + noise the
+    plain sum of squares would cancel catastrophically (var = E[x^2] - E[x]^2), the shifted one
+    does not, and x - shift is exact when x and shift are within a factor 2 of each other.
+    """
+    n_rows, n_cols = x.shape
+    for i in prange(n_rows):
+        shift = np.float64(x[i, 0])
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(n_cols):
+            d = x[i, j] - shift
+            s1 += d
+            s2 += d * d
+        shifted_mean = s1 / n_cols
+        var = max(s2 / n_cols - shifted_mean * shifted_mean, 0.0)  # rounding can give -tiny
+        r = 1.0 / math.sqrt(var + eps)
+        mean[i] = shift + shifted_mean
+        rstd[i] = r
+        for j in range(n_cols):
+            y[i, j] = ((x[i, j] - shift) - shifted_mean) * r * weight[j] + bias[j]
+
+
+@njit(parallel=True)
+def _layernorm_backward_kernel(dy, x, weight, mean, rstd, dx, dweight_blocks, dbias_blocks):
+    """for each block b of _ROWS_PER_BLOCK rows (parallel):
+         for each row i in b:  pass 1: mean(g), mean(g * xhat); dweight_blocks[b] += dy * xhat,
+                                       dbias_blocks[b] += dy
+                               pass 2: dx[i, j] = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    The caller sums dweight_blocks / dbias_blocks (n_blocks, C) over blocks.
+    """
+    n_rows, n_cols = x.shape
+    for b in prange(dweight_blocks.shape[0]):
+        for i in range(b * _ROWS_PER_BLOCK, min((b + 1) * _ROWS_PER_BLOCK, n_rows)):
+            m = np.float64(mean[i])
+            r = np.float64(rstd[i])
+            g_sum = 0.0
+            gxhat_sum = 0.0
+            for j in range(n_cols):
+                xhat = (x[i, j] - m) * r
+                g = dy[i, j] * np.float64(weight[j])
+                g_sum += g
+                gxhat_sum += g * xhat
+                dweight_blocks[b, j] += dy[i, j] * xhat
+                dbias_blocks[b, j] += dy[i, j]
+            g_mean = g_sum / n_cols
+            gxhat_mean = gxhat_sum / n_cols
+            for j in range(n_cols):
+                xhat = (x[i, j] - m) * r
+                g = dy[i, j] * np.float64(weight[j])
+                dx[i, j] = r * (g - g_mean - xhat * gxhat_mean)
+
+
+# ----------------------------------------------------------------------------------------------
+# public wrappers
+
+
+def _check_array(fn, name, a, shape, dtype):
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{fn}: {name} must be a numpy array, got {type(a).__name__}")
+    if a.shape != shape:
+        raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {shape}")
+    if a.dtype != dtype:
+        raise ValueError(f"{fn}: {name} has dtype {a.dtype}, expected {dtype} (the dtype of x)")
+
+
+def _check_x(fn, x):
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        shape = getattr(x, "shape", type(x).__name__)
+        raise ValueError(f"{fn}: x must be a 2-D array (N, C), got {shape}; flatten leading axes first")
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{fn}: x has dtype {x.dtype}, expected float32 or float64")
+    if x.shape[1] == 0:
+        raise ValueError(f"{fn}: x has shape {x.shape}: cannot normalise rows of 0 elements")
+
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """Fused numba LayerNorm forward; same contract as :func:`layernorm_forward_ref`.
+
+    x (N, C) float32/float64; weight (C,) and bias (C,) or None of x's dtype; eps >= 0.
+    Returns y (N, C), mean (N,), rstd (N,), all of x's dtype.
+    """
+    fn = "layernorm_forward"
+    _check_x(fn, x)
+    n_rows, n_cols = x.shape
+    _check_array(fn, "weight", weight, (n_cols,), x.dtype)
+    if bias is not None:
+        _check_array(fn, "bias", bias, (n_cols,), x.dtype)
+    if not (eps >= 0 and math.isfinite(eps)):
+        raise ValueError(f"{fn}: eps must be finite and >= 0, got {eps}")
+    bias = np.zeros(n_cols, dtype=x.dtype) if bias is None else np.ascontiguousarray(bias)
+    y = np.empty((n_rows, n_cols), dtype=x.dtype)
+    mean = np.empty(n_rows, dtype=x.dtype)
+    rstd = np.empty(n_rows, dtype=x.dtype)
+    _layernorm_forward_kernel(
+        np.ascontiguousarray(x), np.ascontiguousarray(weight), bias, float(eps), y, mean, rstd
+    )
+    return y, mean, rstd
+
+
+def layernorm_backward(dy, x, weight, mean, rstd):
+    """Fused numba LayerNorm backward; same contract as :func:`layernorm_backward_ref`.
+
+    dy, x (N, C); weight (C,); mean, rstd (N,) from the forward; all of one float dtype.
+    Returns dx (N, C), dweight (C,), dbias (C,) of that dtype.
+    """
+    fn = "layernorm_backward"
+    _check_x(fn, x)
+    n_rows, n_cols = x.shape
+    _check_array(fn, "dy", dy, x.shape, x.dtype)
+    _check_array(fn, "weight", weight, (n_cols,), x.dtype)
+    _check_array(fn, "mean", mean, (n_rows,), x.dtype)
+    _check_array(fn, "rstd", rstd, (n_rows,), x.dtype)
+    n_blocks = -(-n_rows // _ROWS_PER_BLOCK)
+    dx = np.empty((n_rows, n_cols), dtype=x.dtype)
+    dweight_blocks = np.zeros((n_blocks, n_cols))  # float64 partial sums, one row per block
+    dbias_blocks = np.zeros((n_blocks, n_cols))
+    _layernorm_backward_kernel(
+        np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(weight),
+        np.ascontiguousarray(mean), np.ascontiguousarray(rstd), dx, dweight_blocks, dbias_blocks,
+    )
+    return dx, dweight_blocks.sum(axis=0).astype(x.dtype), dbias_blocks.sum(axis=0).astype(x.dtype)

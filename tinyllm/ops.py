@@ -112,7 +112,8 @@ class Pow(Function):
         a, b, out = ctx.saved_tensors
         ga = gb = None
         if ctx.needs_input_grad[0]:
-            ga = unbroadcast(g * b * a ** (b - 1), a.shape)
+            # d/da a^0 = 0 everywhere, also at a = 0 where b * a^(b-1) would be 0 * inf
+            ga = unbroadcast(np.where(b == 0, 0, g * b * a ** np.where(b == 0, 1, b - 1)), a.shape)
         if ctx.needs_input_grad[1]:
             gb = unbroadcast(g * out * np.log(a), b.shape)
         return ga, gb

@@ -99,7 +99,11 @@ class Function:
         ctx = cls()
         arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
         out = cls.forward(ctx, *arrays, **kwargs)
-        needs_grad = _GradMode.enabled and any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+        needs_grad = (
+            _GradMode.enabled
+            and any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+            and np.asarray(out).dtype.kind == "f"  # an integer result (a cast, an argmax) has no gradient
+        )
         result = Tensor._wrap(out, needs_grad)
         if needs_grad:
             ctx.parents = inputs
@@ -336,10 +340,10 @@ class Tensor:
         return _ops.Max.apply(self, axis=_norm_axis(axis, self.ndim, "max"), keepdims=keepdims)
 
     def softmax(self, axis=-1):
-        return _ops.Softmax.apply(self, axis=_norm_axis(axis, self.ndim, "softmax")[0])
+        return _ops.Softmax.apply(self, axis=_single_axis(axis, self.ndim, "softmax"))
 
     def log_softmax(self, axis=-1):
-        return _ops.LogSoftmax.apply(self, axis=_norm_axis(axis, self.ndim, "log_softmax")[0])
+        return _ops.LogSoftmax.apply(self, axis=_single_axis(axis, self.ndim, "log_softmax"))
 
     # --- shape ------------------------------------------------------------------------------------
     def reshape(self, *shape):
@@ -414,7 +418,9 @@ def _operand(other, like):
 
 def _norm_axis(axis, ndim, op):
     """``axis`` (None, int or tuple, negatives allowed) as a sorted tuple of non-negative ints."""
-    if axis is None:
+    if axis is None or ndim == 0:  # a 0-d tensor has no axis to reduce (0 and -1 accepted, as PyTorch)
+        if ndim == 0 and axis not in (None, 0, -1, (), (0,), (-1,)):
+            raise ValueError(f"{op}: axis {axis} is out of range for a tensor with 0 dimensions")
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
@@ -425,6 +431,15 @@ def _norm_axis(axis, ndim, op):
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: axis {axis} repeats an axis")
     return tuple(out) if op in ("transpose", "permute") else tuple(sorted(out))
+
+
+def _single_axis(axis, ndim, op):
+    """One axis (an int, negative allowed) for ops such as softmax that act along a single axis."""
+    if not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{op}: axis must be one int, got {axis!r}")
+    if ndim == 0:
+        return None
+    return _norm_axis(axis, ndim, op)[0]
 
 
 def _check_index(index, shape):
@@ -478,7 +493,7 @@ def _run_backward(root, grad, retain_graph):
             continue
         ctx = node._ctx
         if ctx is None:  # a leaf: accumulate, as PyTorch does
-            node.grad = g.copy() if node.grad is None else node.grad + g
+            node.grad = np.array(g) if node.grad is None else node.grad + g
             continue
         if ctx.parents is None:
             raise RuntimeError(
@@ -491,6 +506,7 @@ def _run_backward(root, grad, retain_graph):
         for parent, needs, pg in zip(ctx.parents, ctx.needs_input_grad, input_grads):
             if not needs or pg is None:
                 continue
+            pg = np.asarray(pg)  # NumPy turns 0-d results into scalars; keep gradients arrays
             assert pg.shape == parent.shape, (
                 f"{type(ctx).__name__}.backward returned a gradient of shape {pg.shape} "
                 f"for an input of shape {parent.shape}"

@@ -55,7 +55,7 @@ def sample_from_logits(logits, rng, do_sample=True, temperature=1.0, top_k=None,
     # inverse-CDF sampling: one uniform number per row, so the draw depends only on the seed
     u = rng.random((logits.shape[0], 1))
     cdf = np.cumsum(probs, axis=-1)
-    picks = (cdf < u * cdf[:, -1:]).sum(axis=-1)
+    picks = (cdf <= u * cdf[:, -1:]).sum(axis=-1)  # tokens of probability 0 are never picked
     return np.minimum(picks, logits.shape[-1] - 1)
 
 

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from .kernels import adamw as _adamw
+from .tensor import Tensor
 
 __all__ = ["Optimizer", "AdamW", "SGD", "clip_grad_norm", "clip_grad_norm_", "cosine_lr", "WarmupCosineLR"]
 
@@ -153,6 +154,7 @@ def clip_grad_norm(params, max_norm):
 
     Returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``), computed in float64.
     """
+    params = [params] if isinstance(params, Tensor) else list(params)  # one tensor, or a generator
     grads = [p.grad for p in params if p.grad is not None]
     total = math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel().astype(np.float64))) for g in grads))
     coef = max_norm / (total + 1e-6)
@@ -185,8 +187,8 @@ class WarmupCosineLR:
     """Sets every group's ``lr`` from :func:`cosine_lr` (a ``torch.optim.lr_scheduler``-style object)."""
 
     def __init__(self, optimizer, max_lr, min_lr, warmup_steps, decay_steps):
-        if warmup_steps < 0 or decay_steps < warmup_steps:
-            raise ValueError(f"WarmupCosineLR: need 0 <= warmup_steps <= decay_steps, got {warmup_steps}, {decay_steps}")
+        if warmup_steps < 0 or decay_steps < 0:
+            raise ValueError(f"WarmupCosineLR: need warmup_steps >= 0 and decay_steps >= 0, got {warmup_steps}, {decay_steps}")
         self.optimizer, self.max_lr, self.min_lr = optimizer, max_lr, min_lr
         self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
 

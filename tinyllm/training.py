@@ -238,6 +238,9 @@ class Trainer:
 
     def _eval_and_checkpoint(self, logger, bar, log, elapsed):
         ev = self.evaluate()
+        if not (math.isfinite(ev["train_loss"]) and math.isfinite(ev["val_loss"])):
+            self._diverged(f"evaluation loss is {ev['train_loss']} (train) / {ev['val_loss']} (val)",
+                           self.optimizer.param_groups[0]["lr"])
         logger.write(iter=self.iter_num, eval_train_loss=ev["train_loss"], eval_val_loss=ev["val_loss"],
                      elapsed_s=elapsed)
         msg = f"iter {self.iter_num}: train loss {ev['train_loss']:.4f}, val loss {ev['val_loss']:.4f}"
@@ -258,14 +261,14 @@ def _progress(cfg, start):
 
 
 class _CsvLog:
-    """``log.csv``: one row per step and one per evaluation. On resume, rows from the resumed
-    iteration on are dropped first, so the log reads as one uninterrupted run."""
+    """``log.csv``: one row per step (``iter`` counts steps done) and one per evaluation. On resume,
+    rows after the checkpoint's iteration are dropped first, so the log reads as one uninterrupted run."""
 
     def __init__(self, path, truncate_from=0):
         rows = []
         if truncate_from > 0 and path.exists():
             with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["iter"]) < truncate_from]
+                rows = [r for r in csv.DictReader(f) if int(r["iter"]) <= truncate_from]
         self.file = open(path, "w", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
         self.writer.writeheader()

@@ -43,6 +43,9 @@ def parse_args(argv=None):
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--min-lr", type=float, default=1e-4)
     t.add_argument("--warmup-iters", type=int, default=100)
+    t.add_argument("--lr-decay-iters", type=int, default=None,
+                   help="where the cosine reaches --min-lr (default: --max-iters; set it when resuming "
+                        "with a larger --max-iters to keep the original schedule)")
     t.add_argument("--weight-decay", type=float, default=0.1)
     t.add_argument("--grad-clip", type=float, default=1.0)
     t.add_argument("--eval-interval", type=int, default=250)
@@ -94,6 +97,7 @@ def main(argv=None):
     print(f"GPT: {model.num_parameters():,} parameters")
     cfg = TrainConfig(out_dir=str(out_dir), max_iters=args.max_iters, batch_size=args.batch_size,
                       learning_rate=args.lr, min_lr=args.min_lr, warmup_iters=args.warmup_iters,
+                      lr_decay_iters=args.lr_decay_iters,
                       weight_decay=args.weight_decay, grad_clip=args.grad_clip, eval_interval=args.eval_interval,
                       eval_iters=args.eval_iters, seed=args.seed, progress=not args.no_progress)
     trainer = Trainer(model, train_ids, val_ids, cfg, tokenizer)

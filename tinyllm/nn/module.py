@@ -123,6 +123,12 @@ class Module:
             for k, v in state_dict.items()
             if k in params and tuple(np.shape(v)) != tuple(params[k].shape)
         ]
+        first_value = {}
+        for k, v in state_dict.items():  # a tied weight given under two names must agree with itself
+            if k in params and not mis_shaped:
+                other = first_value.setdefault(id(params[k]), (k, v))
+                if other[0] != k and not np.array_equal(other[1], v):
+                    mis_shaped.append(f"{other[0]} and {k} are one tied parameter but hold different values")
         loaded = {id(params[k]) for k in state_dict if k in params}
         missing = [k for k, p in params.items() if id(p) not in loaded]
         missing += [k for k in buffers if k not in state_dict]

@@ -1,0 +1,500 @@
+"""Scaled dot-product attention: a NumPy reference and a fused (flash-style) numba kernel.
+
+Shapes: ``q (N, Tq, D)``, ``k (N, Tk, D)``, ``v (N, Tk, Dv)`` with ``N = batch * heads``.
+For one head (the index n is dropped), with ``c = scale`` (default ``1 / sqrt(D)``)::
+
+    S[i, j]  = c * q[i] . k[j]         set to -inf where masked
+    lse[i]   = log sum_j exp(S[i, j])  (-inf for a row whose keys are all masked)
+    P[i, j]  = exp(S[i, j] - lse[i])   (0 in a fully masked row)
+    out[i]   = sum_j P[i, j] v[j]
+
+Causal masking is bottom-right aligned: query i sees key j iff ``j <= i + (Tk - Tq)``. With
+``Tq == Tk`` that is the usual lower triangle; a single new query against a KV cache of Tk keys
+sees all of them; with ``Tq > Tk`` the first ``Tq - Tk`` rows see nothing (out 0, lse -inf).
+
+Backward, with ``dO = dL/dout``::
+
+    dV = P^T dO
+    dP = dO V^T
+    Drow[i] = sum_c dO[i, c] out[i, c]        (= sum_j P[i, j] dP[i, j])
+    dS = P * (dP - Drow[:, None])             (the softmax Jacobian applied to dP)
+    dQ = c * dS K,   dK = c * dS^T Q
+
+The ``_ref`` functions are that math in plain NumPy, materialising the (N, Tq, Tk) scores: the
+readable spec and the test oracle. ``attention_forward`` / ``attention_backward`` compute the
+same thing tile by tile and never hold more than a (block_q, block_k) piece of S; the forward
+saves only ``out`` and ``lse``, and the backward recomputes P from them. Their tile products
+are ``matmul._gemm_acc``; in float32 their exp is a vectorised polynomial (``_exp_f32_inplace``,
+relative error < 2 float32 eps), in float64 libm's; float64 matches the reference to ~1e-15.
+"""
+import numpy as np
+
+from ._jit import njit, prange
+from .matmul import _gemm_acc
+
+# Tile sizes, chosen with benchmarks/bench_kernels.py on a 2-core AVX-512 machine: 64 x 64
+# float32 tiles (16 KiB each) keep S, the key tile and the value rows in a 48 KiB L1 cache.
+BLOCK_Q = 64
+BLOCK_K = 64
+
+# Constants of the float32 exp below (Cody-Waite split of ln 2; 1.5 * 2**23 rounds to nearest).
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693359375
+_LN2_LO = -2.12194440e-4
+_ROUND_MAGIC = 12582912.0
+_LANES = 8  # independent partial results in the row reductions (one 256-bit float32 vector)
+
+
+# --------------------------------------------------------------------------------------------
+# input checks shared by all four entry points
+# --------------------------------------------------------------------------------------------
+
+def _as_float_array(fn, name, a, ndim, layout):
+    a = np.asarray(a)
+    if a.ndim != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-D {layout}, got shape {a.shape}")
+    return a
+
+
+def _check_qkv(fn, q, k, v, scale):
+    """Validate q, k, v (and scale); return C-contiguous arrays and scale in their dtype."""
+    q = _as_float_array(fn, "q", q, 3, "(N, Tq, D)")
+    k = _as_float_array(fn, "k", k, 3, "(N, Tk, D)")
+    v = _as_float_array(fn, "v", v, 3, "(N, Tk, Dv)")
+    if q.dtype not in (np.float32, np.float64) or not q.dtype == k.dtype == v.dtype:
+        raise ValueError(
+            f"{fn}: q, k, v must share one dtype, float32 or float64; "
+            f"got q {q.dtype}, k {k.dtype}, v {v.dtype}"
+        )
+    if q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"{fn}: q {q.shape} and k {k.shape} must agree on N (axis 0) and D (axis 2)"
+        )
+    if k.shape[:2] != v.shape[:2]:
+        raise ValueError(
+            f"{fn}: k {k.shape} and v {v.shape} must agree on N (axis 0) and Tk (axis 1)"
+        )
+    if q.shape[2] == 0:
+        raise ValueError(f"{fn}: head dim D must be >= 1, got q {q.shape}")
+    if scale is None:
+        scale = 1.0 / np.sqrt(q.shape[2])
+    if not np.isfinite(scale):
+        raise ValueError(f"{fn}: scale must be finite, got {scale}")
+    dtype = q.dtype.type
+    return np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v), dtype(scale)
+
+
+def _check_saved(fn, q, v, out, lse, dout):
+    """Validate the backward's extra inputs against q (N, Tq, D) and v (N, Tk, Dv)."""
+    n, tq, dv = q.shape[0], q.shape[1], v.shape[2]
+    arrays = {"out": (out, (n, tq, dv)), "lse": (lse, (n, tq)), "dout": (dout, (n, tq, dv))}
+    checked = []
+    for name, (a, shape) in arrays.items():
+        a = np.asarray(a)
+        if a.shape != shape:
+            raise ValueError(f"{fn}: {name} must have shape {shape} for q {q.shape} and "
+                             f"v {v.shape}, got {a.shape}")
+        if a.dtype != q.dtype:
+            raise ValueError(f"{fn}: {name} has dtype {a.dtype}, q has {q.dtype}")
+        checked.append(np.ascontiguousarray(a))
+    return checked
+
+
+def causal_mask(tq, tk):
+    """(Tq, Tk) bool, True where query i may attend key j: ``j <= i + (Tk - Tq)``."""
+    return np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq)
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy reference
+# --------------------------------------------------------------------------------------------
+
+def _masked_scores(q, k, causal, scale):
+    scores = (q @ k.transpose(0, 2, 1)) * scale  # (N, Tq, Tk)
+    if causal:
+        scores = np.where(causal_mask(q.shape[1], k.shape[1]), scores, -np.inf)
+    return scores
+
+
+def attention_forward_ref(q, k, v, causal=False, scale=None):
+    """Plain NumPy attention. Returns ``out (N, Tq, Dv)`` and ``lse (N, Tq)``."""
+    q, k, v, scale = _check_qkv("attention_forward_ref", q, k, v, scale)
+    scores = _masked_scores(q, k, causal, scale)
+    row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)  # (N, Tq, 1)
+    # a fully masked row has max -inf; shifting by 0 instead keeps exp(-inf - 0) = 0, not NaN
+    row_max = np.where(np.isfinite(row_max), row_max, 0).astype(q.dtype)
+    unnorm = np.exp(scores - row_max)
+    row_sum = unnorm.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        probs = np.where(row_sum > 0, unnorm / row_sum, 0)
+        lse = (row_max + np.log(row_sum))[..., 0]  # log(0) = -inf for a fully masked row
+    return (probs @ v).astype(q.dtype), lse.astype(q.dtype)
+
+
+def attention_backward_ref(q, k, v, out, lse, dout, causal=False, scale=None):
+    """Plain NumPy backward of attention. Returns ``dq, dk, dv`` (shapes of q, k, v)."""
+    q, k, v, scale = _check_qkv("attention_backward_ref", q, k, v, scale)
+    out, lse, dout = _check_saved("attention_backward_ref", q, v, out, lse, dout)
+    scores = _masked_scores(q, k, causal, scale)
+    finite_lse = np.where(np.isfinite(lse), lse, 0)[..., None]  # (N, Tq, 1)
+    probs = np.exp(scores - finite_lse)  # masked scores are -inf, so fully masked rows give 0
+    dv = probs.transpose(0, 2, 1) @ dout  # (N, Tk, Dv)
+    dprobs = dout @ v.transpose(0, 2, 1)  # (N, Tq, Tk)
+    drow = (dout * out).sum(axis=-1, keepdims=True)  # (N, Tq, 1)
+    dscores = probs * (dprobs - drow)
+    dq = (dscores @ k) * scale
+    dk = (dscores.transpose(0, 2, 1) @ q) * scale
+    return dq.astype(q.dtype), dk.astype(q.dtype), dv.astype(q.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# numba tile helpers (all work on one head; the callers slice out n)
+# --------------------------------------------------------------------------------------------
+
+@njit
+def _load_transposed(src, j0, width, dst):
+    """dst[c, j] = src[j0 + j, c] for j < width.   src (T, C) -> dst (C, >= width)
+
+    S = Q K^T as ``_gemm_acc(Q, K^T)`` runs over keys in its innermost loop; a transposed,
+    contiguous key tile makes that loop unit-stride.
+    """
+    for j in range(width):
+        for c in range(src.shape[1]):
+            dst[c, j] = src[j0 + j, c]
+
+
+@njit
+def _exp_f32_inplace(x, count, bits):
+    """x[j] = exp(x[j]) for j < count, in float32 arithmetic, vectorisable.
+
+    numba without Intel SVML calls the scalar libm ``expf`` once per element (~6 ns); this
+    loop runs ~4x faster because LLVM turns it into 8-wide vector code. Method:
+    exp(x) = 2**n * exp(r) with n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2];
+    exp(r) by its degree-7 Taylor polynomial (relative error < 1e-7), 2**n built directly in
+    the exponent bits. Inputs are clamped to [-88, 88]: below -88 the result is 0 (the true
+    value, < 1e-38, is a denormal no softmax can see), so exp(-inf) = 0 as it should.
+    bits is int32 scratch of at least count elements.
+    """
+    pow2n = bits.view(np.float32)
+    for j in range(count):
+        xj = min(max(x[j], np.float32(-88.0)), np.float32(88.0))
+        n = (xj * np.float32(_LOG2E) + np.float32(_ROUND_MAGIC)) - np.float32(_ROUND_MAGIC)
+        r = xj - n * np.float32(_LN2_HI) - n * np.float32(_LN2_LO)
+        p = np.float32(1 / 5040)
+        p = p * r + np.float32(1 / 720)
+        p = p * r + np.float32(1 / 120)
+        p = p * r + np.float32(1 / 24)
+        p = p * r + np.float32(1 / 6)
+        p = p * r + np.float32(0.5)
+        p = p * r + np.float32(1)
+        p = p * r + np.float32(1)
+        bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)  # float32 bits of 2**n
+        x[j] = p
+    for j in range(count):
+        x[j] *= pow2n[j]  # n = -127 gives bits 0, i.e. the float 0
+
+
+@njit
+def _exp_inplace(tile, rows, bits):
+    """tile[:rows] = exp(tile[:rows]); tile (block_q, block_k), bits int32 of tile.size.
+
+    float32 uses the vectorised polynomial above; float64 (used for finite-difference checks,
+    not for speed) uses libm's exp so that it matches NumPy to the last few bits.
+    """
+    flat = tile.reshape(tile.size)
+    count = rows * tile.shape[1]
+    if tile.itemsize == 4:
+        _exp_f32_inplace(flat, count, bits)
+    else:
+        for j in range(count):
+            flat[j] = np.exp(flat[j])
+
+
+@njit
+def _row_max(tile, r, width, lanes):
+    """max_{j < width} tile[r, j] (-inf if width is 0), with ``_LANES`` running maxima.
+
+    One running max is a chain of dependent max instructions, 4 cycles each; eight
+    independent ones (lanes (8,)) fill one vector register and run 3x faster at width 64.
+    """
+    for x in range(_LANES):
+        lanes[x] = -np.inf
+    for j in range(0, width - _LANES + 1, _LANES):
+        for x in range(_LANES):
+            lanes[x] = max(lanes[x], tile[r, j + x])
+    result = lanes[0]
+    for x in range(1, _LANES):
+        result = max(result, lanes[x])
+    for j in range(width - width % _LANES, width):
+        result = max(result, tile[r, j])
+    return result
+
+
+@njit
+def _row_sum(tile, r, width, lanes):
+    """sum_{j < width} tile[r, j] with ``_LANES`` partial sums (see :func:`_row_max`)."""
+    for x in range(_LANES):
+        lanes[x] = 0
+    for j in range(0, width - _LANES + 1, _LANES):
+        for x in range(_LANES):
+            lanes[x] += tile[r, j + x]
+    result = lanes[0]
+    for x in range(1, _LANES):
+        result += lanes[x]
+    for j in range(width - width % _LANES, width):
+        result += tile[r, j]
+    return result
+
+
+@njit
+def _zero_rows(tile, rows):
+    """tile[:rows] = 0 (the products below accumulate into it)."""
+    for r in range(rows):
+        for j in range(tile.shape[1]):
+            tile[r, j] = 0
+
+
+@njit
+def _visible_keys(i0, rows, j0, width, causal, offset, widths):
+    """widths[r] = how many keys j0, j0+1, ... (of width) query i0 + r may see."""
+    for r in range(rows):
+        if causal:
+            widths[r] = min(max(i0 + r + offset + 1 - j0, 0), width)
+        else:
+            widths[r] = width
+
+
+@njit
+def _first_seeing_rows(i0, rows, j0, width, causal, offset, first_rows):
+    """first_rows[jj] = first r < rows whose query i0 + r sees key j0 + jj (rows if none)."""
+    for jj in range(width):
+        if causal:
+            first_rows[jj] = min(max(j0 + jj - offset - i0, 0), rows)
+        else:
+            first_rows[jj] = 0
+
+
+# --------------------------------------------------------------------------------------------
+# fused forward
+# --------------------------------------------------------------------------------------------
+
+@njit
+def _forward_query_block(q, k, v, i0, rows, causal, scale, block_k, out, lse):
+    """Attention for queries i0 .. i0+rows-1 of one head, walking the keys block by block.
+
+    q (Tq, D), k (Tk, D), v (Tk, Dv), out (Tq, Dv), lse (Tq,). Online softmax per row r:
+    for each key block with (scaled) scores s,
+        m_new = max(m, max_j s_j);  alpha = exp(m - m_new)
+        l     = alpha * l   + sum_j exp(s_j - m_new)
+        acc   = alpha * acc + sum_j exp(s_j - m_new) v_j
+    and finally out = acc / l, lse = m + log l (out 0, lse -inf where l = 0: no visible key).
+    Key blocks entirely right of the causal diagonal are never visited, and within the
+    diagonal block each row's products stop at its last visible key.
+    """
+    tq, d_head = q.shape
+    tk, d_value = v.shape
+    offset = tk - tq
+    dtype = q.dtype
+    k_t = np.empty((d_head, block_k), dtype)  # (D, block_k)
+    scores = np.empty((rows, block_k), dtype)  # S, then P in place
+    bits = np.empty(rows * block_k, np.int32)
+    widths = np.empty(rows, np.int64)
+    zeros = np.zeros(rows, np.int64)
+    head_dims = np.full(rows, d_head, np.int64)
+    value_dims = np.full(rows, d_value, np.int64)
+    row_max = np.full(rows, -np.inf, dtype)
+    row_sum = np.zeros(rows, dtype)
+    acc = np.zeros((rows, d_value), dtype)
+    k_end = min(tk, i0 + rows + offset) if causal else tk  # keys past this are masked for all
+    for j0 in range(0, k_end, block_k):
+        width = min(block_k, k_end - j0)
+        _load_transposed(k, j0, width, k_t)
+        _visible_keys(i0, rows, j0, width, causal, offset, widths)
+        _zero_rows(scores, rows)
+        _gemm_acc(scores, q[i0:], False, k_t, rows, zeros, head_dims, widths)  # Q K^T
+        _shift_by_running_max(scores, widths, scale, row_max, row_sum, acc)
+        _exp_inplace(scores, rows, bits)
+        _add_row_sums(scores, widths, row_sum)
+        _gemm_acc(acc, scores, False, v[j0:], rows, zeros, widths, value_dims)  # += P V
+    _finish_rows(i0, rows, row_max, row_sum, acc, out, lse)
+
+
+@njit
+def _shift_by_running_max(scores, widths, scale, row_max, row_sum, acc):
+    """Scale the raw q.k tile, update the running max m, rescale l and acc by
+    alpha = exp(m_old - m_new), and leave s - m_new in the tile (-inf where masked) for exp.
+    scores (rows, block_k), acc (rows, Dv)."""
+    rows, block_k = scores.shape
+    lanes = np.empty(_LANES, scores.dtype)
+    for r in range(rows):
+        w = widths[r]
+        for j in range(w):
+            scores[r, j] *= scale
+        m_old = row_max[r]
+        m_new = max(m_old, _row_max(scores, r, w, lanes))
+        for j in range(w):
+            scores[r, j] -= m_new
+        for j in range(w, block_k):
+            scores[r, j] = -np.inf
+        if w > 0 and m_new > m_old:
+            alpha = np.exp(m_old - m_new)  # exp(-inf) = 0 on a row's first visible block
+            row_sum[r] *= alpha
+            for c in range(acc.shape[1]):
+                acc[r, c] *= alpha
+            row_max[r] = m_new
+
+
+@njit
+def _add_row_sums(probs, widths, row_sum):
+    """row_sum[r] += sum_{j < widths[r]} probs[r, j].   probs (rows, block_k)"""
+    lanes = np.empty(_LANES, probs.dtype)
+    for r in range(probs.shape[0]):
+        row_sum[r] += _row_sum(probs, r, widths[r], lanes)
+
+
+@njit
+def _finish_rows(i0, rows, row_max, row_sum, acc, out, lse):
+    """out[i0 + r] = acc[r] / l[r], lse[i0 + r] = m[r] + log l[r]; 0 and -inf where l is 0."""
+    for r in range(rows):
+        if row_sum[r] > 0:
+            inv = 1 / row_sum[r]
+            for c in range(acc.shape[1]):
+                out[i0 + r, c] = acc[r, c] * inv
+            lse[i0 + r] = row_max[r] + np.log(row_sum[r])
+        else:
+            for c in range(acc.shape[1]):
+                out[i0 + r, c] = 0
+            lse[i0 + r] = -np.inf
+
+
+@njit(parallel=True)
+def _forward_kernel(q, k, v, causal, scale, block_q, block_k, out, lse):
+    """prange over the independent (head n, query block) pairs; each writes its own rows.
+
+    q (N, Tq, D), k (N, Tk, D), v (N, Tk, Dv) -> out (N, Tq, Dv), lse (N, Tq).
+    """
+    n_heads, tq = q.shape[0], q.shape[1]
+    n_qblocks = (tq + block_q - 1) // block_q
+    for item in prange(n_heads * n_qblocks):
+        n = item // n_qblocks
+        i0 = (item % n_qblocks) * block_q
+        rows = min(block_q, tq - i0)
+        _forward_query_block(q[n], k[n], v[n], i0, rows, causal, scale, block_k, out[n], lse[n])
+
+
+def attention_forward(q, k, v, causal=False, scale=None):
+    """Fused attention forward (numba). Same contract as :func:`attention_forward_ref`:
+    returns ``out (N, Tq, Dv)`` and ``lse (N, Tq)`` in the dtype of q."""
+    q, k, v, scale = _check_qkv("attention_forward", q, k, v, scale)
+    n, tq = q.shape[:2]
+    out = np.empty((n, tq, v.shape[2]), q.dtype)
+    lse = np.empty((n, tq), q.dtype)
+    _forward_kernel(q, k, v, bool(causal), scale, BLOCK_Q, BLOCK_K, out, lse)
+    return out, lse
+
+
+# --------------------------------------------------------------------------------------------
+# fused backward
+# --------------------------------------------------------------------------------------------
+
+@njit
+def _row_dots(a, b, result):
+    """result[i] = sum_c a[i, c] * b[i, c], summed in float64.   a, b (T, C) -> (T,)"""
+    for i in range(a.shape[0]):
+        total = 0.0
+        for c in range(a.shape[1]):
+            total += np.float64(a[i, c]) * np.float64(b[i, c])
+        result[i] = total
+
+
+@njit
+def _probs_and_dscores(scores, dprobs, rows, widths, lse, drow, i0, scale, bits):
+    """From the raw tiles q.k and dO.v of one (query block, key block) pair, in place:
+
+        scores <- P  = exp(c * q.k - lse[i])        (0 where masked)
+        dprobs <- dS = c * P * (dP - Drow[i])       (0 where masked; c folded in for dQ, dK)
+    """
+    block_k = scores.shape[1]
+    for r in range(rows):
+        w = widths[r]
+        for j in range(w):
+            scores[r, j] = scores[r, j] * scale - lse[i0 + r]
+        for j in range(w, block_k):
+            scores[r, j] = -np.inf
+    _exp_inplace(scores, rows, bits)
+    for r in range(rows):
+        w = widths[r]
+        d_r = drow[i0 + r]
+        for j in range(w):
+            dprobs[r, j] = scale * scores[r, j] * (dprobs[r, j] - d_r)
+        for j in range(w, block_k):
+            dprobs[r, j] = 0
+
+
+@njit
+def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq, dk, dv):
+    """Gradients of one head; dq, dk, dv must arrive zeroed.
+
+    q (Tq, D), k (Tk, D), v (Tk, Dv), out/dout (Tq, Dv), lse (Tq,). Loop nest: key block j0,
+    then every query block that sees it (causally hidden tiles are skipped), then per tile:
+    S = Q K^T, P = exp(c S - lse), dP = dO V^T, dS; then dv += P^T dO, dk += dS^T Q,
+    dq += dS K, each product bounded to the visible part of the tile.
+    """
+    tq, d_head = q.shape
+    tk, d_value = v.shape
+    offset = tk - tq
+    dtype = q.dtype
+    drow = np.empty(tq, dtype)  # Drow[i] = dO[i] . out[i]
+    _row_dots(dout, out, drow)
+    k_t = np.empty((d_head, block_k), dtype)
+    v_t = np.empty((d_value, block_k), dtype)
+    scores = np.empty((block_q, block_k), dtype)
+    dprobs = np.empty((block_q, block_k), dtype)
+    bits = np.empty(block_q * block_k, np.int32)
+    widths = np.empty(block_q, np.int64)  # visible keys per query row of the tile
+    first_rows = np.empty(block_k, np.int64)  # first query row of the tile seeing each key
+    n_bounds = max(block_q, block_k)
+    zeros = np.zeros(n_bounds, np.int64)
+    head_dims = np.full(n_bounds, d_head, np.int64)
+    value_dims = np.full(n_bounds, d_value, np.int64)
+    tile_rows = np.empty(block_k, np.int64)
+    for j0 in range(0, tk, block_k):
+        width = min(block_k, tk - j0)
+        _load_transposed(k, j0, width, k_t)
+        _load_transposed(v, j0, width, v_t)
+        first_row = max(0, j0 - offset) if causal else 0  # rows above it see none of the block
+        for i0 in range(first_row - first_row % block_q, tq, block_q):
+            rows = min(block_q, tq - i0)
+            _visible_keys(i0, rows, j0, width, causal, offset, widths)
+            _first_seeing_rows(i0, rows, j0, width, causal, offset, first_rows)
+            tile_rows[:] = rows
+            _zero_rows(scores, rows)
+            _zero_rows(dprobs, rows)
+            _gemm_acc(scores, q[i0:], False, k_t, rows, zeros, head_dims, widths)  # S
+            _gemm_acc(dprobs, dout[i0:], False, v_t, rows, zeros, value_dims, widths)  # dP
+            _probs_and_dscores(scores, dprobs, rows, widths, lse, drow, i0, scale, bits)
+            # dv += P^T dO,  dk += dS^T Q,  dq += dS K
+            _gemm_acc(dv[j0:], scores, True, dout[i0:], width, first_rows, tile_rows,
+                      value_dims)
+            _gemm_acc(dk[j0:], dprobs, True, q[i0:], width, first_rows, tile_rows, head_dims)
+            _gemm_acc(dq[i0:], dprobs, False, k[j0:], rows, zeros, widths, head_dims)
+
+
+@njit(parallel=True)
+def _backward_kernel(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq, dk, dv):
+    """prange over heads n: dq[n], dk[n], dv[n] are written by that head's thread only, so the
+    accumulations need no atomics. (N = batch * heads is >= the core count at GPT shapes.)"""
+    for n in prange(q.shape[0]):
+        _backward_head(q[n], k[n], v[n], out[n], lse[n], dout[n], causal, scale,
+                       block_q, block_k, dq[n], dk[n], dv[n])
+
+
+def attention_backward(q, k, v, out, lse, dout, causal=False, scale=None):
+    """Fused attention backward (numba). Same contract as :func:`attention_backward_ref`:
+    returns ``dq, dk, dv`` with the shapes of q, k, v; zero wherever a row is fully masked."""
+    q, k, v, scale = _check_qkv("attention_backward", q, k, v, scale)
+    out, lse, dout = _check_saved("attention_backward", q, v, out, lse, dout)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    _backward_kernel(q, k, v, out, lse, dout, bool(causal), scale, BLOCK_Q, BLOCK_K,
+                     dq, dk, dv)
+    return dq, dk, dv

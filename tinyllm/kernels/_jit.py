@@ -9,7 +9,9 @@ Every kernel is decorated with :func:`njit` from here instead of ``numba.njit`` 
 * ``NUMBA_DISABLE_JIT=1`` turns every kernel back into the plain Python function it is written as,
   so a learner can step through the loops in a debugger (``prange`` then is just ``range``).
 """
+import hashlib
 import os
+from pathlib import Path
 
 # numba's parallel kernels run on an OpenMP thread pool, and np.matmul on OpenBLAS's own threads.
 # By default OpenMP's idle threads spin for a while after each kernel, hogging the cores that the
@@ -22,6 +24,33 @@ import numba  # noqa: E402
 from numba import prange  # noqa: E402,F401  (re-exported: kernels import prange from here)
 
 __all__ = ["njit", "prange", "set_num_threads", "get_num_threads"]
+
+
+def _drop_stale_cache():
+    """Delete numba's cached machine code when any kernel source changed.
+
+    numba checks only the source file of the function it caches, but a kernel inlines helpers
+    from other files (attention uses ``matmul._gemm_acc``): after an edit to ``matmul.py`` the
+    cached attention would silently keep the old helper. So one hash covers all kernel sources,
+    and a change of it clears the cache. Best effort: a read-only install simply keeps its cache.
+    """
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for src in sorted(here.glob("*.py")):
+        digest.update(src.name.encode() + src.read_bytes())
+    cache, stamp = here / "__pycache__", here / "__pycache__" / "kernels-source.sha256"
+    try:
+        if stamp.is_file() and stamp.read_text() == digest.hexdigest():
+            return
+        for f in list(cache.glob("*.nbi")) + list(cache.glob("*.nbc")):
+            f.unlink()
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest.hexdigest())
+    except OSError:
+        pass
+
+
+_drop_stale_cache()
 
 
 def njit(fn=None, *, parallel=False):

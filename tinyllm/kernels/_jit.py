@@ -21,6 +21,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402
+from numba import njit as _numba_njit  # noqa: E402
 from numba import prange  # noqa: E402,F401  (re-exported: kernels import prange from here)
 
 __all__ = ["njit", "prange", "set_num_threads", "get_num_threads"]
@@ -58,9 +59,9 @@ def njit(fn=None, *, parallel=False):
 
     def decorate(fn):
         try:
-            return numba.njit(cache=True, parallel=parallel)(fn)
+            return _numba_njit(cache=True, parallel=parallel)(fn)
         except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-            return numba.njit(cache=False, parallel=parallel)(fn)
+            return _numba_njit(cache=False, parallel=parallel)(fn)
 
     return decorate(fn) if fn is not None else decorate
 

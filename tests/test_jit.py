@@ -1,0 +1,60 @@
+"""The numba wrapper: thread control, and the read-only-install fallback of cache=True."""
+import numba
+import numpy as np
+import pytest
+
+import tinyllm
+from tinyllm.kernels import _jit
+
+
+def test_set_num_threads_round_trip():
+    before = tinyllm.get_num_threads()
+    try:
+        tinyllm.set_num_threads(1)
+        assert numba.get_num_threads() == 1
+    finally:
+        tinyllm.set_num_threads(before)
+    assert tinyllm.get_num_threads() == before
+
+
+@pytest.mark.parametrize("n", [0, -1, numba.config.NUMBA_NUM_THREADS + 1])
+def test_set_num_threads_rejects_bad_counts(n):
+    with pytest.raises(ValueError, match=f"n={n} is outside 1..{numba.config.NUMBA_NUM_THREADS}"):
+        tinyllm.set_num_threads(n)
+
+
+def test_njit_falls_back_to_no_cache_where_none_can_be_written(monkeypatch):
+    calls = []
+    real_njit = numba.njit
+
+    def fake_njit(*, cache, parallel):
+        calls.append(cache)
+        if cache:  # what numba raises when no cache locator can write next to the source
+            raise RuntimeError("cannot cache function 'double': no locator available for file")
+        return real_njit(cache=False, parallel=parallel)
+
+    monkeypatch.setattr(_jit, "_numba_njit", fake_njit)
+
+    @_jit.njit
+    def double(x):
+        return 2 * x
+
+    assert calls == [True, False]
+    assert double(np.float64(3.0)) == 6.0
+
+
+def test_stale_kernel_cache_is_cleared_when_a_source_changes(tmp_path, monkeypatch):
+    kernels = tmp_path / "kernels"
+    (kernels / "__pycache__").mkdir(parents=True)
+    (kernels / "_jit.py").write_text("# a kernel source\n")
+    cached = kernels / "__pycache__" / "attention._fwd-1.py311.nbi"
+    monkeypatch.setattr(_jit, "__file__", str(kernels / "_jit.py"))
+
+    _jit._drop_stale_cache()  # first run: records the sources' hash
+    cached.write_text("compiled code")
+    _jit._drop_stale_cache()  # nothing changed: the cache stays
+    assert cached.exists()
+
+    (kernels / "matmul.py").write_text("# an edited helper that attention inlines\n")
+    _jit._drop_stale_cache()
+    assert not cached.exists()

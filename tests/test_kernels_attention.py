@@ -1,15 +1,13 @@
 """tinyllm.kernels.attention: the fused numba kernels against the NumPy reference, and the
 reference backward against finite differences."""
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernel_helpers import fd_grad, run_with_jit_disabled
 from tinyllm.kernels import attention as A
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -62,21 +60,9 @@ def tolerance(dtype, tq, tk, d, dv):
     return 4 * EPS32 * (d + dv + tq + tk)
 
 
-def numerical_grads(f, arrays, h=1e-6):
-    """Central differences of the scalar f(*arrays) with respect to each array."""
-    grads = []
-    for a in arrays:
-        g = np.zeros_like(a)
-        for idx in np.ndindex(a.shape):
-            old = a[idx]
-            a[idx] = old + h
-            up = f(*arrays)
-            a[idx] = old - h
-            down = f(*arrays)
-            a[idx] = old
-            g[idx] = (up - down) / (2 * h)
-        grads.append(g)
-    return grads
+def numerical_grads(f, arrays):
+    """Central differences (h = 1e-6) of the scalar f(*arrays) with respect to each array."""
+    return [fd_grad(lambda: f(*arrays), a) for a in arrays]
 
 
 def gradients_match(analytic, numeric, tol=1e-6):
@@ -294,11 +280,7 @@ def test_runs_with_jit_disabled():
         "assert numba.config.DISABLE_JIT\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    run_with_jit_disabled(code)
 
 
 @pytest.mark.parametrize("fn", [A.attention_forward, A.attention_forward_ref])

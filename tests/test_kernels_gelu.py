@@ -1,51 +1,18 @@
 """tinyllm.kernels.gelu: numba kernels vs the NumPy reference, the reference vs finite
 differences, optional PyTorch oracle, input validation."""
 import math
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tinyllm
+from kernel_helpers import assert_close, assert_fd_check_rejects, assert_grad_matches_fd, fd_grad, run_with_jit_disabled
 from tinyllm.kernels.gelu import gelu_backward, gelu_backward_ref, gelu_forward, gelu_forward_ref
 
 EPS32 = np.finfo(np.float32).eps
 MODES = ["tanh", "none"]
-
-
-def assert_close(actual, expected, rtol, scale=None):
-    """assert_allclose with atol = rtol * scale (default: the largest |expected|), finite first."""
-    assert np.isfinite(actual).all(), "kernel produced non-finite values"
-    assert np.isfinite(expected).all(), "reference produced non-finite values"
-    scale = max(np.abs(expected).max(initial=0.0), 1e-30) if scale is None else scale
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
-
-
-def fd_grad(f, x, eps=1e-6):
-    """Central differences of the scalar f() w.r.t. each element of x (perturbed in place)."""
-    flat = x.reshape(-1)
-    assert np.shares_memory(flat, x)
-    grad = np.zeros(flat.size)
-    for k in range(flat.size):
-        orig = flat[k]
-        flat[k] = orig + eps
-        up = f()
-        flat[k] = orig - eps
-        down = f()
-        flat[k] = orig
-        grad[k] = (up - down) / (2 * eps)
-    return grad.reshape(x.shape)
-
-
-def assert_grad_matches_fd(analytic, numeric):
-    assert np.isfinite(analytic).all() and np.isfinite(numeric).all()
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,8 +145,7 @@ def test_finite_difference_check_catches_a_wrong_gradient():
 
     # A plausible slip: the derivative of the exact GELU used for the tanh approximation.
     wrong = gelu_backward_ref(x, R, "none")
-    with pytest.raises(AssertionError):
-        assert_grad_matches_fd(wrong, fd_grad(loss, x))
+    assert_fd_check_rejects(wrong, loss, x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,11 +181,7 @@ def test_runs_with_jit_disabled():
         "    np.testing.assert_allclose(gelu_backward(x, x, a), gelu_backward_ref(x, x, a), atol=1e-14)\n"
         "print('ok')\n"
     )
-    root = str(Path(tinyllm.__file__).resolve().parents[1])
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=root)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    run_with_jit_disabled(script)
 
 
 def test_errors_name_the_problem():

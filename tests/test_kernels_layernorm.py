@@ -1,16 +1,11 @@
 """tinyllm.kernels.layernorm: numba kernels vs the NumPy reference, the reference vs finite
 differences, optional PyTorch oracle, input validation."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tinyllm
+from kernel_helpers import assert_close, assert_fd_check_rejects, assert_grad_matches_fd, fd_grad, run_with_jit_disabled
 from tinyllm.kernels import get_num_threads, set_num_threads
 from tinyllm.kernels.layernorm import (
     layernorm_backward,
@@ -25,35 +20,6 @@ EPS32 = np.finfo(np.float32).eps
 def tol(dtype, n):
     """Relative tolerance for a result built from a reduction over n elements."""
     return 1e-10 if dtype == np.float64 else 16 * EPS32 * np.sqrt(max(n, 1))
-
-
-def assert_close(actual, expected, rtol, scale=None):
-    """assert_allclose with atol = rtol * scale (default: the largest |expected|), finite first."""
-    assert np.isfinite(actual).all(), "kernel produced non-finite values"
-    assert np.isfinite(expected).all(), "reference produced non-finite values"
-    scale = max(np.abs(expected).max(initial=0.0), 1e-30) if scale is None else scale
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
-
-
-def fd_grad(f, x, eps=1e-6):
-    """Central differences of the scalar f() w.r.t. each element of x (perturbed in place)."""
-    flat = x.reshape(-1)
-    assert np.shares_memory(flat, x)
-    grad = np.zeros(flat.size)
-    for k in range(flat.size):
-        orig = flat[k]
-        flat[k] = orig + eps
-        up = f()
-        flat[k] = orig - eps
-        down = f()
-        flat[k] = orig
-        grad[k] = (up - down) / (2 * eps)
-    return grad.reshape(x.shape)
-
-
-def assert_grad_matches_fd(analytic, numeric):
-    assert np.isfinite(analytic).all() and np.isfinite(numeric).all()
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
 
 
 def relayout(a, layout):
@@ -251,8 +217,7 @@ def test_finite_difference_check_catches_a_wrong_gradient():
     _, mean, rstd = layernorm_forward_ref(x, weight, bias)
     # A classic slip: forgetting that mean and rstd depend on x (dx = rstd * g).
     wrong_dx = rstd[:, None] * R * weight
-    with pytest.raises(AssertionError):
-        assert_grad_matches_fd(wrong_dx, fd_grad(loss, x))
+    assert_fd_check_rejects(wrong_dx, loss, x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,11 +262,7 @@ def test_runs_with_jit_disabled():
         "for a, e in zip((y, m, r) + g, ref + g_ref): np.testing.assert_allclose(a, e, atol=1e-12)\n"
         "print('ok')\n"
     )
-    root = str(Path(tinyllm.__file__).resolve().parents[1])
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=root)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    run_with_jit_disabled(script)
 
 
 def test_forward_errors_name_the_problem():

@@ -1,14 +1,12 @@
 """tinyllm.kernels.matmul: the numba matmul and its tile kernel against np.matmul."""
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernel_helpers import run_with_jit_disabled
 from tinyllm.kernels import matmul as M
 
 EPS = {np.float32: float(np.finfo(np.float32).eps), np.float64: float(np.finfo(np.float64).eps)}
@@ -117,8 +115,4 @@ def test_runs_with_jit_disabled():
         "assert numba.config.DISABLE_JIT\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    run_with_jit_disabled(code)

@@ -37,6 +37,12 @@ def parse_args(argv=None):
     m.add_argument("--block-size", type=int, default=64)
     m.add_argument("--dropout", type=float, default=0.0)
     m.add_argument("--pos-encoding", choices=["learned", "sinusoidal"], default="learned")
+    # nanoGPT's train.py runs this recipe with bias=False and PyTorch's exact nn.GELU(); GPT-2 itself
+    # (and GPTConfig's defaults) use biases and the tanh approximation.
+    m.add_argument("--bias", action=argparse.BooleanOptionalAction, default=False,
+                   help="biases in Linear and LayerNorm layers (default: off, as nanoGPT's recipe)")
+    m.add_argument("--activation", choices=["gelu", "gelu_tanh"], default="gelu",
+                   help="exact GELU (nanoGPT's default here) or GPT-2's tanh approximation")
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=int, default=12)
     t.add_argument("--max-iters", type=int, default=2000)
@@ -92,7 +98,8 @@ def main(argv=None):
           f"train {len(train_ids):,}, val {len(val_ids):,}")
 
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                       n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, pos_encoding=args.pos_encoding)
+                       n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, pos_encoding=args.pos_encoding,
+                       bias=args.bias, activation=args.activation)
     model = GPT(config, seed=args.seed)
     print(f"GPT: {model.num_parameters():,} parameters")
     cfg = TrainConfig(out_dir=str(out_dir), max_iters=args.max_iters, batch_size=args.batch_size,

@@ -334,15 +334,6 @@ def where(cond, a, b):
 # attention
 
 
-def _causal_mask(Tq, Tk):
-    """(Tq, Tk) bool, True where query i may see key j: j <= i + (Tk - Tq).
-
-    Bottom-right aligned: with a KV cache the Tq new queries are the *last* Tq positions.
-    For Tq == Tk it is the usual lower triangle.
-    """
-    return np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq)
-
-
 def attention_composed(q, k, v, is_causal=False, scale=None, dropout_p=0.0, rng=None):
     """softmax(q k^T * scale + mask) v, composed from Tensor operations (stores the (T, T) matrix).
 
@@ -352,7 +343,8 @@ def attention_composed(q, k, v, is_causal=False, scale=None, dropout_p=0.0, rng=
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
     if is_causal:
-        allowed = _causal_mask(q.shape[-2], k.shape[-2])
+        # bottom-right aligned: with a KV cache the Tq queries are the *last* Tq positions
+        allowed = _attn.causal_mask(q.shape[-2], k.shape[-2])  # (Tq, Tk) bool
         scores = where(allowed, scores, np.asarray(-np.inf, dtype=scores.dtype))
         # a query that sees no key at all attends to nothing: give it zeros, not NaN
         scores = where(allowed.any(-1, keepdims=True), scores, np.asarray(0.0, dtype=scores.dtype))

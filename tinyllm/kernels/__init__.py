@@ -10,6 +10,7 @@ Nothing here knows about :class:`tinyllm.Tensor`; the autograd Functions in
 ``cross_entropy``  fused softmax cross-entropy with ignore_index
 ``gelu``           GELU (tanh approximation and exact erf), fwd + bwd
 ``adamw``          one AdamW update of a parameter and its two moments
+``fastmath``       a vectorisable float32 exp shared by the kernels
 =================  ==========================================================
 """
 from ._jit import get_num_threads, njit, prange, set_num_threads  # noqa: F401

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyllm.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from tinyllm.checkpoint import CHECKPOINT_NAME, read_checkpoint_meta
 from tinyllm.data import load_text, train_val_split
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.tokenizers import BPETokenizer, CharTokenizer
@@ -65,7 +65,7 @@ def parse_args(argv=None):
 
 def build_tokenizer(args, text, out_dir):
     if args.resume:
-        return load_tokenizer_from_meta(load_checkpoint(out_dir / CHECKPOINT_NAME)[0])
+        return load_tokenizer_from_meta(read_checkpoint_meta(out_dir / CHECKPOINT_NAME))
     if args.tokenizer == "bpe":
         t0 = time.perf_counter()
         tok = BPETokenizer.train(text, args.vocab_size)

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 import tinyllm
 import tinyllm.functional as F
-from conftest import arrays, away_from_zero, distinct, shapes
+from conftest import arrays, distinct, shapes
 from tinyllm.tensor import Tensor
 
 

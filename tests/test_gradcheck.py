@@ -103,6 +103,8 @@ def test_plain_sum_would_hide_a_softmax_that_forgets_its_jacobian():
     x_right, x_wrong = leaf(X), leaf(X)
     SoftmaxRightBackward.apply(x_right).sum().backward()
     np.testing.assert_allclose(x_right.grad, 0.0, atol=1e-12)
+    SoftmaxIdentityBackward.apply(x_wrong).sum().backward()
+    np.testing.assert_allclose(x_wrong.grad, 1.0)
     # ... finite differences of sum() give 0 too, while the wrong backward gives 1: so this one is
     # caught even by sum; a subtler error (g minus its mean) is not:
     class MeanFreeIdentity(SoftmaxIdentityBackward):

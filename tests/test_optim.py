@@ -129,12 +129,17 @@ def test_adamw_state_dict_round_trip_continues_identically():
         np.testing.assert_array_equal(pa.data, pb.data)
 
 
-def test_optimizer_state_dict_is_a_copy():
+def _adamw_after_one_step():
     params = make_params()
     opt = optim.AdamW(params)
     for p, g in zip(params, grads_for(0)):
         p.grad = g
     opt.step()
+    return params, opt
+
+
+def test_optimizer_state_dict_is_a_copy():
+    params, opt = _adamw_after_one_step()
     sd = opt.state_dict()
     sd["state"][0]["exp_avg"][...] = 99.0
     assert not (opt.state[id(params[0])]["exp_avg"] == 99.0).any()
@@ -142,11 +147,7 @@ def test_optimizer_state_dict_is_a_copy():
 
 
 def test_optimizer_load_state_dict_checks_shapes_and_group_count():
-    params = make_params()
-    opt = optim.AdamW(params)
-    for p, g in zip(params, grads_for(0)):
-        p.grad = g
-    opt.step()
+    params, opt = _adamw_after_one_step()
     sd = opt.state_dict()
     sd["state"][0]["exp_avg"] = np.zeros((5, 5), dtype=np.float32)
     with pytest.raises(ValueError, match=r"exp_avg of parameter 0 has shape \(5, 5\), parameter \(4, 3\)"):

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinyllm
-from conftest import arrays, away_from_zero, broadcast_pairs, distinct, floats, shapes
+from conftest import arrays, away_from_zero, broadcast_pairs, floats, shapes
 from tinyllm.tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, unbroadcast
 
 

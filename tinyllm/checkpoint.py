@@ -46,8 +46,7 @@ def save_checkpoint(path, model, optimizer, iter_num, rng_states, extra=None):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
-    """-> (meta dict, model state dict, optimizer state dict in :meth:`Optimizer.state_dict` form)."""
+def _open_checkpoint(path, with_arrays):
     from safetensors import safe_open
 
     path = Path(path)
@@ -58,10 +57,21 @@ def load_checkpoint(path):
         if "tinyllm" not in header:
             raise ValueError(f"load_checkpoint: {path} is a safetensors file but not a tinyllm training checkpoint")
         meta = json.loads(header["tinyllm"])
-        arrays = {k: f.get_tensor(k) for k in f.keys()}
+        arrays = {k: f.get_tensor(k) for k in f.keys()} if with_arrays else {}
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"load_checkpoint: {path} has format_version {meta.get('format_version')}, "
                          f"this tinyllm reads {FORMAT_VERSION}")
+    return meta, arrays
+
+
+def read_checkpoint_meta(path):
+    """The JSON part of a checkpoint (iteration, configs, RNG states, tokenizer), without the arrays."""
+    return _open_checkpoint(path, with_arrays=False)[0]
+
+
+def load_checkpoint(path):
+    """-> (meta dict, model state dict, optimizer state dict in :meth:`Optimizer.state_dict` form)."""
+    meta, arrays = _open_checkpoint(path, with_arrays=True)
     model_state = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
     opt = {"param_groups": meta["optimizer"]["param_groups"], "state": {}}
     for i, scalars in meta["optimizer"]["scalars"].items():

@@ -7,18 +7,8 @@ operators (``a + b``, ``x.exp()``, ``x.sum(axis=1)``), not directly.
 """
 import numpy as np
 
+from .kernels.matmul import matmul as _matmul  # BLAS or numba, chosen per case by measurement
 from .tensor import Function, unbroadcast
-
-
-def _matmul(a, b):
-    # Replaced by the kernels' dispatcher (BLAS or numba, by measurement) when it is available.
-    return np.matmul(a, b)
-
-
-try:
-    from .kernels.matmul import matmul as _matmul  # noqa: F811
-except ImportError:  # pragma: no cover - the kernels package always ships it
-    pass
 
 
 # ----------------------------------------------------------------------------------------------

@@ -117,6 +117,7 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.block_size = model.config.block_size
         self.out_dir = Path(cfg.out_dir)
+        self.params = model.parameters()
         self.optimizer = configure_optimizer(model, cfg)
         self.schedule = optim.WarmupCosineLR(self.optimizer, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
                                              cfg.lr_decay_iters)
@@ -167,8 +168,7 @@ class Trainer:
             self._diverged(f"loss is {loss_value}", lr)
         self.optimizer.zero_grad()
         loss.backward()
-        params = self.optimizer._all_params()
-        grad_norm = optim.clip_grad_norm(params, cfg.grad_clip) if cfg.grad_clip else float("nan")
+        grad_norm = optim.clip_grad_norm(self.params, cfg.grad_clip) if cfg.grad_clip else float("nan")
         if cfg.grad_clip and not math.isfinite(grad_norm):
             self._diverged(f"gradient norm is {grad_norm}", lr)
         self.optimizer.step()

@@ -157,7 +157,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits, np.asarray(targets.data if isinstance(targets, Tensor) else targets))
+            loss = F.cross_entropy(logits, targets)
         return logits, loss
 
     def new_kv_cache(self, batch_size, max_len=None, dtype=None):

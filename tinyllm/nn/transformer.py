@@ -1,7 +1,5 @@
 """The Transformer pieces: multi-head attention (with a KV cache), the feed-forward block, and
 the pre-LayerNorm residual Block that a GPT stacks."""
-import math
-
 import numpy as np
 
 from .. import functional as F

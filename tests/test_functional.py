@@ -557,3 +557,62 @@ def test_sdpa_with_dropout_uses_the_rng_deterministically():
     no_drop = F.scaled_dot_product_attention(q, k, v).data
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, no_drop)
+
+
+# ----------------------------------------------------------------------------------------------
+# self_attention: the fused split-attend-merge of a (B, T, 3C) projection
+
+
+def split_attend_merge(qkv, n_head, causal, scale=None):
+    """The composed version: reshape/permute into heads, scaled_dot_product_attention, merge."""
+    B, T, C3 = qkv.shape
+    D = C3 // (3 * n_head)
+    heads = qkv.reshape(B, T, 3, n_head, D).permute(2, 0, 3, 1, 4)
+    y = F.attention_composed(heads[0], heads[1], heads[2], is_causal=causal, scale=scale)
+    return y.permute(0, 2, 1, 3).reshape(B, T, n_head * D)
+
+
+@st.composite
+def qkv_fused(draw):
+    b, t, h, d = draw(st.integers(1, 2)), draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    return draw(arrays((b, t, 3 * h * d))), h
+
+
+@given(qkv_h=qkv_fused(), causal=st.booleans(), scale=st.sampled_from([None, 0.7]))
+def test_self_attention_equals_split_attend_merge_forward_and_backward(qkv_h, causal, scale):
+    x, n_head = qkv_h
+    R = np.random.default_rng(0).standard_normal((x.shape[0], x.shape[1], x.shape[2] // 3))
+    results = []
+    for attn in (F.self_attention, split_attend_merge):
+        t = leaf(x)
+        y = attn(t, n_head, causal, scale)
+        (y * R).sum().backward()
+        results.append((y.data, t.grad))
+    (y_fused, g_fused), (y_comp, g_comp) = results
+    assert y_fused.shape == (x.shape[0], x.shape[1], x.shape[2] // 3)
+    assert_close(y_fused, y_comp, rtol=1e-9, atol=1e-12)
+    assert_close(g_fused, g_comp, rtol=1e-9, atol=1e-12)
+
+
+@given(qkv_h=qkv_fused(), causal=st.booleans())
+def test_self_attention_gradient(qkv_h, causal):
+    x, n_head = qkv_h
+    check(lambda t: F.self_attention(t, n_head, is_causal=causal), x)
+
+
+def test_self_attention_heads_do_not_mix():
+    # a change in head 1's keys leaves head 0's output alone and changes head 1's
+    rng = np.random.default_rng(0)
+    B, T, H, D = 1, 4, 2, 3
+    x = rng.standard_normal((B, T, 3 * H * D))
+    y0 = F.self_attention(Tensor(x), H, is_causal=True).data
+    x2 = x.copy()
+    x2[:, :, H * D + D:2 * H * D] += rng.standard_normal((B, T, D))  # k of head 1
+    y2 = F.self_attention(Tensor(x2), H, is_causal=True).data
+    np.testing.assert_array_equal(y2[..., :D], y0[..., :D])
+    assert not np.allclose(y2[..., D:], y0[..., D:])
+
+
+def test_self_attention_rejects_a_width_that_does_not_split():
+    with pytest.raises(ValueError, match=r"\(1, 2, 10\).*n_head=2"):
+        F.self_attention(Tensor(np.ones((1, 2, 10))), 2)

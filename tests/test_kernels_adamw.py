@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from kernel_helpers import run_with_jit_disabled
 from tinyllm.kernels.adamw import adamw_step, adamw_step_ref
@@ -190,3 +191,20 @@ def test_hyperparameter_errors_name_the_value(name, value, message):
     kwargs[name] = value
     with pytest.raises(ValueError, match=message):
         adamw_step(*arrays, **kwargs)
+
+
+@given(hnp.arrays(st.sampled_from([np.float32, np.float64]), hnp.array_shapes(min_dims=0, max_dims=3, max_side=20),
+                  elements=st.floats(-1e3, 1e3, width=32)))
+def test_sum_of_squares_matches_float64_reference(x):
+    from tinyllm.kernels.adamw import sum_of_squares, sum_of_squares_ref
+    got, want = sum_of_squares(x), sum_of_squares_ref(x)
+    assert np.isfinite(got)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-300)
+
+
+def test_sum_of_squares_of_a_transposed_array_and_a_bad_dtype():
+    from tinyllm.kernels.adamw import sum_of_squares
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert sum_of_squares(x.T) == float((np.arange(12.0) ** 2).sum())
+    with pytest.raises(ValueError, match="int64"):
+        sum_of_squares(np.arange(3))

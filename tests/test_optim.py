@@ -99,6 +99,52 @@ def test_adamw_matches_torch_over_several_steps_with_groups():
             np.testing.assert_allclose(st["exp_avg_sq"], tst["exp_avg_sq"].numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_adamw_one_call_per_group_equals_one_call_per_parameter_bit_for_bit():
+    # the flat fast path against adamw_step run on each parameter separately
+    from tinyllm.kernels.adamw import adamw_step
+    params, manual = make_params(), make_params()
+    moments = [(np.zeros_like(p.data), np.zeros_like(p.data)) for p in manual]
+    opt = optim.AdamW(params, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    for t in range(4):
+        if t == 2:  # the user rebinds a parameter's array between steps
+            params[1].data, manual[1].data = params[1].data.copy(), manual[1].data.copy()
+        for p, q, g in zip(params, manual, grads_for(t)):
+            p.grad = g
+            adamw_step(q.data, g, *moments[manual.index(q)], lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8,
+                       weight_decay=0.1, step=t + 1)
+        opt.step()
+    assert len(opt._flat) == 1  # the fast path did run
+    for p, q, (m, v) in zip(params, manual, moments):
+        np.testing.assert_array_equal(p.data, q.data)
+        np.testing.assert_array_equal(opt.state[id(p)]["exp_avg"], m)
+        np.testing.assert_array_equal(opt.state[id(p)]["exp_avg_sq"], v)
+
+
+def test_adamw_keeps_moments_when_parameters_change_between_steps():
+    # a parameter joins late (its own step count) and one is replaced by a new array: every
+    # update still follows the per-parameter formula
+    params, ref = make_params(), make_params()
+    opt = optim.AdamW(params, lr=1e-2)
+    ref_opt = [optim.AdamW([q], lr=1e-2) for q in ref]  # one group per parameter: never shared
+    for t in range(5):
+        grads = grads_for(t)
+        for i, (p, q, g) in enumerate(zip(params, ref, grads)):
+            if i == 2 and t < 2:
+                p.grad = q.grad = None  # joins at step 3
+            else:
+                p.grad, q.grad = g, g.copy()
+        if t == 3:
+            params[0].data = params[0].data.copy()  # the user rebinds a parameter's array
+            ref[0].data = ref[0].data.copy()
+        opt.step()
+        for o in ref_opt:
+            if o.param_groups[0]["params"][0].grad is not None:
+                o.step()
+        for p, q in zip(params, ref):
+            np.testing.assert_array_equal(p.data, q.data)
+    assert opt.state[id(params[2])]["step"] == 3 and opt.state[id(params[0])]["step"] == 5
+
+
 def test_adamw_skips_parameters_without_gradient():
     params = make_params()
     before = params[1].data.copy()

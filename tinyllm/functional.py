@@ -18,7 +18,7 @@ from .tensor import Function, Tensor, unbroadcast
 
 __all__ = [
     "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "embedding", "dropout",
-    "concatenate", "cat", "stack", "where", "scaled_dot_product_attention", "linear",
+    "concatenate", "cat", "stack", "where", "scaled_dot_product_attention", "self_attention", "linear",
 ]
 
 
@@ -402,3 +402,58 @@ def scaled_dot_product_attention(q, k, v, is_causal=False, scale=None, dropout_p
     if dropout_p > 0.0:
         return attention_composed(q, k, v, is_causal, scale, dropout_p, rng)
     return FusedAttention.apply(q, k, v, is_causal=is_causal, scale=scale)
+
+
+class SelfAttention(Function):
+    """Multi-head attention straight from a fused q|k|v projection, heads split and merged inside.
+
+    qkv (B, T, 3C) holds, along its last axis, q, k, v, each C = n_head * head_dim wide and each
+    head's head_dim columns side by side (GPT-2's ``c_attn`` layout). The result (B, T, C) is
+
+        y[:, :, h*D:(h+1)*D] = attention(q_h, k_h, v_h)      for every head h,
+
+    the same as splitting with reshape/permute, :func:`scaled_dot_product_attention`, and merging
+    back; here the split and the merge are three array copies instead of eight graph nodes, and
+    backward writes dq, dk, dv straight into one (B, T, 3C) gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, n_head, is_causal, scale):
+        B, T, C3 = qkv.shape
+        H, D = n_head, C3 // (3 * n_head)
+        heads = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D), a view
+        q, k, v = (np.ascontiguousarray(a).reshape(B * H, T, D) for a in heads)
+        out, lse = _attn.attention_forward(q, k, v, causal=is_causal, scale=scale)  # (B*H, T, D)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.is_causal, ctx.scale = is_causal, scale
+        return out.reshape(B, H, T, D).transpose(0, 2, 1, 3).reshape(B, T, H * D)  # merge: one copy
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, out, lse = ctx.saved_tensors
+        B, T, C = g.shape
+        H, D = C // q.shape[2], q.shape[2]
+        g_heads = np.ascontiguousarray(g.reshape(B, T, H, D).transpose(0, 2, 1, 3)).reshape(B * H, T, D)
+        grads = _attn.attention_backward(q, k, v, out, lse, g_heads, causal=ctx.is_causal, scale=ctx.scale)
+        dqkv = np.empty((B, T, 3, H, D), dtype=g.dtype)
+        for i, d in enumerate(grads):  # (B*H, T, D) -> the (B, T, H, D) slot of q, k or v
+            dqkv[:, :, i] = d.reshape(B, H, T, D).transpose(0, 2, 1, 3)
+        return dqkv.reshape(B, T, 3 * C)
+
+
+def self_attention(qkv, n_head, is_causal=False, scale=None):
+    """Multi-head self-attention from a fused projection: qkv (B, T, 3C) -> (B, T, C).
+
+    Equal to ``q, k, v = split(qkv)`` into (B, n_head, T, C / n_head) heads,
+    ``scaled_dot_product_attention(q, k, v, is_causal, scale)`` and the heads merged back to
+    (B, T, C); ``scale`` defaults to 1/sqrt(head_dim). One fused Function (see
+    :class:`SelfAttention`).
+    """
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head) != 0:
+        raise ValueError(
+            f"self_attention: qkv must be (B, T, 3 * n_head * head_dim); got shape {qkv.shape} "
+            f"with n_head={n_head}"
+        )
+    head_dim = qkv.shape[-1] // (3 * n_head)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    return SelfAttention.apply(qkv, n_head=n_head, is_causal=is_causal, scale=scale)

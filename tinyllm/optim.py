@@ -100,11 +100,15 @@ class AdamW(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     def step(self):
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+        for index, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            flat = self._flat_group(index, params)
+            if flat is not None:
+                flat.step(params, group)
+                continue
+            for p in params:  # mixed dtypes or step counts: one kernel call per parameter
                 state = self.state.get(id(p))
                 if state is None:
                     state = self.state[id(p)] = dict(
@@ -115,9 +119,81 @@ class AdamW(Optimizer):
                     p.data = np.ascontiguousarray(p.data)
                 _adamw.adamw_step(
                     p.data, np.ascontiguousarray(p.grad, dtype=p.dtype), state["exp_avg"], state["exp_avg_sq"],
-                    lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                    weight_decay=group["weight_decay"], step=state["step"],
+                    **_adamw_settings(group), step=state["step"],
                 )
+
+    def _flat_group(self, index, params):
+        """The group's :class:`_FlatAdamW` (made or remade as needed), or None when its parameters
+        do not share one dtype and one step count."""
+        flat = self._flat.get(index) if hasattr(self, "_flat") else None
+        if flat is not None and flat.matches(params, self.state):
+            return flat
+        dtypes = {p.dtype for p in params}
+        steps = {self.state[id(p)]["step"] if id(p) in self.state else 0 for p in params}
+        if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64) or len(steps) != 1:
+            return None
+        if not hasattr(self, "_flat"):
+            self._flat = {}
+        self._flat[index] = flat = _FlatAdamW(params, self.state)
+        return flat
+
+
+def _adamw_settings(group):
+    beta1, beta2 = group["betas"]
+    return dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+
+
+class _FlatAdamW:
+    """One AdamW kernel call for a whole parameter group instead of one per parameter.
+
+    The moments of all the group's parameters live in two flat buffers (the optimizer's
+    ``state`` holds views of them, shaped like each parameter). A step copies the parameters and
+    gradients into flat buffers, runs :func:`tinyllm.kernels.adamw.adamw_step` once, and copies
+    the parameters back: three cheap copies instead of ~50 kernel launches on a small GPT. The
+    arithmetic is the per-parameter update's, element for element, so the results are identical.
+    """
+
+    def __init__(self, params, state):
+        self.ids = [id(p) for p in params]
+        sizes = [p.data.size for p in params]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        dtype = params[0].dtype
+        self.param = np.empty(self.offsets[-1], dtype)
+        self.grad = np.empty(self.offsets[-1], dtype)
+        self.exp_avg = np.zeros(self.offsets[-1], dtype)
+        self.exp_avg_sq = np.zeros(self.offsets[-1], dtype)
+        self.step_count = state[id(params[0])]["step"] if id(params[0]) in state else 0
+        for p, lo, hi in zip(params, self.offsets[:-1], self.offsets[1:]):
+            old = state.get(id(p), {})
+            new = dict(step=self.step_count, exp_avg=self.exp_avg[lo:hi].reshape(p.shape),
+                       exp_avg_sq=self.exp_avg_sq[lo:hi].reshape(p.shape))
+            for name in ("exp_avg", "exp_avg_sq"):
+                if name in old:
+                    new[name][...] = old[name]
+            state[id(p)] = new
+        self.state = state
+
+    def matches(self, params, state):
+        """Still valid: the same parameters, in order, and the state still the views made here."""
+        if [id(p) for p in params] != self.ids:
+            return False
+        for p, lo in zip(params, self.offsets[:-1]):
+            s = state.get(id(p))
+            if s is None or s["step"] != self.step_count or s["exp_avg"].base is not self.exp_avg \
+                    or s["exp_avg_sq"].base is not self.exp_avg_sq or p.dtype != self.param.dtype:
+                return False
+        return True
+
+    def step(self, params, group):
+        for p, lo, hi in zip(params, self.offsets[:-1], self.offsets[1:]):
+            self.param[lo:hi] = p.data.reshape(-1)
+            self.grad[lo:hi] = p.grad.reshape(-1)
+        self.step_count += 1
+        _adamw.adamw_step(self.param, self.grad, self.exp_avg, self.exp_avg_sq,
+                          **_adamw_settings(group), step=self.step_count)
+        for p, lo, hi in zip(params, self.offsets[:-1], self.offsets[1:]):
+            p.data[...] = self.param[lo:hi].reshape(p.shape)
+            self.state[id(p)]["step"] = self.step_count
 
 
 class SGD(Optimizer):
@@ -152,15 +228,20 @@ class SGD(Optimizer):
 def clip_grad_norm(params, max_norm):
     """Scale all gradients together so their joint L2 norm is at most ``max_norm``.
 
-    Returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``), computed in float64.
+    Returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``), summed in float64.
+    The gradients are scaled in place, as PyTorch does.
     """
     params = [params] if isinstance(params, Tensor) else list(params)  # one tensor, or a generator
     grads = [p.grad for p in params if p.grad is not None]
-    total = math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel().astype(np.float64))) for g in grads))
+    total = math.sqrt(sum(_adamw.sum_of_squares(g) for g in grads))
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for p in params:
-            if p.grad is not None:
+            if p.grad is None:
+                continue
+            if p.grad.flags.writeable:
+                p.grad *= np.asarray(coef, dtype=p.grad.dtype)
+            else:
                 p.grad = p.grad * np.asarray(coef, dtype=p.grad.dtype)
     return total
 

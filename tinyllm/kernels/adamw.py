@@ -17,7 +17,7 @@ import numpy as np
 
 from ._jit import njit, prange
 
-__all__ = ["adamw_step_ref", "adamw_step"]
+__all__ = ["adamw_step_ref", "adamw_step", "sum_of_squares_ref", "sum_of_squares"]
 
 _CHUNK = 16384  # elements per parallel work item
 
@@ -116,3 +116,37 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weigh
         float(1.0 - lr * weight_decay), float(beta1), float(beta2), float(lr / bias_correction1),
         float(math.sqrt(bias_correction2)), float(eps),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# the squared L2 norm that gradient clipping needs
+
+
+def sum_of_squares_ref(x):
+    """sum(x^2) in float64, as a Python float (the reference: a float64 copy and a dot product)."""
+    flat = np.asarray(x, dtype=np.float64).reshape(-1)
+    return float(np.dot(flat, flat))
+
+
+@njit
+def _sum_of_squares_kernel(x):
+    """x (n,) -> sum of x[k]^2 accumulated in float64, with 8 partial sums (vectorisable)."""
+    partial = np.zeros(8, np.float64)
+    n = x.shape[0]
+    body = n - n % 8
+    for k in range(0, body, 8):
+        for lane in range(8):
+            v = np.float64(x[k + lane])
+            partial[lane] += v * v
+    for k in range(body, n):
+        v = np.float64(x[k])
+        partial[0] += v * v
+    return partial.sum()
+
+
+def sum_of_squares(x):
+    """sum(x^2) in float64 without a float64 copy of x (float32 or float64 arrays of any shape)."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"sum_of_squares: x has dtype {x.dtype}, expected float32 or float64")
+    return float(_sum_of_squares_kernel(np.ascontiguousarray(x).reshape(-1)))

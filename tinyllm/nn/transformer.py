@@ -62,12 +62,14 @@ class MultiHeadAttention(Module):
         B, T, C = x.shape
         H, D = self.n_head, self.head_dim
         qkv = self.c_attn(x)  # (B, T, 3C)
+        p = self.dropout if self.training else 0.0
+        if kv_cache is None and p == 0.0:  # the common case: split, attend, merge in one Function
+            return self.resid_dropout(self.c_proj(F.self_attention(qkv, H, is_causal=self.causal)))
         qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, D)
         if kv_cache is not None:
             k_all, v_all = kv_cache.update(self.layer_idx, k.data, v.data)
             k, v = Tensor._wrap(k_all), Tensor._wrap(v_all)  # (B, H, past+T, D)
-        p = self.dropout if self.training else 0.0
         if p > 0.0 and self.attn_rng is None:
             self.attn_rng = np.random.default_rng(0)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p, rng=self.attn_rng)

@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 
+import tinyllm  # noqa: F401  (first: it sets OPENBLAS_THREAD_TIMEOUT before NumPy loads OpenBLAS)
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -27,11 +27,11 @@ def test_njit_falls_back_to_no_cache_where_none_can_be_written(monkeypatch):
     calls = []
     real_njit = numba.njit
 
-    def fake_njit(*, cache, parallel):
+    def fake_njit(*, cache, parallel, fastmath):
         calls.append(cache)
         if cache:  # what numba raises when no cache locator can write next to the source
             raise RuntimeError("cannot cache function 'double': no locator available for file")
-        return real_njit(cache=False, parallel=parallel)
+        return real_njit(cache=False, parallel=parallel, fastmath=fastmath)
 
     monkeypatch.setattr(_jit, "_numba_njit", fake_njit)
 

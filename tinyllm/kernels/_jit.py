@@ -59,14 +59,14 @@ def _drop_stale_cache():
 _drop_stale_cache()
 
 
-def njit(fn=None, *, parallel=False):
+def njit(fn=None, *, parallel=False, fastmath=False):
     """``numba.njit(cache=True)`` that degrades to ``cache=False`` where no cache can be written."""
 
     def decorate(fn):
         try:
-            return _numba_njit(cache=True, parallel=parallel)(fn)
+            return _numba_njit(cache=True, parallel=parallel, fastmath=fastmath)(fn)
         except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-            return _numba_njit(cache=False, parallel=parallel)(fn)
+            return _numba_njit(cache=False, parallel=parallel, fastmath=fastmath)(fn)
 
     return decorate(fn) if fn is not None else decorate
 

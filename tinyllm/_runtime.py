@@ -1,0 +1,60 @@
+"""Process settings that make a training step fast, applied once when tinyllm is imported.
+
+Both work around costs that no kernel can see, because they happen between kernels:
+
+* **OpenBLAS threads.** NumPy's matmul runs on OpenBLAS, whose worker threads keep spinning for
+  ~0.1 s after every matmul, on the very cores that tinyllm's numba kernels need next: on 2
+  cores a training step ran anywhere from 1.0x to 1.6x slower, at random.
+  ``OPENBLAS_THREAD_TIMEOUT=4`` sends them to sleep at once (waking them costs a few
+  microseconds per matmul). OpenBLAS reads the variable when it is loaded, at NumPy's import,
+  so this works when tinyllm is imported before NumPy; otherwise export it yourself.
+* **Page faults.** A training step allocates its activations afresh (~30 MB for the nanoGPT CPU
+  recipe). glibc's malloc hands out blocks over a threshold (adaptive, from 128 KiB) as brand-new
+  pages from the kernel and gives freed memory back, so every step touched ~5,700 new pages,
+  each a page fault that zero-fills 4 KiB: about 15 ms of a 75 ms step. Raising the mmap
+  threshold to its maximum (32 MiB) and the trim threshold to 1 GiB keeps freed blocks in the
+  process for the next step (0-10 faults per step). The price: memory freed by a step is kept
+  for reuse rather than returned to the operating system, so RSS stays at its peak.
+
+Set ``TINYLLM_TUNE_RUNTIME=0`` before importing tinyllm to leave the process untouched. A value
+you set yourself (``OPENBLAS_THREAD_TIMEOUT``, ``MALLOC_MMAP_THRESHOLD_``, ...) always wins.
+"""
+import ctypes
+import ctypes.util
+import os
+import sys
+
+_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's <malloc.h>
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit systems
+TRIM_THRESHOLD = 1 << 30
+
+applied = {}  # what was changed, for the curious and for the tests
+
+
+def _tune_openblas():
+    if "numpy" not in sys.modules and "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
+        applied["OPENBLAS_THREAD_TIMEOUT"] = 4
+
+
+def _tune_malloc():
+    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt): nothing to tune
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1:
+        applied["M_MMAP_THRESHOLD"] = MMAP_THRESHOLD
+    if mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
+        applied["M_TRIM_THRESHOLD"] = TRIM_THRESHOLD
+
+
+if os.environ.get("TINYLLM_TUNE_RUNTIME", "1") != "0":
+    _tune_openblas()
+    _tune_malloc()

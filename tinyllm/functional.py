@@ -11,8 +11,10 @@ import numpy as np
 
 from .kernels import attention as _attn
 from .kernels import cross_entropy as _ce
+from .kernels import embedding as _emb
 from .kernels import gelu as _gelu
 from .kernels import layernorm as _ln
+from .kernels import matmul as _mm
 from .ops import _matmul
 from .tensor import Function, Tensor, unbroadcast
 
@@ -153,7 +155,8 @@ class Embedding(Function):
     """y = weight[ids]  (a row lookup);  dweight[v] = sum of g over the positions where ids == v.
 
     The same id can appear many times in a batch, so the gradient is scatter-*added*
-    (``np.add.at``); plain ``dweight[ids] = g`` would keep only the last occurrence.
+    (``np.add.at``, or its numba twin in :mod:`tinyllm.kernels.embedding`); plain
+    ``dweight[ids] = g`` would keep only the last occurrence.
     """
 
     @staticmethod
@@ -165,9 +168,8 @@ class Embedding(Function):
     @staticmethod
     def backward(ctx, g):
         (ids,) = ctx.saved_tensors
-        grad = np.zeros(ctx.weight_shape, dtype=g.dtype)
-        np.add.at(grad, ids.reshape(-1), g.reshape(-1, ctx.weight_shape[1]))
-        return None, grad
+        rows = g.reshape(-1, ctx.weight_shape[1])  # (..., C) -> (P, C)
+        return None, _emb.embedding_backward(ids.reshape(-1), rows, ctx.weight_shape[0])
 
 
 def embedding(ids, weight):
@@ -225,7 +227,7 @@ class Linear(Function):
         rows = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
         out = _matmul(rows, weight.T)  # (N, out)
         if bias is not None:
-            out += bias
+            _mm.add_bias(out, bias.astype(out.dtype, copy=False))
         ctx.save_for_backward(rows, weight)
         ctx.in_shape, ctx.has_bias = x.shape, bias is not None
         return out.reshape(*x.shape[:-1], weight.shape[0])
@@ -236,7 +238,7 @@ class Linear(Function):
         g2 = g.reshape(-1, weight.shape[0])  # (..., out) -> (N, out)
         dx = _matmul(g2, weight).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
         dw = _matmul(g2.T, rows) if ctx.needs_input_grad[1] else None
-        db = g2.sum(axis=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        db = _mm.sum_rows(g2) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
 
 

@@ -5,11 +5,12 @@ Nothing here knows about :class:`tinyllm.Tensor`; the autograd Functions in
 
 =================  ==========================================================
 ``attention``      fused (flash-style) scaled-dot-product attention, fwd + bwd
-``matmul``         blocked batched matmul, and the BLAS-or-numba choice
+``matmul``         blocked batched matmul, the BLAS-or-numba choice, bias add/grad
 ``layernorm``      fused LayerNorm forward/backward (saves mean and rstd)
 ``cross_entropy``  fused softmax cross-entropy with ignore_index
 ``gelu``           GELU (tanh approximation and exact erf), fwd + bwd
-``adamw``          one AdamW update of a parameter and its two moments
+``adamw``          one AdamW update of a parameter and its two moments; grad norm
+``embedding``      the scatter-add gradient of an embedding lookup
 ``fastmath``       a vectorisable float32 exp shared by the kernels
 =================  ==========================================================
 """

@@ -146,11 +146,13 @@ def _adamw_settings(group):
 class _FlatAdamW:
     """One AdamW kernel call for a whole parameter group instead of one per parameter.
 
-    The moments of all the group's parameters live in two flat buffers (the optimizer's
-    ``state`` holds views of them, shaped like each parameter). A step copies the parameters and
-    gradients into flat buffers, runs :func:`tinyllm.kernels.adamw.adamw_step` once, and copies
-    the parameters back: three cheap copies instead of ~50 kernel launches on a small GPT. The
-    arithmetic is the per-parameter update's, element for element, so the results are identical.
+    The group's parameters and both moments live in flat buffers: each ``p.data`` becomes a view
+    of its slice of one parameter buffer (the optimizer's ``state`` likewise holds views of the
+    moment buffers), so a step copies only the gradients into one flat buffer and runs
+    :func:`tinyllm.kernels.adamw.adamw_step` once: one kernel launch instead of ~50 on a small
+    GPT. The arithmetic is the per-parameter update's, element for element, so the results are
+    identical. If anything rebinds a ``p.data`` or a moment (``load_state_dict``, ``model.to``),
+    the next step sees it and rebuilds the buffers from the current values.
     """
 
     def __init__(self, params, state):
@@ -164,6 +166,9 @@ class _FlatAdamW:
         self.exp_avg_sq = np.zeros(self.offsets[-1], dtype)
         self.step_count = state[id(params[0])]["step"] if id(params[0]) in state else 0
         for p, lo, hi in zip(params, self.offsets[:-1], self.offsets[1:]):
+            view = self.param[lo:hi].reshape(p.shape)
+            view[...] = p.data
+            p.data = view
             old = state.get(id(p), {})
             new = dict(step=self.step_count, exp_avg=self.exp_avg[lo:hi].reshape(p.shape),
                        exp_avg_sq=self.exp_avg_sq[lo:hi].reshape(p.shape))
@@ -174,25 +179,23 @@ class _FlatAdamW:
         self.state = state
 
     def matches(self, params, state):
-        """Still valid: the same parameters, in order, and the state still the views made here."""
+        """Still valid: the same parameters in order, their data and state still our views."""
         if [id(p) for p in params] != self.ids:
             return False
-        for p, lo in zip(params, self.offsets[:-1]):
+        for p in params:
             s = state.get(id(p))
-            if s is None or s["step"] != self.step_count or s["exp_avg"].base is not self.exp_avg \
-                    or s["exp_avg_sq"].base is not self.exp_avg_sq or p.dtype != self.param.dtype:
+            if s is None or s["step"] != self.step_count or p.data.base is not self.param \
+                    or s["exp_avg"].base is not self.exp_avg or s["exp_avg_sq"].base is not self.exp_avg_sq:
                 return False
         return True
 
     def step(self, params, group):
         for p, lo, hi in zip(params, self.offsets[:-1], self.offsets[1:]):
-            self.param[lo:hi] = p.data.reshape(-1)
             self.grad[lo:hi] = p.grad.reshape(-1)
         self.step_count += 1
         _adamw.adamw_step(self.param, self.grad, self.exp_avg, self.exp_avg_sq,
                           **_adamw_settings(group), step=self.step_count)
-        for p, lo, hi in zip(params, self.offsets[:-1], self.offsets[1:]):
-            p.data[...] = self.param[lo:hi].reshape(p.shape)
+        for p in params:
             self.state[id(p)]["step"] = self.step_count
 
 

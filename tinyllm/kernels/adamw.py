@@ -44,20 +44,28 @@ def adamw_step_ref(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, w
 
 
 @njit(parallel=True)
-def _adamw_kernel(param, grad, exp_avg, exp_avg_sq, decay, beta1, beta2, step_size, bc2_sqrt, eps):
-    """All arrays (n,). decay = 1 - lr * weight_decay, step_size = lr / bias_correction1,
-    bc2_sqrt = sqrt(bias_correction2).
-    for each chunk of _CHUNK elements (parallel): for k in chunk: the update above, in float64."""
+def _adamw_kernel(param, grad, exp_avg, exp_avg_sq, decay, beta1, one_minus_beta1, beta2,
+                  one_minus_beta2, neg_step_size, bc2_sqrt, eps):
+    """All arrays (n,), the scalars in their dtype: decay = 1 - lr * weight_decay,
+    neg_step_size = -lr / bias_correction1, bc2_sqrt = sqrt(bias_correction2).
+
+    for each chunk of _CHUNK elements (parallel): for k in chunk: the update above, in the
+    arrays' own precision and in PyTorch's order of operations (m by lerp, param by addcdiv),
+    so a float32 run follows torch.optim.AdamW closely.
+    """
     n = param.shape[0]
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         for k in range(c * _CHUNK, min((c + 1) * _CHUNK, n)):
-            g = np.float64(grad[k])
-            m = beta1 * exp_avg[k] + (1.0 - beta1) * g
-            v = beta2 * exp_avg_sq[k] + (1.0 - beta2) * g * g
+            g = grad[k]
+            if one_minus_beta1 < 0.5:  # lerp(m, g, w = 1 - beta1), PyTorch's two-sided formula
+                m = exp_avg[k] + one_minus_beta1 * (g - exp_avg[k])
+            else:  # exact at w = 1 (beta1 = 0): m = g
+                m = g - (g - exp_avg[k]) * beta1
+            v = exp_avg_sq[k] * beta2 + one_minus_beta2 * g * g
             exp_avg[k] = m
             exp_avg_sq[k] = v
-            denom = math.sqrt(v) / bc2_sqrt + eps
-            param[k] = param[k] * decay - step_size * m / denom
+            denom = np.sqrt(v) / bc2_sqrt + eps
+            param[k] = param[k] * decay + neg_step_size * m / denom
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,11 +118,12 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weigh
     _check_arrays(param, grad, exp_avg, exp_avg_sq)
     bias_correction1 = 1.0 - beta1**step
     bias_correction2 = 1.0 - beta2**step
+    scalar = param.dtype.type  # float32 arrays: float32 arithmetic, as PyTorch
     _adamw_kernel(
         param.reshape(-1), np.ascontiguousarray(grad).reshape(-1),
         exp_avg.reshape(-1), exp_avg_sq.reshape(-1),
-        float(1.0 - lr * weight_decay), float(beta1), float(beta2), float(lr / bias_correction1),
-        float(math.sqrt(bias_correction2)), float(eps),
+        scalar(1.0 - lr * weight_decay), scalar(beta1), scalar(1.0 - beta1), scalar(beta2), scalar(1.0 - beta2),
+        scalar(-lr / bias_correction1), scalar(math.sqrt(bias_correction2)), scalar(eps),
     )
 
 

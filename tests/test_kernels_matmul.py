@@ -132,8 +132,8 @@ def test_runs_with_jit_disabled():
 
 @settings(deadline=None, max_examples=40)
 @given(m=st.integers(1, 150), n=st.integers(1, 40), dtype=st.sampled_from([np.float32, np.float64]),
-       seed=st.integers(0, 2**31 - 1), transposed=st.booleans())
-def test_add_bias_and_sum_rows_match_numpy(m, n, dtype, seed, transposed):
+       seed=st.integers(0, 2**31 - 1))
+def test_add_bias_matches_numpy(m, n, dtype, seed):
     rng = np.random.default_rng(seed)
     y = rng.standard_normal((m, n)).astype(dtype)
     bias = rng.standard_normal(n).astype(dtype)
@@ -143,21 +143,9 @@ def test_add_bias_and_sum_rows_match_numpy(m, n, dtype, seed, transposed):
     M.add_bias(got, bias)
     np.testing.assert_array_equal(got, expected)  # one addition per element: exact
 
-    g = np.ascontiguousarray(y.T).T if transposed else y  # any layout
-    sums = M.sum_rows(g)
-    assert sums.dtype == dtype and sums.shape == (n,)
-    exact = g.astype(np.float64).sum(axis=0)
-    tol = (1e-6 if dtype == np.float32 else 1e-13) * np.abs(g).astype(np.float64).sum(axis=0) + 1e-30
-    assert np.isfinite(sums).all()
-    assert (np.abs(sums - exact) <= tol).all()
-    np.testing.assert_allclose(sums, M.sum_rows_ref(g), rtol=1e-4 if dtype == np.float32 else 1e-12,
-                               atol=tol.max())
 
-
-def test_bias_kernels_reject_what_they_cannot_do():
+def test_add_bias_rejects_what_it_cannot_do():
     with pytest.raises(ValueError, match=r"float32 \(3, 4\).*float64 \(4,\)"):
         M.add_bias(np.zeros((3, 4), np.float32), np.zeros(4))
-    with pytest.raises(ValueError, match="not|C-contiguous"):
+    with pytest.raises(ValueError, match="C-contiguous"):
         M.add_bias(np.zeros((4, 3), np.float32).T, np.zeros(4, np.float32))
-    with pytest.raises(ValueError, match=r"int64 \(3,\)"):
-        M.sum_rows(np.arange(3))

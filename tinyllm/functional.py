@@ -238,7 +238,7 @@ class Linear(Function):
         g2 = g.reshape(-1, weight.shape[0])  # (..., out) -> (N, out)
         dx = _matmul(g2, weight).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
         dw = _matmul(g2.T, rows) if ctx.needs_input_grad[1] else None
-        db = _mm.sum_rows(g2) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        db = g2.sum(axis=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
 
 

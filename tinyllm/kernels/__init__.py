@@ -5,7 +5,7 @@ Nothing here knows about :class:`tinyllm.Tensor`; the autograd Functions in
 
 =================  ==========================================================
 ``attention``      fused (flash-style) scaled-dot-product attention, fwd + bwd
-``matmul``         blocked batched matmul, the BLAS-or-numba choice, bias add/grad
+``matmul``         blocked batched matmul, the BLAS-or-numba choice, bias add
 ``layernorm``      fused LayerNorm forward/backward (saves mean and rstd)
 ``cross_entropy``  fused softmax cross-entropy with ignore_index
 ``gelu``           GELU (tanh approximation and exact erf), fwd + bwd

@@ -5,7 +5,7 @@
 """
 import numpy as np
 
-from ._jit import get_num_threads, njit, prange
+from ._jit import njit, prange
 
 # Rows of C per parallel work item of matmul_numba (see benchmarks/bench_kernels.py).
 ROW_BLOCK = 32
@@ -164,10 +164,11 @@ def matmul(a, b):
 
 
 # ----------------------------------------------------------------------------------------------
-# the bias of a linear layer: y += b on every row, and its gradient db = sum of the rows of dy
+# the bias of a linear layer: y += b on every row
 #
-# NumPy's ``y += b`` and ``dy.sum(axis=0)`` are correct and simple, but at (768, 512) they took
-# 0.23 and 0.1 ms, 3 ms of a small training step; the two loops below run on both cores.
+# NumPy's ``y += b`` is correct and simple, but its broadcast inner loop took 0.12 ms at
+# (768, 512), 4x the loop below. (The bias gradient, ``dy.sum(axis=0)``, stays NumPy's: a numba
+# version with float64 sums was slower.)
 
 _BIAS_ROWS = 64  # rows per parallel work item
 
@@ -192,31 +193,3 @@ def add_bias(y, bias):
         raise ValueError(f"add_bias: need a C-contiguous (M, N) y and an (N,) bias of one dtype; got y "
                          f"{y.dtype} {y.shape}, bias {bias.dtype} {bias.shape}")
     _add_bias_kernel(y, bias)
-
-
-def sum_rows_ref(g):
-    """(M, N) -> (N,): the sum over rows (the gradient of a bias added to every row)."""
-    return g.sum(axis=0)
-
-
-@njit(parallel=True)
-def _sum_rows_kernel(g, partial):
-    """partial[i] = sum of the rows of block i (float64 sums); the caller adds the blocks."""
-    m = g.shape[0]
-    n_blocks = partial.shape[0]
-    per_block = (m + n_blocks - 1) // n_blocks
-    for i in prange(n_blocks):
-        for r in range(i * per_block, min((i + 1) * per_block, m)):
-            for c in range(g.shape[1]):
-                partial[i, c] += g[r, c]
-
-
-def sum_rows(g):
-    """Numba ``g.sum(axis=0)`` for an (M, N) float array, summed in float64 in a few row blocks
-    (one per thread), returned in g's dtype."""
-    if g.ndim != 2 or g.dtype not in (np.float32, np.float64):
-        raise ValueError(f"sum_rows: need an (M, N) float array, got {g.dtype} {g.shape}")
-    n_blocks = max(1, min(get_num_threads(), g.shape[0]))
-    partial = np.zeros((n_blocks, g.shape[1]), np.float64)
-    _sum_rows_kernel(np.ascontiguousarray(g), partial)
-    return partial.sum(axis=0).astype(g.dtype)

@@ -423,8 +423,8 @@ class SelfAttention(Function):
     def forward(ctx, qkv, n_head, is_causal, scale):
         B, T, C3 = qkv.shape
         H, D = n_head, C3 // (3 * n_head)
-        heads = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D), a view
-        q, k, v = (np.ascontiguousarray(a).reshape(B * H, T, D) for a in heads)
+        heads = np.ascontiguousarray(qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4))  # (3, B, H, T, D)
+        q, k, v = heads.reshape(3, B * H, T, D)  # one pass over qkv, then three views
         out, lse = _attn.attention_forward(q, k, v, causal=is_causal, scale=scale)  # (B*H, T, D)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.is_causal, ctx.scale = is_causal, scale
@@ -437,10 +437,8 @@ class SelfAttention(Function):
         H, D = C // q.shape[2], q.shape[2]
         g_heads = np.ascontiguousarray(g.reshape(B, T, H, D).transpose(0, 2, 1, 3)).reshape(B * H, T, D)
         grads = _attn.attention_backward(q, k, v, out, lse, g_heads, causal=ctx.is_causal, scale=ctx.scale)
-        dqkv = np.empty((B, T, 3, H, D), dtype=g.dtype)
-        for i, d in enumerate(grads):  # (B*H, T, D) -> the (B, T, H, D) slot of q, k or v
-            dqkv[:, :, i] = d.reshape(B, H, T, D).transpose(0, 2, 1, 3)
-        return dqkv.reshape(B, T, 3 * C)
+        dheads = np.stack(grads).reshape(3, B, H, T, D)
+        return np.ascontiguousarray(dheads.transpose(1, 3, 0, 2, 4)).reshape(B, T, 3 * C)  # (B, T, 3, H, D)
 
 
 def self_attention(qkv, n_head, is_causal=False, scale=None):

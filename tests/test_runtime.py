@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run(code, **env):
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("OPENBLAS_THREAD_TIMEOUT", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                             "TINYLLM_TUNE_RUNTIME")}
+                             "MALLOC_MMAP_MAX_", "TINYLLM_TUNE_RUNTIME")}
     full_env.update(env, PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, check=True)
     return out.stdout.strip()
@@ -18,7 +18,7 @@ def run(code, **env):
 def test_imported_before_numpy_sets_the_openblas_timeout_and_malloc():
     got = run("import tinyllm, os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), sorted(tinyllm._runtime.applied))")
     if sys.platform.startswith("linux"):
-        assert got == "4 ['M_MMAP_THRESHOLD', 'M_TRIM_THRESHOLD', 'OPENBLAS_THREAD_TIMEOUT']"
+        assert got == "4 ['M_MMAP_MAX', 'M_MMAP_THRESHOLD', 'M_TRIM_THRESHOLD', 'OPENBLAS_THREAD_TIMEOUT']"
     else:
         assert got.startswith("4 ")
 

@@ -71,6 +71,28 @@ def test_backward_kernel_matches_reference(case):
     assert_close(dx, dx_ref, tol(x.dtype), scale=max(1.0, np.abs(x).max(initial=0.0)) * np.abs(dy).max(initial=0.0))
 
 
+@settings(deadline=None)  # max_examples from the conftest profile
+@given(gelu_cases())
+def test_backward_from_the_forwards_tanh_equals_recomputing_it(case):
+    # the float32 tanh form hands t = tanh(u) from the forward to the backward: same bits
+    x, dy = build_case(case)
+    y, t = gelu_forward(x, case["approximate"], return_tanh=True)
+    np.testing.assert_array_equal(y, gelu_forward(x, case["approximate"]))
+    if x.dtype != np.float32 or case["approximate"] != "tanh":
+        assert t is None
+        return
+    assert t.shape == x.shape and t.dtype == np.float32
+    assert np.isfinite(t).all() and (np.abs(t) <= 1).all()
+    np.testing.assert_array_equal(gelu_backward(x, dy, case["approximate"], tanh=t),
+                                  gelu_backward(x, dy, case["approximate"]))
+
+
+def test_a_saved_tanh_of_the_wrong_shape_is_refused():
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"tanh is float32 \(3, 2\)"):
+        gelu_backward(x, x, tanh=np.ones((3, 2), np.float32))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("approximate", MODES)
 def test_float32_reference_agrees(dtype, approximate):

@@ -49,14 +49,15 @@ class GELU(Function):
 
     @staticmethod
     def forward(ctx, x, approximate):
-        ctx.save_for_backward(x)
+        y, t = _gelu.gelu_forward(x, approximate, return_tanh=True)  # t: float32 tanh form only
+        ctx.save_for_backward(x, t)
         ctx.approximate = approximate
-        return _gelu.gelu_forward(x, approximate)
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return _gelu.gelu_backward(x, g, ctx.approximate)
+        x, t = ctx.saved_tensors
+        return _gelu.gelu_backward(x, g, ctx.approximate, tanh=t)
 
 
 def gelu(x, approximate="tanh"):

@@ -98,6 +98,7 @@ class AdamW(Optimizer):
         if not weight_decay >= 0:
             raise ValueError(f"AdamW: weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self._flat = {}  # group index -> _FlatAdamW
 
     def step(self):
         for index, group in enumerate(self.param_groups):
@@ -125,15 +126,13 @@ class AdamW(Optimizer):
     def _flat_group(self, index, params):
         """The group's :class:`_FlatAdamW` (made or remade as needed), or None when its parameters
         do not share one dtype and one step count."""
-        flat = self._flat.get(index) if hasattr(self, "_flat") else None
+        flat = self._flat.get(index)
         if flat is not None and flat.matches(params, self.state):
             return flat
         dtypes = {p.dtype for p in params}
         steps = {self.state[id(p)]["step"] if id(p) in self.state else 0 for p in params}
         if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64) or len(steps) != 1:
             return None
-        if not hasattr(self, "_flat"):
-            self._flat = {}
         self._flat[index] = flat = _FlatAdamW(params, self.state)
         return flat
 

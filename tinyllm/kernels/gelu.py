@@ -149,23 +149,29 @@ def _tanh_u_f32(x, start, stop):
 
 
 @njit(parallel=True)
-def _gelu_tanh_forward_f32(x, y):
-    """y = 0.5 x (1 + t), t = tanh(u); float32 x, y (n,), in chunks of _CHUNK (parallel)."""
+def _gelu_tanh_forward_f32(x, y, t_out):
+    """y = 0.5 x (1 + t), t = tanh(u); float32 x, y (n,), in chunks of _CHUNK (parallel).
+    t_out (n,) receives t for the backward (pass an empty array to skip it)."""
     n = x.shape[0]
+    keep = t_out.shape[0] == n
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         start, stop = c * _CHUNK, min((c + 1) * _CHUNK, n)
         t = _tanh_u_f32(x, start, stop)
         for j in range(stop - start):
             y[start + j] = np.float32(0.5) * x[start + j] * (np.float32(1.0) + t[j])
+        if keep:
+            t_out[start:stop] = t
 
 
 @njit(parallel=True)
-def _gelu_tanh_backward_f32(x, dy, dx):
-    """dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2)); float32 (n,) arrays."""
+def _gelu_tanh_backward_f32(x, dy, t_saved, dx):
+    """dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2)); float32 (n,) arrays.
+    t is read from t_saved (the forward's) if it holds n values, else recomputed."""
     n = x.shape[0]
+    saved = t_saved.shape[0] == n
     for c in prange((n + _CHUNK - 1) // _CHUNK):
         start, stop = c * _CHUNK, min((c + 1) * _CHUNK, n)
-        t = _tanh_u_f32(x, start, stop)
+        t = t_saved[start:stop] if saved else _tanh_u_f32(x, start, stop)
         for j in range(stop - start):
             v = x[start + j]
             v_clip = min(max(v, np.float32(-_CLIP)), np.float32(_CLIP))
@@ -185,22 +191,35 @@ def _check_float_array(fn, name, a):
         raise ValueError(f"{fn}: {name} has dtype {a.dtype}, expected float32 or float64")
 
 
-def gelu_forward(x, approximate="tanh"):
-    """Numba GELU of a float32/float64 array of any shape; same contract as :func:`gelu_forward_ref`."""
+_NO_TANH = np.empty(0, np.float32)
+
+
+def gelu_forward(x, approximate="tanh", return_tanh=False):
+    """Numba GELU of a float32/float64 array of any shape; same contract as :func:`gelu_forward_ref`.
+
+    With ``return_tanh=True`` it returns ``(y, t)``: for float32 and the tanh form, t = tanh(u)
+    as computed here, which :func:`gelu_backward` can reuse instead of recomputing (the exp is
+    most of the backward's time); otherwise t is None.
+    """
     fn = "gelu_forward"
     _check_approximate(fn, approximate)
     _check_float_array(fn, "x", x)
     y = np.empty(x.shape, dtype=x.dtype)  # C-contiguous, so reshape(-1) is a view
     flat = np.ascontiguousarray(x).reshape(-1)
+    t = None
     if x.dtype == np.float32 and approximate == "tanh":
-        _gelu_tanh_forward_f32(flat, y.reshape(-1))
+        t = np.empty(x.shape, np.float32) if return_tanh else None
+        _gelu_tanh_forward_f32(flat, y.reshape(-1), _NO_TANH if t is None else t.reshape(-1))
     else:
         _gelu_forward_kernel(flat, approximate == "none", y.reshape(-1))
-    return y
+    return (y, t) if return_tanh else y
 
 
-def gelu_backward(x, dy, approximate="tanh"):
-    """Numba GELU backward, dx = dy * gelu'(x); same contract as :func:`gelu_backward_ref`."""
+def gelu_backward(x, dy, approximate="tanh", tanh=None):
+    """Numba GELU backward, dx = dy * gelu'(x); same contract as :func:`gelu_backward_ref`.
+
+    ``tanh``: the t that ``gelu_forward(x, return_tanh=True)`` returned, or None to recompute it.
+    """
     fn = "gelu_backward"
     _check_approximate(fn, approximate)
     _check_float_array(fn, "x", x)
@@ -210,7 +229,10 @@ def gelu_backward(x, dy, approximate="tanh"):
     dx = np.empty(x.shape, dtype=x.dtype)
     x_flat, dy_flat = np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(dy).reshape(-1)
     if x.dtype == np.float32 and approximate == "tanh":
-        _gelu_tanh_backward_f32(x_flat, dy_flat, dx.reshape(-1))
+        if tanh is not None and (tanh.shape != x.shape or tanh.dtype != np.float32):
+            raise ValueError(f"{fn}: tanh is {tanh.dtype} {tanh.shape} but x is {x.dtype} {x.shape}")
+        saved = _NO_TANH if tanh is None else np.ascontiguousarray(tanh).reshape(-1)
+        _gelu_tanh_backward_f32(x_flat, dy_flat, saved, dx.reshape(-1))
     else:
         _gelu_backward_kernel(x_flat, dy_flat, approximate == "none", dx.reshape(-1))
     return dx

@@ -187,9 +187,16 @@ def _add_bias_kernel(y, bias):
                 y[r, c] += bias[c]
 
 
+_BIAS_PARALLEL_MIN = 1 << 15  # below this many elements, waking a second thread costs more
+
+
 def add_bias(y, bias):
-    """Numba ``y += bias`` for a C-contiguous (M, N) ``y`` and an (N,) ``bias`` of its dtype."""
+    """``y += bias`` for a C-contiguous (M, N) ``y`` and an (N,) ``bias`` of its dtype: the numba
+    loop for training-sized arrays, NumPy's for small ones (one token while generating)."""
     if y.ndim != 2 or bias.shape != (y.shape[1],) or bias.dtype != y.dtype or not y.flags.c_contiguous:
         raise ValueError(f"add_bias: need a C-contiguous (M, N) y and an (N,) bias of one dtype; got y "
                          f"{y.dtype} {y.shape}, bias {bias.dtype} {bias.shape}")
-    _add_bias_kernel(y, bias)
+    if y.size < _BIAS_PARALLEL_MIN:
+        add_bias_ref(y, bias)
+    else:
+        _add_bias_kernel(y, bias)

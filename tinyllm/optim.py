@@ -85,7 +85,8 @@ class AdamW(Optimizer):
         m  <- beta1 m + (1 - beta1) g          v <- beta2 v + (1 - beta2) g^2
         p  <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 
-    The update of one parameter is one fused numba kernel (:mod:`tinyllm.kernels.adamw`).
+    The update is one fused numba kernel (:mod:`tinyllm.kernels.adamw`), run once per parameter
+    group over flat buffers (see :class:`_FlatAdamW`), in the parameters' own precision.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):

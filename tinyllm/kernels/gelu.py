@@ -17,7 +17,10 @@ overflowing (float32 x = 1e15) and 0 * inf from turning dy/dx into nan. So y = x
 positive x and -0 for large negative x, with dy/dx = 1 and 0.
 
 Backward returns dx = dy * dy/dx. ``*_ref`` is the NumPy spec; :func:`gelu_forward` /
-:func:`gelu_backward` take any shape, flatten, and run a numba kernel over chunks in parallel.
+:func:`gelu_backward` take any shape, flatten, and run a numba kernel over chunks in parallel:
+per-element float64 math in general, and for float32 in the tanh form (what training runs) a
+float32 path on the vectorised exp of :mod:`.fastmath`, whose forward can hand t to the
+backward so that it needs no exp at all.
 """
 import math
 

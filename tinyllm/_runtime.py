@@ -22,7 +22,6 @@ Set ``TINYLLM_TUNE_RUNTIME=0`` before importing tinyllm to leave the process unt
 you set yourself (``OPENBLAS_THREAD_TIMEOUT``, ``MALLOC_MMAP_THRESHOLD_``, ...) always wins.
 """
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -47,9 +46,8 @@ def _tune_malloc():
     if not sys.platform.startswith("linux"):
         return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt): nothing to tune
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
         return
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1:

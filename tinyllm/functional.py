@@ -416,8 +416,8 @@ class SelfAttention(Function):
         y[:, :, h*D:(h+1)*D] = attention(q_h, k_h, v_h)      for every head h,
 
     the same as splitting with reshape/permute, :func:`scaled_dot_product_attention`, and merging
-    back; here the split and the merge are three array copies instead of eight graph nodes, and
-    backward writes dq, dk, dv straight into one (B, T, 3C) gradient.
+    back; here the split and the merge are one array copy each instead of eight graph nodes, and
+    backward assembles dq, dk, dv into one (B, T, 3C) gradient (no zero-filled slices to add up).
     """
 
     @staticmethod

@@ -51,9 +51,10 @@ def _gemm_acc(c, a, a_transposed, b, rows, depth_lo, depth_hi, cols):
     ``c[r] += a[r, t] * b[t]`` loop at 64 x 64 tiles. The one fastmath flag, ``contract``, lets
     LLVM fuse each ``a * b + c`` into one fused multiply-add instruction (one rounding instead of
     two, as BLAS does): 1.4x the speed of the attention kernels built on this. Nothing is
-    reassociated: each element's sum is formed in the order written. Leftover depths (< 4 per group) and the
-    rows of an incomplete last group run afterwards one product at a time; keeping them out
-    of the hot loop nest matters (inside it LLVM dropped the fast path: 2x slower).
+    reassociated: each element's sum is formed in the order written. Leftover depths (< 4 per
+    group) and the rows of an incomplete last group run afterwards one product at a time;
+    keeping them out of the hot loop nest matters (inside it LLVM dropped the fast path: 2x
+    slower).
 
     The rows of a group run over the union of their depth ranges and their largest width, so
     A must be 0 outside a row's own depth range, and ``c[r, cols[r]:]`` may be written up to

@@ -65,7 +65,6 @@ def time_lengths(generate, args):
 
 
 def tinyllm_worker(args):
-    import tinyllm
     from tinyllm.models import GPT, GPTConfig
 
     tinyllm.set_num_threads(args.threads)

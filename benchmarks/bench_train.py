@@ -82,7 +82,6 @@ def time_steps(step, next_batch, warmup, steps):
 
 
 def tinyllm_worker(args, cfg):
-    import tinyllm
     from tinyllm.data import get_batch
     from tinyllm.models import GPT, GPTConfig
     from tinyllm.optim import clip_grad_norm

@@ -16,7 +16,7 @@ from .kernels import gelu as _gelu
 from .kernels import layernorm as _ln
 from .kernels import matmul as _mm
 from .ops import _matmul
-from .tensor import Function, Tensor, unbroadcast
+from .tensor import Function, Tensor, is_grad_enabled, unbroadcast
 
 __all__ = [
     "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "embedding", "dropout",
@@ -49,7 +49,9 @@ class GELU(Function):
 
     @staticmethod
     def forward(ctx, x, approximate):
-        y, t = _gelu.gelu_forward(x, approximate, return_tanh=True)  # t: float32 tanh form only
+        # t = tanh(u) for the backward (float32 tanh form only); under no_grad nobody needs it
+        y, t = _gelu.gelu_forward(x, approximate, return_tanh=True) if is_grad_enabled() else (
+            _gelu.gelu_forward(x, approximate), None)
         ctx.save_for_backward(x, t)
         ctx.approximate = approximate
         return y

@@ -13,12 +13,17 @@ import hashlib
 import os
 from pathlib import Path
 
-# numba's parallel kernels run on an OpenMP thread pool, and np.matmul on OpenBLAS's own threads.
-# By default OpenMP's idle threads spin for a while after each kernel, hogging the cores that the
-# next matmul needs (on 2 cores: a 768x128x512 matmul went from 0.6 ms to 4 ms, a training step
-# 10x slower). PASSIVE makes them sleep at once. It must be set before OpenMP is loaded; a user's
-# own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from ._openblas import SGEMM  # noqa: E402
+
+# numba's parallel kernels run on an OpenMP thread pool. OpenMP's idle threads spin for a while
+# after each kernel (libgomp's default) so that the next kernel starts at once. That is right
+# when this pool does all the work: then tinyllm's matmuls run on it too (kernels/blas.py).
+# Where they cannot (SGEMM not found), np.matmul runs on OpenBLAS's own threads, and spinning
+# OpenMP threads would hog the cores those need (on 2 cores a 768x128x512 matmul went from
+# 0.6 ms to 4 ms, a training step 10x slower): PASSIVE makes them sleep at once. Either must be
+# set before OpenMP is loaded; a user's own OMP_WAIT_POLICY wins.
+if SGEMM is None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402
 from numba import njit as _numba_njit  # noqa: E402
@@ -31,14 +36,17 @@ def _drop_stale_cache():
     """Delete numba's cached machine code when any kernel source changed.
 
     numba checks only the source file of the function it caches, but a kernel inlines helpers
-    from other files (attention uses ``matmul._gemm_acc``): after an edit to ``matmul.py`` the
-    cached attention would silently keep the old helper. So one hash covers all kernel sources,
-    and a change of it clears the cache. Best effort: a read-only install simply keeps its cache.
+    from other files (attention uses ``blas.gemm_tile``): after an edit to ``blas.py`` the
+    cached attention would silently keep the old helper. So one hash covers all kernel sources
+    and the choice between BLAS and loop tile products, and a change of it clears the cache.
+    Best effort: a read-only install simply keeps its cache.
     """
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for src in sorted(here.glob("*.py")):
         digest.update(src.name.encode() + src.read_bytes())
+    # the attention kernels compile in BLAS calls or their loop twin (attention._tile_product)
+    digest.update(b"blas" if SGEMM is not None and not numba.config.DISABLE_JIT else b"loops")
     caches = [here / "__pycache__"]
     if os.environ.get("NUMBA_CACHE_DIR"):  # numba's naming of a source directory's cache there
         subdir = f"{here.name}_{hashlib.sha1(str(here).encode()).hexdigest()}"

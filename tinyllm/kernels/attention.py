@@ -23,18 +23,29 @@ Backward, with ``dO = dL/dout``::
 The ``_ref`` functions are that math in plain NumPy, materialising the (N, Tq, Tk) scores: the
 readable spec and the test oracle. ``attention_forward`` / ``attention_backward`` compute the
 same thing tile by tile and never hold more than a (block_q, block_k) piece of S; the forward
-saves only ``out`` and ``lse``, and the backward recomputes P from them. Their tile products
-are ``matmul._gemm_acc``; in float32 their exp is a vectorised polynomial (``_exp_f32_inplace``,
-relative error < 2 float32 eps), in float64 libm's; float64 matches the reference to ~1e-15.
+saves only ``out`` and ``lse``, and the backward recomputes P from them. Each tile product is
+one single-threaded BLAS call made from the numba thread that owns the tile (``blas.gemm_tile``;
+``matmul.gemm_tile_loops`` where no BLAS can be called); products run over whole tiles, and
+the masked entries of P and dS are exact zeros. In float32 their exp is a vectorised polynomial
+(``_exp_f32_inplace``, relative error < 2 float32 eps), in float64 libm's; float64 matches the
+reference to ~1e-15.
 """
 import numpy as np
 
 from ._jit import njit, prange
 from .fastmath import exp_f32_inplace as _exp_f32_inplace
-from .matmul import _gemm_acc
+from . import blas as _blas
+from .blas import one_blas_thread
+from .matmul import gemm_tile_loops
+
+# The tile products: one single-threaded BLAS call per product (NumPy's OpenBLAS, called from
+# the numba thread, see blas.py), or its plain twin in numba loops where no BLAS can be called.
+# Fixed when the kernels compile; _jit.py keys the numba cache on which one it is.
+_tile_product = _blas.gemm_tile if _blas.available() else gemm_tile_loops
 
 # Tile sizes, chosen with benchmarks/bench_kernels.py on a 2-core AVX-512 machine: 64 x 64
-# float32 tiles (16 KiB each) keep S, the key tile and the value rows in a 48 KiB L1 cache.
+# float32 tiles (16 KiB each) stay in the L1 cache; with BLAS tile products, 128-row or
+# 128-key tiles measured no faster at T = 256.
 BLOCK_Q = 64
 BLOCK_K = 64
 
@@ -148,18 +159,6 @@ def attention_backward_ref(q, k, v, out, lse, dout, causal=False, scale=None):
 # --------------------------------------------------------------------------------------------
 
 @njit
-def _load_transposed(src, j0, width, dst):
-    """dst[c, j] = src[j0 + j, c] for j < width.   src (T, C) -> dst (C, >= width)
-
-    S = Q K^T as ``_gemm_acc(Q, K^T)`` runs over keys in its innermost loop; a transposed,
-    contiguous key tile makes that loop unit-stride.
-    """
-    for j in range(width):
-        for c in range(src.shape[1]):
-            dst[c, j] = src[j0 + j, c]
-
-
-@njit
 def _exp_inplace(tile, rows, bits):
     """tile[:rows] = exp(tile[:rows]); tile (block_q, block_k), bits int32 of tile.size.
 
@@ -212,14 +211,6 @@ def _row_sum(tile, r, width, lanes):
 
 
 @njit
-def _zero_rows(tile, rows):
-    """tile[:rows] = 0 (the products below accumulate into it)."""
-    for r in range(rows):
-        for j in range(tile.shape[1]):
-            tile[r, j] = 0
-
-
-@njit
 def _visible_keys(i0, rows, j0, width, causal, offset, widths):
     """widths[r] = how many keys j0, j0+1, ... (of width) query i0 + r may see."""
     for r in range(rows):
@@ -227,16 +218,6 @@ def _visible_keys(i0, rows, j0, width, causal, offset, widths):
             widths[r] = min(max(i0 + r + offset + 1 - j0, 0), width)
         else:
             widths[r] = width
-
-
-@njit
-def _first_seeing_rows(i0, rows, j0, width, causal, offset, first_rows):
-    """first_rows[jj] = first r < rows whose query i0 + r sees key j0 + jj (rows if none)."""
-    for jj in range(width):
-        if causal:
-            first_rows[jj] = min(max(j0 + jj - offset - i0, 0), rows)
-        else:
-            first_rows[jj] = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,34 +234,28 @@ def _forward_query_block(q, k, v, i0, rows, causal, scale, block_k, out, lse):
         l     = alpha * l   + sum_j exp(s_j - m_new)
         acc   = alpha * acc + sum_j exp(s_j - m_new) v_j
     and finally out = acc / l, lse = m + log l (out 0, lse -inf where l = 0: no visible key).
-    Key blocks entirely right of the causal diagonal are never visited, and within the
-    diagonal block each row's products stop at its last visible key.
+    Key blocks entirely right of the causal diagonal are never visited; in the diagonal block
+    the masked scores become -inf, so their P is exactly 0.
     """
     tq, d_head = q.shape
     tk, d_value = v.shape
     offset = tk - tq
     dtype = q.dtype
-    k_t = np.empty((d_head, block_k), dtype)  # (D, block_k)
     scores = np.empty((rows, block_k), dtype)  # S, then P in place
     bits = np.empty(rows * block_k, np.int32)
     widths = np.empty(rows, np.int64)
-    zeros = np.zeros(rows, np.int64)
-    head_dims = np.full(rows, d_head, np.int64)
-    value_dims = np.full(rows, d_value, np.int64)
     row_max = np.full(rows, -np.inf, dtype)
     row_sum = np.zeros(rows, dtype)
     acc = np.zeros((rows, d_value), dtype)
     k_end = min(tk, i0 + rows + offset) if causal else tk  # keys past this are masked for all
     for j0 in range(0, k_end, block_k):
         width = min(block_k, k_end - j0)
-        _load_transposed(k, j0, width, k_t)
         _visible_keys(i0, rows, j0, width, causal, offset, widths)
-        _zero_rows(scores, rows)
-        _gemm_acc(scores, q[i0:], False, k_t, rows, zeros, head_dims, widths)  # Q K^T
+        _tile_product(scores, q[i0:], False, k[j0:], True, rows, width, d_head, False)  # Q K^T
         _shift_by_running_max(scores, widths, scale, row_max, row_sum, acc)
         _exp_inplace(scores, rows, bits)
         _add_row_sums(scores, widths, row_sum)
-        _gemm_acc(acc, scores, False, v[j0:], rows, zeros, widths, value_dims)  # += P V
+        _tile_product(acc, scores, False, v[j0:], False, rows, d_value, width, True)  # += P V
     _finish_rows(i0, rows, row_max, row_sum, acc, out, lse)
 
 
@@ -354,7 +329,8 @@ def attention_forward(q, k, v, causal=False, scale=None):
     n, tq = q.shape[:2]
     out = np.empty((n, tq, v.shape[2]), q.dtype)
     lse = np.empty((n, tq), q.dtype)
-    _forward_kernel(q, k, v, bool(causal), scale, BLOCK_Q, BLOCK_K, out, lse)
+    with one_blas_thread():
+        _forward_kernel(q, k, v, bool(causal), scale, BLOCK_Q, BLOCK_K, out, lse)
     return out, lse
 
 
@@ -403,7 +379,7 @@ def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq,
     q (Tq, D), k (Tk, D), v (Tk, Dv), out/dout (Tq, Dv), lse (Tq,). Loop nest: key block j0,
     then every query block that sees it (causally hidden tiles are skipped), then per tile:
     S = Q K^T, P = exp(c S - lse), dP = dO V^T, dS; then dv += P^T dO, dk += dS^T Q,
-    dq += dS K, each product bounded to the visible part of the tile.
+    dq += dS K (masked entries of P and dS are 0, so whole-tile products add nothing for them).
     """
     tq, d_head = q.shape
     tk, d_value = v.shape
@@ -411,38 +387,23 @@ def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq,
     dtype = q.dtype
     drow = np.empty(tq, dtype)  # Drow[i] = dO[i] . out[i]
     _row_dots(dout, out, drow)
-    k_t = np.empty((d_head, block_k), dtype)
-    v_t = np.empty((d_value, block_k), dtype)
     scores = np.empty((block_q, block_k), dtype)
     dprobs = np.empty((block_q, block_k), dtype)
     bits = np.empty(block_q * block_k, np.int32)
     widths = np.empty(block_q, np.int64)  # visible keys per query row of the tile
-    first_rows = np.empty(block_k, np.int64)  # first query row of the tile seeing each key
-    n_bounds = max(block_q, block_k)
-    zeros = np.zeros(n_bounds, np.int64)
-    head_dims = np.full(n_bounds, d_head, np.int64)
-    value_dims = np.full(n_bounds, d_value, np.int64)
-    tile_rows = np.empty(block_k, np.int64)
     for j0 in range(0, tk, block_k):
         width = min(block_k, tk - j0)
-        _load_transposed(k, j0, width, k_t)
-        _load_transposed(v, j0, width, v_t)
         first_row = max(0, j0 - offset) if causal else 0  # rows above it see none of the block
         for i0 in range(first_row - first_row % block_q, tq, block_q):
             rows = min(block_q, tq - i0)
             _visible_keys(i0, rows, j0, width, causal, offset, widths)
-            _first_seeing_rows(i0, rows, j0, width, causal, offset, first_rows)
-            tile_rows[:] = rows
-            _zero_rows(scores, rows)
-            _zero_rows(dprobs, rows)
-            _gemm_acc(scores, q[i0:], False, k_t, rows, zeros, head_dims, widths)  # S
-            _gemm_acc(dprobs, dout[i0:], False, v_t, rows, zeros, value_dims, widths)  # dP
+            _tile_product(scores, q[i0:], False, k[j0:], True, rows, width, d_head, False)  # S
+            _tile_product(dprobs, dout[i0:], False, v[j0:], True, rows, width, d_value, False)  # dP
             _probs_and_dscores(scores, dprobs, rows, widths, lse, drow, i0, scale, bits)
             # dv += P^T dO,  dk += dS^T Q,  dq += dS K
-            _gemm_acc(dv[j0:], scores, True, dout[i0:], width, first_rows, tile_rows,
-                      value_dims)
-            _gemm_acc(dk[j0:], dprobs, True, q[i0:], width, first_rows, tile_rows, head_dims)
-            _gemm_acc(dq[i0:], dprobs, False, k[j0:], rows, zeros, widths, head_dims)
+            _tile_product(dv[j0:], scores, True, dout[i0:], False, width, d_value, rows, True)
+            _tile_product(dk[j0:], dprobs, True, q[i0:], False, width, d_head, rows, True)
+            _tile_product(dq[i0:], dprobs, False, k[j0:], False, rows, d_head, width, True)
 
 
 @njit(parallel=True)
@@ -460,6 +421,6 @@ def attention_backward(q, k, v, out, lse, dout, causal=False, scale=None):
     q, k, v, scale = _check_qkv("attention_backward", q, k, v, scale)
     out, lse, dout = _check_saved("attention_backward", q, v, out, lse, dout)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
-    _backward_kernel(q, k, v, out, lse, dout, bool(causal), scale, BLOCK_Q, BLOCK_K,
-                     dq, dk, dv)
+    with one_blas_thread():
+        _backward_kernel(q, k, v, out, lse, dout, bool(causal), scale, BLOCK_Q, BLOCK_K, dq, dk, dv)
     return dq, dk, dv

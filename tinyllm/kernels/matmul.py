@@ -6,6 +6,7 @@
 import numpy as np
 
 from ._jit import njit, prange
+from . import blas as _blas
 
 # Rows of C per parallel work item of matmul_numba (see benchmarks/bench_kernels.py).
 ROW_BLOCK = 32
@@ -82,6 +83,29 @@ def _gemm_acc(c, a, a_transposed, b, rows, depth_lo, depth_hi, cols):
                 c[r, x] += a_rt * b[t, x]
 
 
+@njit
+def gemm_tile_loops(c, a, a_t, b, b_t, m, n, depth, accumulate):
+    """c[:m, :n] = A @ B (or += when accumulate) in numba loops: the plain twin of
+    :func:`tinyllm.kernels.blas.gemm_tile`, with the same arguments, used where no BLAS can be
+    called from numba. A is a[:m, :depth] or a[:depth, :m]^T (a_t); B is b[:depth, :n] or
+    b[:n, :depth]^T (b_t, copied transposed first so that ``_gemm_acc`` reads it row by row)."""
+    if not accumulate:
+        for r in range(m):
+            for x in range(n):
+                c[r, x] = 0
+    if b_t:
+        b_rows = np.empty((depth, n), b.dtype)  # b_rows[t, x] = b[x, t]
+        for x in range(n):
+            for t in range(depth):
+                b_rows[t, x] = b[x, t]
+    else:
+        b_rows = np.ascontiguousarray(b[:depth, :n])
+    depth_lo = np.zeros(m, np.int64)
+    depth_hi = np.full(m, depth, np.int64)
+    cols = np.full(m, n, np.int64)
+    _gemm_acc(c, a, a_t, b_rows, m, depth_lo, depth_hi, cols)
+
+
 def matmul_ref(a, b):
     """The reference: ``np.matmul`` (BLAS)."""
     return np.matmul(a, b)
@@ -149,18 +173,24 @@ def matmul_numba(a, b):
 
 
 def matmul(a, b):
-    """The matmul the autograd uses. It is ``np.matmul`` (BLAS) for every shape, by measurement.
+    """The matmul the autograd uses: BLAS, called from numba's threads where it can be.
 
-    ``benchmarks/bench_kernels.py`` (float32, 2 cores, AVX-512 Xeon) times both at the
-    matmuls of a GPT step, forward x @ W.T, backward g @ W and x.T @ g, lm_head, and the batched
-    attention scores. BLAS wins every one: 0.4-0.6 ms against 2.2-3.3 ms (5-8x) at the
-    nanoGPT-CPU shapes, e.g. (768, 128) @ (128, 384); 6-13 ms against 33-49 ms (2.5-5x) at
-    the larger ones, e.g. (2048, 384) @ (384, 1152); 0.13 against 0.66 ms for the batched
-    (48, 64, 32) @ (48, 32, 64). OpenBLAS (its SkylakeX kernels here) uses 512-bit fused
+    2-D products go to :func:`tinyllm.kernels.blas.matmul`: NumPy's own OpenBLAS gemm, one call
+    per numba thread on a block of rows, so that a training step runs on one pool of threads
+    instead of two (``np.matmul`` where that BLAS is not found); batched ones to ``np.matmul``.
+
+    Why BLAS and not ``_gemm_acc``: ``benchmarks/bench_kernels.py`` (float32, 2 cores, AVX-512
+    Xeon) times both at the matmuls of a GPT step, forward x @ W.T, backward g @ W and x.T @ g,
+    lm_head, and the batched attention scores. BLAS wins every one: 0.4-0.6 ms against 2.2-3.3 ms
+    (5-8x) at the nanoGPT-CPU shapes, e.g. (768, 128) @ (128, 384); 6-13 ms against 33-49 ms
+    (2.5-5x) at the larger ones, e.g. (2048, 384) @ (384, 1152); 0.13 against 0.66 ms for the
+    batched (48, 64, 32) @ (48, 32, 64). OpenBLAS (its SkylakeX kernels here) uses 512-bit fused
     multiply-adds and packs its operands for the caches; ``_gemm_acc`` got 30-65 GFLOP/s from
-    256-bit vectors (measured before it used fused multiply-adds). The numba kernel
-    earns its place inside the fused attention, on tiles that never leave the L1 cache.
+    256-bit vectors (measured before it used fused multiply-adds). The numba kernel earns its
+    place inside the fused attention, on tiles that never leave the L1 cache.
     """
+    if a.ndim == 2 and b.ndim == 2:
+        return _blas.matmul(a, b)
     return np.matmul(a, b)
 
 

@@ -1,0 +1,120 @@
+"""tinyllm.kernels.blas: NumPy's OpenBLAS gemm called from numba's threads, against np.matmul,
+and its loop twin (matmul.gemm_tile_loops) used where no BLAS can be called."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernel_helpers import run_with_jit_disabled
+from test_kernels_matmul import assert_matmul_close, operand
+from tinyllm.kernels import _openblas, blas
+from tinyllm.kernels import matmul as M
+
+needs_blas = pytest.mark.skipif(not blas.available(), reason="NumPy's BLAS is not an ILP64 OpenBLAS here")
+
+
+@needs_blas
+@settings(deadline=None, max_examples=40)
+@given(m=st.integers(1, 300), k=st.integers(1, 200), n=st.integers(1, 300),
+       dtype=st.sampled_from([np.float32, np.float64]), a_t=st.booleans(), b_t=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_matmul_matches_numpy(m, k, n, dtype, a_t, b_t, seed):
+    # both sides of blas.SMALL, tall (split by rows) and wide (split by columns) results
+    rng = np.random.default_rng(seed)
+    a, b = operand(rng, (m, k), dtype, a_t), operand(rng, (k, n), dtype, b_t)
+    assert_matmul_close(blas.matmul(a, b), a, b)
+    assert_matmul_close(M.matmul(a, b), a, b)
+
+
+@needs_blas
+@pytest.mark.parametrize("shape", [(768, 128, 384), (1, 512, 3000), (5, 700, 2000), (2000, 300, 3)])
+def test_matmul_of_training_shapes_matches_numpy_and_leaves_blas_threads_as_they_were(shape):
+    m, k, n = shape
+    assert m * k * n >= blas.SMALL  # these really take the threaded path
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)  # a Linear weight (out, in): x @ w.T
+    before = _openblas.SGEMM.get_num_threads()
+    assert_matmul_close(blas.matmul(a, w.T), a, w.T)
+    g = rng.standard_normal((m, n)).astype(np.float32)
+    assert_matmul_close(blas.matmul(g.T, a), g.T, a)  # the weight gradient: a transposed first operand
+    assert _openblas.SGEMM.get_num_threads() == before
+
+
+def test_matmul_falls_back_to_numpy_for_what_it_does_not_handle():
+    rng = np.random.default_rng(1)
+    strided = rng.standard_normal((600, 400)).astype(np.float32)[::2, ::2]  # neither C nor F contiguous
+    b = rng.standard_normal((200, 500)).astype(np.float32)
+    np.testing.assert_array_equal(blas.matmul(strided, b), np.matmul(strided, b))
+    ints = np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(blas.matmul(ints, ints.T), ints @ ints.T)
+    mixed = blas.matmul(b.T.astype(np.float64), b)  # float64 @ float32: NumPy's promotion
+    assert mixed.dtype == np.float64
+
+
+@settings(deadline=None, max_examples=60)
+@given(m=st.integers(1, 20), n=st.integers(1, 20), depth=st.integers(1, 20),
+       dtype=st.sampled_from([np.float32, np.float64]), a_t=st.booleans(), b_t=st.booleans(),
+       accumulate=st.booleans(), offset=st.integers(0, 3), seed=st.integers(0, 2**31 - 1))
+def test_tile_products_blas_and_loops_agree_with_numpy(m, n, depth, dtype, a_t, b_t, accumulate, offset, seed):
+    """c[:m, :n] (+)= A @ B on arrays larger than the tile and on row slices, as attention calls it;
+    the rest of c is untouched."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(((depth, m + 2) if a_t else (m + 1, depth + 3))).astype(dtype)
+    b = rng.standard_normal(((n + 1, depth + 2) if b_t else (depth + 2, n + 3))).astype(dtype)
+    big_a = np.concatenate([rng.standard_normal((offset, a.shape[1])).astype(dtype), a])
+    c0 = rng.standard_normal((m + 2, n + 4)).astype(dtype)
+    A = a[:depth, :m].T if a_t else a[:m, :depth]
+    B = b[:n, :depth].T if b_t else b[:depth, :n]
+    expected = c0.copy()
+    expected[:m, :n] = (c0[:m, :n] if accumulate else 0) + A.astype(np.float64) @ B.astype(np.float64)
+    tol = 8 * np.finfo(dtype).eps * (depth + 1) * (1 + np.abs(A) @ np.abs(B) + np.abs(c0[:m, :n]))
+    twins = [M.gemm_tile_loops] + ([blas.gemm_tile] if blas.available() else [])
+    for product in twins:
+        c = c0.copy()
+        product(c, big_a[offset:], a_t, b, b_t, m, n, depth, accumulate)
+        assert np.isfinite(c).all()
+        assert (np.abs(c[:m, :n] - expected[:m, :n]) <= tol).all(), product
+        np.testing.assert_array_equal(c[m:], c0[m:])
+        np.testing.assert_array_equal(c[:, n:], c0[:, n:])
+
+
+def test_without_blas_the_attention_kernels_use_the_loop_twin_and_openmp_threads_sleep():
+    # TINYLLM_POOL_BLAS=0 is what a NumPy on MKL or Accelerate gets: no BLAS from numba, np.matmul,
+    # OMP_WAIT_POLICY=PASSIVE. The kernels run as plain Python here (jit disabled), so small shapes.
+    code = (
+        "import os\n"
+        "import numpy as np\n"
+        "from tinyllm.kernels import attention as A, blas, matmul as M\n"
+        "assert not blas.available() and A._tile_product is M.gemm_tile_loops\n"
+        "assert os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'\n"
+        "rng = np.random.default_rng(0)\n"
+        "q, k, v, g = (rng.standard_normal((2, 9, 3)) for _ in range(4))\n"
+        "out, lse = A.attention_forward(q, k, v, causal=True)\n"
+        "ref, ref_lse = A.attention_forward_ref(q, k, v, causal=True)\n"
+        "assert np.allclose(out, ref, atol=1e-12) and np.allclose(lse, ref_lse, atol=1e-12)\n"
+        "for got, want in zip(A.attention_backward(q, k, v, out, lse, g, causal=True),\n"
+        "                     A.attention_backward_ref(q, k, v, ref, ref_lse, g, causal=True)):\n"
+        "    assert np.allclose(got, want, atol=1e-12)\n"
+        "a = rng.standard_normal((300, 40)).astype(np.float32)\n"
+        "assert np.array_equal(M.matmul(a, a.T), a @ a.T)\n"
+        "print('ok')\n"
+    )
+    run_with_jit_disabled(code, TINYLLM_POOL_BLAS="0")
+
+
+@needs_blas
+def test_with_blas_openmp_threads_keep_the_default_wait_policy():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "TINYLLM_POOL_BLAS")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root
+    code = "import tinyllm, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # a user's own choice wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"

@@ -1,0 +1,154 @@
+"""Matrix products on numba's thread pool: NumPy's own OpenBLAS gemm, one call per thread.
+
+Why. ``np.matmul`` runs OpenBLAS on OpenBLAS's own worker threads, and tinyllm's other kernels
+run on numba's (OpenMP) threads. Two pools of threads on the same cores cannot both keep their
+threads awake between calls without stealing each other's cores, so one of them has to sleep
+after every call, and a training step, which alternates matmul, kernel, matmul, ..., pays for
+waking the other core hundreds of times. Here ``C = A @ B`` is cut into blocks of rows (or of
+columns, when C is wide and short), one per numba thread, and each thread calls OpenBLAS's
+one-threaded gemm on its block: the same BLAS code, one pool of threads for the whole step,
+whose threads may spin between kernels (see ``_jit.py``).
+
+How. :mod:`._openblas` finds ``cblas_sgemm`` / ``cblas_dgemm`` in NumPy's OpenBLAS; their
+addresses are registered with LLVM under fixed names, which the compiled (and cached) kernel
+calls. Where they are not found, :func:`matmul` is ``np.matmul``, the plain twin it is tested
+against; so it is under ``NUMBA_DISABLE_JIT=1`` and ``TINYLLM_POOL_BLAS=0``.
+
+The split gives the same numbers as one big call: every element of C is still one dot product
+over the whole depth K, and it is computed by the same kernel.
+"""
+import numba
+import numpy as np
+
+from ._jit import get_num_threads, njit, prange
+from ._openblas import SGEMM as _FOUND
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+# Below this many multiply-adds OpenBLAS itself runs on the calling thread, and so does np.matmul
+# here: a parallel launch would cost more than it saves (one token's products while generating).
+SMALL = 1 << 18
+
+_gemm32 = _gemm64 = None
+if _FOUND is not None and not numba.config.DISABLE_JIT:
+    import llvmlite.binding as _llvm
+    from numba import types as _t
+
+    _llvm.add_symbol("tinyllm_cblas_sgemm", _FOUND.sgemm)
+    _llvm.add_symbol("tinyllm_cblas_dgemm", _FOUND.dgemm)
+
+    def _cblas_gemm(symbol, real):
+        # void cblas_?gemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        i32, i64, ptr = _t.int32, _t.int64, _t.uintp
+        return _t.ExternalFunction(symbol, _t.void(i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64,
+                                                   real, ptr, i64))
+
+    _gemm32 = _cblas_gemm("tinyllm_cblas_sgemm", _t.float32)
+    _gemm64 = _cblas_gemm("tinyllm_cblas_dgemm", _t.float64)
+
+
+class one_blas_thread:
+    """``with one_blas_thread(): ...`` runs a numba kernel whose threads call BLAS themselves.
+
+    OpenBLAS would otherwise split a large enough product over its own threads too, from two
+    callers at once (and its thread server is not built for that: it can hang). Restores the
+    previous thread count on exit.
+    """
+
+    def __enter__(self):
+        self.previous = _FOUND.get_num_threads() if _gemm32 is not None else None
+        if self.previous is not None:
+            _FOUND.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            _FOUND.set_num_threads(self.previous)
+        return False
+
+
+def available():
+    """True where :func:`matmul` runs on numba's threads (NumPy's BLAS is an ILP64 OpenBLAS)."""
+    return _gemm32 is not None
+
+
+@njit
+def _gemm(a, a_t, b, b_t, c, m, n, depth, a_start, b_start, c_start, beta):
+    """One BLAS call: the (m, n) block of c at byte address c_start = A-block @ B-block + beta c."""
+    lda, ldb, ldc = a.shape[1], b.shape[1], c.shape[1]
+    trans_a = _TRANS if a_t else _NO_TRANS
+    trans_b = _TRANS if b_t else _NO_TRANS
+    if a.itemsize == 4:
+        _gemm32(_ROW_MAJOR, trans_a, trans_b, m, n, depth, np.float32(1), a_start, lda, b_start, ldb,
+                np.float32(beta), c_start, ldc)
+    else:
+        _gemm64(_ROW_MAJOR, trans_a, trans_b, m, n, depth, 1.0, a_start, lda, b_start, ldb, beta, c_start, ldc)
+
+
+@njit
+def gemm_tile(c, a, a_t, b, b_t, m, n, depth, accumulate):
+    """c[:m, :n] = A @ B  (or += when accumulate), one single-threaded BLAS call on the caller's thread.
+
+    A is a[:m, :depth], or a[:depth, :m]^T when a_t; B is b[:depth, :n], or b[:n, :depth]^T when
+    b_t. All four are C-contiguous 2-D arrays or row slices of one (``q[i0:]``).
+    """
+    _gemm(a, a_t, b, b_t, c, m, n, depth, a.ctypes.data, b.ctypes.data, c.ctypes.data,
+          1.0 if accumulate else 0.0)
+
+
+@njit(parallel=True)
+def _gemm_blocks(a, a_t, b, b_t, c, parts):
+    """c = A @ B in ``parts`` blocks, one BLAS call each, in parallel.
+
+    A = a (M, K), or a^T when a_t (a is then (K, M)); B = b (K, N), or b^T when b_t (b is (N, K));
+    all C-contiguous. Blocks are rows of C (rows of A) when M >= N, else columns of C (columns
+    of B). A block starts ``offset`` elements into each array:
+
+        rows r0..:    A at r0 * K (a) or r0 (a^T, a column offset),  C at r0 * N
+        columns x0..: B at x0 (b) or x0 * K (b^T, a row offset),     C at x0
+    """
+    m, n = c.shape
+    depth = a.shape[0] if a_t else a.shape[1]
+    by_rows = m >= n
+    extent = m if by_rows else n
+    step = (extent + parts - 1) // parts
+    size = c.itemsize
+    for p in prange(parts):
+        lo = p * step
+        hi = min(extent, lo + step)
+        if hi > lo:
+            a_start, b_start, c_start = a.ctypes.data, b.ctypes.data, c.ctypes.data
+            if by_rows:
+                a_start += (lo if a_t else lo * depth) * size
+                c_start += lo * n * size
+                _gemm(a, a_t, b, b_t, c, hi - lo, n, depth, a_start, b_start, c_start, 0.0)
+            else:
+                b_start += (lo * depth if b_t else lo) * size
+                c_start += lo * size
+                _gemm(a, a_t, b, b_t, c, m, hi - lo, depth, a_start, b_start, c_start, 0.0)
+
+
+def _c_contiguous(x):
+    """(x, False) if x is C-contiguous, (x.T, True) if x is a transposed C-contiguous array, else None."""
+    if x.flags.c_contiguous:
+        return x, False
+    if x.flags.f_contiguous:
+        return x.T, True
+    return None
+
+
+def matmul(a, b):
+    """``a @ b`` for 2-D a (M, K) and b (K, N) of one float dtype, each C-contiguous or the
+    transpose of a C-contiguous array, computed on numba's threads; ``np.matmul`` for anything
+    else, for small products, and where :func:`available` is False."""
+    if (_gemm32 is None or a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype
+            or a.dtype not in (np.float32, np.float64)
+            or a.shape[0] * a.shape[1] * b.shape[1] < SMALL):
+        return np.matmul(a, b)
+    pa, pb = _c_contiguous(a), _c_contiguous(b)
+    if pa is None or pb is None:
+        return np.matmul(a, b)
+    c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+    parts = min(get_num_threads(), max(c.shape))
+    with one_blas_thread():  # each numba thread runs a one-threaded gemm
+        _gemm_blocks(pa[0], pa[1], pb[0], pb[1], c, parts)
+    return c

@@ -27,11 +27,11 @@ def test_njit_falls_back_to_no_cache_where_none_can_be_written(monkeypatch):
     calls = []
     real_njit = numba.njit
 
-    def fake_njit(*, cache, parallel, fastmath):
+    def fake_njit(*, cache, **options):
         calls.append(cache)
         if cache:  # what numba raises when no cache locator can write next to the source
             raise RuntimeError("cannot cache function 'double': no locator available for file")
-        return real_njit(cache=False, parallel=parallel, fastmath=fastmath)
+        return real_njit(cache=False, **options)
 
     monkeypatch.setattr(_jit, "_numba_njit", fake_njit)
 
@@ -41,6 +41,16 @@ def test_njit_falls_back_to_no_cache_where_none_can_be_written(monkeypatch):
 
     assert calls == [True, False]
     assert double(np.float64(3.0)) == 6.0
+
+
+def test_kernels_divide_by_zero_as_numpy_does():
+    # error_model="numpy": IEEE results instead of ZeroDivisionError (and vectorisable loops)
+    @_jit.njit
+    def divide(a, b):
+        return a / b
+
+    assert divide(1.0, 0.0) == np.inf
+    assert np.isnan(divide(0.0, 0.0))
 
 
 def test_stale_kernel_cache_is_cleared_when_a_source_changes(tmp_path, monkeypatch):

@@ -68,13 +68,21 @@ _drop_stale_cache()
 
 
 def njit(fn=None, *, parallel=False, fastmath=False):
-    """``numba.njit(cache=True)`` that degrades to ``cache=False`` where no cache can be written."""
+    """``numba.njit(cache=True, error_model="numpy")`` that degrades to ``cache=False`` where no
+    cache can be written.
+
+    ``error_model="numpy"``: a float division by zero gives inf or nan, as in NumPy, instead of
+    raising ZeroDivisionError as Python does. The check Python's model puts before every
+    division also kept LLVM from vectorising the loop around it: GELU's ``1 - 2 / (1 + e)``
+    over 393k float32 values took 540 us with it, 100 us without.
+    """
+    options = dict(parallel=parallel, fastmath=fastmath, error_model="numpy")
 
     def decorate(fn):
         try:
-            return _numba_njit(cache=True, parallel=parallel, fastmath=fastmath)(fn)
+            return _numba_njit(cache=True, **options)(fn)
         except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-            return _numba_njit(cache=False, parallel=parallel, fastmath=fastmath)(fn)
+            return _numba_njit(cache=False, **options)(fn)
 
     return decorate(fn) if fn is not None else decorate
 

@@ -327,3 +327,69 @@ def test_backward_input_errors(fn):
     with pytest.raises(ValueError, match=re.escape(f"{name}: dout has dtype float32, q has "
                                                    "float64")):
         fn(q, q, v, out, lse, out.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# packed heads: self_attention_forward / _backward read the heads in place from a (B, T, 3C) qkv
+
+
+def split_heads(qkv, n_head):
+    """(B, T, 3C) -> q, k, v of shape (B*H, T, D), by reshape and transpose (the plain way)."""
+    B, T, C3 = qkv.shape
+    D = C3 // (3 * n_head)
+    return np.ascontiguousarray(qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)).reshape(3, B * n_head, T, D)
+
+
+def merge_heads(x, B):
+    """(B*H, T, D) -> (B, T, H*D)."""
+    BH, T, D = x.shape
+    return x.reshape(B, BH // B, T, D).transpose(0, 2, 1, 3).reshape(B, T, -1)
+
+
+@settings(deadline=None, max_examples=25)
+@given(B=st.integers(1, 3), T=st.integers(1, 140), H=st.integers(1, 4), D=st.integers(1, 12),
+       causal=st.booleans(), dtype=st.sampled_from([np.float64, np.float32]), seed=st.integers(0, 2**31 - 1))
+def test_packed_self_attention_equals_split_heads_exactly(B, T, H, D, causal, dtype, seed):
+    rng = np.random.default_rng(seed)
+    qkv = rng.standard_normal((B, T, 3 * H * D)).astype(dtype)
+    g = rng.standard_normal((B, T, H * D)).astype(dtype)
+    q, k, v = split_heads(qkv, H)
+    out, lse = A.attention_forward(q, k, v, causal)
+    grads = A.attention_backward(q, k, v, out, lse, split_heads(np.concatenate([g] * 3, axis=-1), H)[0], causal)
+    p_out, p_lse = A.self_attention_forward(qkv, H, causal)
+    p_dqkv = A.self_attention_backward(qkv, p_out, p_lse, g, H, causal)
+    assert np.isfinite(p_out).all() and np.isfinite(p_dqkv).all()
+    # the same per-head code and products on in-place views: bit for bit the same numbers
+    np.testing.assert_array_equal(p_out, merge_heads(out, B))
+    np.testing.assert_array_equal(p_lse, lse.reshape(B, H, T))
+    np.testing.assert_array_equal(p_dqkv, np.concatenate([merge_heads(d, B) for d in grads], axis=-1))
+    # and the reference agrees
+    ref_out, _ = A.attention_forward_ref(q, k, v, causal)
+    assert_close(p_out, merge_heads(ref_out, B), tolerance(dtype, T, T, D, D))
+
+
+def test_packed_backward_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    B, T, H, D = 2, 5, 2, 3
+    qkv, w = rng.standard_normal((B, T, 3 * H * D)), rng.standard_normal((B, T, H * D))
+
+    def loss():  # a weighted sum, so that the softmax gradient is not hidden (sum of rows is 1)
+        return float((A.self_attention_forward(qkv, H, causal=True)[0] * w).sum())
+
+    out, lse = A.self_attention_forward(qkv, H, causal=True)
+    analytic = A.self_attention_backward(qkv, out, lse, w, H, causal=True)
+    numeric = fd_grad(loss, qkv)
+    assert np.abs(numeric).max() > 0.1  # the check has something to compare
+    assert gradients_match([analytic], [numeric])
+    assert not gradients_match([analytic * 1.01], [numeric])
+
+
+def test_packed_input_errors():
+    qkv = np.zeros((2, 4, 12), np.float32)
+    with pytest.raises(ValueError, match=re.escape("(2, 4, 12) with n_head=5")):
+        A.self_attention_forward(qkv, 5)
+    with pytest.raises(ValueError, match="int64"):
+        A.self_attention_forward(np.zeros((2, 4, 12), np.int64), 2)
+    out, lse = A.self_attention_forward(qkv, 2)
+    with pytest.raises(ValueError, match=re.escape("dout must be float32 (2, 4, 4)")):
+        A.self_attention_backward(qkv, out, lse, np.zeros((2, 4, 5), np.float32), 2)

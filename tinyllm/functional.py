@@ -418,30 +418,22 @@ class SelfAttention(Function):
         y[:, :, h*D:(h+1)*D] = attention(q_h, k_h, v_h)      for every head h,
 
     the same as splitting with reshape/permute, :func:`scaled_dot_product_attention`, and merging
-    back; here the split and the merge are one array copy each instead of eight graph nodes, and
-    backward assembles dq, dk, dv into one (B, T, 3C) gradient (no zero-filled slices to add up).
+    back. Here the kernels read each head in place from qkv and write y, and in backward the one
+    (B, T, 3C) gradient, in place too: no copies to split or merge, and one graph node instead
+    of nine.
     """
 
     @staticmethod
     def forward(ctx, qkv, n_head, is_causal, scale):
-        B, T, C3 = qkv.shape
-        H, D = n_head, C3 // (3 * n_head)
-        heads = np.ascontiguousarray(qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4))  # (3, B, H, T, D)
-        q, k, v = heads.reshape(3, B * H, T, D)  # one pass over qkv, then three views
-        out, lse = _attn.attention_forward(q, k, v, causal=is_causal, scale=scale)  # (B*H, T, D)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.is_causal, ctx.scale = is_causal, scale
-        return out.reshape(B, H, T, D).transpose(0, 2, 1, 3).reshape(B, T, H * D)  # merge: one copy
+        out, lse = _attn.self_attention_forward(qkv, n_head, causal=is_causal, scale=scale)  # (B, T, C)
+        ctx.save_for_backward(qkv, out, lse)
+        ctx.n_head, ctx.is_causal, ctx.scale = n_head, is_causal, scale
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        q, k, v, out, lse = ctx.saved_tensors
-        B, T, C = g.shape
-        H, D = C // q.shape[2], q.shape[2]
-        g_heads = np.ascontiguousarray(g.reshape(B, T, H, D).transpose(0, 2, 1, 3)).reshape(B * H, T, D)
-        grads = _attn.attention_backward(q, k, v, out, lse, g_heads, causal=ctx.is_causal, scale=ctx.scale)
-        dheads = np.stack(grads).reshape(3, B, H, T, D)
-        return np.ascontiguousarray(dheads.transpose(1, 3, 0, 2, 4)).reshape(B, T, 3 * C)  # (B, T, 3, H, D)
+        qkv, out, lse = ctx.saved_tensors
+        return _attn.self_attention_backward(qkv, out, lse, g, ctx.n_head, causal=ctx.is_causal, scale=ctx.scale)
 
 
 def self_attention(qkv, n_head, is_causal=False, scale=None):

@@ -374,7 +374,7 @@ def _probs_and_dscores(scores, dprobs, rows, widths, lse, drow, i0, scale, bits)
 
 @njit
 def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq, dk, dv):
-    """Gradients of one head; dq, dk, dv must arrive zeroed.
+    """Gradients of one head, written into dq, dk, dv (zeroed here first).
 
     q (Tq, D), k (Tk, D), v (Tk, Dv), out/dout (Tq, Dv), lse (Tq,). Loop nest: key block j0,
     then every query block that sees it (causally hidden tiles are skipped), then per tile:
@@ -385,6 +385,8 @@ def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq,
     tk, d_value = v.shape
     offset = tk - tq
     dtype = q.dtype
+    for grad in (dq, dk, dv):
+        grad[:] = 0
     drow = np.empty(tq, dtype)  # Drow[i] = dO[i] . out[i]
     _row_dots(dout, out, drow)
     scores = np.empty((block_q, block_k), dtype)
@@ -420,7 +422,90 @@ def attention_backward(q, k, v, out, lse, dout, causal=False, scale=None):
     returns ``dq, dk, dv`` with the shapes of q, k, v; zero wherever a row is fully masked."""
     q, k, v, scale = _check_qkv("attention_backward", q, k, v, scale)
     out, lse, dout = _check_saved("attention_backward", q, v, out, lse, dout)
-    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     with one_blas_thread():
         _backward_kernel(q, k, v, out, lse, dout, bool(causal), scale, BLOCK_Q, BLOCK_K, dq, dk, dv)
     return dq, dk, dv
+
+
+# --------------------------------------------------------------------------------------------
+# packed heads: self-attention straight from a fused q|k|v projection
+# --------------------------------------------------------------------------------------------
+#
+# A GPT's attention input is one (B, T, 3C) array, q|k|v side by side, each C = H * D wide with
+# head h in columns h*D .. (h+1)*D (GPT-2's c_attn). Viewed as (B, T, 3, H, D), head (b, h) of q
+# is ``qkv[b, :, 0, h]``: a (T, D) array whose rows are contiguous and 3C apart, which the tile
+# products take as it is (a BLAS leading dimension). So the kernels below run the per-head code
+# above on such views, and the output and the gradient are written straight into (B, T, C) and
+# (B, T, 3C) layout: no copies to split the heads and merge them back.
+
+
+def _check_packed(fn, qkv, n_head, scale):
+    qkv = np.asarray(qkv)
+    if qkv.ndim != 3 or n_head < 1 or qkv.shape[2] % (3 * n_head) != 0:
+        raise ValueError(f"{fn}: qkv must be (B, T, 3 * n_head * head_dim); got shape {qkv.shape} "
+                         f"with n_head={n_head}")
+    if qkv.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{fn}: qkv must be float32 or float64, got {qkv.dtype}")
+    B, T, C3 = qkv.shape
+    D = C3 // (3 * n_head)
+    scale = 1.0 / np.sqrt(D) if scale is None else scale
+    if not np.isfinite(scale):
+        raise ValueError(f"{fn}: scale must be finite, got {scale}")
+    heads = np.ascontiguousarray(qkv).reshape(B, T, 3, n_head, D)
+    return heads, qkv.dtype.type(scale)
+
+
+@njit(parallel=True)
+def _packed_forward_kernel(heads, causal, scale, block_q, block_k, out, lse):
+    """heads (B, T, 3, H, D) -> out (B, T, H, D), lse (B, H, T); prange over (b, h, query block)."""
+    n_batch, t, _, n_head, _ = heads.shape
+    n_qblocks = (t + block_q - 1) // block_q
+    for item in prange(n_batch * n_head * n_qblocks):
+        b, rest = item // (n_head * n_qblocks), item % (n_head * n_qblocks)
+        h, i0 = rest // n_qblocks, (rest % n_qblocks) * block_q
+        _forward_query_block(heads[b, :, 0, h], heads[b, :, 1, h], heads[b, :, 2, h], i0,
+                             min(block_q, t - i0), causal, scale, block_k, out[b, :, h], lse[b, h])
+
+
+@njit(parallel=True)
+def _packed_backward_kernel(heads, out, lse, dout, causal, scale, block_q, block_k, dheads):
+    """Gradients of all heads into dheads (B, T, 3, H, D); prange over (b, h)."""
+    n_batch, _, _, n_head, _ = heads.shape
+    for item in prange(n_batch * n_head):
+        b, h = item // n_head, item % n_head
+        _backward_head(heads[b, :, 0, h], heads[b, :, 1, h], heads[b, :, 2, h], out[b, :, h], lse[b, h],
+                       dout[b, :, h], causal, scale, block_q, block_k,
+                       dheads[b, :, 0, h], dheads[b, :, 1, h], dheads[b, :, 2, h])
+
+
+def self_attention_forward(qkv, n_head, causal=False, scale=None):
+    """Multi-head self-attention of a packed projection: qkv (B, T, 3C) -> ``out (B, T, C)``,
+    ``lse (B, H, T)``.
+
+    The same numbers as splitting qkv into (B*H, T, D) heads, :func:`attention_forward`, and
+    merging ``out`` back to (B, T, C); scale defaults to 1/sqrt(D).
+    """
+    heads, scale = _check_packed("self_attention_forward", qkv, n_head, scale)
+    B, T, _, H, D = heads.shape
+    out = np.empty((B, T, H, D), heads.dtype)
+    lse = np.empty((B, H, T), heads.dtype)
+    with one_blas_thread():
+        _packed_forward_kernel(heads, bool(causal), scale, BLOCK_Q, BLOCK_K, out, lse)
+    return out.reshape(B, T, H * D), lse
+
+
+def self_attention_backward(qkv, out, lse, dout, n_head, causal=False, scale=None):
+    """Backward of :func:`self_attention_forward`: ``dqkv (B, T, 3C)`` from dout (B, T, C)."""
+    fn = "self_attention_backward"
+    heads, scale = _check_packed(fn, qkv, n_head, scale)
+    B, T, _, H, D = heads.shape
+    for name, a, shape in (("out", out, (B, T, H * D)), ("lse", lse, (B, H, T)), ("dout", dout, (B, T, H * D))):
+        if a.shape != shape or a.dtype != heads.dtype:
+            raise ValueError(f"{fn}: {name} must be {heads.dtype} {shape} for qkv {qkv.shape}, got {a.dtype} {a.shape}")
+    dheads = np.empty_like(heads)
+    with one_blas_thread():
+        _packed_backward_kernel(heads, np.ascontiguousarray(out).reshape(B, T, H, D), np.ascontiguousarray(lse),
+                                np.ascontiguousarray(dout).reshape(B, T, H, D), bool(causal), scale,
+                                BLOCK_Q, BLOCK_K, dheads)
+    return dheads.reshape(B, T, 3 * H * D)

@@ -73,8 +73,9 @@ def available():
 
 @njit
 def _gemm(a, a_t, b, b_t, c, m, n, depth, a_start, b_start, c_start, beta):
-    """One BLAS call: the (m, n) block of c at byte address c_start = A-block @ B-block + beta c."""
-    lda, ldb, ldc = a.shape[1], b.shape[1], c.shape[1]
+    """One BLAS call: the (m, n) block of c at byte address c_start = A-block @ B-block + beta c.
+    The leading dimensions are the row strides (in elements) of a, b, c."""
+    lda, ldb, ldc = a.strides[0] // a.itemsize, b.strides[0] // b.itemsize, c.strides[0] // c.itemsize
     trans_a = _TRANS if a_t else _NO_TRANS
     trans_b = _TRANS if b_t else _NO_TRANS
     if a.itemsize == 4:
@@ -89,7 +90,9 @@ def gemm_tile(c, a, a_t, b, b_t, m, n, depth, accumulate):
     """c[:m, :n] = A @ B  (or += when accumulate), one single-threaded BLAS call on the caller's thread.
 
     A is a[:m, :depth], or a[:depth, :m]^T when a_t; B is b[:depth, :n], or b[:n, :depth]^T when
-    b_t. All four are C-contiguous 2-D arrays or row slices of one (``q[i0:]``).
+    b_t. Each of a, b, c is a 2-D array whose rows are contiguous (unit stride along axis 1) and
+    may lie any distance apart: a C-contiguous array, a row slice of one (``q[i0:]``), or one
+    head's rows inside a packed (B, T, 3, H, D) projection.
     """
     _gemm(a, a_t, b, b_t, c, m, n, depth, a.ctypes.data, b.ctypes.data, c.ctypes.data,
           1.0 if accumulate else 0.0)

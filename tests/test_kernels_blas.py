@@ -118,3 +118,40 @@ def test_with_blas_openmp_threads_keep_the_default_wait_policy():
     env["OMP_WAIT_POLICY"] = "ACTIVE"  # a user's own choice wins
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+@settings(deadline=None, max_examples=30)
+@given(m=st.integers(1, 600), k=st.integers(1, 130), n=st.integers(1, 300),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31 - 1))
+def test_linear_products_with_the_bias_folded_in_match_numpy(m, k, n, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(dtype)
+    w = rng.standard_normal((n, k)).astype(dtype)
+    bias = rng.standard_normal(n).astype(dtype)
+    y = blas.linear_forward(x, w, bias)
+    assert y.dtype == dtype and y.shape == (m, n) and np.isfinite(y).all()
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    expected = x64 @ w64.T + bias
+    size = np.abs(x64) @ np.abs(w64.T) + np.abs(bias)  # what was added up, per element
+    assert (np.abs(y - expected) <= 4 * np.finfo(dtype).eps * (k + 2) * size).all()
+    assert_matmul_close(blas.linear_forward(x, w, None), x, w.T)
+    g = rng.standard_normal((m, n)).astype(dtype)
+    dx, db = blas.linear_input_grad(g, w, True)
+    assert_matmul_close(dx, g, w)
+    np.testing.assert_allclose(db, g.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5 * np.sqrt(m))
+    assert db.dtype == dtype
+    dx2, none = blas.linear_input_grad(g, w, False)
+    np.testing.assert_array_equal(dx2, dx)
+    assert none is None
+
+
+def test_linear_takes_the_fused_loops_at_training_shapes():
+    # (768, 128) x (384, 128): the shapes of a GPT step, big enough for the row-split loops
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((768, 128)).astype(np.float32), rng.standard_normal((384, 128)).astype(np.float32)
+    bias, g = rng.standard_normal(384).astype(np.float32), rng.standard_normal((768, 384)).astype(np.float32)
+    assert blas._split_by_rows(x, w) == blas.available()
+    np.testing.assert_array_equal(blas.linear_forward(x, w, bias), blas.matmul(x, w.T) + bias)
+    dx, db = blas.linear_input_grad(g, w, True)
+    np.testing.assert_array_equal(dx, blas.matmul(g, w))
+    np.testing.assert_allclose(db, g.astype(np.float64).sum(axis=0), rtol=1e-6, atol=1e-6)

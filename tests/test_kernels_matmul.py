@@ -124,38 +124,3 @@ def test_runs_with_jit_disabled():
         "print('ok')\n"
     )
     run_with_jit_disabled(code)
-
-
-# ----------------------------------------------------------------------------------------------
-# the bias kernels of a linear layer
-
-
-@settings(deadline=None, max_examples=40)
-@given(m=st.integers(1, 150), n=st.integers(1, 40), dtype=st.sampled_from([np.float32, np.float64]),
-       seed=st.integers(0, 2**31 - 1))
-def test_add_bias_matches_numpy(m, n, dtype, seed):
-    rng = np.random.default_rng(seed)
-    y = rng.standard_normal((m, n)).astype(dtype)
-    bias = rng.standard_normal(n).astype(dtype)
-    expected = y.copy()
-    M.add_bias_ref(expected, bias)
-    for add in (M.add_bias, M._add_bias_kernel):  # the wrapper takes NumPy's path below 2^15 elements
-        got = y.copy()
-        add(got, bias)
-        np.testing.assert_array_equal(got, expected)  # one addition per element: exact
-
-
-def test_add_bias_on_a_training_sized_array_runs_the_kernel_and_matches():
-    rng = np.random.default_rng(0)
-    y = rng.standard_normal((768, 512)).astype(np.float32)
-    bias = rng.standard_normal(512).astype(np.float32)
-    got = y.copy()
-    M.add_bias(got, bias)
-    np.testing.assert_array_equal(got, y + bias)
-
-
-def test_add_bias_rejects_what_it_cannot_do():
-    with pytest.raises(ValueError, match=r"float32 \(3, 4\).*float64 \(4,\)"):
-        M.add_bias(np.zeros((3, 4), np.float32), np.zeros(4))
-    with pytest.raises(ValueError, match="C-contiguous"):
-        M.add_bias(np.zeros((4, 3), np.float32).T, np.zeros(4, np.float32))

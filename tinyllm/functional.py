@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from .kernels import attention as _attn
+from .kernels import blas as _blas
 from .kernels import cross_entropy as _ce
 from .kernels import embedding as _emb
 from .kernels import gelu as _gelu
@@ -228,20 +229,23 @@ class Linear(Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         rows = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
-        out = _matmul(rows, weight.T)  # (N, out)
-        if bias is not None:
-            _mm.add_bias(out, bias.astype(out.dtype, copy=False))
+        out = _blas.linear_forward(rows, weight, None if bias is None else bias.astype(rows.dtype, copy=False))
         ctx.save_for_backward(rows, weight)
         ctx.in_shape, ctx.has_bias = x.shape, bias is not None
-        return out.reshape(*x.shape[:-1], weight.shape[0])
+        return out.reshape(*x.shape[:-1], weight.shape[0])  # (N, out) -> (..., out)
 
     @staticmethod
     def backward(ctx, g):
         rows, weight = ctx.saved_tensors
         g2 = g.reshape(-1, weight.shape[0])  # (..., out) -> (N, out)
-        dx = _matmul(g2, weight).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
+        want_db = ctx.has_bias and ctx.needs_input_grad[2]
+        dx = db = None
+        if ctx.needs_input_grad[0]:  # dx and the bias gradient's column sums in one parallel loop
+            dx, db = _blas.linear_input_grad(g2, weight, want_db)
+            dx = dx.reshape(ctx.in_shape)
+        elif want_db:
+            db = g2.sum(axis=0)
         dw = _matmul(g2.T, rows) if ctx.needs_input_grad[1] else None
-        db = g2.sum(axis=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
 
 

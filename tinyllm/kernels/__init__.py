@@ -5,7 +5,8 @@ Nothing here knows about :class:`tinyllm.Tensor`; the autograd Functions in
 
 =================  ==========================================================
 ``attention``      fused (flash-style) scaled-dot-product attention, fwd + bwd
-``matmul``         blocked batched matmul, the BLAS-or-numba choice, bias add
+``matmul``         blocked batched matmul, the tile kernel, the matmul autograd uses
+``blas``           BLAS gemm on numba's threads: matmuls, attention tiles, Linear
 ``layernorm``      fused LayerNorm forward/backward (saves mean and rstd)
 ``cross_entropy``  fused softmax cross-entropy with ignore_index
 ``gelu``           GELU (tanh approximation and exact erf), fwd + bwd

@@ -155,3 +155,81 @@ def matmul(a, b):
     with one_blas_thread():  # each numba thread runs a one-threaded gemm
         _gemm_blocks(pa[0], pa[1], pb[0], pb[1], c, parts)
     return c
+
+
+# ----------------------------------------------------------------------------------------------
+# a linear layer's products with the bias work folded into the same parallel loop
+
+
+@njit(parallel=True)
+def _linear_forward_blocks(x, w, bias, y, parts):
+    """y = x @ w^T + bias, rows of y in ``parts`` blocks: one gemm per block, then the bias
+    added to the block's rows while they are still in the thread's cache.
+    x (M, K), w (N, K), bias (N,), y (M, N), all C-contiguous."""
+    m, n = y.shape
+    depth = x.shape[1]
+    step = (m + parts - 1) // parts
+    size = y.itemsize
+    for p in prange(parts):
+        lo, hi = p * step, min(m, (p + 1) * step)
+        if hi > lo:
+            _gemm(x, False, w, True, y, hi - lo, n, depth, x.ctypes.data + lo * depth * size, w.ctypes.data,
+                  y.ctypes.data + lo * n * size, 0.0)
+            for r in range(lo, hi):
+                for c in range(n):
+                    y[r, c] += bias[c]
+
+
+@njit(parallel=True)
+def _linear_input_grad_blocks(g, w, dx, bias_sums, parts):
+    """dx = g @ w in ``parts`` blocks of rows, and bias_sums[p] = sum of block p's rows of g
+    (float64), read while the block of g is in cache.   g (M, N), w (N, K), dx (M, K),
+    bias_sums (parts, N)."""
+    m, depth = g.shape
+    k = w.shape[1]
+    step = (m + parts - 1) // parts
+    size = g.itemsize
+    for p in prange(parts):
+        lo, hi = p * step, min(m, (p + 1) * step)
+        bias_sums[p, :] = 0.0
+        if hi > lo:
+            _gemm(g, False, w, False, dx, hi - lo, k, depth, g.ctypes.data + lo * depth * size, w.ctypes.data,
+                  dx.ctypes.data + lo * k * size, 0.0)
+            for r in range(lo, hi):
+                for c in range(depth):
+                    bias_sums[p, c] += g[r, c]
+
+
+def _split_by_rows(a, w):
+    """Whether a (M, .) and w can take the row-split loops below: both C-contiguous, one float
+    dtype, a product above SMALL, and enough rows (else :func:`matmul` chooses the split)."""
+    return (_gemm32 is not None and a.ndim == 2 and w.ndim == 2 and a.dtype == w.dtype
+            and a.dtype in (np.float32, np.float64) and a.flags.c_contiguous and w.flags.c_contiguous
+            and a.shape[0] >= min(256, max(w.shape)) and a.shape[0] * w.size >= SMALL)
+
+
+def linear_forward(x, w, bias):
+    """``x @ w.T + bias`` (bias may be None) for x (M, K), w (N, K): on numba's threads with the
+    bias add in the same loop where possible, else :func:`matmul` and NumPy's add."""
+    if bias is None or bias.dtype != x.dtype or not _split_by_rows(x, w):
+        y = matmul(x, w.T)
+        if bias is not None:
+            y += bias
+        return y
+    y = np.empty((x.shape[0], w.shape[0]), x.dtype)
+    with one_blas_thread():
+        _linear_forward_blocks(x, w, np.ascontiguousarray(bias), y, min(get_num_threads(), x.shape[0]))
+    return y
+
+
+def linear_input_grad(g, w, with_bias):
+    """``(g @ w, g.sum(axis=0) if with_bias else None)`` for g (M, N), w (N, K); the column sums
+    are taken in float64 inside the product's parallel loop where possible."""
+    if not with_bias or not _split_by_rows(g, w):
+        return matmul(g, w), (g.sum(axis=0) if with_bias else None)
+    parts = min(get_num_threads(), g.shape[0])
+    dx = np.empty((g.shape[0], w.shape[1]), g.dtype)
+    bias_sums = np.empty((parts, g.shape[1]))
+    with one_blas_thread():
+        _linear_input_grad_blocks(g, w, dx, bias_sums, parts)
+    return dx, bias_sums.sum(axis=0).astype(g.dtype)

@@ -136,13 +136,17 @@ def test_linear_products_with_the_bias_folded_in_match_numpy(m, k, n, dtype, see
     assert (np.abs(y - expected) <= 4 * np.finfo(dtype).eps * (k + 2) * size).all()
     assert_matmul_close(blas.linear_forward(x, w, None), x, w.T)
     g = rng.standard_normal((m, n)).astype(dtype)
-    dx, db = blas.linear_input_grad(g, w, True)
+    dx, dw, db = blas.linear_backward(g, x, w)
     assert_matmul_close(dx, g, w)
+    assert_matmul_close(dw, g.T, x)
     np.testing.assert_allclose(db, g.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5 * np.sqrt(m))
     assert db.dtype == dtype
-    dx2, none = blas.linear_input_grad(g, w, False)
-    np.testing.assert_array_equal(dx2, dx)
-    assert none is None
+    for needs in [(True, False, False), (False, True, True), (True, True, False)]:
+        got = blas.linear_backward(g, x, w, *needs)
+        for want, full, part in zip(needs, (dx, dw, db), got):
+            assert (part is None) == (not want)
+            if want:
+                np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-5 * np.sqrt(max(m, k)))
 
 
 def test_linear_takes_the_fused_loops_at_training_shapes():
@@ -152,6 +156,7 @@ def test_linear_takes_the_fused_loops_at_training_shapes():
     bias, g = rng.standard_normal(384).astype(np.float32), rng.standard_normal((768, 384)).astype(np.float32)
     assert blas._split_by_rows(x, w) == blas.available()
     np.testing.assert_array_equal(blas.linear_forward(x, w, bias), blas.matmul(x, w.T) + bias)
-    dx, db = blas.linear_input_grad(g, w, True)
-    np.testing.assert_array_equal(dx, blas.matmul(g, w))
+    dx, dw, db = blas.linear_backward(g, x, w)
+    np.testing.assert_array_equal(dx, blas.matmul(g, w))  # the same BLAS kernel on the same rows
+    assert_matmul_close(dw, g.T, x)
     np.testing.assert_allclose(db, g.astype(np.float64).sum(axis=0), rtol=1e-6, atol=1e-6)

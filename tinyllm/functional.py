@@ -237,16 +237,11 @@ class Linear(Function):
     @staticmethod
     def backward(ctx, g):
         rows, weight = ctx.saved_tensors
-        g2 = g.reshape(-1, weight.shape[0])  # (..., out) -> (N, out)
-        want_db = ctx.has_bias and ctx.needs_input_grad[2]
-        dx = db = None
-        if ctx.needs_input_grad[0]:  # dx and the bias gradient's column sums in one parallel loop
-            dx, db = _blas.linear_input_grad(g2, weight, want_db)
-            dx = dx.reshape(ctx.in_shape)
-        elif want_db:
-            db = g2.sum(axis=0)
-        dw = _matmul(g2.T, rows) if ctx.needs_input_grad[1] else None
-        return dx, dw, db
+        g2 = np.ascontiguousarray(g).reshape(-1, weight.shape[0])  # (..., out) -> (N, out)
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_db = ctx.has_bias and ctx.needs_input_grad[2]
+        dx, dw, db = _blas.linear_backward(g2, rows, weight, need_dx, need_dw, need_db)
+        return (None if dx is None else dx.reshape(ctx.in_shape)), dw, db
 
 
 def linear(x, weight, bias=None):

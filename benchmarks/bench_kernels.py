@@ -39,15 +39,19 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, ROOT)
 
-import numba  # noqa: E402
+# The NumPy references here call np.matmul (OpenBLAS's own threads) right after numba kernels;
+# numba's threads spinning between kernels (tinyllm's default, right for training, where every
+# matmul runs on numba's threads) would make them wait for a core. PASSIVE keeps the comparison
+# fair to NumPy; a value you export wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import tinyllm  # noqa: E402,F401  (sets OMP_WAIT_POLICY before numba's threads start)
+import tinyllm  # noqa: E402,F401  (before NumPy: sets OPENBLAS_THREAD_TIMEOUT, see tinyllm/_runtime.py)
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
 CONFIGS = {
     "nanoGPT-CPU": dict(B=12, H=4, T=64, hd=32, C=128, V=65, n_layer=4),

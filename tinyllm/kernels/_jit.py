@@ -21,7 +21,8 @@ from ._openblas import SGEMM  # noqa: E402
 # Where they cannot (SGEMM not found), np.matmul runs on OpenBLAS's own threads, and spinning
 # OpenMP threads would hog the cores those need (on 2 cores a 768x128x512 matmul went from
 # 0.6 ms to 4 ms, a training step 10x slower): PASSIVE makes them sleep at once. Either must be
-# set before OpenMP is loaded; a user's own OMP_WAIT_POLICY wins.
+# set before OpenMP is loaded; a user's own OMP_WAIT_POLICY wins. (The spin's cost: a user's own
+# threaded np.matmul right after a kernel may wait for a core; README, Performance.)
 if SGEMM is None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

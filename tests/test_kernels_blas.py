@@ -160,3 +160,27 @@ def test_linear_takes_the_fused_loops_at_training_shapes():
     np.testing.assert_array_equal(dx, blas.matmul(g, w))  # the same BLAS kernel on the same rows
     assert_matmul_close(dw, g.T, x)
     np.testing.assert_allclose(db, g.astype(np.float64).sum(axis=0), rtol=1e-6, atol=1e-6)
+
+
+@needs_blas
+@settings(deadline=None, max_examples=25)
+@given(lead=st.sampled_from([(1,), (5,), (2, 3)]), m=st.integers(1, 140), k=st.integers(1, 70),
+       n=st.integers(1, 140), dtype=st.sampled_from([np.float32, np.float64]), a_t=st.booleans(), b_t=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_batched_matmul_matches_numpy(lead, m, k, n, dtype, a_t, b_t, seed):
+    # stacks of matrices (attention's q @ k^T with dropout on goes this way): one gemm per matrix
+    rng = np.random.default_rng(seed)
+    a, b = operand(rng, lead + (m, k), dtype, a_t), operand(rng, lead + (k, n), dtype, b_t)
+    got = blas.matmul(a, b)
+    assert got.shape == lead + (m, n)
+    for i in np.ndindex(*lead):
+        assert_matmul_close(got[i], a[i], b[i])
+
+
+def test_batched_matmul_leaves_broadcasting_and_mismatches_to_numpy():
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((3, 200, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 400)).astype(np.float32)  # a 2-D b broadcast over the batch
+    np.testing.assert_array_equal(blas.matmul(a, b), np.matmul(a, b))
+    with pytest.raises(ValueError):  # NumPy's own message for mismatched inner dimensions
+        blas.matmul(a, rng.standard_normal((3, 299, 400)).astype(np.float32))

@@ -139,16 +139,53 @@ def _c_contiguous(x):
     return None
 
 
+@njit(parallel=True)
+def _gemm_batch(a, a_t, b, b_t, c):
+    """c[i] = A[i] @ B[i] for every i, one single-threaded BLAS call per item, items in parallel.
+    a (B, M, K) or (B, K, M) when a_t, b (B, K, N) or (B, N, K) when b_t, c (B, M, N), all C-contiguous."""
+    m, n = c.shape[1], c.shape[2]
+    depth = a.shape[1] if a_t else a.shape[2]
+    for i in prange(c.shape[0]):
+        _gemm(a[i], a_t, b[i], b_t, c[i], m, n, depth, a[i].ctypes.data, b[i].ctypes.data, c[i].ctypes.data, 0.0)
+
+
+def _stacked(x):
+    """(x as (B, rows, cols) C-contiguous, transposed?) for x (..., R, C) whose matrices are
+    C-contiguous or transposes of C-contiguous ones; None otherwise."""
+    if x.flags.c_contiguous:
+        return x.reshape(-1, *x.shape[-2:]), False
+    swapped = np.swapaxes(x, -1, -2)
+    if swapped.flags.c_contiguous:
+        return swapped.reshape(-1, *swapped.shape[-2:]), True
+    return None
+
+
+def _batched_matmul(a, b):
+    """a @ b for a (..., M, K), b (..., K, N) with the same leading axes (no broadcasting)."""
+    pa, pb = _stacked(a), _stacked(b)
+    if pa is None or pb is None:
+        return np.matmul(a, b)
+    c = np.empty((*a.shape[:-1], b.shape[-1]), a.dtype)
+    with one_blas_thread():  # each numba thread runs one-threaded gemms
+        _gemm_batch(pa[0], pa[1], pb[0], pb[1], c.reshape(-1, *c.shape[-2:]))
+    return c
+
+
 def matmul(a, b):
-    """``a @ b`` for 2-D a (M, K) and b (K, N) of one float dtype, each C-contiguous or the
-    transpose of a C-contiguous array, computed on numba's threads; ``np.matmul`` for anything
-    else, for small products, and where :func:`available` is False."""
-    if (_gemm32 is None or a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype
-            or a.dtype not in (np.float32, np.float64)
-            or a.shape[0] * a.shape[1] * b.shape[1] < SMALL):
+    """``a @ b`` computed on numba's threads, for a (M, K) @ b (K, N) of one float dtype, each
+    C-contiguous or the transpose of a C-contiguous array, and for stacks of such matrices with
+    the same leading axes (..., M, K) @ (..., K, N), one BLAS call per matrix;
+    ``np.matmul`` for anything else (broadcast batches, 1-D operands, strided views, integers),
+    for small products, and where :func:`available` is False."""
+    if (_gemm32 is None or a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64)
+            or a.size * b.shape[-1] < SMALL):
+        return np.matmul(a, b)
+    if a.ndim > 2 or b.ndim > 2:
+        if a.ndim == b.ndim and a.shape[:-2] == b.shape[:-2] and a.shape[-1] == b.shape[-2]:
+            return _batched_matmul(a, b)
         return np.matmul(a, b)
     pa, pb = _c_contiguous(a), _c_contiguous(b)
-    if pa is None or pb is None:
+    if pa is None or pb is None or a.shape[1] != b.shape[0]:
         return np.matmul(a, b)
     c = np.empty((a.shape[0], b.shape[1]), a.dtype)
     parts = min(get_num_threads(), max(c.shape))

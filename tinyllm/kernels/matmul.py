@@ -175,9 +175,9 @@ def matmul_numba(a, b):
 def matmul(a, b):
     """The matmul the autograd uses: BLAS, called from numba's threads where it can be.
 
-    2-D products go to :func:`tinyllm.kernels.blas.matmul`: NumPy's own OpenBLAS gemm, one call
-    per numba thread on a block of rows, so that a training step runs on one pool of threads
-    instead of two (``np.matmul`` where that BLAS is not found); batched ones to ``np.matmul``.
+    It is :func:`tinyllm.kernels.blas.matmul`: NumPy's own OpenBLAS gemm, one call per numba
+    thread on a block of rows (or per matrix of a batch), so that a training step runs on one
+    pool of threads instead of two; ``np.matmul`` where that BLAS is not found.
 
     Why BLAS and not ``_gemm_acc``: ``benchmarks/bench_kernels.py`` (float32, 2 cores, AVX-512
     Xeon) times both at the matmuls of a GPT step, forward x @ W.T, backward g @ W and x.T @ g,
@@ -189,6 +189,4 @@ def matmul(a, b):
     256-bit vectors (measured before it used fused multiply-adds). The numba kernel earns its
     place inside the fused attention, on tiles that never leave the L1 cache.
     """
-    if a.ndim == 2 and b.ndim == 2:
-        return _blas.matmul(a, b)
-    return np.matmul(a, b)
+    return _blas.matmul(a, b)

@@ -184,3 +184,41 @@ def test_batched_matmul_leaves_broadcasting_and_mismatches_to_numpy():
     np.testing.assert_array_equal(blas.matmul(a, b), np.matmul(a, b))
     with pytest.raises(ValueError):  # NumPy's own message for mismatched inner dimensions
         blas.matmul(a, rng.standard_normal((3, 299, 400)).astype(np.float32))
+
+
+@needs_blas
+def test_kernels_run_from_several_python_threads_at_once():
+    # each kernel call holds OpenBLAS at one thread; overlapping calls must neither hang nor
+    # leave the count changed (the last one out restores it)
+    import threading
+
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((8, 200, 64)).astype(np.float32) for _ in range(3))
+    expected = A_forward(q, k, v)
+    before = _openblas.SGEMM.get_num_threads()
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(A_forward(q, k, v))
+                blas.matmul(q[0], k[0].T)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and all(not t.is_alive() for t in threads)
+    assert len(results) == 15
+    for got in results:
+        np.testing.assert_array_equal(got, expected)
+    assert _openblas.SGEMM.get_num_threads() == before
+
+
+def A_forward(q, k, v):
+    from tinyllm.kernels import attention
+
+    return attention.attention_forward(q, k, v, causal=True)[0]

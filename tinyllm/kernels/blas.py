@@ -17,6 +17,8 @@ against; so it is under ``NUMBA_DISABLE_JIT=1`` and ``TINYLLM_POOL_BLAS=0``.
 The split gives the same numbers as one big call: every element of C is still one dot product
 over the whole depth K, and it is computed by the same kernel.
 """
+import threading
+
 import numba
 import numpy as np
 
@@ -50,19 +52,32 @@ class one_blas_thread:
     """``with one_blas_thread(): ...`` runs a numba kernel whose threads call BLAS themselves.
 
     OpenBLAS would otherwise split a large enough product over its own threads too, from two
-    callers at once (and its thread server is not built for that: it can hang). Restores the
-    previous thread count on exit.
+    callers at once (and its thread server is not built for that: it can hang). The first of
+    any overlapping users (Python threads running kernels at the same time) sets OpenBLAS to
+    one thread, the last one out restores the count it found.
     """
 
+    _lock = threading.Lock()
+    _users = 0
+    _saved = None
+
     def __enter__(self):
-        self.previous = _FOUND.get_num_threads() if _gemm32 is not None else None
-        if self.previous is not None:
-            _FOUND.set_num_threads(1)
+        if _gemm32 is not None:
+            cls = type(self)
+            with cls._lock:
+                if cls._users == 0:
+                    cls._saved = _FOUND.get_num_threads()
+                    _FOUND.set_num_threads(1)
+                cls._users += 1
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            _FOUND.set_num_threads(self.previous)
+        if _gemm32 is not None:
+            cls = type(self)
+            with cls._lock:
+                cls._users -= 1
+                if cls._users == 0:
+                    _FOUND.set_num_threads(cls._saved)
         return False
 
 

@@ -38,11 +38,11 @@ def test_matmul_of_training_shapes_matches_numpy_and_leaves_blas_threads_as_they
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(np.float32)
     w = rng.standard_normal((n, k)).astype(np.float32)  # a Linear weight (out, in): x @ w.T
-    before = _openblas.SGEMM.get_num_threads()
+    before = _openblas.OPENBLAS.get_num_threads()
     assert_matmul_close(blas.matmul(a, w.T), a, w.T)
     g = rng.standard_normal((m, n)).astype(np.float32)
     assert_matmul_close(blas.matmul(g.T, a), g.T, a)  # the weight gradient: a transposed first operand
-    assert _openblas.SGEMM.get_num_threads() == before
+    assert _openblas.OPENBLAS.get_num_threads() == before
 
 
 def test_matmul_falls_back_to_numpy_for_what_it_does_not_handle():
@@ -195,7 +195,7 @@ def test_kernels_run_from_several_python_threads_at_once():
     rng = np.random.default_rng(5)
     q, k, v = (rng.standard_normal((8, 200, 64)).astype(np.float32) for _ in range(3))
     expected = A_forward(q, k, v)
-    before = _openblas.SGEMM.get_num_threads()
+    before = _openblas.OPENBLAS.get_num_threads()
     results, errors = [], []
 
     def work():
@@ -215,7 +215,7 @@ def test_kernels_run_from_several_python_threads_at_once():
     assert len(results) == 15
     for got in results:
         np.testing.assert_array_equal(got, expected)
-    assert _openblas.SGEMM.get_num_threads() == before
+    assert _openblas.OPENBLAS.get_num_threads() == before
 
 
 def A_forward(q, k, v):

@@ -15,8 +15,6 @@ from .kernels import cross_entropy as _ce
 from .kernels import embedding as _emb
 from .kernels import gelu as _gelu
 from .kernels import layernorm as _ln
-from .kernels import matmul as _mm
-from .ops import _matmul
 from .tensor import Function, Tensor, is_grad_enabled, unbroadcast
 
 __all__ = [

@@ -13,17 +13,17 @@ import hashlib
 import os
 from pathlib import Path
 
-from ._openblas import SGEMM  # noqa: E402
+from ._openblas import OPENBLAS  # noqa: E402
 
 # numba's parallel kernels run on an OpenMP thread pool. OpenMP's idle threads spin for a while
 # after each kernel (libgomp's default) so that the next kernel starts at once. That is right
 # when this pool does all the work: then tinyllm's matmuls run on it too (kernels/blas.py).
-# Where they cannot (SGEMM not found), np.matmul runs on OpenBLAS's own threads, and spinning
+# Where they cannot (OPENBLAS None), np.matmul runs on OpenBLAS's own threads, and spinning
 # OpenMP threads would hog the cores those need (on 2 cores a 768x128x512 matmul went from
 # 0.6 ms to 4 ms, a training step 10x slower): PASSIVE makes them sleep at once. Either must be
 # set before OpenMP is loaded; a user's own OMP_WAIT_POLICY wins. (The spin's cost: a user's own
 # threaded np.matmul right after a kernel may wait for a core; README, Performance.)
-if SGEMM is None:
+if OPENBLAS is None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402
@@ -47,7 +47,7 @@ def _drop_stale_cache():
     for src in sorted(here.glob("*.py")):
         digest.update(src.name.encode() + src.read_bytes())
     # the attention kernels compile in BLAS calls or their loop twin (attention._tile_product)
-    digest.update(b"blas" if SGEMM is not None and not numba.config.DISABLE_JIT else b"loops")
+    digest.update(b"blas" if OPENBLAS is not None and not numba.config.DISABLE_JIT else b"loops")
     caches = [here / "__pycache__"]
     if os.environ.get("NUMBA_CACHE_DIR"):  # numba's naming of a source directory's cache there
         subdir = f"{here.name}_{hashlib.sha1(str(here).encode()).hexdigest()}"

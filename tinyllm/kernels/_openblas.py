@@ -1,12 +1,14 @@
-"""Find the single-precision GEMM of NumPy's own OpenBLAS, so numba kernels can call it.
+"""Find the gemm functions of NumPy's own OpenBLAS, so numba kernels can call them.
 
-:mod:`.blas` runs matrix products on numba's thread pool by calling this function from each
-thread, and :mod:`._jit` picks the OpenMP wait policy by whether it was found. Pure ctypes,
+:data:`OPENBLAS` holds the addresses of ``cblas_sgemm`` / ``cblas_dgemm`` and OpenBLAS's thread
+count setter and getter. :mod:`.blas` runs matrix products on numba's thread pool by calling
+the gemms from each thread, and :mod:`._jit` picks the OpenMP wait policy by whether they
+were found. Pure ctypes,
 no numba: it runs before numba's threads start.
 
 NumPy 2's wheels ship an ILP64 OpenBLAS (64-bit integers) whose symbols carry a ``scipy_``
 prefix and a ``64_`` suffix (``scipy_cblas_sgemm64_``). Anything else (NumPy on MKL or
-Accelerate, a 32-bit-integer OpenBLAS, no /proc) leaves :data:`SGEMM` None, and tinyllm uses
+Accelerate, a 32-bit-integer OpenBLAS, no /proc) leaves :data:`OPENBLAS` None, and tinyllm uses
 ``np.matmul``. ``TINYLLM_POOL_BLAS=0`` turns the search off.
 """
 import ctypes
@@ -55,4 +57,4 @@ def _find():
     return None
 
 
-SGEMM = _find() if os.environ.get("TINYLLM_POOL_BLAS", "1") != "0" else None
+OPENBLAS = _find() if os.environ.get("TINYLLM_POOL_BLAS", "1") != "0" else None

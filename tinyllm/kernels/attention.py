@@ -83,12 +83,16 @@ def _check_qkv(fn, q, k, v, scale):
         )
     if q.shape[2] == 0:
         raise ValueError(f"{fn}: head dim D must be >= 1, got q {q.shape}")
-    if scale is None:
-        scale = 1.0 / np.sqrt(q.shape[2])
+    scale = _checked_scale(fn, scale, q.shape[2], q.dtype)
+    return np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v), scale
+
+
+def _checked_scale(fn, scale, head_dim, dtype):
+    """scale (default 1/sqrt(head_dim)) as a scalar of dtype; it must be finite."""
+    scale = 1.0 / np.sqrt(head_dim) if scale is None else scale
     if not np.isfinite(scale):
         raise ValueError(f"{fn}: scale must be finite, got {scale}")
-    dtype = q.dtype.type
-    return np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v), dtype(scale)
+    return dtype.type(scale)
 
 
 def _check_saved(fn, q, v, out, lse, dout):
@@ -449,11 +453,8 @@ def _check_packed(fn, qkv, n_head, scale):
         raise ValueError(f"{fn}: qkv must be float32 or float64, got {qkv.dtype}")
     B, T, C3 = qkv.shape
     D = C3 // (3 * n_head)
-    scale = 1.0 / np.sqrt(D) if scale is None else scale
-    if not np.isfinite(scale):
-        raise ValueError(f"{fn}: scale must be finite, got {scale}")
     heads = np.ascontiguousarray(qkv).reshape(B, T, 3, n_head, D)
-    return heads, qkv.dtype.type(scale)
+    return heads, _checked_scale(fn, scale, D, qkv.dtype)
 
 
 @njit(parallel=True)

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from ._jit import get_num_threads, njit, prange
-from ._openblas import SGEMM as _FOUND
+from ._openblas import OPENBLAS as _FOUND
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # Below this many multiply-adds OpenBLAS itself runs on the calling thread, and so does np.matmul
@@ -146,11 +146,13 @@ def _gemm_blocks(a, a_t, b, b_t, c, parts):
 
 
 def _c_contiguous(x):
-    """(x, False) if x is C-contiguous, (x.T, True) if x is a transposed C-contiguous array, else None."""
+    """(x, False) if x's matrices (last two axes) are C-contiguous, (x with those axes swapped,
+    True) if they are transposes of C-contiguous ones; None otherwise."""
     if x.flags.c_contiguous:
         return x, False
-    if x.flags.f_contiguous:
-        return x.T, True
+    swapped = np.swapaxes(x, -1, -2)
+    if swapped.flags.c_contiguous:
+        return swapped, True
     return None
 
 
@@ -164,25 +166,15 @@ def _gemm_batch(a, a_t, b, b_t, c):
         _gemm(a[i], a_t, b[i], b_t, c[i], m, n, depth, a[i].ctypes.data, b[i].ctypes.data, c[i].ctypes.data, 0.0)
 
 
-def _stacked(x):
-    """(x as (B, rows, cols) C-contiguous, transposed?) for x (..., R, C) whose matrices are
-    C-contiguous or transposes of C-contiguous ones; None otherwise."""
-    if x.flags.c_contiguous:
-        return x.reshape(-1, *x.shape[-2:]), False
-    swapped = np.swapaxes(x, -1, -2)
-    if swapped.flags.c_contiguous:
-        return swapped.reshape(-1, *swapped.shape[-2:]), True
-    return None
-
-
 def _batched_matmul(a, b):
     """a @ b for a (..., M, K), b (..., K, N) with the same leading axes (no broadcasting)."""
-    pa, pb = _stacked(a), _stacked(b)
+    pa, pb = _c_contiguous(a), _c_contiguous(b)
     if pa is None or pb is None:
         return np.matmul(a, b)
     c = np.empty((*a.shape[:-1], b.shape[-1]), a.dtype)
+    stack = lambda x: x.reshape(-1, *x.shape[-2:])  # noqa: E731  (..., R, C) -> (B, R, C), a view
     with one_blas_thread():  # each numba thread runs one-threaded gemms
-        _gemm_batch(pa[0], pa[1], pb[0], pb[1], c.reshape(-1, *c.shape[-2:]))
+        _gemm_batch(stack(pa[0]), pa[1], stack(pb[0]), pb[1], stack(c))
     return c
 
 

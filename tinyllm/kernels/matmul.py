@@ -59,8 +59,9 @@ def _gemm_acc(c, a, a_transposed, b, rows, depth_lo, depth_hi, cols):
 
     The rows of a group run over the union of their depth ranges and their largest width, so
     A must be 0 outside a row's own depth range, and ``c[r, cols[r]:]`` may be written up to
-    the group's width. Both hold for the causally masked attention tiles, where the bounds
-    skip the masked half of a diagonal tile.
+    the group's width. (The per-row bounds were made for causally masked attention tiles;
+    the attention kernels now make whole-tile BLAS calls, and this kernel's callers,
+    ``matmul_numba`` and ``gemm_tile_loops``, pass the same bounds for every row.)
     """
     for r in range(0, rows - 3, 4):
         lo, hi, quad_end, width = _group_bounds(depth_lo, depth_hi, cols, r, rows)

@@ -63,6 +63,42 @@ def layernorm_backward_ref(dy, x, weight, mean, rstd):
 # numba kernels
 
 
+# The row sums below run with fastmath "reassoc": it lets LLVM keep several partial sums in the
+# lanes of a vector register and add them up at the end, instead of one float64 addition after
+# another (each waiting ~4 cycles for the one before). The sums stay float64; only the order of
+# their additions changes (and stays fixed: same input, same bits). The forward kernel went from
+# 78 to 45 us, the backward from 131 to 64 us at (768, 128). Only these helpers get the flag, so
+# the element-wise formulas around them keep their exact order of operations.
+
+
+@njit(fastmath={"reassoc"})
+def _shifted_sums(x, i, shift):
+    """(sum_j d, sum_j d^2) with d = x[i, j] - shift, in float64."""
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(x.shape[1]):
+        d = x[i, j] - shift
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@njit(fastmath={"reassoc"})
+def _backward_row_sums(dy, x, weight, i, m, r, dweight_block, dbias_block):
+    """(sum_j g, sum_j g * xhat) for row i in float64, with g = dy * weight and xhat = (x - m) r;
+    adds the row's dy * xhat and dy into the block's partial dweight / dbias rows."""
+    g_sum = 0.0
+    gxhat_sum = 0.0
+    for j in range(x.shape[1]):
+        xhat = (x[i, j] - m) * r
+        g = dy[i, j] * np.float64(weight[j])
+        g_sum += g
+        gxhat_sum += g * xhat
+        dweight_block[j] += dy[i, j] * xhat
+        dbias_block[j] += dy[i, j]
+    return g_sum, gxhat_sum
+
+
 @njit(parallel=True)
 def _layernorm_forward_kernel(x, weight, bias, eps, y, mean, rstd):
     """for each row i (parallel):  one pass: s1, s2 = sum(x - shift), sum((x - shift)^2)
@@ -75,12 +111,7 @@ def _layernorm_forward_kernel(x, weight, bias, eps, y, mean, rstd):
     n_rows, n_cols = x.shape
     for i in prange(n_rows):
         shift = np.float64(x[i, 0])
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(n_cols):
-            d = x[i, j] - shift
-            s1 += d
-            s2 += d * d
+        s1, s2 = _shifted_sums(x, i, shift)
         shifted_mean = s1 / n_cols
         var = max(s2 / n_cols - shifted_mean * shifted_mean, 0.0)  # rounding can give -tiny
         r = 1.0 / math.sqrt(var + eps)
@@ -100,18 +131,11 @@ def _layernorm_backward_kernel(dy, x, weight, mean, rstd, dx, dweight_blocks, db
     """
     n_rows, n_cols = x.shape
     for b in prange(dweight_blocks.shape[0]):
+        dweight_block, dbias_block = dweight_blocks[b], dbias_blocks[b]
         for i in range(b * _ROWS_PER_BLOCK, min((b + 1) * _ROWS_PER_BLOCK, n_rows)):
             m = np.float64(mean[i])
             r = np.float64(rstd[i])
-            g_sum = 0.0
-            gxhat_sum = 0.0
-            for j in range(n_cols):
-                xhat = (x[i, j] - m) * r
-                g = dy[i, j] * np.float64(weight[j])
-                g_sum += g
-                gxhat_sum += g * xhat
-                dweight_blocks[b, j] += dy[i, j] * xhat
-                dbias_blocks[b, j] += dy[i, j]
+            g_sum, gxhat_sum = _backward_row_sums(dy, x, weight, i, m, r, dweight_block, dbias_block)
             g_mean = g_sum / n_cols
             gxhat_mean = gxhat_sum / n_cols
             for j in range(n_cols):

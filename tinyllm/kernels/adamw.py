@@ -137,20 +137,16 @@ def sum_of_squares_ref(x):
     return float(np.dot(flat, flat))
 
 
-@njit
+@njit(fastmath={"reassoc"})
 def _sum_of_squares_kernel(x):
-    """x (n,) -> sum of x[k]^2 accumulated in float64, with 8 partial sums (vectorisable)."""
-    partial = np.zeros(8, np.float64)
-    n = x.shape[0]
-    body = n - n % 8
-    for k in range(0, body, 8):
-        for lane in range(8):
-            v = np.float64(x[k + lane])
-            partial[lane] += v * v
-    for k in range(body, n):
+    """x (n,) -> sum of x[k]^2 accumulated in float64. fastmath "reassoc" lets LLVM keep
+    partial sums in the lanes of vector registers (the order of the additions changes, the
+    precision does not)."""
+    total = 0.0
+    for k in range(x.shape[0]):
         v = np.float64(x[k])
-        partial[0] += v * v
-    return partial.sum()
+        total += v * v
+    return total
 
 
 def sum_of_squares(x):

@@ -35,7 +35,7 @@ import numpy as np
 from ._jit import njit, prange
 from .fastmath import exp_f32_inplace as _exp_f32_inplace
 from . import blas as _blas
-from .blas import one_blas_thread
+from .blas import blas_one_thread, restore_blas_threads
 from .matmul import gemm_tile_loops
 
 # The tile products: one single-threaded BLAS call per product (NumPy's OpenBLAS, called from
@@ -318,11 +318,13 @@ def _forward_kernel(q, k, v, causal, scale, block_q, block_k, out, lse):
     """
     n_heads, tq = q.shape[0], q.shape[1]
     n_qblocks = (tq + block_q - 1) // block_q
+    saved = blas_one_thread()  # each numba thread calls one-threaded BLAS (blas.py)
     for item in prange(n_heads * n_qblocks):
         n = item // n_qblocks
         i0 = (item % n_qblocks) * block_q
         rows = min(block_q, tq - i0)
         _forward_query_block(q[n], k[n], v[n], i0, rows, causal, scale, block_k, out[n], lse[n])
+    restore_blas_threads(saved)
 
 
 def attention_forward(q, k, v, causal=False, scale=None):
@@ -332,8 +334,7 @@ def attention_forward(q, k, v, causal=False, scale=None):
     n, tq = q.shape[:2]
     out = np.empty((n, tq, v.shape[2]), q.dtype)
     lse = np.empty((n, tq), q.dtype)
-    with one_blas_thread():
-        _forward_kernel(q, k, v, bool(causal), scale, BLOCK_Q, BLOCK_K, out, lse)
+    _forward_kernel(q, k, v, bool(causal), scale, BLOCK_Q, BLOCK_K, out, lse)
     return out, lse
 
 
@@ -416,9 +417,11 @@ def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq,
 def _backward_kernel(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq, dk, dv):
     """prange over heads n: dq[n], dk[n], dv[n] are written by that head's thread only, so the
     accumulations need no atomics. (N = batch * heads is >= the core count at GPT shapes.)"""
+    saved = blas_one_thread()  # each numba thread calls one-threaded BLAS (blas.py)
     for n in prange(q.shape[0]):
         _backward_head(q[n], k[n], v[n], out[n], lse[n], dout[n], causal, scale,
                        block_q, block_k, dq[n], dk[n], dv[n])
+    restore_blas_threads(saved)
 
 
 def attention_backward(q, k, v, out, lse, dout, causal=False, scale=None):
@@ -427,8 +430,7 @@ def attention_backward(q, k, v, out, lse, dout, causal=False, scale=None):
     q, k, v, scale = _check_qkv("attention_backward", q, k, v, scale)
     out, lse, dout = _check_saved("attention_backward", q, v, out, lse, dout)
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
-    with one_blas_thread():
-        _backward_kernel(q, k, v, out, lse, dout, bool(causal), scale, BLOCK_Q, BLOCK_K, dq, dk, dv)
+    _backward_kernel(q, k, v, out, lse, dout, bool(causal), scale, BLOCK_Q, BLOCK_K, dq, dk, dv)
     return dq, dk, dv
 
 
@@ -462,22 +464,26 @@ def _packed_forward_kernel(heads, causal, scale, block_q, block_k, out, lse):
     """heads (B, T, 3, H, D) -> out (B, T, H, D), lse (B, H, T); prange over (b, h, query block)."""
     n_batch, t, _, n_head, _ = heads.shape
     n_qblocks = (t + block_q - 1) // block_q
+    saved = blas_one_thread()  # each numba thread calls one-threaded BLAS (blas.py)
     for item in prange(n_batch * n_head * n_qblocks):
         b, rest = item // (n_head * n_qblocks), item % (n_head * n_qblocks)
         h, i0 = rest // n_qblocks, (rest % n_qblocks) * block_q
         _forward_query_block(heads[b, :, 0, h], heads[b, :, 1, h], heads[b, :, 2, h], i0,
                              min(block_q, t - i0), causal, scale, block_k, out[b, :, h], lse[b, h])
+    restore_blas_threads(saved)
 
 
 @njit(parallel=True)
 def _packed_backward_kernel(heads, out, lse, dout, causal, scale, block_q, block_k, dheads):
     """Gradients of all heads into dheads (B, T, 3, H, D); prange over (b, h)."""
     n_batch, _, _, n_head, _ = heads.shape
+    saved = blas_one_thread()  # each numba thread calls one-threaded BLAS (blas.py)
     for item in prange(n_batch * n_head):
         b, h = item // n_head, item % n_head
         _backward_head(heads[b, :, 0, h], heads[b, :, 1, h], heads[b, :, 2, h], out[b, :, h], lse[b, h],
                        dout[b, :, h], causal, scale, block_q, block_k,
                        dheads[b, :, 0, h], dheads[b, :, 1, h], dheads[b, :, 2, h])
+    restore_blas_threads(saved)
 
 
 def self_attention_forward(qkv, n_head, causal=False, scale=None):
@@ -491,8 +497,7 @@ def self_attention_forward(qkv, n_head, causal=False, scale=None):
     B, T, _, H, D = heads.shape
     out = np.empty((B, T, H, D), heads.dtype)
     lse = np.empty((B, H, T), heads.dtype)
-    with one_blas_thread():
-        _packed_forward_kernel(heads, bool(causal), scale, BLOCK_Q, BLOCK_K, out, lse)
+    _packed_forward_kernel(heads, bool(causal), scale, BLOCK_Q, BLOCK_K, out, lse)
     return out.reshape(B, T, H * D), lse
 
 
@@ -505,8 +510,7 @@ def self_attention_backward(qkv, out, lse, dout, n_head, causal=False, scale=Non
         if a.shape != shape or a.dtype != heads.dtype:
             raise ValueError(f"{fn}: {name} must be {heads.dtype} {shape} for qkv {qkv.shape}, got {a.dtype} {a.shape}")
     dheads = np.empty_like(heads)
-    with one_blas_thread():
-        _packed_backward_kernel(heads, np.ascontiguousarray(out).reshape(B, T, H, D), np.ascontiguousarray(lse),
-                                np.ascontiguousarray(dout).reshape(B, T, H, D), bool(causal), scale,
-                                BLOCK_Q, BLOCK_K, dheads)
+    _packed_backward_kernel(heads, np.ascontiguousarray(out).reshape(B, T, H, D), np.ascontiguousarray(lse),
+                            np.ascontiguousarray(dout).reshape(B, T, H, D), bool(causal), scale,
+                            BLOCK_Q, BLOCK_K, dheads)
     return dheads.reshape(B, T, 3 * H * D)

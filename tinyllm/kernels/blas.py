@@ -17,7 +17,7 @@ against; so it is under ``NUMBA_DISABLE_JIT=1`` and ``TINYLLM_POOL_BLAS=0``.
 The split gives the same numbers as one big call: every element of C is still one dot product
 over the whole depth K, and it is computed by the same kernel.
 """
-import threading
+import ctypes
 
 import numba
 import numpy as np
@@ -47,38 +47,44 @@ if _FOUND is not None and not numba.config.DISABLE_JIT:
     _gemm32 = _cblas_gemm("tinyllm_cblas_sgemm", _t.float32)
     _gemm64 = _cblas_gemm("tinyllm_cblas_dgemm", _t.float64)
 
+    # void openblas_set_num_threads(int), int openblas_get_num_threads(void)
+    _address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+    _llvm.add_symbol("tinyllm_openblas_set_num_threads", _address(_FOUND.set_num_threads))
+    _llvm.add_symbol("tinyllm_openblas_get_num_threads", _address(_FOUND.get_num_threads))
+    _set_blas_threads = _t.ExternalFunction("tinyllm_openblas_set_num_threads", _t.void(_t.int32))
+    _get_blas_threads = _t.ExternalFunction("tinyllm_openblas_get_num_threads", _t.int32())
 
-class one_blas_thread:
-    """``with one_blas_thread(): ...`` runs a numba kernel whose threads call BLAS themselves.
+    @njit
+    def blas_one_thread():
+        """Set OpenBLAS to one thread and return the count it had (for restore_blas_threads).
 
-    OpenBLAS would otherwise split a large enough product over its own threads too, from two
-    callers at once (and its thread server is not built for that: it can hang). The first of
-    any overlapping users (Python threads running kernels at the same time) sets OpenBLAS to
-    one thread, the last one out restores the count it found.
-    """
+        Every kernel whose numba threads call BLAS begins with this and ends with
+        :func:`restore_blas_threads`: otherwise OpenBLAS would split a large enough product
+        over its own threads as well, from two callers at once, and its thread server is not
+        built for that (it can hang). Inside the compiled kernel the pair costs well under a
+        microsecond, and it is atomic for Python: a kernel holds the GIL from start to end, so
+        no other Python thread can run a kernel in between. (As a Python context manager
+        around each kernel, with ctypes calls and a lock, it cost ~13 us per kernel in a
+        training step, ~0.5 ms a step.)
+        """
+        saved = _get_blas_threads()
+        if saved != 1:
+            _set_blas_threads(np.int32(1))
+        return saved
 
-    _lock = threading.Lock()
-    _users = 0
-    _saved = None
+    @njit
+    def restore_blas_threads(saved):
+        if saved != 1:
+            _set_blas_threads(np.int32(saved))
+else:
+    @njit
+    def blas_one_thread():
+        """No BLAS is called from numba threads here (see above): nothing to set."""
+        return 1
 
-    def __enter__(self):
-        if _gemm32 is not None:
-            cls = type(self)
-            with cls._lock:
-                if cls._users == 0:
-                    cls._saved = _FOUND.get_num_threads()
-                    _FOUND.set_num_threads(1)
-                cls._users += 1
-        return self
-
-    def __exit__(self, *exc):
-        if _gemm32 is not None:
-            cls = type(self)
-            with cls._lock:
-                cls._users -= 1
-                if cls._users == 0:
-                    _FOUND.set_num_threads(cls._saved)
-        return False
+    @njit
+    def restore_blas_threads(saved):
+        pass
 
 
 def available():
@@ -130,6 +136,7 @@ def _gemm_blocks(a, a_t, b, b_t, c, parts):
     extent = m if by_rows else n
     step = (extent + parts - 1) // parts
     size = c.itemsize
+    saved = blas_one_thread()
     for p in prange(parts):
         lo = p * step
         hi = min(extent, lo + step)
@@ -143,6 +150,7 @@ def _gemm_blocks(a, a_t, b, b_t, c, parts):
                 b_start += (lo * depth if b_t else lo) * size
                 c_start += lo * size
                 _gemm(a, a_t, b, b_t, c, m, hi - lo, depth, a_start, b_start, c_start, 0.0)
+    restore_blas_threads(saved)
 
 
 def _c_contiguous(x):
@@ -162,8 +170,10 @@ def _gemm_batch(a, a_t, b, b_t, c):
     a (B, M, K) or (B, K, M) when a_t, b (B, K, N) or (B, N, K) when b_t, c (B, M, N), all C-contiguous."""
     m, n = c.shape[1], c.shape[2]
     depth = a.shape[1] if a_t else a.shape[2]
+    saved = blas_one_thread()
     for i in prange(c.shape[0]):
         _gemm(a[i], a_t, b[i], b_t, c[i], m, n, depth, a[i].ctypes.data, b[i].ctypes.data, c[i].ctypes.data, 0.0)
+    restore_blas_threads(saved)
 
 
 def _batched_matmul(a, b):
@@ -173,8 +183,7 @@ def _batched_matmul(a, b):
         return np.matmul(a, b)
     c = np.empty((*a.shape[:-1], b.shape[-1]), a.dtype)
     stack = lambda x: x.reshape(-1, *x.shape[-2:])  # noqa: E731  (..., R, C) -> (B, R, C), a view
-    with one_blas_thread():  # each numba thread runs one-threaded gemms
-        _gemm_batch(stack(pa[0]), pa[1], stack(pb[0]), pb[1], stack(c))
+    _gemm_batch(stack(pa[0]), pa[1], stack(pb[0]), pb[1], stack(c))
     return c
 
 
@@ -195,9 +204,7 @@ def matmul(a, b):
     if pa is None or pb is None or a.shape[1] != b.shape[0]:
         return np.matmul(a, b)
     c = np.empty((a.shape[0], b.shape[1]), a.dtype)
-    parts = min(get_num_threads(), max(c.shape))
-    with one_blas_thread():  # each numba thread runs a one-threaded gemm
-        _gemm_blocks(pa[0], pa[1], pb[0], pb[1], c, parts)
+    _gemm_blocks(pa[0], pa[1], pb[0], pb[1], c, min(get_num_threads(), max(c.shape)))
     return c
 
 
@@ -214,6 +221,7 @@ def _linear_forward_blocks(x, w, bias, y, parts):
     depth = x.shape[1]
     step = (m + parts - 1) // parts
     size = y.itemsize
+    saved = blas_one_thread()
     for p in prange(parts):
         lo, hi = p * step, min(m, (p + 1) * step)
         if hi > lo:
@@ -222,18 +230,21 @@ def _linear_forward_blocks(x, w, bias, y, parts):
             for r in range(lo, hi):
                 for c in range(n):
                     y[r, c] += bias[c]
+    restore_blas_threads(saved)
 
 
 @njit(parallel=True)
-def _linear_backward_tasks(g, x, w, dx, dw, bias_sums, halves):
-    """dx = g @ w and dw = g^T @ x side by side: tasks 0 .. halves-1 each compute a block of
-    rows of dx (and the float64 column sums of those rows of g, for the bias gradient), tasks
-    halves .. 2 halves - 1 a block of rows of dw. With 2 threads that is one whole product per
-    thread (the two cost the same FLOPs): 14% faster than splitting each product in turn.
-    g (M, N), x (M, K), w (N, K), dx (M, K), dw (N, K), bias_sums (halves, N)."""
+def _linear_backward_tasks(g, x, w, dx, dw, db, halves):
+    """dx = g @ w and dw = g^T @ x side by side: tasks 0 .. halves - 1 each compute a block of
+    rows of dx (and the float64 column sums of those rows of g, for the bias gradient db),
+    tasks halves .. 2 halves - 1 a block of rows of dw. With 2 threads that is one
+    whole product per thread (the two cost the same FLOPs): 14% faster than splitting each
+    product in turn. g (M, N), x (M, K), w (N, K), dx (M, K), dw (N, K), db (N,)."""
     m, n = g.shape
     k = x.shape[1]
     size = g.itemsize
+    bias_sums = np.empty((halves, n))  # float64 column sums of g, one row per dx block
+    saved = blas_one_thread()
     for task in prange(2 * halves):
         part = task % halves
         if task < halves:  # rows lo..hi of dx = g[lo:hi] @ w, and their column sums of g
@@ -252,6 +263,12 @@ def _linear_backward_tasks(g, x, w, dx, dw, bias_sums, halves):
             if hi > lo:
                 _gemm(g, True, x, False, dw, hi - lo, k, m, g.ctypes.data + lo * size, x.ctypes.data,
                       dw.ctypes.data + lo * k * size, 0.0)
+    restore_blas_threads(saved)
+    for c in range(n):
+        total = 0.0
+        for part in range(halves):
+            total += bias_sums[part, c]
+        db[c] = total
 
 
 def _split_by_rows(a, w):
@@ -271,8 +288,7 @@ def linear_forward(x, w, bias):
             y += bias
         return y
     y = np.empty((x.shape[0], w.shape[0]), x.dtype)
-    with one_blas_thread():
-        _linear_forward_blocks(x, w, np.ascontiguousarray(bias), y, min(get_num_threads(), x.shape[0]))
+    _linear_forward_blocks(x, w, np.ascontiguousarray(bias), y, min(get_num_threads(), x.shape[0]))
     return y
 
 
@@ -284,10 +300,8 @@ def linear_backward(g, x, w, need_dx=True, need_dw=True, need_db=True):
         dx = matmul(g, w) if need_dx else None
         dw = matmul(g.T, x) if need_dw else None
         return dx, dw, (g.sum(axis=0) if need_db else None)
-    halves = max(1, get_num_threads() // 2)
     dx = np.empty((g.shape[0], w.shape[1]), g.dtype)
     dw = np.empty((g.shape[1], x.shape[1]), g.dtype)
-    bias_sums = np.empty((halves, g.shape[1]))
-    with one_blas_thread():
-        _linear_backward_tasks(g, x, w, dx, dw, bias_sums, halves)
-    return dx, dw, (bias_sums.sum(axis=0).astype(g.dtype) if need_db else None)
+    db = np.empty(g.shape[1], g.dtype)
+    _linear_backward_tasks(g, x, w, dx, dw, db, max(1, get_num_threads() // 2))
+    return dx, dw, (db if need_db else None)

@@ -122,15 +122,18 @@ def _layernorm_forward_kernel(x, weight, bias, eps, y, mean, rstd):
 
 
 @njit(parallel=True)
-def _layernorm_backward_kernel(dy, x, weight, mean, rstd, dx, dweight_blocks, dbias_blocks):
+def _layernorm_backward_kernel(dy, x, weight, mean, rstd, dx, dweight, dbias):
     """for each block b of _ROWS_PER_BLOCK rows (parallel):
          for each row i in b:  pass 1: mean(g), mean(g * xhat); dweight_blocks[b] += dy * xhat,
                                        dbias_blocks[b] += dy
                                pass 2: dx[i, j] = rstd * (g - mean(g) - xhat * mean(g * xhat))
-    The caller sums dweight_blocks / dbias_blocks (n_blocks, C) over blocks.
+    then dweight, dbias = the float64 block sums summed over blocks (in a fixed order).
     """
     n_rows, n_cols = x.shape
-    for b in prange(dweight_blocks.shape[0]):
+    n_blocks = (n_rows + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
+    dweight_blocks = np.zeros((n_blocks, n_cols))  # float64 partial sums, one row per block
+    dbias_blocks = np.zeros((n_blocks, n_cols))
+    for b in prange(n_blocks):
         dweight_block, dbias_block = dweight_blocks[b], dbias_blocks[b]
         for i in range(b * _ROWS_PER_BLOCK, min((b + 1) * _ROWS_PER_BLOCK, n_rows)):
             m = np.float64(mean[i])
@@ -142,6 +145,14 @@ def _layernorm_backward_kernel(dy, x, weight, mean, rstd, dx, dweight_blocks, db
                 xhat = (x[i, j] - m) * r
                 g = dy[i, j] * np.float64(weight[j])
                 dx[i, j] = r * (g - g_mean - xhat * gxhat_mean)
+    for j in range(n_cols):
+        w_total = 0.0
+        b_total = 0.0
+        for b in range(n_blocks):
+            w_total += dweight_blocks[b, j]
+            b_total += dbias_blocks[b, j]
+        dweight[j] = w_total
+        dbias[j] = b_total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,12 +215,11 @@ def layernorm_backward(dy, x, weight, mean, rstd):
     _check_array(fn, "weight", weight, (n_cols,), x.dtype)
     _check_array(fn, "mean", mean, (n_rows,), x.dtype)
     _check_array(fn, "rstd", rstd, (n_rows,), x.dtype)
-    n_blocks = -(-n_rows // _ROWS_PER_BLOCK)
     dx = np.empty((n_rows, n_cols), dtype=x.dtype)
-    dweight_blocks = np.zeros((n_blocks, n_cols))  # float64 partial sums, one row per block
-    dbias_blocks = np.zeros((n_blocks, n_cols))
+    dweight = np.empty(n_cols, dtype=x.dtype)
+    dbias = np.empty(n_cols, dtype=x.dtype)
     _layernorm_backward_kernel(
         np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(weight),
-        np.ascontiguousarray(mean), np.ascontiguousarray(rstd), dx, dweight_blocks, dbias_blocks,
+        np.ascontiguousarray(mean), np.ascontiguousarray(rstd), dx, dweight, dbias,
     )
-    return dx, dweight_blocks.sum(axis=0).astype(x.dtype), dbias_blocks.sum(axis=0).astype(x.dtype)
+    return dx, dweight, dbias

@@ -514,10 +514,11 @@ def _run_backward(root, grad, retain_graph):
             if pg.dtype != parent.dtype:
                 pg = pg.astype(parent.dtype)
             key = id(parent)
-            grads[key] = pg if key not in grads else grads[key] + pg
+            grads[key] = pg if key not in grads else _add(grads[key], pg)
         if not retain_graph:
             ctx.parents = None
             ctx.saved_tensors = None
 
 
 from . import ops as _ops  # noqa: E402  (ops needs Tensor and Function defined above)
+from .kernels.elementwise import add as _add  # noqa: E402

@@ -12,6 +12,7 @@ Nothing here knows about :class:`tinyllm.Tensor`; the autograd Functions in
 ``gelu``           GELU (tanh approximation and exact erf), fwd + bwd
 ``adamw``          one AdamW update of a parameter and its two moments; grad norm
 ``embedding``      the scatter-add gradient of an embedding lookup
+``elementwise``    a + b of two same-shape arrays on all cores (residual stream)
 ``fastmath``       a vectorisable float32 exp shared by the kernels
 =================  ==========================================================
 """

@@ -14,9 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import importlib
+
 import tinyllm
 from conftest import arrays, away_from_zero, broadcast_pairs, floats, shapes
 from tinyllm.tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, unbroadcast
+
+_tensor_module = importlib.import_module("tinyllm.tensor")  # tinyllm.tensor is also a function
 
 
 def t64(a, requires_grad=False):
@@ -653,3 +657,79 @@ def test_casting_to_integer_gives_a_tensor_without_grad():
     ids = x.astype(np.int64)
     assert ids.dtype == np.int64
     assert not ids.requires_grad
+
+
+# --- leaf gradients: kept without a copy only when nothing else holds them ---------------------
+
+
+def _leaves_share_no_memory(*leaves):
+    for i, x in enumerate(leaves):
+        for y in leaves[i + 1:]:
+            assert not np.shares_memory(x.grad, y.grad)
+
+
+@pytest.mark.parametrize("graph", ["a + b", "a - b", "reshape views", "same tensor twice", "broadcast"])
+def test_leaf_gradients_never_share_memory(graph):
+    # a + b hands the same gradient array to both inputs; the engine may keep a gradient as a
+    # leaf's .grad without copying it only when no other leaf (or Function) can see it
+    rng = np.random.default_rng(0)
+    a = Tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    b = Tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    c = Tensor(rng.standard_normal(3), requires_grad=True)
+    w = Tensor(rng.standard_normal((4, 3)))
+    out = {
+        "a + b": lambda: a + b,
+        "a - b": lambda: a - b,
+        "reshape views": lambda: a.reshape(12).reshape(4, 3) + b.reshape(3, 4).reshape(4, 3),
+        "same tensor twice": lambda: a * 2.0 + a + b,
+        "broadcast": lambda: a + b + c,
+    }[graph]()
+    (out * w).sum().backward()
+    leaves = [x for x in (a, b, c) if x.grad is not None]
+    assert len(leaves) >= 2
+    _leaves_share_no_memory(*leaves)
+    before = [x.grad.copy() for x in leaves[1:]]
+    a.grad += 100.0  # updating one gradient in place leaves the others alone
+    for x, old in zip(leaves[1:], before):
+        np.testing.assert_array_equal(x.grad, old)
+
+
+def test_a_gradient_that_a_function_keeps_is_copied_into_the_leaf():
+    kept = []
+
+    class Keep(Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            kept.append(g * 2.0)
+            return kept[-1]
+
+    x = Tensor(np.ones(3), requires_grad=True)
+    Keep.apply(x).sum().backward()
+    assert not np.shares_memory(x.grad, kept[0])
+    x.grad[...] = 7.0
+    np.testing.assert_array_equal(kept[0], [2.0, 2.0, 2.0])
+
+
+@pytest.mark.skipif(not _tensor_module._COUNTS_REFERENCES, reason="needs CPython reference counts")
+def test_an_unshared_gradient_becomes_the_leaf_grad_without_a_copy():
+    made = {}
+
+    class Double(Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            r = g * 2.0
+            made["id"] = id(r)
+            return r
+
+    x = Tensor(np.ones(3), requires_grad=True)
+    Double.apply(x).sum().backward()
+    assert id(x.grad) == made["id"]  # kept, not copied (PyTorch's AccumulateGrad does the same)
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0, 2.0])

@@ -11,6 +11,8 @@ gradient into ``leaf.grad``.
 The elementary operations live in :mod:`tinyllm.ops`, the fused neural-network ones in
 :mod:`tinyllm.functional`; both are Functions built the same way.
 """
+import sys
+
 import numpy as np
 
 __all__ = ["Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled", "unbroadcast", "tensor"]
@@ -480,6 +482,21 @@ def _topological_order(root):
     return order
 
 
+# Reference counts tell whether an array is shared only on CPython with its GIL.
+_COUNTS_REFERENCES = sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
+def _only_the_engine_holds(g):
+    """True when ``g``, just taken out of the backward pass's table of gradients, is referenced
+    by nothing else: not a view of other memory, writeable, and (CPython's reference count)
+    held only by the caller's variable. A leaf may then keep g itself as its .grad instead of a
+    copy, as PyTorch's AccumulateGrad does; a gradient that a Function also returned for another
+    input (``a + b`` passes g to both), or that a Function still holds, gets a copy. (The count
+    is the caller's variable, this function's parameter and getrefcount's own argument: 3.)
+    """
+    return _COUNTS_REFERENCES and g.base is None and g.flags.writeable and sys.getrefcount(g) == 3
+
+
 def _run_backward(root, grad, retain_graph):
     if root._ctx is not None and root._ctx.parents is None:
         raise RuntimeError(
@@ -493,7 +510,10 @@ def _run_backward(root, grad, retain_graph):
             continue
         ctx = node._ctx
         if ctx is None:  # a leaf: accumulate, as PyTorch does
-            node.grad = np.array(g) if node.grad is None else node.grad + g
+            if node.grad is not None:
+                node.grad = node.grad + g
+            else:  # keep g itself if nothing else can see it, else a copy (PyTorch's rule too)
+                node.grad = g if _only_the_engine_holds(g) else np.array(g)
             continue
         if ctx.parents is None:
             raise RuntimeError(
@@ -515,6 +535,7 @@ def _run_backward(root, grad, retain_graph):
                 pg = pg.astype(parent.dtype)
             key = id(parent)
             grads[key] = pg if key not in grads else _add(grads[key], pg)
+        input_grads = pg = None  # so that a leaf's gradient is referenced from grads alone
         if not retain_graph:
             ctx.parents = None
             ctx.saved_tensors = None

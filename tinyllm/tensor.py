@@ -99,17 +99,20 @@ class Function:
     @classmethod
     def apply(cls, *inputs, **kwargs):
         ctx = cls()
-        arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
+        arrays, needs = [], []  # the inputs as arrays; which of them require a gradient
+        for x in inputs:
+            is_tensor = isinstance(x, Tensor)
+            arrays.append(x.data if is_tensor else x)
+            needs.append(is_tensor and x.requires_grad)
         out = cls.forward(ctx, *arrays, **kwargs)
-        needs_grad = (
-            _GradMode.enabled
-            and any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
-            and np.asarray(out).dtype.kind == "f"  # an integer result (a cast, an argmax) has no gradient
-        )
+        if not isinstance(out, np.ndarray):
+            out = np.asarray(out)  # NumPy reductions return scalars; a Tensor holds an array
+        # an integer result (a cast, an argmax) has no gradient
+        needs_grad = _GradMode.enabled and any(needs) and out.dtype.kind == "f"
         result = Tensor._wrap(out, needs_grad)
         if needs_grad:
             ctx.parents = inputs
-            ctx.needs_input_grad = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+            ctx.needs_input_grad = tuple(needs)
             result._ctx = ctx
         return result
 

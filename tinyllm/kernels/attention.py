@@ -30,6 +30,8 @@ the masked entries of P and dS are exact zeros. In float32 their exp is a vector
 (``_exp_f32_inplace``, relative error < 2 float32 eps), in float64 libm's; float64 matches the
 reference to ~1e-15.
 """
+import math
+
 import numpy as np
 
 from ._jit import njit, prange
@@ -89,8 +91,8 @@ def _check_qkv(fn, q, k, v, scale):
 
 def _checked_scale(fn, scale, head_dim, dtype):
     """scale (default 1/sqrt(head_dim)) as a scalar of dtype; it must be finite."""
-    scale = 1.0 / np.sqrt(head_dim) if scale is None else scale
-    if not np.isfinite(scale):
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    if not math.isfinite(scale):
         raise ValueError(f"{fn}: scale must be finite, got {scale}")
     return dtype.type(scale)
 

@@ -17,8 +17,9 @@ Method. Each measurement is a fresh subprocess: a matmul-peak probe, then tinyll
 ``--vs-torch``) PyTorch, and this round repeats ``--repeats`` times (A B A B ...), so a load spike
 from another process hits both libraries and neither warms the other's caches or threads. (An
 untimed tinyllm run before the rounds fills numba's on-disk cache.) A worker runs ``--warmup``
-steps, then ``--steps`` timed steps. Reported: the median over all timed steps of all rounds, and
-the range of the per-round medians. Both sides use ``--threads`` threads (default: all cores) and start
+steps, then ``--steps`` timed steps. Reported: the median over all timed steps of all rounds, the
+range of the per-round medians, and each tinyllm round's speed against the PyTorch round right
+after it (their spread is the noise in the headline ratio). Both sides use ``--threads`` threads (default: all cores) and start
 from the same weights and batches, so their first losses must agree (a check that the PyTorch
 model really is the same model).
 
@@ -229,10 +230,18 @@ def compare(summaries, torch_note):
     ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
     loss_diff = abs(ours["first_loss"] - theirs["first_loss"])
     same_model = ours["n_params"] == theirs["n_params"] and loss_diff < 1e-4
+    # each tinyllm round against the torch round that ran right after it: a machine whose speed
+    # drifts between rounds moves both members of a pair, so these show the noise the headline
+    # ratio (of the medians over all rounds) carries
+    pairs = [theirs_ms / ours_ms for ours_ms, theirs_ms in zip(ours["round_median_ms"], theirs["round_median_ms"])]
+    wins = sum(p > 1 for p in pairs)
     print(f"\ntinyllm / torch tokens/s: {ratio:.2f}x   (torch is {1 / ratio:.2f}x the speed of tinyllm)")
+    print(f"round by round (each tinyllm round against the torch round after it): {min(pairs):.2f}x..{max(pairs):.2f}x, "
+          f"median {C.median(pairs):.2f}x; tinyllm faster in {wins} of {len(pairs)}")
     print(f"same model check: parameters {ours['n_params']} vs {theirs['n_params']}, first-loss difference "
           f"{loss_diff:.1e} -> {'OK' if same_model else 'MISMATCH'}")
-    return dict(tokens_per_s_ratio=ratio, first_loss_abs_diff=loss_diff, same_model=same_model)
+    return dict(tokens_per_s_ratio=ratio, round_ratios=pairs, median_round_ratio=C.median(pairs),
+                rounds_tinyllm_faster=wins, first_loss_abs_diff=loss_diff, same_model=same_model)
 
 
 # --- cold start -----------------------------------------------------------------------------------
@@ -273,7 +282,9 @@ def parse_args(argv):
     p.add_argument("--config", choices=sorted(CONFIGS), default="small")
     p.add_argument("--steps", type=int, help="timed steps per round (default 30 small, 10 large)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--repeats", type=int, default=3, help="alternating rounds (default 3)")
+    p.add_argument("--repeats", type=int, default=9,
+                   help="alternating rounds (default 9: on a machine whose speed drifts, fewer rounds "
+                        "make the ratio a matter of which library drew the quiet minutes)")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="threads for both libraries (default: all cores)")
     p.add_argument("--vs-torch", action="store_true", help="also time the same model in PyTorch")

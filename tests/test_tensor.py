@@ -694,29 +694,8 @@ def test_leaf_gradients_never_share_memory(graph):
         np.testing.assert_array_equal(x.grad, old)
 
 
-def test_a_gradient_that_a_function_keeps_is_copied_into_the_leaf():
-    kept = []
-
-    class Keep(Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x * 2.0
-
-        @staticmethod
-        def backward(ctx, g):
-            kept.append(g * 2.0)
-            return kept[-1]
-
-    x = Tensor(np.ones(3), requires_grad=True)
-    Keep.apply(x).sum().backward()
-    assert not np.shares_memory(x.grad, kept[0])
-    x.grad[...] = 7.0
-    np.testing.assert_array_equal(kept[0], [2.0, 2.0, 2.0])
-
-
-@pytest.mark.skipif(not _tensor_module._COUNTS_REFERENCES, reason="needs CPython reference counts")
-def test_an_unshared_gradient_becomes_the_leaf_grad_without_a_copy():
-    made = {}
+def _doubling(on_backward):
+    """A Function y = 2x whose backward returns 2g after handing that array to on_backward."""
 
     class Double(Function):
         @staticmethod
@@ -726,10 +705,25 @@ def test_an_unshared_gradient_becomes_the_leaf_grad_without_a_copy():
         @staticmethod
         def backward(ctx, g):
             r = g * 2.0
-            made["id"] = id(r)
+            on_backward(r)
             return r
 
+    return Double
+
+
+def test_a_gradient_that_a_function_keeps_is_copied_into_the_leaf():
+    kept = []
     x = Tensor(np.ones(3), requires_grad=True)
-    Double.apply(x).sum().backward()
-    assert id(x.grad) == made["id"]  # kept, not copied (PyTorch's AccumulateGrad does the same)
+    _doubling(kept.append).apply(x).sum().backward()  # the Function keeps its gradient array
+    assert not np.shares_memory(x.grad, kept[0])
+    x.grad[...] = 7.0
+    np.testing.assert_array_equal(kept[0], [2.0, 2.0, 2.0])
+
+
+@pytest.mark.skipif(not _tensor_module._COUNTS_REFERENCES, reason="needs CPython reference counts")
+def test_an_unshared_gradient_becomes_the_leaf_grad_without_a_copy():
+    made = []
+    x = Tensor(np.ones(3), requires_grad=True)
+    _doubling(lambda r: made.append(id(r))).apply(x).sum().backward()  # remembers only the id
+    assert id(x.grad) == made[0]  # kept, not copied (PyTorch's AccumulateGrad does the same)
     np.testing.assert_array_equal(x.grad, [2.0, 2.0, 2.0])

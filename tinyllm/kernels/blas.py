@@ -283,8 +283,8 @@ def _split_by_rows(a, w):
 
 
 def linear_forward(x, w, bias):
-    """``x @ w.T + bias`` (bias may be None) for x (M, K), w (N, K): on numba's threads with the
-    bias add in the same loop where possible, else :func:`matmul` and NumPy's add."""
+    """``x @ w.T + bias`` (bias may be None) for x (M, K), w (N, K): on numba's threads, the bias
+    written first and the product added to it, where possible; else :func:`matmul` and NumPy's add."""
     if bias is None or bias.dtype != x.dtype or not _split_by_rows(x, w):
         y = matmul(x, w.T)
         if bias is not None:

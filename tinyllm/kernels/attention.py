@@ -165,8 +165,8 @@ def attention_backward_ref(q, k, v, out, lse, dout, causal=False, scale=None):
 # --------------------------------------------------------------------------------------------
 
 @njit
-def _exp_inplace(tile, rows, bits):
-    """tile[:rows] = exp(tile[:rows]); tile (block_q, block_k), bits int32 of tile.size.
+def _exp_inplace(tile, rows):
+    """tile[:rows] = exp(tile[:rows]); tile (block_q, block_k).
 
     float32 uses the vectorised polynomial above; float64 (used for finite-difference checks,
     not for speed) uses libm's exp so that it matches NumPy to the last few bits.
@@ -174,7 +174,7 @@ def _exp_inplace(tile, rows, bits):
     flat = tile.reshape(tile.size)
     count = rows * tile.shape[1]
     if tile.itemsize == 4:
-        _exp_f32_inplace(flat, count, bits)
+        _exp_f32_inplace(flat, count)
     else:
         for j in range(count):
             flat[j] = np.exp(flat[j])
@@ -243,7 +243,6 @@ def _forward_query_block(q, k, v, i0, rows, causal, scale, block_k, out, lse):
     offset = tk - tq
     dtype = q.dtype
     scores = np.empty((rows, block_k), dtype)  # S, then P in place
-    bits = np.empty(rows * block_k, np.int32)
     widths = np.empty(rows, np.int64)
     row_max = np.full(rows, -np.inf, dtype)
     row_sum = np.zeros(rows, dtype)
@@ -254,7 +253,7 @@ def _forward_query_block(q, k, v, i0, rows, causal, scale, block_k, out, lse):
         _visible_keys(i0, rows, j0, width, causal, offset, widths)
         _tile_product(scores, q[i0:], False, k[j0:], True, rows, width, d_head, False)  # Q K^T
         _shift_by_running_max(scores, widths, scale, row_max, row_sum, acc)
-        _exp_inplace(scores, rows, bits)
+        _exp_inplace(scores, rows)
         _add_row_sums(scores, row_sum)
         _tile_product(acc, scores, False, v[j0:], False, rows, d_value, width, True)  # += P V
     _finish_rows(i0, rows, row_max, row_sum, acc, out, lse)
@@ -360,7 +359,7 @@ def _row_dots(a, b, result):
 
 
 @njit
-def _probs_and_dscores(scores, dprobs, rows, widths, lse, drow, i0, scale, bits):
+def _probs_and_dscores(scores, dprobs, rows, widths, lse, drow, i0, scale):
     """From the raw tiles q.k and dO.v of one (query block, key block) pair, in place:
 
         scores <- P  = exp(c * q.k - lse[i])        (0 where masked)
@@ -372,7 +371,7 @@ def _probs_and_dscores(scores, dprobs, rows, widths, lse, drow, i0, scale, bits)
         lse_r = lse[i0 + r]
         for j in range(block_k):
             scores[r, j] = scores[r, j] * scale - lse_r if j < w else -np.inf
-    _exp_inplace(scores, rows, bits)
+    _exp_inplace(scores, rows)
     for r in range(rows):
         w = widths[r]
         d_r = drow[i0 + r]
@@ -399,7 +398,6 @@ def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq,
     _row_dots(dout, out, drow)
     scores = np.empty((block_q, block_k), dtype)
     dprobs = np.empty((block_q, block_k), dtype)
-    bits = np.empty(block_q * block_k, np.int32)
     widths = np.empty(block_q, np.int64)  # visible keys per query row of the tile
     for j0 in range(0, tk, block_k):
         width = min(block_k, tk - j0)
@@ -409,7 +407,7 @@ def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq,
             _visible_keys(i0, rows, j0, width, causal, offset, widths)
             _tile_product(scores, q[i0:], False, k[j0:], True, rows, width, d_head, False)  # S
             _tile_product(dprobs, dout[i0:], False, v[j0:], True, rows, width, d_value, False)  # dP
-            _probs_and_dscores(scores, dprobs, rows, widths, lse, drow, i0, scale, bits)
+            _probs_and_dscores(scores, dprobs, rows, widths, lse, drow, i0, scale)
             # dv += P^T dO,  dk += dS^T Q,  dq += dS K
             _tile_product(dv[j0:], scores, True, dout[i0:], False, width, d_value, rows, True)
             _tile_product(dk[j0:], dprobs, True, q[i0:], False, width, d_head, rows, True)

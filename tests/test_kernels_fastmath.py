@@ -65,3 +65,9 @@ def test_exp_f32_runs_as_python_with_the_jit_disabled():
         "print('ok')\n"
     )
     run_with_jit_disabled(code)
+
+
+def test_exp_f32_keeps_nan():
+    x = np.array([np.nan, -np.nan, 1.0, -np.inf], np.float32)
+    F.exp_f32_inplace(x, x.size)
+    assert np.isnan(x[:2]).all() and x[2] == np.float32(np.e) and x[3] == 0

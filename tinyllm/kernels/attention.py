@@ -139,7 +139,7 @@ def attention_forward_ref(q, k, v, causal=False, scale=None):
     unnorm = np.exp(scores - row_max)
     row_sum = unnorm.sum(axis=-1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        probs = np.where(row_sum > 0, unnorm / row_sum, 0)
+        probs = np.where(row_sum != 0, unnorm / row_sum, 0)  # 0: fully masked; NaN stays NaN
         lse = (row_max + np.log(row_sum))[..., 0]  # log(0) = -inf for a fully masked row
     return (probs @ v).astype(q.dtype), lse.astype(q.dtype)
 
@@ -299,9 +299,10 @@ def _add_row_sums(probs, row_sum):
 
 @njit
 def _finish_rows(i0, rows, row_max, row_sum, acc, out, lse):
-    """out[i0 + r] = acc[r] / l[r], lse[i0 + r] = m[r] + log l[r]; 0 and -inf where l is 0."""
+    """out[i0 + r] = acc[r] / l[r], lse[i0 + r] = m[r] + log l[r]; 0 and -inf where l is 0
+    (no visible key). A NaN l (a NaN in the row's scores) gives NaN out and lse."""
     for r in range(rows):
-        if row_sum[r] > 0:
+        if row_sum[r] != 0:
             inv = 1 / row_sum[r]
             for c in range(acc.shape[1]):
                 out[i0 + r, c] = acc[r, c] * inv

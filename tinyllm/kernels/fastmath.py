@@ -55,11 +55,12 @@ def exp_f32(x):
     the exponent bits. ``fastmath={"contract"}`` lets LLVM fuse each ``p * r + c`` of the
     polynomial into one fused multiply-add (one rounding, not two; 1.5x faster). x is clamped
     to [-88, 88]: below -88 the result is 0 (the true value, < 1e-38, is a denormal no softmax
-    can see; n = -127 gives the bits of 0.0), so exp(-inf) = 0 as it should.
+    can see; n = -127 gives the bits of 0.0), so exp(-inf) = 0 as it should; a NaN stays NaN,
+    so a diverging run shows NaN, not a quietly finite loss.
     """
-    x = min(max(x, np.float32(-88.0)), np.float32(88.0))
-    n = (x * np.float32(_LOG2E) + np.float32(_ROUND_MAGIC)) - np.float32(_ROUND_MAGIC)
-    r = x - n * np.float32(_LN2_HI) - n * np.float32(_LN2_LO)
+    xc = min(max(x, np.float32(-88.0)), np.float32(88.0))
+    n = (xc * np.float32(_LOG2E) + np.float32(_ROUND_MAGIC)) - np.float32(_ROUND_MAGIC)
+    r = xc - n * np.float32(_LN2_HI) - n * np.float32(_LN2_LO)
     p = np.float32(1 / 5040)
     p = p * r + np.float32(1 / 720)
     p = p * r + np.float32(1 / 120)
@@ -68,7 +69,8 @@ def exp_f32(x):
     p = p * r + np.float32(0.5)
     p = p * r + np.float32(1)
     p = p * r + np.float32(1)
-    return p * float32_from_bits(np.int32((np.int32(n) + 127) << 23))  # 2**n: exponent bits n + 127
+    e = p * float32_from_bits(np.int32((np.int32(n) + 127) << 23))  # 2**n: exponent bits n + 127
+    return e if x == x else x  # NaN in, NaN out (the clamp alone would turn it into exp(-88) = 0)
 
 
 @njit

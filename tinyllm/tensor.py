@@ -453,6 +453,10 @@ def _check_index(index, shape):
         index = index.data
     elif isinstance(index, tuple):
         index = tuple(p.data if isinstance(p, Tensor) else p for p in index)
+    parts = index if isinstance(index, tuple) else (index,)
+    if len(parts) <= len(shape) and all(type(p) is slice or (type(p) is int and -n <= p < n)
+                                        for p, n in zip(parts, shape)):
+        return index  # slices and in-range ints, the common case (x[0], x[:, -1]): nothing to judge
     try:  # let NumPy judge the index on a zero-cost view of the same shape
         np.broadcast_to(np.empty((), dtype=np.int8), shape)[index]
     except IndexError as e:

@@ -15,5 +15,19 @@ Nothing here knows about :class:`tinyllm.Tensor`; the autograd Functions in
 ``elementwise``    a + b of two same-shape arrays on all cores (residual stream)
 ``fastmath``       a vectorisable float32 exp shared by the kernels
 =================  ==========================================================
+
+Writing a loop that LLVM turns into vector code (8 float32 lanes at once), learned the hard way:
+
+* Loop over ``range(n)`` of a slice, not over ``range(start, stop)`` of the whole array. numba
+  supports negative indices as Python does, so ``x[k]`` with a k it cannot prove non-negative
+  gets a wraparound branch per element, and a branch in the loop body stops the vectoriser:
+  GELU and AdamW ran 2-5x slower that way. The kernels hand each chunk to a helper as slices
+  (``_gelu_tanh_chunk_f32(x[start:stop], ...)``).
+* Compile with ``error_model="numpy"`` (``_jit.njit`` does): Python's error model checks each
+  division for zero, another branch.
+* No calls the vectoriser cannot see through: libm's ``exp`` and ``erf`` are scalar calls, so
+  float32 kernels use ``fastmath.exp_f32``, a polynomial LLVM can vectorise.
+* A float64 sum is a chain of dependent additions; ``fastmath={"reassoc"}`` on the summing
+  helper (only there) lets LLVM keep partial sums in vector lanes.
 """
 from ._jit import get_num_threads, njit, prange, set_num_threads  # noqa: F401

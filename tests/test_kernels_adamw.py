@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from kernel_helpers import run_with_jit_disabled
-from tinyllm.kernels.adamw import adamw_step, adamw_step_ref
+from tinyllm.kernels.adamw import (adamw_step, adamw_step_gathered, adamw_step_ref, scale_all, sum_of_squares,
+                                    sums_of_squares)
 
 EPS32 = np.finfo(np.float32).eps
 HYPER = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
@@ -208,3 +209,97 @@ def test_sum_of_squares_of_a_transposed_array_and_a_bad_dtype():
     assert sum_of_squares(x.T) == float((np.arange(12.0) ** 2).sum())
     with pytest.raises(ValueError, match="int64"):
         sum_of_squares(np.arange(3))
+
+
+# ----------------------------------------------------------------------------------------------
+# many gradients read in place (kernels/_address.py): the same numbers as one flat copy
+
+
+SIZES = [(16383,), (1,), (128, 130), (5,), (16385,), (3, 7)]  # pieces across the 16384-element chunks
+
+
+def _pieces(rng, dtype):
+    grads = [np.asarray(rng.standard_normal(s), dtype=dtype) for s in SIZES]
+    n = sum(g.size for g in grads)
+    param, flat_grad, exp_avg, exp_avg_sq = make_state(rng, (n,), dtype)
+    return grads, param, exp_avg, exp_avg_sq
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gathered_step_equals_the_step_on_a_flat_copy(dtype):
+    grads, param, exp_avg, exp_avg_sq = _pieces(np.random.default_rng(0), dtype)
+    expected = [a.copy() for a in (param, exp_avg, exp_avg_sq)]
+    adamw_step(*expected[:1], np.concatenate([g.ravel() for g in grads]), *expected[1:], **HYPER, step=3)
+    assert adamw_step_gathered(param, grads, exp_avg, exp_avg_sq, **HYPER, step=3)
+    for got, want in zip((param, exp_avg, exp_avg_sq), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("spoil", ["transposed", "read-only", "float64", "list", "too short"])
+def test_gathered_step_declines_gradients_it_cannot_read_in_place(spoil):
+    grads, param, exp_avg, exp_avg_sq = _pieces(np.random.default_rng(1), np.float32)
+    if spoil == "transposed":
+        grads[2] = np.asfortranarray(grads[2])
+    elif spoil == "read-only":
+        grads[2].flags.writeable = False
+    elif spoil == "float64":
+        grads[2] = grads[2].astype(np.float64)
+    elif spoil == "list":
+        grads[3] = grads[3].tolist()
+    else:
+        grads = grads[:-1]
+    before = [a.copy() for a in (param, exp_avg, exp_avg_sq)]
+    assert not adamw_step_gathered(param, grads, exp_avg, exp_avg_sq, **HYPER, step=1)
+    for got, want in zip((param, exp_avg, exp_avg_sq), before):
+        np.testing.assert_array_equal(got, want)  # nothing touched
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sums_of_squares_and_scale_all_match_one_array_at_a_time(dtype):
+    grads, *_ = _pieces(np.random.default_rng(2), dtype)
+    np.testing.assert_array_equal(sums_of_squares(grads), [sum_of_squares(g) for g in grads])
+    expected = [g * np.asarray(0.37, dtype=dtype) for g in grads]
+    assert scale_all(grads, 0.37)
+    for got, want in zip(grads, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_sums_of_squares_and_scale_all_with_mixed_or_read_only_arrays():
+    a, b = np.arange(3, dtype=np.float32), np.arange(4, dtype=np.float64)
+    np.testing.assert_array_equal(sums_of_squares([a, b]), [5.0, 14.0])  # one by one
+    assert not scale_all([a, b], 0.5)
+    b = b.astype(np.float32)
+    b.flags.writeable = False
+    assert not scale_all([a, b], 0.5)
+    np.testing.assert_array_equal(a, [0, 1, 2])  # declined: nothing scaled
+    assert sums_of_squares([]).shape == (0,)
+
+
+def test_pointer_intrinsic_rejects_what_is_not_an_address():
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from tinyllm.kernels._address import _pointer
+
+    @njit
+    def bad(x):
+        return _pointer(1.5, x)
+
+    with pytest.raises(TypingError, match="_pointer takes an int64 address and an array"):
+        bad(np.zeros(2))
+
+
+def test_gather_is_off_with_the_jit_disabled():
+    script = (
+        "import numba, numpy as np\n"
+        "assert numba.config.DISABLE_JIT\n"
+        "from tinyllm.kernels._address import gather\n"
+        "from tinyllm.kernels.adamw import adamw_step_gathered, scale_all, sums_of_squares\n"
+        "g = [np.ones(3, np.float32), np.ones(2, np.float32)]\n"
+        "assert gather(g, np.float32) is None\n"
+        "p, m, v = np.zeros(5, np.float32), np.zeros(5, np.float32), np.ones(5, np.float32)\n"
+        "assert not adamw_step_gathered(p, g, m, v, lr=1e-3, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.0, step=1)\n"
+        "assert not scale_all(g, 0.5) and list(sums_of_squares(g)) == [3.0, 2.0]\n"
+        "print('ok')\n"
+    )
+    run_with_jit_disabled(script)

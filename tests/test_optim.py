@@ -99,8 +99,10 @@ def test_adamw_matches_torch_over_several_steps_with_groups():
             np.testing.assert_allclose(st["exp_avg_sq"], tst["exp_avg_sq"].numpy(), rtol=1e-5, atol=1e-7)
 
 
-def test_adamw_one_call_per_group_equals_one_call_per_parameter_bit_for_bit():
-    # the flat fast path against adamw_step run on each parameter separately
+@pytest.mark.parametrize("layout", ["contiguous", "one transposed"])
+def test_adamw_one_call_per_group_equals_one_call_per_parameter_bit_for_bit(layout):
+    # the flat fast path (gradients read in place, or copied when one is a transposed view)
+    # against adamw_step run on each parameter separately
     from tinyllm.kernels.adamw import adamw_step
     params, manual = make_params(), make_params()
     moments = [(np.zeros_like(p.data), np.zeros_like(p.data)) for p in manual]
@@ -109,6 +111,8 @@ def test_adamw_one_call_per_group_equals_one_call_per_parameter_bit_for_bit():
         if t == 2:  # the user rebinds a parameter's array between steps
             params[1].data, manual[1].data = params[1].data.copy(), manual[1].data.copy()
         for p, q, g in zip(params, manual, grads_for(t)):
+            if layout == "one transposed" and g.ndim == 2:
+                g = np.ascontiguousarray(g.T).T  # same values, Fortran order
             p.grad = g
             adamw_step(q.data, g, *moments[manual.index(q)], lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8,
                        weight_decay=0.1, step=t + 1)

@@ -148,9 +148,10 @@ class _FlatAdamW:
 
     The group's parameters and both moments live in flat buffers: each ``p.data`` becomes a view
     of its slice of one parameter buffer (the optimizer's ``state`` likewise holds views of the
-    moment buffers), so a step copies only the gradients into one flat buffer and runs
-    :func:`tinyllm.kernels.adamw.adamw_step` once: one kernel launch instead of ~50 on a small
-    GPT. The arithmetic is the per-parameter update's, element for element, so the results are
+    moment buffers), so a step runs one kernel launch instead of ~50 on a small GPT:
+    :func:`tinyllm.kernels.adamw.adamw_step_gathered`, which reads each gradient where it lies,
+    or (a gradient that is not a plain contiguous array) a copy of the gradients into one flat
+    buffer and :func:`tinyllm.kernels.adamw.adamw_step`. The arithmetic is the per-parameter update's, element for element, so the results are
     identical. If anything rebinds a ``p.data`` or a moment (``load_state_dict``, ``model.to``),
     the next step sees it and rebuilds the buffers from the current values.
     """
@@ -190,11 +191,14 @@ class _FlatAdamW:
         return True
 
     def step(self, params, group):
-        for p, lo, hi in zip(params, self.offsets[:-1], self.offsets[1:]):
-            self.grad[lo:hi] = p.grad.reshape(-1)
         self.step_count += 1
-        _adamw.adamw_step(self.param, self.grad, self.exp_avg, self.exp_avg_sq,
-                          **_adamw_settings(group), step=self.step_count)
+        settings = dict(_adamw_settings(group), step=self.step_count)
+        grads = [p.grad for p in params]
+        # the gradients read where they lie, or (any of them not a plain contiguous array) copied
+        if not _adamw.adamw_step_gathered(self.param, grads, self.exp_avg, self.exp_avg_sq, **settings):
+            for g, lo, hi in zip(grads, self.offsets[:-1], self.offsets[1:]):
+                self.grad[lo:hi] = g.reshape(-1)
+            _adamw.adamw_step(self.param, self.grad, self.exp_avg, self.exp_avg_sq, **settings)
         for p in params:
             self.state[id(p)]["step"] = self.step_count
 
@@ -236,9 +240,9 @@ def clip_grad_norm(params, max_norm):
     """
     params = [params] if isinstance(params, Tensor) else list(params)  # one tensor, or a generator
     grads = [p.grad for p in params if p.grad is not None]
-    total = math.sqrt(sum(_adamw.sum_of_squares(g) for g in grads))
+    total = math.sqrt(sum(_adamw.sums_of_squares(grads)))  # added up in parameter order
     coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
+    if coef < 1.0 and not _adamw.scale_all(grads, coef):  # one kernel for all, where it can
         for p in params:
             if p.grad is None:
                 continue

@@ -10,7 +10,8 @@ Nothing here knows about :class:`tinyllm.Tensor`; the autograd Functions in
 ``layernorm``      fused LayerNorm forward/backward (saves mean and rstd)
 ``cross_entropy``  fused softmax cross-entropy with ignore_index
 ``gelu``           GELU (tanh approximation and exact erf), fwd + bwd
-``adamw``          one AdamW update of a parameter and its two moments; grad norm
+``adamw``          one AdamW update of a parameter and its two moments; grad norm;
+                   both over all gradients at once, read where they lie (``_address``)
 ``embedding``      the scatter-add gradient of an embedding lookup
 ``elementwise``    a + b of two same-shape arrays on all cores (residual stream)
 ``fastmath``       a vectorisable float32 exp shared by the kernels

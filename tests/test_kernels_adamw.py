@@ -215,7 +215,7 @@ def test_sum_of_squares_of_a_transposed_array_and_a_bad_dtype():
 # many gradients read in place (kernels/_address.py): the same numbers as one flat copy
 
 
-SIZES = [(16383,), (1,), (128, 130), (5,), (16385,), (3, 7)]  # pieces across the 16384-element chunks
+SIZES = [(16383,), (1,), (128, 130), (5,), (16385,), (5,), (3, 7)]  # pieces across the 16384-element chunks
 
 
 def _pieces(rng, dtype):
@@ -235,7 +235,7 @@ def test_gathered_step_equals_the_step_on_a_flat_copy(dtype):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("spoil", ["transposed", "read-only", "float64", "list", "too short"])
+@pytest.mark.parametrize("spoil", ["transposed", "read-only", "float64", "list", "too short", "a view", "twice"])
 def test_gathered_step_declines_gradients_it_cannot_read_in_place(spoil):
     grads, param, exp_avg, exp_avg_sq = _pieces(np.random.default_rng(1), np.float32)
     if spoil == "transposed":
@@ -246,6 +246,10 @@ def test_gathered_step_declines_gradients_it_cannot_read_in_place(spoil):
         grads[2] = grads[2].astype(np.float64)
     elif spoil == "list":
         grads[3] = grads[3].tolist()
+    elif spoil == "a view":  # could overlap another gradient: not written in parallel
+        grads[2] = np.zeros(grads[2].size + 1, np.float32)[1:].reshape(grads[2].shape)
+    elif spoil == "twice":  # the same array as two gradients: scaled twice, as one at a time does
+        grads[5] = grads[3]
     else:
         grads = grads[:-1]
     before = [a.copy() for a in (param, exp_avg, exp_avg_sq)]

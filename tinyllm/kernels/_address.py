@@ -43,12 +43,15 @@ def array_at(address, size, like):
 def gather(arrays, dtype):
     """``(addresses, offsets)`` of ``arrays`` for the kernels: int64 (n,) data addresses and int64
     (n + 1,) offsets, array k holding elements offsets[k] .. offsets[k + 1] of the virtual
-    concatenation. None if any array is not a C-contiguous, writeable ndarray of ``dtype``, or
-    where no compiled code runs (``NUMBA_DISABLE_JIT``)."""
-    if numba.config.DISABLE_JIT:
+    concatenation. None if any array is not a C-contiguous, writeable ndarray of ``dtype`` that
+    owns its memory (not a view: then no two can overlap, and kernels may write them in
+    parallel), if one appears twice, or where no compiled code runs (``NUMBA_DISABLE_JIT``).
+    Gradients that backward() delivers always qualify."""
+    if numba.config.DISABLE_JIT or len({id(a) for a in arrays}) != len(arrays):
         return None
     for a in arrays:
-        if type(a) is not np.ndarray or a.dtype != dtype or not (a.flags.c_contiguous and a.flags.writeable):
+        if (type(a) is not np.ndarray or a.dtype != dtype or a.base is not None
+                or not (a.flags.c_contiguous and a.flags.writeable)):
             return None
     addresses = np.array([a.ctypes.data for a in arrays], dtype=np.int64)
     offsets = np.zeros(len(arrays) + 1, dtype=np.int64)

@@ -428,11 +428,12 @@ def _norm_axis(axis, ndim, op):
             raise ValueError(f"{op}: axis {axis} is out of range for a tensor with 0 dimensions")
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    n = max(ndim, 1)
     out = []
     for a in axes:
-        if not -max(ndim, 1) <= a < max(ndim, 1):
+        if not -n <= a < n:
             raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimensions")
-        out.append(int(a) % max(ndim, 1))
+        out.append(int(a) % n)
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: axis {axis} repeats an axis")
     return tuple(out) if op in ("transpose", "permute") else tuple(sorted(out))

@@ -207,7 +207,7 @@ def _gelu_tanh_backward_f32(x, dy, t_saved, dx):
 
 
 # The float32 exact form, likewise: Phi(x) = 0.5 erfc(-x / sqrt 2) from a fit of erfc built on
-# the same vectorised exp, instead of libm's scalar erf per element (~25x faster).
+# the same vectorised exp, instead of libm's scalar erf per element (forward + backward 7x faster).
 
 # erfc(z) ~ t exp(-z^2 + P(t)), t = 1 / (1 + z / 2), z >= 0, P a degree-9 polynomial: the Chebyshev
 # fit of Numerical Recipes (2nd ed., section 6.2, erfcc), fractional error < 1.2e-7 for all z >= 0.

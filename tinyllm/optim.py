@@ -151,9 +151,10 @@ class _FlatAdamW:
     moment buffers), so a step runs one kernel launch instead of ~50 on a small GPT:
     :func:`tinyllm.kernels.adamw.adamw_step_gathered`, which reads each gradient where it lies,
     or (a gradient that is not a plain contiguous array) a copy of the gradients into one flat
-    buffer and :func:`tinyllm.kernels.adamw.adamw_step`. The arithmetic is the per-parameter update's, element for element, so the results are
-    identical. If anything rebinds a ``p.data`` or a moment (``load_state_dict``, ``model.to``),
-    the next step sees it and rebuilds the buffers from the current values.
+    buffer and :func:`tinyllm.kernels.adamw.adamw_step`. The arithmetic is the per-parameter
+    update's, element for element, so the results are identical. If anything rebinds a
+    ``p.data`` or a moment (``load_state_dict``, ``model.to``), the next step sees it and rebuilds
+    the buffers from the current values.
     """
 
     def __init__(self, params, state):
@@ -240,9 +241,10 @@ def clip_grad_norm(params, max_norm):
     """
     params = [params] if isinstance(params, Tensor) else list(params)  # one tensor, or a generator
     grads = [p.grad for p in params if p.grad is not None]
-    total = math.sqrt(sum(_adamw.sums_of_squares(grads)))  # added up in parameter order
+    table = _adamw.gather_floats(grads)  # their addresses, for one kernel over all; None: one by one
+    total = math.sqrt(sum(_adamw.sums_of_squares(grads, table)))  # added up in parameter order
     coef = max_norm / (total + 1e-6)
-    if coef < 1.0 and not _adamw.scale_all(grads, coef):  # one kernel for all, where it can
+    if coef < 1.0 and not _adamw.scale_all(grads, coef, table):
         for p in params:
             if p.grad is None:
                 continue

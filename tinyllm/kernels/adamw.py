@@ -19,7 +19,7 @@ from ._address import array_at, gather
 from ._jit import njit, prange
 
 __all__ = ["adamw_step_ref", "adamw_step", "adamw_step_gathered", "sum_of_squares_ref", "sum_of_squares",
-           "sums_of_squares", "scale_all"]
+           "gather_floats", "sums_of_squares", "scale_all"]
 
 _CHUNK = 16384  # elements per parallel work item
 
@@ -228,27 +228,31 @@ def _scale_kernel(addresses, offsets, like, coef):
             a[j] *= coef
 
 
-def sums_of_squares(arrays):
+def gather_floats(arrays):
+    """:func:`._address.gather` of float32 or float64 arrays (all of the first one's dtype), or None."""
+    dtype = getattr(arrays[0], "dtype", None) if arrays else None
+    return gather(arrays, dtype) if dtype in (np.float32, np.float64) else None
+
+
+def sums_of_squares(arrays, table=None):
     """[sum(a^2) for a in arrays] as float64 (n,): one parallel kernel over all of them where they
-    can be read in place (see :mod:`._address`), else :func:`sum_of_squares` one by one. The
-    same numbers either way (each array's sum is the same loop)."""
+    can be read in place (``table``, from :func:`gather_floats`, made here if not given), else
+    :func:`sum_of_squares` one by one. The same numbers either way (each array's sum is the same
+    loop)."""
     arrays = list(arrays)
-    if arrays:
-        table = gather(arrays, arrays[0].dtype) if isinstance(arrays[0], np.ndarray) else None
-        if table is not None and arrays[0].dtype in (np.float32, np.float64):
-            out = np.empty(len(arrays))
-            _sums_of_squares_kernel(*table, arrays[0], out)
-            return out
-    return np.array([sum_of_squares(a) for a in arrays], dtype=np.float64)
+    table = gather_floats(arrays) if table is None else table
+    if table is None:
+        return np.array([sum_of_squares(a) for a in arrays], dtype=np.float64)
+    out = np.empty(len(arrays))
+    _sums_of_squares_kernel(*table, arrays[0], out)
+    return out
 
 
-def scale_all(arrays, coef):
-    """a *= coef (in a's dtype) for every array, in place, in one parallel kernel. Returns False,
-    having done nothing, if they cannot be read in place (see :mod:`._address`)."""
+def scale_all(arrays, coef, table=None):
+    """a *= coef (in a's dtype) for every array, in place, in one parallel kernel (``table`` as in
+    :func:`sums_of_squares`). Returns False, having done nothing, if they cannot be read in place."""
     arrays = list(arrays)
-    if not arrays or not isinstance(arrays[0], np.ndarray) or arrays[0].dtype not in (np.float32, np.float64):
-        return False
-    table = gather(arrays, arrays[0].dtype)
+    table = gather_floats(arrays) if table is None else table
     if table is None:
         return False
     _scale_kernel(*table, arrays[0], arrays[0].dtype.type(coef))

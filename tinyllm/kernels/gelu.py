@@ -168,10 +168,9 @@ def _gelu_tanh_forward_f32(x, y, t_out):
     """y = 0.5 x (1 + t), t = tanh(u); float32 x, y (n,), in chunks of _CHUNK (parallel).
     t_out (n,) receives t for the backward (pass an empty array to skip it)."""
     n = x.shape[0]
-    keep = t_out.shape[0] == n
     for c in prange((n + _CHUNK - 1) // _CHUNK):
-        start, stop = c * _CHUNK, min((c + 1) * _CHUNK, n)
-        _gelu_tanh_chunk_f32(x[start:stop], y[start:stop], t_out[start:stop] if keep else t_out[:0])
+        start, stop = c * _CHUNK, min((c + 1) * _CHUNK, n)  # (an empty t_out slices to empty)
+        _gelu_tanh_chunk_f32(x[start:stop], y[start:stop], t_out[start:stop])
 
 
 @njit
@@ -199,11 +198,9 @@ def _gelu_tanh_backward_f32(x, dy, t_saved, dx):
     """dx = dy * dy/dx; float32 (n,) arrays, in chunks of _CHUNK (parallel).
     t is read from t_saved (the forward's) if it holds n values, else recomputed."""
     n = x.shape[0]
-    saved = t_saved.shape[0] == n
     for c in prange((n + _CHUNK - 1) // _CHUNK):
-        start, stop = c * _CHUNK, min((c + 1) * _CHUNK, n)
-        _gelu_tanh_grad_chunk_f32(x[start:stop], dy[start:stop], t_saved[start:stop] if saved else t_saved[:0],
-                                  dx[start:stop])
+        start, stop = c * _CHUNK, min((c + 1) * _CHUNK, n)  # (an empty t_saved slices to empty)
+        _gelu_tanh_grad_chunk_f32(x[start:stop], dy[start:stop], t_saved[start:stop], dx[start:stop])
 
 
 # The float32 exact form, likewise: Phi(x) = 0.5 erfc(-x / sqrt 2) from a fit of erfc built on

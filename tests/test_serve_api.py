@@ -224,6 +224,21 @@ def test_chat_logprobs(client):
         assert t.logprob <= t.top_logprobs[0].logprob
 
 
+def test_chat_template_kwargs_choose_the_speaker(server, client, ref):
+    model, tok = ref
+    r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, seed=2, temperature=0,
+                                       extra_body={"chat_template_kwargs": {"assistant_name": "Tom"}})
+    server.wait_idle()
+    prompt = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False, assistant_name="Tom")
+    assert prompt.endswith("\n\nTOM:\n")
+    expected = reference(model, tok, prompt, 6, temperature=0)[0].split("\n\n")[0]
+    assert r.choices[0].message.content == expected
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, extra_body={
+            "chat_template_kwargs": {"add_generation_prompt": False}})
+    assert e.value.body["param"] == "chat_template_kwargs"
+
+
 def test_chat_without_template_is_an_openai_error(tmp_path):
     model_dir = save_char_model(tmp_path, chat=False)
     with ServerThread(model_dir) as s:

@@ -154,3 +154,30 @@ def test_reads_the_template_transformers_saved(tmp_path):
     ours = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert ours.chat_template == hf.chat_template
     assert ours.apply_chat_template(DIALOGUE, tokenize=False) == hf.apply_chat_template(DIALOGUE, tokenize=False)
+
+
+def test_assistant_name_variable_cues_another_speaker():
+    tok = char_tokenizer()
+    text = tok.apply_chat_template(DIALOGUE[1:2], add_generation_prompt=True, tokenize=False, assistant_name="Nurse")
+    assert text == "ROMEO:\nGood morrow.\n\nNURSE:\n"
+
+
+def test_without_jinja2_templates_are_kept_and_rendering_names_the_install():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['jinja2'] = None\n"
+            "from tinyllm.tokenizers import CharTokenizer, shakespeare_chat_template\n"
+            "tok = CharTokenizer.from_text('ROMEO JULIET:\\nab')\n"
+            "tok.set_chat_template(shakespeare_chat_template(), stop_strings=['\\n\\n'])\n"
+            "assert tok.chat_template is not None\n"
+            "try:\n"
+            "    tok.apply_chat_template([{'role': 'user', 'content': 'ab'}])\n"
+            "except ImportError as e:\n"
+            "    print(e)\n")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr
+    assert 'pip install "tinyllm[serve]"' in r.stdout

@@ -187,7 +187,10 @@ class Tokenizer:
         ends a turn when generating one (e.g. ``["\\n\\n"]``), kept by :meth:`save_pretrained`."""
         if chat_template is not None:
             _check_text(chat_template, "set_chat_template")
-            _compile_chat_template(chat_template)  # a syntax error shows here, not in the first chat
+            try:
+                _compile_chat_template(chat_template)  # a syntax error shows here, not in the first chat
+            except ImportError:
+                pass  # no jinja2: the text is kept, and checked where it is rendered (which needs jinja2)
         if isinstance(stop_strings, str) or not all(isinstance(s, str) and s for s in stop_strings):
             raise TypeError(f"set_chat_template: stop_strings must be a list of non-empty str, got {stop_strings!r}")
         self.chat_template = chat_template
@@ -965,9 +968,10 @@ def shakespeare_chat_template(user="ROMEO", assistant="JULIET"):
     Each message is a speech: the speaker's name in capitals, a colon, a newline, the words, a
     blank line. A message's ``name`` (as in OpenAI's API) is its speaker; otherwise the user
     speaks as ``user`` and the assistant as ``assistant``. A system message is a paragraph of its
-    own (a stage direction). The generation prompt cues the assistant's speaker (the name of the
-    last named assistant message, if any), so the model answers in that part. A turn ends at a
-    blank line: attach with ``tokenizer.set_chat_template(shakespeare_chat_template(),
+    own (a stage direction). The generation prompt cues the assistant's speaker: the template
+    variable ``assistant_name`` if given (``apply_chat_template(..., assistant_name="Hamlet")``, or
+    ``chat_template_kwargs`` through the server), else the name of the last named assistant
+    message, else ``assistant``; so the model answers in that part. A turn ends at a blank line: attach with ``tokenizer.set_chat_template(shakespeare_chat_template(),
     stop_strings=["\\n\\n"])``.
     """
     for who, name in (("user", user), ("assistant", assistant)):
@@ -986,7 +990,7 @@ def shakespeare_chat_template(user="ROMEO", assistant="JULIET"):
         "{{- speaker + ':\\n' + message['content'] + '\\n\\n' -}}\n"
         "{%- endif -%}\n"
         "{%- endfor -%}\n"
-        "{%- if add_generation_prompt -%}{{- ns.assistant + ':\\n' -}}{%- endif -%}"
+        "{%- if add_generation_prompt -%}{{- (assistant_name or ns.assistant) | upper + ':\\n' -}}{%- endif -%}"
     )
 
 

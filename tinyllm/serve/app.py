@@ -38,10 +38,11 @@ MAX_BODY_BYTES = 1 << 20  # a request is text for a small model: 1 MiB is plenty
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
-def create_app(backend, tokenizer, model_name, api_key=None, max_active=16, max_waiting=256):
-    """The ASGI app serving one model. ``api_key``: every request must send ``Authorization: Bearer <key>``."""
+def create_app(backend, tokenizer, model_name, api_key=None, max_active=16, max_waiting=256, num_threads=None):
+    """The ASGI app serving one model. ``api_key``: every request must send ``Authorization: Bearer <key>``.
+    The other arguments go to the :class:`~tinyllm.serve.engine.Engine`."""
     served = ServedModel(model_name, backend, tokenizer)
-    engine = Engine(backend, max_active=max_active, max_waiting=max_waiting)
+    engine = Engine(backend, max_active=max_active, max_waiting=max_waiting, num_threads=num_threads)
     api = _API(served, engine)
 
     @asynccontextmanager

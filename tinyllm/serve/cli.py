@@ -28,6 +28,9 @@ def build_parser(prog):
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the directory's name)")
     p.add_argument("--max-active", type=int, default=16, help="sequences generated in turn at once")
     p.add_argument("--max-waiting", type=int, default=256, help="sequences queued before answering 503")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="threads for the model's kernels (default: tinyllm's; 1 decodes faster on a busy machine, "
+                        "but the tokens then match model.generate run with 1 thread)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -69,7 +72,7 @@ def serve_main(argv=None, prog="tinyllm serve"):
         sys.exit(f"error: {e}")
     name = args.model_name or args.model_dir.resolve().name
     app = create_app(backend, tokenizer, name, api_key=api_key, max_active=args.max_active,
-                     max_waiting=args.max_waiting)
+                     max_waiting=args.max_waiting, num_threads=args.num_threads)
     chat = "with" if tokenizer.chat_template is not None else "without"
     print(f"tinyllm: serving {name!r} ({chat} a chat template, context {backend.context_length} tokens) at "
           f"http://{args.host}:{args.port}/v1{' (API key required)' if api_key else ''}", flush=True)

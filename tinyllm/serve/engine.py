@@ -1,8 +1,9 @@
 """The engine: one worker thread owns the model and advances every request a token at a time.
 
-Why one thread: tinyllm's model is not safe to run from two threads at once (the KV cache, the
-layers' scratch state and numba's thread pool assume one caller), and on a CPU two forward passes
-at once would only share the same cores. So the HTTP side never touches the model: it puts
+Why one thread: nothing in tinyllm promises that two forward passes may run at once in one
+process (the modules, numba's thread pool and the BLAS calls were written for one caller, and
+this was not audited), and on a CPU two passes at once would only share the same cores. So the
+HTTP side never touches the model: it puts
 :class:`Sequence` objects on a queue, and the worker takes up to ``max_active`` of them and steps
 them in turn, one token each (round robin), so a short request is not stuck behind a long one
 and every stream makes progress. Each sequence keeps its own KV cache and its own random
@@ -22,8 +23,10 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
+from ..kernels import set_num_threads
 from ..tensor import no_grad
 
 __all__ = ["Delta", "TokenLogprob", "Sequence", "Engine", "EngineBusy"]
@@ -180,10 +183,16 @@ class Engine:
     """The worker thread and its queue. ``submit(sequences)`` from any thread; deltas come back
     through each sequence's ``sink``."""
 
-    def __init__(self, backend, max_active=16, max_waiting=256):
+    def __init__(self, backend, max_active=16, max_waiting=256, num_threads=None):
+        """``num_threads``: threads for the worker's kernels (numba's count is per calling thread);
+        None keeps the default, under which the tokens equal ``model.generate`` in a default process
+        bit for bit (some kernels round differently with another thread count)."""
         if max_active < 1 or max_waiting < 1:
             raise ValueError(f"Engine: max_active and max_waiting must be >= 1, got {max_active}, {max_waiting}")
+        if num_threads is not None and not 1 <= num_threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"Engine: num_threads={num_threads} is outside 1..{numba.config.NUMBA_NUM_THREADS}")
         self.backend = backend
+        self.num_threads = num_threads
         self.max_active, self.max_waiting = max_active, max_waiting
         self._inbox = queue.Queue()
         self._lock = threading.Lock()  # guards the counters read by stats()
@@ -213,6 +222,8 @@ class Engine:
     # ---- the worker thread -------------------------------------------------------------------------
     def _run(self):
         active = deque()  # (sequence, its token iterator)
+        if self.num_threads is not None:
+            set_num_threads(self.num_threads)
         with no_grad():  # per thread once grad mode is thread-local: set it here, in the worker itself
             while True:
                 if not self._admit(active):
@@ -259,13 +270,13 @@ class Engine:
                 delta = seq.add_token(token_id, logits)
             except Exception as e:  # noqa: BLE001
                 self._fail(seq, e)
-                delta, done = None, True
+                done = True
             else:
+                with self._lock:
+                    self.tokens_generated += 1
                 done = seq.finish_reason is not None
-            with self._lock:
-                self.tokens_generated += 1
-            if delta is not None:
-                self._send(seq, delta)
+                if delta is not None:
+                    self._send(seq, delta)
         if done:
             steps.close()
         else:

@@ -131,7 +131,7 @@ _NEUTRAL = {"presence_penalty": (0, None), "frequency_penalty": (0, None), "logi
 _COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "logprobs"}
 _COMPLETION_NEUTRAL = {**_NEUTRAL, "suffix": (None, ""), "best_of": (None, 1)}
 _CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "metadata", "store",
-                          "service_tier", "parallel_tool_calls"}
+                          "service_tier", "parallel_tool_calls", "chat_template_kwargs"}  # the last: vLLM's
 _CHAT_NEUTRAL = {**_NEUTRAL, "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
                  "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
                  "prediction": (None,), "reasoning_effort": (None,)}
@@ -321,16 +321,21 @@ def _text_content(content, param):
                    code="invalid_type")
 
 
-def _render_chat(messages, served):
-    """The conversation through the tokenizer's chat template, ending with the assistant's cue."""
+def _render_chat(messages, served, template_kwargs):
+    """The conversation through the tokenizer's chat template, ending with the assistant's cue.
+    ``template_kwargs``: extra template variables (vLLM's ``chat_template_kwargs``)."""
     tokenizer = served.tokenizer
+    reserved = sorted(set(template_kwargs) & {"messages", "add_generation_prompt", "tokenize", "return_tensors",
+                                              "chat_template", "conversation"})
+    if reserved:
+        raise _invalid("chat_template_kwargs", f"'chat_template_kwargs' cannot set {reserved[0]!r}.")
     if tokenizer.chat_template is None:
         raise APIError(400, f"The model `{served.name}` has no chat template (its tokenizer config holds no "
                             "'chat_template'), so it cannot hold a chat: use /v1/completions, or attach a template "
                             "with tokenizer.set_chat_template(...) and save_pretrained it into the model directory.",
                        param="messages", code="chat_template_missing")
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
     except Exception as e:  # noqa: BLE001  (jinja2's TemplateError, raise_exception in the template, ...)
         raise _invalid("messages", f"The chat template could not render these messages: {e}") from None
     return text, _encode(tokenizer, text, "messages")
@@ -349,7 +354,7 @@ def parse_chat(body, served):
     max_tokens, param = _max_tokens(body, "max_completion_tokens"), "max_completion_tokens"
     if max_tokens is None:
         max_tokens, param = _max_tokens(body, "max_tokens"), "max_tokens"
-    text, ids = _render_chat(_messages(body), served)
+    text, ids = _render_chat(_messages(body), served, _get(body, "chat_template_kwargs", ("object",), {}))
     if max_tokens is None:  # as vLLM: whatever room the context leaves
         max_tokens = max(served.backend.context_length - len(ids), 1)
     _check_context(served, len(ids), max_tokens, param)

@@ -103,9 +103,12 @@ class ServerChat:
                     top_p=self.args.top_p, seed=seed, stream=True, extra_body=extra)
                 break
             except openai.BadRequestError as e:
-                if (e.body or {}).get("code") != "context_length_exceeded" or len(messages) == 1:
+                if (e.body or {}).get("code") != "context_length_exceeded" or max_tokens is None:
                     raise
-                messages = messages[1:]  # the oldest speech leaves the stage
+                if len(messages) > 1:
+                    messages = messages[1:]  # the oldest speech leaves the stage
+                else:
+                    max_tokens = None  # one long speech: answer in whatever room the context leaves
         parts = []
         for chunk in stream:
             piece = chunk.choices[0].delta.content or "" if chunk.choices else ""

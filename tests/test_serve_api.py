@@ -156,6 +156,17 @@ def test_echo_and_logprobs(server, client, ref):
     assert plain.logprobs.token_logprobs == lp.token_logprobs[6:]
 
 
+def test_echo_stream_and_batched_token_ids(client, ref):
+    _, tok = ref
+    whole = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=6, seed=8, echo=True)
+    chunks = [c.choices[0] for c in client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=6, seed=8,
+                                                               echo=True, stream=True)]
+    assert chunks[0].text.startswith("ROMEO:") and "".join(c.text for c in chunks) == whole.choices[0].text
+    batched = client.completions.create(model="tiny", prompt=[tok.encode("ROMEO:"), tok.encode("ab")], max_tokens=6,
+                                        seed=8, echo=True)
+    assert batched.choices[0].text == whole.choices[0].text and batched.choices[1].text.startswith("ab")
+
+
 def test_logprobs_stream(client):
     whole = client.completions.create(model="tiny", prompt="ab", max_tokens=6, seed=1, logprobs=1).choices[0]
     chunks = [c.choices[0] for c in client.completions.create(model="tiny", prompt="ab", max_tokens=6, seed=1,

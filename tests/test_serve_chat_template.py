@@ -181,3 +181,16 @@ def test_without_jinja2_templates_are_kept_and_rendering_names_the_install():
                        env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert r.returncode == 0, r.stderr
     assert 'pip install "tinyllm[serve]"' in r.stdout
+
+
+def test_a_broken_template_in_a_file_does_not_stop_loading(tmp_path):
+    tok = char_tokenizer(chat=False)
+    tok.save_pretrained(tmp_path)
+    path = tmp_path / "tinyllm_tokenizer.json"
+    d = json.loads(path.read_text())
+    d["chat_template"] = "{% for m in messages %}"  # never closed
+    path.write_text(json.dumps(d))
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.encode("ab") == tok.encode("ab")  # completions still work
+    with pytest.raises(ValueError, match="chat template, line 1"):
+        loaded.apply_chat_template(DIALOGUE)

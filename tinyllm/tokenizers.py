@@ -179,16 +179,24 @@ class Tokenizer:
 
     @property
     def bos_token(self):
-        """GPT-2's convention, which tinyllm's BPE files follow: one token both begins and ends a text."""
-        return self.eos_token
+        """The start-of-text token; by default GPT-2's convention, which tinyllm's BPE files follow: one
+        token both begins and ends a text."""
+        return self.__dict__.get("_bos_token", self.eos_token)
 
-    def set_chat_template(self, chat_template, stop_strings=()):
+    @bos_token.setter
+    def bos_token(self, value):
+        self._bos_token = value
+
+    def set_chat_template(self, chat_template, stop_strings=(), check=True):
         """Attach a chat template (Jinja source, see :meth:`apply_chat_template`), and the text that
-        ends a turn when generating one (e.g. ``["\\n\\n"]``), kept by :meth:`save_pretrained`."""
+        ends a turn when generating one (e.g. ``["\\n\\n"]``), kept by :meth:`save_pretrained`.
+        ``check`` compiles it now, so a syntax error shows here (loading a file does not: a broken
+        template must not stop the model from completing text)."""
         if chat_template is not None:
             _check_text(chat_template, "set_chat_template")
             try:
-                _compile_chat_template(chat_template)  # a syntax error shows here, not in the first chat
+                if check:
+                    _compile_chat_template(chat_template)
             except ImportError:
                 pass  # no jinja2: the text is kept, and checked where it is rendered (which needs jinja2)
         if isinstance(stop_strings, str) or not all(isinstance(s, str) and s for s in stop_strings):
@@ -268,7 +276,7 @@ class Tokenizer:
             raise ValueError(f"{source} holds a {kind}, not a {cls.__name__}")
         tok = target._from_dict(d)
         if d.get("chat_template") is not None:
-            tok.set_chat_template(d["chat_template"], d.get("chat_stop_strings", ()))
+            tok.set_chat_template(d["chat_template"], d.get("chat_stop_strings", ()), check=False)
         return tok
 
     def save(self, path):
@@ -1100,5 +1108,5 @@ def _hf_chat_template(directory):
 def _with_hf_chat_template(tokenizer, directory):
     template = _hf_chat_template(directory)
     if template is not None:
-        tokenizer.set_chat_template(template)
+        tokenizer.set_chat_template(template, check=False)
     return tokenizer

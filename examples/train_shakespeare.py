@@ -18,7 +18,7 @@ import numpy as np
 from tinyllm.checkpoint import CHECKPOINT_NAME, read_checkpoint_meta
 from tinyllm.data import load_text, train_val_split
 from tinyllm.models import GPT, GPTConfig
-from tinyllm.tokenizers import BPETokenizer, CharTokenizer
+from tinyllm.tokenizers import BPETokenizer, CharTokenizer, shakespeare_chat_template
 from tinyllm.training import TrainConfig, Trainer, evaluate_split, load_tokenizer_from_meta, write_json
 
 
@@ -126,6 +126,7 @@ def main(argv=None):
     }
     write_json(out_dir / "metrics.json", metrics)
     model.save_pretrained(out_dir)
+    tokenizer.set_chat_template(shakespeare_chat_template(), stop_strings=["\n\n"])  # examples/chat.py, tinyllm serve
     tokenizer.save_pretrained(out_dir)
     print(f"\nval loss {val_loss:.4f} (perplexity {val_ppl:.2f}) on the whole validation split; "
           f"{metrics['tokens_per_sec']:,.0f} tokens/s; {metrics['wall_s']:.0f} s" if metrics["tokens_per_sec"] else "")

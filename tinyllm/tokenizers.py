@@ -25,6 +25,14 @@ also GPT-2's ``vocab.json`` + ``merges.txt`` + ``tokenizer_config.json`` +
 ``special_tokens_map.json``, so ``transformers.GPT2Tokenizer.from_pretrained(dir)`` loads it.
 :meth:`AutoTokenizer.from_pretrained` picks the class from whichever files it finds, and also
 reads the ``tokenizer.json`` of a GPT-2 style BPE saved by transformers >= 5.
+
+Chat templates
+--------------
+As in transformers, a tokenizer may carry a ``chat_template``: a Jinja template that renders a
+list of ``{"role", "content"}`` messages as the text the model continues
+(:meth:`Tokenizer.apply_chat_template`). It is saved with the tokenizer (tinyllm's JSON, and
+``tokenizer_config.json`` for a BPE) and read back from a Hugging Face directory.
+:func:`shakespeare_chat_template` writes a dialogue in the form of the play.
 """
 import json
 import operator
@@ -45,6 +53,7 @@ __all__ = [
     "CharTokenizer",
     "Tokenizer",
     "bytes_to_unicode",
+    "shakespeare_chat_template",
 ]
 
 # GPT-2's pre-tokenizer (openai/gpt-2 src/encoder.py). BPE merges never cross a boundary of
@@ -163,6 +172,60 @@ class Tokenizer:
         """Decode each row of a 2-D array (or each list in a list) -> list of str."""
         return [self.decode(seq, skip_special_tokens=skip_special_tokens) for seq in sequences]
 
+    # ---- chat ----------------------------------------------------------------------------
+    eos_token = eos_token_id = None  # a BPE with an end-of-text token sets its own
+    chat_template = None  # Jinja source, as transformers' tokenizer.chat_template
+    chat_stop_strings = ()  # text that ends a chat turn (when it is not an eos token)
+
+    @property
+    def bos_token(self):
+        """The start-of-text token; by default GPT-2's convention, which tinyllm's BPE files follow: one
+        token both begins and ends a text."""
+        return self.__dict__.get("_bos_token", self.eos_token)
+
+    @bos_token.setter
+    def bos_token(self, value):
+        self._bos_token = value
+
+    def set_chat_template(self, chat_template, stop_strings=(), check=True):
+        """Attach a chat template (Jinja source, see :meth:`apply_chat_template`), and the text that
+        ends a turn when generating one (e.g. ``["\\n\\n"]``), kept by :meth:`save_pretrained`.
+        ``check`` compiles it now, so a syntax error shows here (loading a file does not: a broken
+        template must not stop the model from completing text)."""
+        if chat_template is not None:
+            _check_text(chat_template, "set_chat_template")
+            try:
+                if check:
+                    _compile_chat_template(chat_template)
+            except ImportError:
+                pass  # no jinja2: the text is kept, and checked where it is rendered (which needs jinja2)
+        if isinstance(stop_strings, str) or not all(isinstance(s, str) and s for s in stop_strings):
+            raise TypeError(f"set_chat_template: stop_strings must be a list of non-empty str, got {stop_strings!r}")
+        self.chat_template = chat_template
+        self.chat_stop_strings = tuple(stop_strings)
+
+    def apply_chat_template(self, conversation, add_generation_prompt=False, tokenize=True, return_tensors=None,
+                            chat_template=None, **kwargs):
+        """Render ``conversation`` (a list of ``{"role", "content"[, "name"]}`` dicts) through the chat
+        template, as transformers does: in a sandboxed Jinja environment that sees ``messages``,
+        ``add_generation_prompt`` (end with the cue for the assistant's turn), ``bos_token``,
+        ``eos_token`` and any extra ``kwargs``. Returns the text, or (``tokenize=True``) its ids.
+        """
+        template = chat_template if chat_template is not None else self.chat_template
+        if template is None:
+            raise ValueError(
+                f"{type(self).__name__}.apply_chat_template: this tokenizer has no chat template; attach one "
+                "with tokenizer.set_chat_template(...) (e.g. tinyllm.tokenizers.shakespeare_chat_template()) "
+                "or pass chat_template="
+            )
+        messages = _check_messages(conversation)
+        context = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "", **kwargs}
+        text = _compile_chat_template(template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **context)
+        if not tokenize:
+            return text
+        return self.encode(text, return_tensors=return_tensors)
+
     @property
     def vocab_size(self):
         """Ids run over ``range(vocab_size)``: the size an embedding table needs."""
@@ -187,7 +250,10 @@ class Tokenizer:
 
     def to_dict(self):
         """The tokenizer as plain JSON-able data (what :meth:`save` writes)."""
-        return {"type": type(self).__name__, "format_version": _FORMAT_VERSION, **self._to_dict()}
+        d = {"type": type(self).__name__, "format_version": _FORMAT_VERSION, **self._to_dict()}
+        if self.chat_template is not None:
+            d.update(chat_template=self.chat_template, chat_stop_strings=list(self.chat_stop_strings))
+        return d
 
     @classmethod
     def from_dict(cls, d, source="tokenizer data"):
@@ -208,7 +274,10 @@ class Tokenizer:
         target = Tokenizer._types[kind]
         if cls is not Tokenizer and not issubclass(target, cls):
             raise ValueError(f"{source} holds a {kind}, not a {cls.__name__}")
-        return target._from_dict(d)
+        tok = target._from_dict(d)
+        if d.get("chat_template") is not None:
+            tok.set_chat_template(d["chat_template"], d.get("chat_stop_strings", ()), check=False)
+        return tok
 
     def save(self, path):
         """Write the tokenizer as tinyllm JSON to ``path``."""
@@ -722,6 +791,8 @@ class BPETokenizer(Tokenizer):
             "added_tokens_decoder": added,
             **special_map,
         }
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         config_path = save_directory / "tokenizer_config.json"
         _write_json(config_path, config)
         map_path = save_directory / "special_tokens_map.json"
@@ -740,7 +811,7 @@ class BPETokenizer(Tokenizer):
         vocab_path, merges_path = path / "vocab.json", path / "merges.txt"
         if not (vocab_path.is_file() and merges_path.is_file()):
             if (path / "tokenizer.json").is_file():
-                return cls._from_hf_tokenizer_json(path / "tokenizer.json")
+                return _with_hf_chat_template(cls._from_hf_tokenizer_json(path / "tokenizer.json"), path)
             raise FileNotFoundError(f"BPETokenizer.from_pretrained: {path} holds neither "
                                     f"vocab.json + merges.txt nor tokenizer.json")
         with open(vocab_path, encoding="utf-8") as f:
@@ -748,8 +819,9 @@ class BPETokenizer(Tokenizer):
         specials = _hf_special_tokens(path, encoder)
         for s, i in specials.items():
             encoder.setdefault(s, i)
-        return cls._from_gpt2_vocab(encoder, _read_merges(merges_path), specials,
-                                    eos_token=_hf_eos_token(path, specials), source=str(vocab_path))
+        tok = cls._from_gpt2_vocab(encoder, _read_merges(merges_path), specials,
+                                   eos_token=_hf_eos_token(path, specials), source=str(vocab_path))
+        return _with_hf_chat_template(tok, path)
 
     @classmethod
     def _from_hf_tokenizer_json(cls, path):
@@ -888,3 +960,153 @@ def _write_text(path, text):
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------
+# Chat templates
+# ------------------------------------------------------------------------------------------
+def shakespeare_chat_template(user="ROMEO", assistant="JULIET"):
+    """A chat template in the form of the play, for a model trained on tiny-shakespeare::
+
+        ROMEO:
+        Good morrow, fair maid.
+
+        JULIET:
+
+    Each message is a speech: the speaker's name in capitals, a colon, a newline, the words, a
+    blank line. A message's ``name`` (as in OpenAI's API) is its speaker; otherwise the user
+    speaks as ``user`` and the assistant as ``assistant``. A system message is a paragraph of its
+    own (a stage direction). The generation prompt cues the assistant's speaker: the template
+    variable ``assistant_name`` if given (``apply_chat_template(..., assistant_name="Hamlet")``, or
+    ``chat_template_kwargs`` through the server), else the name of the last named assistant
+    message, else ``assistant``; so the model answers in that part. A turn ends at a blank line: attach with ``tokenizer.set_chat_template(shakespeare_chat_template(),
+    stop_strings=["\\n\\n"])``.
+    """
+    for who, name in (("user", user), ("assistant", assistant)):
+        if not (isinstance(name, str) and name.strip() and "'" not in name and "\n" not in name):
+            raise ValueError(f"shakespeare_chat_template: {who} must be a one-line name without quotes, got {name!r}")
+    return (
+        "{%- set ns = namespace(assistant='" + assistant.upper() + "') -%}\n"
+        "{%- for message in messages -%}\n"
+        "{%- if message['role'] == 'system' -%}\n"
+        "{{- message['content'] + '\\n\\n' -}}\n"
+        "{%- else -%}\n"
+        "{%- set default = '" + assistant.upper() + "' if message['role'] == 'assistant' else '"
+        + user.upper() + "' -%}\n"
+        "{%- set speaker = (message['name'] or default) | upper -%}\n"
+        "{%- if message['role'] == 'assistant' -%}{%- set ns.assistant = speaker -%}{%- endif -%}\n"
+        "{{- speaker + ':\\n' + message['content'] + '\\n\\n' -}}\n"
+        "{%- endif -%}\n"
+        "{%- endfor -%}\n"
+        "{%- if add_generation_prompt -%}{{- (assistant_name or ns.assistant) | upper + ':\\n' -}}{%- endif -%}"
+    )
+
+
+def _check_messages(conversation):
+    """Plain ``{"role", "content", ...}`` dicts (copies), with a clear error for anything else."""
+    if isinstance(conversation, (str, dict)) or not hasattr(conversation, "__iter__"):
+        raise TypeError("apply_chat_template: conversation must be a list of {'role', 'content'} dicts, "
+                        f"got {type(conversation).__name__}")
+    messages = []
+    for i, message in enumerate(conversation):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise TypeError(f"apply_chat_template: message {i} must be a dict with a str 'role', got {message!r}")
+        messages.append(dict(message))
+    return messages
+
+
+_CHAT_TEMPLATES = {}  # source -> compiled template (a server renders the same one for every request)
+
+
+def _compile_chat_template(source):
+    """Compile a chat template the way transformers does: a sandboxed, immutable Jinja environment
+    (a template from a stranger's model directory cannot reach Python objects or change the
+    messages), ``trim_blocks`` and ``lstrip_blocks``, the ``loopcontrols`` extension, and the
+    helpers that templates on the Hub call (``raise_exception``, ``tojson``, ``strftime_now``)."""
+    template = _CHAT_TEMPLATES.get(source)
+    if template is not None:
+        return template
+    try:
+        import jinja2
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise ImportError('chat templates need jinja2: pip install "tinyllm[serve]" (or pip install jinja2)') from None
+    if tuple(int(p) for p in jinja2.__version__.split(".")[:3] if p.isdigit()) < (3, 1, 6):
+        raise ImportError(f"chat templates need jinja2 >= 3.1.6 (older ones have known sandbox escapes), found "
+                          f'{jinja2.__version__}: pip install -U "jinja2>=3.1.6"')
+
+    class GenerationTag(jinja2.ext.Extension):
+        """transformers' ``{% generation %}`` marks the assistant's tokens for training masks; rendering ignores it."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt):
+        from datetime import datetime
+
+        return datetime.now().strftime(fmt)
+
+    class Namespace(jinja2.utils.Namespace):
+        """``namespace()`` that refuses underscore names, as transformers' (no way towards dunders)."""
+
+        def __init__(*args, **kwargs):  # Jinja's signature trick: namespace(self=...) still works
+            self, attrs = args[0], dict(*args[1:], **kwargs)
+            for name in attrs:
+                Namespace._check(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name, value):
+            Namespace._check(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def _check(name):
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(f"chat template: namespace attribute {name!r} starts with '_'")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now, namespace=Namespace)
+    try:
+        template = env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise ValueError(f"chat template, line {e.lineno}: {e.message}") from None
+    if len(_CHAT_TEMPLATES) >= 32:  # bounded: a caller passing many templates must not grow memory
+        _CHAT_TEMPLATES.clear()
+    _CHAT_TEMPLATES[source] = template
+    return template
+
+
+def _hf_chat_template(directory):
+    """The chat template of a Hugging Face tokenizer directory: ``chat_template.jinja`` (what
+    transformers >= 4.47 writes) or ``tokenizer_config.json``'s ``chat_template`` (a string, or a
+    list of named templates of which "default" is the one used)."""
+    path = Path(directory) / "chat_template.jinja"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    template = _read_json_if_exists(Path(directory) / "tokenizer_config.json").get("chat_template")
+    if isinstance(template, list):
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return template
+
+
+def _with_hf_chat_template(tokenizer, directory):
+    template = _hf_chat_template(directory)
+    if template is not None:
+        tokenizer.set_chat_template(template, check=False)
+    return tokenizer

@@ -1,0 +1,155 @@
+"""The command line: `python -m tinyllm.serve` in a real subprocess, the loopback rule, the missing
+extra, and examples/chat.py holding a dialogue (in process and through the server)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from serve_helpers import free_port, save_char_model
+
+from tinyllm.serve.cli import check_bind, is_loopback, main
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "sk-cli-test"
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TINYLLM_API_KEY", None)
+    env.update(extra)
+    return env
+
+
+def _run(args, env=None, timeout=120, **kwargs):
+    return subprocess.run([sys.executable, *args], env=env or _env(), capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def test_loopback_rule():
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert is_loopback(host) and check_bind(host, None) is None
+    for host in ("0.0.0.0", "::", "192.168.1.10", "example.com"):
+        assert not is_loopback(host)
+        assert "refusing to bind" in check_bind(host, None) and "TINYLLM_API_KEY" in check_bind(host, None)
+        assert check_bind(host, "a-key") is None
+
+
+def test_non_loopback_without_key_is_refused(tmp_path):
+    r = _run(["-m", "tinyllm.serve", "--model-dir", str(tmp_path), "--host", "0.0.0.0"])
+    assert r.returncode != 0 and "refusing to bind 0.0.0.0 without an API key" in r.stderr
+
+
+def test_missing_extra_is_a_clear_message(tmp_path):
+    """With starlette and uvicorn unimportable: tinyllm imports, and the server names the pip install."""
+    code = ("import sys; sys.modules['starlette'] = sys.modules['uvicorn'] = None\n"
+            "import tinyllm, tinyllm.serve, tinyllm.serve.engine\n"
+            "from tinyllm.serve.cli import serve_main\n"
+            f"serve_main(['--model-dir', {str(tmp_path)!r}])\n")
+    r = _run(["-c", code])
+    assert r.returncode != 0 and 'pip install "tinyllm[serve]"' in r.stderr, r.stderr
+
+
+def test_bad_model_dir_is_a_clear_message(tmp_path):
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    r = _run(["-m", "tinyllm.serve", "--model-dir", str(tmp_path / "nothing")])
+    assert r.returncode != 0 and "holds no model (config.json not found)" in r.stderr
+
+
+def test_tinyllm_command_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "tinyllm serve --model-dir DIR" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["train"])
+    assert e.value.code == 2 and "commands:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    assert e.value.code == 0 and "--api-key" in capsys.readouterr().out
+
+
+def _get(url, key=None):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture
+def served(tmp_path):
+    """`python -m tinyllm.serve` in a subprocess, with the key from TINYLLM_API_KEY."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    model_dir = save_char_model(tmp_path / "model")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tinyllm.serve", "--model-dir", str(model_dir), "--port",
+                             str(port), "--model-name", "shakespeare", "--log-level", "warning"],
+                            env=_env(TINYLLM_API_KEY=KEY), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if _get(url + "/health", KEY)[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the server did not start: {proc.communicate()}")
+        time.sleep(0.1)
+    yield url, model_dir, proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_server_subprocess_answers_openai_and_stops_on_ctrl_c(served):
+    openai = pytest.importorskip("openai")
+    url, _, proc = served
+    assert _get(url + "/health")[0] == 401  # the key came from TINYLLM_API_KEY
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    r = client.completions.create(model="shakespeare", prompt="ROMEO:", max_tokens=5, seed=0)
+    assert r.choices[0].finish_reason == "length" and len(r.choices[0].text) == 5
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "serving 'shakespeare' (with a chat template, context 64 tokens)" in out and "API key required" in out
+
+
+def test_chat_example_through_the_server(served):
+    pytest.importorskip("openai")
+    url, _, _ = served
+    r = _run([str(ROOT / "examples" / "chat.py"), "--server", url + "/v1", "--api-key", KEY, "--max-tokens", "12",
+              "--assistant-name", "Tom"], input="a bag\nab\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("TOM:\n") == 2, r.stdout
+
+
+def test_chat_example_in_process_matches_the_template(tmp_path):
+    """Local mode: each answer is model.generate on the rendered template, cut at the blank line."""
+    pytest.importorskip("jinja2")
+    from serve_helpers import reference
+
+    from tinyllm import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = save_char_model(tmp_path)
+    r = _run([str(ROOT / "examples" / "chat.py"), "--model-dir", str(model_dir), "--max-tokens", "12",
+              "--seed", "5", "--temperature", "1.0", "--top-p", "1.0"], input="a bag\n")
+    assert r.returncode == 0, r.stderr
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "a bag"}], add_generation_prompt=True,
+                                     tokenize=False)
+    expected = reference(model, tok, prompt, 12, seed=5)[0].split("\n\n")[0]
+    assert r.stdout == f"JULIET:\n{expected}\n\n"

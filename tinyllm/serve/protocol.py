@@ -1,0 +1,403 @@
+"""OpenAI's API as data: request validation and the response objects, with no web framework in sight.
+
+Every request field is checked by hand here (rather than by a schema library) so that each
+mistake gets OpenAI's own error body, naming the field::
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "max_tokens", "code": "invalid_type"}}
+
+Fields OpenAI defines that tinyllm does not implement (penalties, logit_bias, tools, ...) are
+accepted at their neutral value and refused otherwise; a field OpenAI does not define is refused,
+as OpenAI does ("Unrecognized request argument supplied").
+"""
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from .. import __version__
+from .backend import SamplingParams
+
+__all__ = ["APIError", "ServedModel", "parse_json", "parse_completion", "parse_chat", "SYSTEM_FINGERPRINT"]
+
+SYSTEM_FINGERPRINT = f"tinyllm-{__version__}"
+MAX_N = 16  # choices per prompt
+MAX_SEQUENCES = 64  # prompts x choices in one request
+MAX_LOGPROBS = 5  # legacy completions, as OpenAI
+MAX_TOP_LOGPROBS = 20  # chat, as OpenAI
+MAX_STOP = 4  # stop strings, as OpenAI
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+
+
+class APIError(Exception):
+    """An error the client caused (or a server limit), sent as OpenAI's error body."""
+
+    def __init__(self, status, message, type="invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self):
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class ServedModel:
+    """The one model a server answers for."""
+
+    name: str
+    backend: object
+    tokenizer: object
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def card(self):
+        """The model object of GET /v1/models (``max_model_len`` as vLLM reports it)."""
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "tinyllm",
+                "max_model_len": self.backend.context_length}
+
+
+@dataclass
+class Job:
+    """A validated request: the prompts as ids and how to sample each of their ``n`` choices."""
+
+    prompts: list  # [(prompt_text, prompt_ids)]
+    sampling: list  # SamplingParams per prompt (max_tokens may differ by prompt length)
+    n: int
+    stream: bool
+    include_usage: bool
+    echo: bool = False
+
+
+# ----------------------------------------------------------------------------------------------
+# fields
+
+_JSON_TYPES = {"integer": "an integer", "number": "a number", "boolean": "a boolean", "string": "a string",
+               "array": "an array", "object": "an object"}
+
+
+def _json_type(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _invalid(param, message, code="invalid_value"):
+    return APIError(400, message, param=param, code=code)
+
+
+def _get(body, name, kinds, default=None):
+    """``body[name]`` if it has one of the JSON types ``kinds`` (null means ``default``)."""
+    value = body.get(name)
+    if value is None:
+        return default
+    kind = _json_type(value)
+    if kind not in kinds and not (kind == "integer" and "number" in kinds):
+        expected = " or ".join(_JSON_TYPES[k] for k in kinds)
+        raise _invalid(name, f"Invalid type for '{name}': expected {expected}, but got {_JSON_TYPES.get(kind, kind)} "
+                             "instead.", code="invalid_type")
+    return value
+
+
+def _in_range(name, value, lo=None, hi=None, lo_open=False):
+    if value is None:
+        return value
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    if too_low or (hi is not None and value > hi):
+        lo_text = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+        hi_text = "" if hi is None else f"<= {hi}"
+        bounds = " and ".join(t for t in (lo_text, hi_text) if t)
+        raise _invalid(name, f"Invalid value for '{name}': {value!r}; it must be {bounds}.")
+    return value
+
+
+def _check_fields(body, known, neutral):
+    """Refuse unknown fields, and known-but-unimplemented ones unless at their neutral value."""
+    for name, value in body.items():
+        if name in neutral:
+            if value not in neutral[name]:
+                raise _invalid(name, f"'{name}' is not supported by tinyllm's server (only {neutral[name][0]!r}).",
+                               code="unsupported_parameter")
+        elif name not in known:
+            raise _invalid(name, f"Unrecognized request argument supplied: {name}", code="unknown_parameter")
+
+
+_COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "n", "stream", "stream_options", "stop",
+           "seed", "user"}
+_NEUTRAL = {"presence_penalty": (0, None), "frequency_penalty": (0, None), "logit_bias": (None, {})}
+_COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "logprobs"}
+_COMPLETION_NEUTRAL = {**_NEUTRAL, "suffix": (None, ""), "best_of": (None, 1)}
+_CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "metadata", "store",
+                          "service_tier", "parallel_tool_calls", "chat_template_kwargs"}  # the last: vLLM's
+_CHAT_NEUTRAL = {**_NEUTRAL, "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
+                 "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
+                 "prediction": (None,), "reasoning_effort": (None,)}
+
+
+def parse_json(raw):
+    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise APIError(400, f"We could not parse the JSON body of your request ({e}). The body must be a JSON "
+                            "object, sent with Content-Type: application/json.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, f"The request body must be a JSON object, got {_json_type(body)}.", code="invalid_json")
+    return body
+
+
+def _check_model(body, served):
+    name = body.get("model")
+    if name is None:
+        raise _invalid("model", "you must provide a model parameter", code="missing_required_parameter")
+    if not isinstance(name, str):
+        _get(body, "model", ("string",))
+    if name != served.name:
+        raise APIError(404, f"The model `{name}` does not exist. This server serves `{served.name}`.",
+                       param="model", code="model_not_found")
+
+
+def _common_sampling(body, tokenizer):
+    """Fields shared by both endpoints -> (SamplingParams keywords, n, stream, include_usage)."""
+    n = _in_range("n", _get(body, "n", ("integer",), 1), 1, MAX_N)
+    stream = _get(body, "stream", ("boolean",), False)
+    options = _get(body, "stream_options", ("object",))
+    if options is not None and not stream:
+        raise _invalid("stream_options", "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+    include_usage = bool(_get(options or {}, "include_usage", ("boolean",), False))
+    temperature = _in_range("temperature", _get(body, "temperature", ("number",), 1.0), 0, 2)
+    top_p = _in_range("top_p", _get(body, "top_p", ("number",), 1.0), 0, 1, lo_open=True)
+    top_k = _get(body, "top_k", ("integer",))  # vLLM's extension (extra_body); -1 = off, as vLLM
+    top_k = None if top_k == -1 else _in_range("top_k", top_k, 1)
+    seed = _get(body, "seed", ("integer",))
+    if seed is not None and seed < 0:
+        raise _invalid("seed", f"Invalid value for 'seed': {seed}; tinyllm seeds NumPy's Generator, which needs a "
+                               "seed >= 0.")
+    stop = _get(body, "stop", ("string", "array"))
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
+        raise _invalid("stop", f"'stop' must be a non-empty string or a list of at most {MAX_STOP} non-empty strings.")
+    eos = getattr(tokenizer, "eos_token_id", None)
+    sampling = dict(temperature=float(temperature), top_p=float(top_p), top_k=top_k, seed=seed, stop=tuple(stop),
+                    stop_token_ids=() if eos is None else (eos,))
+    return sampling, n, stream, include_usage
+
+
+def _max_tokens(body, name):
+    return _in_range(name, _get(body, name, ("integer",)), 1)
+
+
+def _check_context(served, n_prompt, max_tokens, param):
+    limit = served.backend.context_length
+    if n_prompt + max_tokens > limit:
+        raise APIError(400, f"This model's maximum context length is {limit} tokens, however you requested "
+                            f"{n_prompt + max_tokens} tokens ({n_prompt} in your prompt; {max_tokens} for the "
+                            "completion). Please reduce your prompt; or completion length.",
+                       param=param, code="context_length_exceeded")
+
+
+# ----------------------------------------------------------------------------------------------
+# /v1/completions
+
+
+def _prompts(body, served):
+    """``prompt`` in any of OpenAI's four forms -> [(text, ids)]."""
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _invalid("prompt", "you must provide a prompt parameter", code="missing_required_parameter")
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and _is_ids(prompt)):
+        prompt = [prompt]
+    if not isinstance(prompt, list) or not prompt:
+        raise _invalid("prompt", "'prompt' must be a string, a list of strings, a list of token ids or a list of "
+                                 "lists of token ids, and not empty.", code="invalid_type")
+    if len(prompt) > MAX_SEQUENCES:
+        raise _invalid("prompt", f"At most {MAX_SEQUENCES} prompts in one request, got {len(prompt)}.")
+    return [_one_prompt(p, served) for p in prompt]
+
+
+def _is_ids(value):
+    return all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+
+
+def _one_prompt(prompt, served):
+    tokenizer, vocab_size = served.tokenizer, served.backend.vocab_size
+    if isinstance(prompt, list) and prompt and _is_ids(prompt):
+        bad = next((i for i in prompt if not 0 <= i < vocab_size), None)
+        if bad is not None:
+            raise _invalid("prompt", f"Token id {bad} in 'prompt' is out of range (the vocabulary has {vocab_size}).")
+        return tokenizer.decode(prompt), list(prompt)
+    if not isinstance(prompt, str):
+        raise _invalid("prompt", "each prompt must be a string or a non-empty list of token ids.", code="invalid_type")
+    ids = _encode(tokenizer, prompt, "prompt")
+    if not ids:  # as OpenAI: an empty prompt starts from the start-of-text token, if there is one
+        if tokenizer.bos_token is None:
+            raise _invalid("prompt", "The prompt is empty and this model's tokenizer has no start-of-text token; "
+                                     "give at least one character.")
+        ids = _encode(tokenizer, tokenizer.bos_token, "prompt")
+    return prompt, ids
+
+
+def _encode(tokenizer, text, param):
+    try:
+        ids = tokenizer.encode(text)
+    except ValueError as e:  # e.g. a character the char-level vocabulary lacks
+        raise _invalid(param, f"The {param} cannot be tokenized: {e}") from None
+    return ids
+
+
+def parse_completion(body, served):
+    """A /v1/completions body -> Job."""
+    _check_fields(body, _COMPLETION_FIELDS, _COMPLETION_NEUTRAL)
+    _check_model(body, served)
+    common, n, stream, include_usage = _common_sampling(body, served.tokenizer)
+    echo = _get(body, "echo", ("boolean",), False)
+    logprobs = _in_range("logprobs", _get(body, "logprobs", ("integer",)), 0, MAX_LOGPROBS)
+    _check_logprobs_supported(served, logprobs is not None, "logprobs")
+    max_tokens = _max_tokens(body, "max_tokens") or DEFAULT_COMPLETION_TOKENS
+    prompts = _prompts(body, served)
+    if len(prompts) * n > MAX_SEQUENCES:
+        raise _invalid("n", f"{len(prompts)} prompts x n={n} is more than {MAX_SEQUENCES} completions in one request.")
+    for _, ids in prompts:
+        _check_context(served, len(ids), max_tokens, "max_tokens")
+    sampling = SamplingParams(max_tokens=max_tokens, logprobs=logprobs, echo_logprobs=echo and logprobs is not None,
+                              **common)
+    return Job(prompts, [sampling] * len(prompts), n, stream, include_usage, echo)
+
+
+def _check_logprobs_supported(served, wanted, param):
+    if wanted and not served.backend.supports_logprobs:
+        raise _invalid(param, f"The model `{served.name}` cannot report log-probabilities.",
+                       code="unsupported_parameter")
+
+
+# ----------------------------------------------------------------------------------------------
+# /v1/chat/completions
+
+
+def _messages(body):
+    """OpenAI's messages -> the plain dicts a chat template sees (text content only)."""
+    messages = body.get("messages")
+    if messages is None:
+        raise _invalid("messages", "you must provide a messages parameter", code="missing_required_parameter")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages", "'messages' must be a non-empty array of message objects.", code="invalid_type")
+    return [_message(m, i) for i, m in enumerate(messages)]
+
+
+def _message(message, i):
+    param = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise _invalid(param, f"Invalid type for '{param}': expected an object.", code="invalid_type")
+    role = message.get("role")
+    if role not in ("system", "developer", "user", "assistant"):
+        raise _invalid(f"{param}.role", f"Invalid value for '{param}.role': {role!r}; supported roles are 'system', "
+                                        "'developer', 'user' and 'assistant'.")
+    extra = sorted(set(message) - {"role", "content", "name"})
+    if extra:
+        raise _invalid(f"{param}.{extra[0]}", f"'{param}.{extra[0]}' is not supported by tinyllm's server "
+                                              "(messages have role, content and name).",
+                       code="unsupported_parameter")
+    out = {"role": "system" if role == "developer" else role, "content": _text_content(message.get("content"), param)}
+    name = message.get("name")
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise _invalid(f"{param}.name", f"'{param}.name' must be a non-empty string.", code="invalid_type")
+        out["name"] = name
+    return out
+
+
+def _text_content(content, param):
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(texts) == len(content) and all(isinstance(t, str) for t in texts):
+            return "".join(texts)
+    raise _invalid(f"{param}.content", f"'{param}.content' must be a string or a list of text parts "
+                                       "({'type': 'text', 'text': ...}); tinyllm's models read text only.",
+                   code="invalid_type")
+
+
+def _render_chat(messages, served, template_kwargs):
+    """The conversation through the tokenizer's chat template, ending with the assistant's cue.
+    ``template_kwargs``: extra template variables (vLLM's ``chat_template_kwargs``)."""
+    tokenizer = served.tokenizer
+    reserved = sorted(set(template_kwargs) & {"messages", "add_generation_prompt", "tokenize", "return_tensors",
+                                              "chat_template", "conversation"})
+    if reserved:
+        raise _invalid("chat_template_kwargs", f"'chat_template_kwargs' cannot set {reserved[0]!r}.")
+    if tokenizer.chat_template is None:
+        raise APIError(400, f"The model `{served.name}` has no chat template (its tokenizer config holds no "
+                            "'chat_template'), so it cannot hold a chat: use /v1/completions, or attach a template "
+                            "with tokenizer.set_chat_template(...) and save_pretrained it into the model directory.",
+                       param="messages", code="chat_template_missing")
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
+    except Exception as e:  # noqa: BLE001  (jinja2's TemplateError, raise_exception in the template, ...)
+        raise _invalid("messages", f"The chat template could not render these messages: {e}") from None
+    return text, _encode(tokenizer, text, "messages")
+
+
+def parse_chat(body, served):
+    """A /v1/chat/completions body -> Job."""
+    _check_fields(body, _CHAT_FIELDS, _CHAT_NEUTRAL)
+    _check_model(body, served)
+    common, n, stream, include_usage = _common_sampling(body, served.tokenizer)
+    logprobs = _get(body, "logprobs", ("boolean",), False)
+    top = _in_range("top_logprobs", _get(body, "top_logprobs", ("integer",)), 0, MAX_TOP_LOGPROBS)
+    if top is not None and not logprobs:
+        raise _invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true.")
+    _check_logprobs_supported(served, logprobs, "logprobs")
+    max_tokens, param = _max_tokens(body, "max_completion_tokens"), "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, param = _max_tokens(body, "max_tokens"), "max_tokens"
+    text, ids = _render_chat(_messages(body), served, _get(body, "chat_template_kwargs", ("object",), {}))
+    if max_tokens is None:  # as vLLM: whatever room the context leaves
+        max_tokens = max(served.backend.context_length - len(ids), 1)
+    _check_context(served, len(ids), max_tokens, param)
+    stop = common.pop("stop")  # the request's, then where the template says a turn ends
+    stop += tuple(s for s in served.tokenizer.chat_stop_strings if s not in stop)
+    sampling = SamplingParams(max_tokens=max_tokens, logprobs=(top or 0) if logprobs else None, stop=stop, **common)
+    return Job([(text, ids)], [sampling], n, stream, include_usage)
+
+
+# ----------------------------------------------------------------------------------------------
+# responses
+
+
+def new_id(prefix):
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens, completion_tokens):
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def legacy_logprobs(entries, base_offset=0):
+    """OpenAI's completions logprobs object: tokens, token_logprobs, top_logprobs, text_offset.
+    ``top_logprobs`` holds the k most likely tokens and, if it is not among them, the chosen one."""
+    out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for e in entries:
+        out["tokens"].append(e.text)
+        out["token_logprobs"].append(e.logprob)
+        top = None
+        if e.logprob is not None:
+            top = dict(e.top)
+            top.setdefault(e.text, e.logprob)
+        out["top_logprobs"].append(top)
+        out["text_offset"].append(base_offset + e.offset)
+    return out
+
+
+def _token_info(text, logprob):
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(entries):
+    """The chat logprobs object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
+    return {"content": [{**_token_info(e.text, e.logprob), "top_logprobs": [_token_info(t, lp) for t, lp in e.top]}
+                        for e in entries], "refusal": None}

@@ -197,8 +197,9 @@ class lock_out_dir:
         except BlockingIOError:
             os.close(fd)
             pid, host = self._holder()
-            who = f"process {pid}" + (f" on {host}" if host and host != socket.gethostname() else "") if pid else \
-                "another process"
+            who = f"process {pid}" if pid else "another process"
+            if host and host != socket.gethostname():
+                who += f" on {host}"
             raise OutDirLocked(f"{self.path.parent} is in use by {who}, which is training into it (lock file "
                                f"{self.path}); wait for it to finish or stop it, or choose another --out-dir",
                                pid=pid) from None

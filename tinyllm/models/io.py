@@ -103,8 +103,6 @@ def read_json_file(path, what="JSON"):
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise
     except IsADirectoryError:
         raise FileFormatError(path, f"is a directory, not a {what} file") from None
     except UnicodeDecodeError as e:

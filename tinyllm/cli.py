@@ -43,7 +43,7 @@ __all__ = ["TrainingRun", "add_training_args", "exit_on_error", "train_config_fr
 
 METRICS_NAME = "metrics.json"
 
-# dest name -> (flag, type, TrainConfig field or None, help)
+# dest name -> (flag, type, the TrainConfig field it sets, help)
 _OPTIONS = {
     "out_dir": ("--out-dir", str, "out_dir", "where checkpoints, log.csv, metrics.json and the final model go"),
     "max_iters": ("--max-iters", int, "max_iters", "optimizer steps in all (a resumed run continues to this)"),
@@ -81,6 +81,7 @@ def add_training_args(parser, **defaults):
                        help="continue the run saved in --out-dir (a fresh start if there is none yet)")
     group.add_argument("--overwrite", action="store_true", help="start afresh even if --out-dir holds a run")
     for dest, (flag, kind, field, help_text) in _OPTIONS.items():
+        # (TrainConfig() has already turned its lr_decay_iters None into max_iters: keep the None)
         default = defaults.get(dest, getattr(base, field) if field != "lr_decay_iters" else None)
         group.add_argument(flag, dest=dest, type=kind, default=default, help=f"{help_text} (default: %(default)s)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. when logging to a file)")

@@ -10,14 +10,17 @@ from pathlib import Path
 import tinyllm  # noqa: F401  (before NumPy: see tinyllm/_runtime.py)
 import numpy as np
 
+from tinyllm.cli import exit_on_error
 from tinyllm.models import GPT
 from tinyllm.tokenizers import AutoTokenizer
+from tinyllm.training import lm_sample_prompt
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path("out-shakespeare"))
-    p.add_argument("--prompt", default="\n")
+    p.add_argument("--prompt", default=None,
+                   help="text to continue (default: a newline, or the first token when the vocabulary has none)")
     p.add_argument("--max-new-tokens", type=int, default=500)
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     p.add_argument("--top-k", type=int, default=200)
@@ -27,19 +30,17 @@ def main(argv=None):
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every token")
     args = p.parse_args(argv)
 
-    if not (args.model_dir / "config.json").is_file():
-        sys.exit(f"error: {args.model_dir} holds no saved model (config.json); train one first with "
-                 "`python examples/train_shakespeare.py --out-dir DIR`, or pass --model-dir")
-    model = GPT.from_pretrained(args.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    try:
-        prompt = np.asarray([tokenizer.encode(args.prompt)] * args.num_samples, dtype=np.int64)
-    except ValueError as e:
-        sys.exit(f"error: the prompt cannot be encoded: {e}")
-    prompt = prompt[:, -model.config.block_size:]
-    out = model.generate(prompt, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                         use_cache=not args.no_cache)
+    with exit_on_error():
+        if not (args.model_dir / "config.json").is_file():
+            sys.exit(f"error: {args.model_dir} holds no saved model (config.json); train one first with "
+                     "`python examples/train_shakespeare.py --out-dir DIR`, or pass --model-dir")
+        model = GPT.from_pretrained(args.model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+        prompt_ids = lm_sample_prompt(tokenizer, [0], args.prompt)  # [0]: id 0 if there is no newline
+        prompt = np.asarray([prompt_ids] * args.num_samples, dtype=np.int64)[:, -model.config.block_size:]
+        out = model.generate(prompt, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                             use_cache=not args.no_cache)
     for row in out:
         print(tokenizer.decode(row))
         print("-" * 40)

@@ -152,7 +152,7 @@ def test_an_unknown_format_version_is_named(tmp_path):
 def test_garbage_file_fails_without_running_anything(tmp_path):
     path = tmp_path / "ckpt.safetensors"
     path.write_bytes(b"\x80\x04\x95 this is a pickle, not safetensors")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match=f"{path}: its header says it is .* bytes long"):
         load_checkpoint(path)
 
 
@@ -207,3 +207,30 @@ def test_resume_into_a_different_model_is_refused(tmp_path):
 def test_resume_without_a_checkpoint_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=CHECKPOINT_NAME):
         _trainer(tmp_path, max_iters=3).train(resume=True, log=lambda _: None)
+
+
+def test_resume_from_a_checkpoint_whose_tensors_disagree_with_its_config_names_the_file(tmp_path):
+    """The header is consistent, the config matches, but a weight and a moment have another shape
+    (a hand-edited or mixed-up file): one FileFormatError naming the checkpoint."""
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    from tinyllm.errors import FileFormatError
+
+    _trainer(tmp_path, max_iters=3).train(log=lambda _: None)
+    path = tmp_path / CHECKPOINT_NAME
+    with safe_open(str(path), framework="numpy") as f:
+        metadata = f.metadata()
+    for key in ("model.transformer.wte.weight", "optim.0.exp_avg"):
+        tensors = load_file(str(path))
+        good = tensors[key]
+        tensors[key] = np.zeros((good.shape[0] + 1,) + good.shape[1:], good.dtype)
+        save_file(tensors, str(path), metadata=metadata)
+        trainer = _trainer(tmp_path, max_iters=6)
+        before = [p.data.copy() for p in trainer.model.parameters()]
+        with pytest.raises(FileFormatError, match=f"{path}: cannot be resumed: .*shape"):
+            trainer.train(resume=True, log=lambda _: None)
+        tensors[key] = good
+        save_file(tensors, str(path), metadata=metadata)
+        if key.startswith("model."):
+            assert all(np.array_equal(a, p.data) for a, p in zip(before, trainer.model.parameters()))

@@ -6,12 +6,14 @@ import csv
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinyllm import CharTokenizer
+from tinyllm import BPETokenizer, CharTokenizer, nn
+from tinyllm import functional as F
 from tinyllm.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.training import TrainConfig, Trainer, TrainingDiverged, evaluate_split
@@ -46,6 +48,13 @@ def quiet(_msg):
 def step_rows(path):
     with open(path, newline="") as f:
         return [(int(r["iter"]), r["loss"]) for r in csv.DictReader(f) if r["loss"]]
+
+
+def all_rows(path):
+    """Every row of log.csv without its timings: (iter, loss, lr, grad_norm, eval train, eval val)."""
+    with open(path, newline="") as f:
+        return [(int(r["iter"]), r["loss"], r["lr"], r["grad_norm"], r["eval_train_loss"], r["eval_val_loss"])
+                for r in csv.DictReader(f)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,11 +114,34 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(corpus, tmp_path):
 
 
 def test_log_after_resume_reads_as_one_uninterrupted_run(corpus, tmp_path):
-    full = make_trainer(corpus, tmp_path / "full", max_iters=20)
+    """Every row, evaluations included, with the losses to the last bit. The first run stops at 12,
+    between evaluations (every 5): its closing evaluation must neither stay in the log nor shift
+    the evaluation batches of the resumed run."""
+    full = make_trainer(corpus, tmp_path / "full", max_iters=20, dropout=0.1)
     full.train(log=quiet)
-    make_trainer(corpus, tmp_path / "split", max_iters=12).train(log=quiet)
-    make_trainer(corpus, tmp_path / "split", max_iters=20).train(resume=True, log=quiet)
-    assert step_rows(tmp_path / "split" / "log.csv") == step_rows(tmp_path / "full" / "log.csv")
+    make_trainer(corpus, tmp_path / "split", max_iters=12, dropout=0.1).train(log=quiet)
+    assert 12 in [r[0] for r in all_rows(tmp_path / "split" / "log.csv") if r[5]]  # the closing evaluation
+    make_trainer(corpus, tmp_path / "split", max_iters=20, dropout=0.1).train(resume=True, log=quiet)
+    resumed, straight = all_rows(tmp_path / "split" / "log.csv"), all_rows(tmp_path / "full" / "log.csv")
+    assert [r[0] for r in straight if r[5]] == [0, 5, 10, 15, 20]
+    assert resumed == straight
+    assert [float(r[1]) for r in straight if r[1]] == [loss for _, loss in full.history]  # exact, not rounded
+
+
+def test_log_after_resume_from_a_kill_mid_interval_drops_the_lost_steps(corpus, tmp_path):
+    """A run killed after step 13 left rows 11..13 behind a checkpoint of 10 (and half a row):
+    the resumed log has them once, as the uninterrupted run."""
+    full = make_trainer(corpus, tmp_path / "full", max_iters=15)
+    full.train(log=quiet)
+    killed = tmp_path / "killed"
+    make_trainer(corpus, killed, max_iters=10).train(log=quiet)
+    rows = (tmp_path / "full" / "log.csv").read_text().splitlines(keepends=True)
+    lost = [r for r in rows[1:] if 10 < int(r.split(",")[0]) <= 13]
+    with open(killed / "log.csv", "a") as f:
+        f.writelines(lost)
+        f.write("1")  # a row cut off by the kill, looking like iteration 1
+    make_trainer(corpus, killed, max_iters=15).train(resume=True, log=quiet)
+    assert all_rows(killed / "log.csv") == all_rows(tmp_path / "full" / "log.csv")
 
 
 def test_log_csv_has_a_row_per_step_and_per_evaluation(corpus, tmp_path):
@@ -142,7 +174,7 @@ def test_evaluate_split_is_the_mean_loss_over_every_token(corpus):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(max_iters=-1), "max_iters must be a positive integer, got -1"),
+    (dict(max_iters=-1), "max_iters must be an integer >= 0, got -1"),
     (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
     (dict(eval_interval=2.5), "eval_interval.*2.5"),
     (dict(learning_rate=0.0), "learning_rate > 0"),
@@ -321,13 +353,110 @@ def test_train_example_missing_data_file_is_a_clear_error(examples, tmp_path):
     assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
 
 
-def test_train_example_resume_without_a_run_is_a_clear_error(examples, tmp_path):
+def test_train_example_resume_without_a_checkpoint_starts_fresh_and_says_so(examples, tmp_path, capsys):
+    """A preemptible job runs the same --resume command every time, the first time too."""
+    train, _ = examples
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    train.main(_train_args(data, tmp_path / "fresh", max_iters=10) + ["--resume"])
+    printed = capsys.readouterr().out
+    assert f"--resume: no checkpoint in {tmp_path / 'fresh'} yet" in printed and "starting a fresh run" in printed
+    train.main(_train_args(data, tmp_path / "plain", max_iters=10))
+    capsys.readouterr()
+    assert all_rows(tmp_path / "fresh" / "log.csv") == all_rows(tmp_path / "plain" / "log.csv")
+    assert (tmp_path / "fresh" / "model.safetensors").read_bytes() == (tmp_path / "plain" / "model.safetensors").read_bytes()
+
+
+def test_train_example_resume_with_other_model_options_is_refused_and_changes_nothing(examples, tmp_path, capsys):
+    train, _ = examples
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "run"
+    train.main(_train_args(data, out, max_iters=10))
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "train.lock"}
+    args = _train_args(data, out, max_iters=20) + ["--resume"]
+    args[args.index("--n-embd") + 1] = "32"
+    with pytest.raises(SystemExit) as err:
+        train.main(args)
+    message = str(err.value.code)
+    assert message.startswith("error: ") and "model config" in message and "n_embd: 16 there, 32 here" in message
+    with pytest.raises(SystemExit) as err:
+        train.main(_train_args(data, out, max_iters=20) + ["--resume", "--tokenizer", "bpe"])
+    assert "was trained with a CharTokenizer, not --tokenizer bpe" in str(err.value.code)
+    with pytest.raises(SystemExit) as err:
+        train.main(_train_args(data, out, max_iters=20) + ["--resume", "--overwrite"])
+    assert "contradict" in str(err.value.code)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "train.lock"} == before
+
+
+def test_train_example_on_a_text_without_newlines_trains_and_samples(examples, tmp_path, capsys):
+    """nanoGPT's sample prompt is a newline; a text without one used to crash at step 0."""
+    train, sample = examples
+    data = tmp_path / "flat.txt"
+    flat = TEXT.replace("\n", " ")
+    data.write_text(flat, encoding="utf-8")
+    train.main(_train_args(data, tmp_path / "run", max_iters=10))
+    printed = capsys.readouterr().out
+    sample_text = printed.split("--- sample ---\n")[-1]
+    assert sample_text.startswith(flat[0]) and len(sample_text.rstrip("\n")) >= 20  # starts from the first token
+    sample.main(["--model-dir", str(tmp_path / "run"), "--max-new-tokens", "5"])
+    assert len(capsys.readouterr().out.split("\n")[0]) == 6  # token 0 and five more
+
+
+def test_sample_tokens_zero_skips_every_sample(examples, tmp_path, capsys, monkeypatch):
+    train, _ = examples
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT, encoding="utf-8")
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generate() was called with --sample-tokens 0")
+
+    monkeypatch.setattr(GPT, "generate", no_generation)
+    args = _train_args(data, tmp_path / "run", max_iters=10)
+    args[args.index("--sample-tokens") + 1] = "0"
+    train.main(args)
+    assert "--- sample ---" not in capsys.readouterr().out
+
+
+def test_a_sample_prompt_the_tokenizer_cannot_encode_fails_before_training(examples, tmp_path, capsys):
     train, _ = examples
     data = tmp_path / "tiny.txt"
     data.write_text(TEXT, encoding="utf-8")
     with pytest.raises(SystemExit) as err:
-        train.main(_train_args(data, tmp_path / "empty") + ["--resume"])
-    assert "--resume" in str(err.value.code) and "does not exist" in str(err.value.code)
+        train.main(_train_args(data, tmp_path / "run", max_iters=10) + ["--sample-prompt", "ROMEO:"])
+    message = str(err.value.code)
+    assert "sample prompt 'ROMEO:' cannot be encoded" in message and "'R'" in message
+    assert not (tmp_path / "run" / "log.csv").exists() and not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+    train.main(_train_args(data, tmp_path / "ok", max_iters=10) + ["--sample-prompt", "the "])
+    assert "--- sample ---\nthe " in capsys.readouterr().out
+
+
+def test_bpe_through_training_checkpoint_resume_and_sample(examples, tmp_path, capsys):
+    """--tokenizer bpe: the tokenizer trained on the text rides in the checkpoint, --resume takes it
+    from there (not trained again), the resumed run equals the straight one, and sample.py reads
+    the saved directory."""
+    train, sample = examples
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    bpe = ["--tokenizer", "bpe", "--vocab-size", "300", "--lr-decay-iters", "20"]  # one schedule for all runs
+    train.main(_train_args(data, tmp_path / "straight", max_iters=20) + bpe)
+    train.main(_train_args(data, tmp_path / "split", max_iters=12) + bpe)
+    meta = load_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)[0]
+    assert meta["tokenizer"]["type"] == "BPETokenizer"
+    assert meta["model_config"]["vocab_size"] == BPETokenizer.from_dict(meta["tokenizer"]).vocab_size > 256
+    capsys.readouterr()
+    train.main(_train_args(data, tmp_path / "split", max_iters=20) + bpe + ["--resume"])
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "trained a BPE tokenizer" not in printed
+    assert all_rows(tmp_path / "split" / "log.csv") == all_rows(tmp_path / "straight" / "log.csv")
+    for name in ("model.safetensors", "vocab.json", "merges.txt", "tinyllm_tokenizer.json"):
+        assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+    sample.main(["--model-dir", str(tmp_path / "split"), "--prompt", "the quick", "--max-new-tokens", "12",
+                 "--temperature", "0"])
+    text = capsys.readouterr().out.split("\n" + "-" * 40)[0]
+    tok = BPETokenizer.from_pretrained(tmp_path / "split")
+    assert text.startswith("the quick") and len(tok.encode(text)) >= len(tok.encode("the quick")) + 6
 
 
 def test_sample_example_without_a_model_is_a_clear_error(examples, tmp_path):
@@ -335,3 +464,161 @@ def test_sample_example_without_a_model_is_a_clear_error(examples, tmp_path):
     with pytest.raises(SystemExit) as err:
         sample.main(["--model-dir", str(tmp_path)])
     assert "holds no saved model" in str(err.value.code)
+
+
+# ----------------------------------------------------------------------------------------------
+# the shared harness with another kind of model and data: two inputs, pairs, its own metrics
+
+
+class PairConfig:
+    def __init__(self, vocab_size=7, n_embd=32):
+        self.vocab_size, self.n_embd = vocab_size, n_embd
+
+    def to_dict(self):
+        return {"vocab_size": self.vocab_size, "n_embd": self.n_embd}
+
+
+class PairModel(nn.Module):
+    """Predicts (a + b) mod V at every position from two id sequences: a model whose call takes two
+    inputs, as an encoder-decoder's does, with dropout."""
+
+    def __init__(self, config, seed=0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.config = config
+        self.emb_a = nn.Embedding(config.vocab_size, config.n_embd, rng=rng)
+        self.emb_b = nn.Embedding(config.vocab_size, config.n_embd, rng=rng)
+        self.drop = nn.Dropout(0.1)
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, rng=rng)
+        self.head = nn.Linear(4 * config.n_embd, config.vocab_size, rng=rng)
+        self.set_dropout_rng(np.random.default_rng([seed, 1]))
+
+    def set_dropout_rng(self, rng):
+        self.dropout_rng = self.drop.rng = rng
+
+    def forward(self, a, b, targets=None):
+        logits = self.head(self.drop(self.fc(self.emb_a(a) + self.emb_b(b)).relu()))
+        return logits, (None if targets is None else F.cross_entropy(logits, targets))
+
+    def save_pretrained(self, directory):
+        np.savez(Path(directory) / "pair_model.npz", **self.state_dict())
+
+
+def pair_data(n, seed, vocab_size=7, length=5):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, vocab_size, (2, n, length))
+    return a, b, (a + b) % vocab_size
+
+
+def pair_batch(data, batch_size, rng):
+    a, b, y = data
+    rows = rng.integers(0, len(a), batch_size)
+    return (a[rows], b[rows]), y[rows]
+
+
+def pair_evaluate(model, data):
+    a, b, y = data
+    logits, loss = model(a, b, targets=y)
+    return {"loss": loss.item(), "accuracy": float((logits.data.argmax(-1) == y).mean())}
+
+
+def pair_trainer(out_dir, max_iters, **cfg):
+    settings = dict(out_dir=str(out_dir), max_iters=max_iters, batch_size=16, learning_rate=3e-2, min_lr=3e-3,
+                    warmup_iters=2, lr_decay_iters=60, eval_interval=10, eval_iters=2, progress=False, seed=3,
+                    weight_decay=0.0)
+    settings.update(cfg)
+    return Trainer(PairModel(PairConfig()), pair_data(256, 0), pair_data(64, 1), TrainConfig(**settings),
+                   get_batch=pair_batch, evaluate=pair_evaluate)
+
+
+def test_trainer_runs_any_model_and_batch_source_and_resumes_it_exactly(tmp_path):
+    straight = pair_trainer(tmp_path / "straight", 60)
+    result = straight.train(log=quiet)
+    metrics = straight.evaluate_split()
+    assert result["val_loss"] < 0.5 * math.log(7) and metrics["accuracy"] > 0.7  # it learned the sum
+    assert metrics["loss"] == pytest.approx(result["val_loss"], rel=0.3)
+    assert straight.sample() is None  # no tokenizer, no sampler: nothing to show
+
+    pair_trainer(tmp_path / "split", 25).train(log=quiet)
+    resumed = pair_trainer(tmp_path / "split", 60)
+    resumed.train(resume=True, log=quiet)
+    assert all_rows(tmp_path / "split" / "log.csv") == all_rows(tmp_path / "straight" / "log.csv")
+    for (name, p), (_, q) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        assert np.array_equal(p.data, q.data), name
+
+
+def test_training_run_drives_any_model_through_the_shared_cli(tmp_path, capsys):
+    import argparse
+
+    from tinyllm import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_training_args(parser, out_dir=str(tmp_path / "run"), max_iters=30, eval_interval=10, batch_size=16,
+                          lr=3e-2, seed=3)
+    args = parser.parse_args(["--no-progress", "--eval-iters", "2"])
+    assert (args.max_iters, args.lr, args.eval_iters, args.sample_tokens) == (30, 3e-2, 2, 200)
+    cfg = cli.train_config_from_args(args)
+    assert (cfg.learning_rate, cfg.out_dir, cfg.progress) == (3e-2, str(tmp_path / "run"), False)
+    with pytest.raises(TypeError, match="unknown defaults.*'learning_rate'"):
+        cli.add_training_args(argparse.ArgumentParser(), learning_rate=1.0)
+
+    with cli.TrainingRun(args) as run:
+        assert not run.resuming and run.saved_tokenizer() is None
+        metrics = run.train(PairModel(PairConfig()), pair_data(256, 0), pair_data(64, 1), get_batch=pair_batch,
+                            evaluate=pair_evaluate, extra_metrics={"task": "pairs"})
+    assert metrics["iter"] == 30 and metrics["task"] == "pairs" and 0 <= metrics["val_accuracy"] <= 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["val_accuracy"] == metrics["val_accuracy"]
+    assert (tmp_path / "run" / "pair_model.npz").is_file() and (tmp_path / "run" / CHECKPOINT_NAME).is_file()
+    assert "val loss" in capsys.readouterr().out
+
+
+def test_grad_hooks_run_after_backward_and_before_clipping(corpus, tmp_path):
+    trainer = make_trainer(corpus, tmp_path, max_iters=4, eval_interval=100)
+    seen = []
+
+    def hook(params):
+        assert params is trainer.params and all(p.grad is not None for p in params)
+        seen.append(trainer.iter_num)
+
+    trainer.grad_hooks.append(hook)
+    trainer.train(log=quiet)
+    assert seen == [0, 1, 2, 3]
+
+    poisoned = make_trainer(corpus, tmp_path / "nan", max_iters=4, grad_clip=0.0)  # no clipping: still checked
+    poisoned.grad_hooks.append(lambda params: params[0].grad.fill(np.nan))
+    with pytest.raises(TrainingDiverged, match=r"iter 0: the gradient norm is nan"):
+        poisoned.train(log=quiet)
+
+
+def test_a_trainer_refuses_an_out_dir_another_process_trains_into(corpus, tmp_path):
+    """The lock is flock on out_dir/train.lock: held here by a child process, it stops a Trainer;
+    the child gone, it is free (nothing stale to clean up)."""
+    import subprocess
+    import sys
+
+    from tinyllm.errors import OutDirLocked
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from tinyllm.checkpoint import lock_out_dir\n"
+        f"with lock_out_dir({str(tmp_path)!r}):\n    print('held', flush=True); sys.stdin.read()")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(OutDirLocked, match=f"in use by process {holder.pid}") as err:
+            make_trainer(corpus, tmp_path, max_iters=2).train(log=quiet)
+        assert err.value.pid == holder.pid and not (tmp_path / "log.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    make_trainer(corpus, tmp_path, max_iters=2).train(log=quiet)  # free again
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path):
+    from tinyllm.checkpoint import lock_out_dir
+
+    with lock_out_dir(tmp_path):
+        with lock_out_dir(tmp_path):
+            pass
+        with lock_out_dir(tmp_path):  # still held by the outer block
+            pass
+    assert (tmp_path / "train.lock").read_text().split()[0] == str(os.getpid())

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 __all__ = [
     "TINYSHAKESPEARE_SHA256",
     "TINYSHAKESPEARE_SIZE",
@@ -26,6 +28,7 @@ __all__ = [
     "find_corpus",
     "get_batch",
     "iter_eval_windows",
+    "lm_train_val_split",
     "load_text",
     "train_val_split",
 ]
@@ -162,18 +165,21 @@ def load_text(path=None):
     """Read a UTF-8 text file (``None``: tiny-shakespeare via :func:`find_corpus`).
 
     The text is returned exactly as stored (no newline translation), so ids map back to the
-    file's bytes.
+    file's bytes. A path that is missing or a directory, an empty file, or bytes that are not
+    UTF-8 (the message gives the byte offset) are clear errors naming the file.
     """
     path = find_corpus() if path is None else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"load_text: {path} does not exist")
     if path.is_dir():
-        raise IsADirectoryError(f"load_text: {path} is a directory, not a text file")
+        raise IsADirectoryError(f"load_text: {path} is a directory, not a text file; pass the file inside it")
     data = path.read_bytes()
+    if not data:
+        raise DataError(f"load_text: {path} is empty; there is nothing to train on")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(
+        raise DataError(
             f"load_text: {path} is not UTF-8: invalid byte(s) {data[e.start:e.end]!r} at byte "
             f"offset {e.start} ({e.reason}); convert it, e.g. iconv -f latin1 -t utf-8"
         ) from None
@@ -198,6 +204,23 @@ def train_val_split(ids, val_fraction=0.1):
             f"{len(train)} train and {len(val)} val ids; each split needs at least 2"
         )
     return train, val
+
+
+def lm_train_val_split(ids, block_size, source="the data", val_fraction=0.1):
+    """:func:`train_val_split` for training a causal LM on blocks of ``block_size`` tokens: each
+    split must hold at least one block and its shifted target (``block_size + 1`` ids), else a
+    :class:`DataError` that names ``source`` and what to change."""
+    need = block_size + 1
+    n_val = len(ids) - int(len(ids) * (1.0 - val_fraction))
+    n_train = len(ids) - n_val
+    if min(n_train, n_val) < need:
+        raise DataError(
+            f"{source} is too short to train on: {len(ids):,} tokens split into {n_train:,} for training and "
+            f"{n_val:,} for validation, but each split needs at least block_size + 1 = {need} (one block and "
+            f"its targets, so about {int(need / val_fraction):,} tokens in all); use a longer text or a smaller "
+            "--block-size"
+        )
+    return train_val_split(ids, val_fraction)
 
 
 def get_batch(data, batch_size, block_size, rng):

@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import regex
 
+from .errors import FileFormatError
+
 __all__ = [
     "GPT2_SPLIT_PATTERN",
     "TOKENIZER_FILE",
@@ -266,6 +268,8 @@ class Tokenizer:
                 f"known types: {sorted(Tokenizer._types)})"
             )
         version = d.get("format_version", _FORMAT_VERSION)
+        if not isinstance(version, int):
+            raise FileFormatError(source, f"format_version {version!r} is not an integer")
         if version > _FORMAT_VERSION:
             raise ValueError(
                 f"{source}: format_version {version} is newer than this tinyllm reads "
@@ -274,10 +278,15 @@ class Tokenizer:
         target = Tokenizer._types[kind]
         if cls is not Tokenizer and not issubclass(target, cls):
             raise ValueError(f"{source} holds a {kind}, not a {cls.__name__}")
-        tok = target._from_dict(d)
-        if d.get("chat_template") is not None:
-            tok.set_chat_template(d["chat_template"], d.get("chat_stop_strings", ()), check=False)
-        return tok
+        try:
+            tok = target._from_dict(d)
+            if d.get("chat_template") is not None:
+                tok.set_chat_template(d["chat_template"], d.get("chat_stop_strings", ()), check=False)
+            return tok
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            # a hand-edited or truncated file: one error that names it, whatever broke inside
+            what = f"lacks the field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            raise FileFormatError(source, f"is not a valid {kind}: {what}") from None
 
     def save(self, path):
         """Write the tokenizer as tinyllm JSON to ``path``."""
@@ -286,9 +295,7 @@ class Tokenizer:
     @classmethod
     def load(cls, path):
         """Read a file written by :meth:`save` (see :meth:`from_dict` for the class returned)."""
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(_read_json(path), source=str(path))
 
     def save_pretrained(self, save_directory):
         """Write the tokenizer into ``save_directory`` (created if needed); returns the paths."""
@@ -697,8 +704,7 @@ class BPETokenizer(Tokenizer):
         """Load GPT-2's ``encoder.json`` + ``vocab.bpe`` (= Hugging Face's ``vocab.json`` +
         ``merges.txt``). ``special_tokens`` (names) defaults to ``["<|endoftext|>"]`` when
         that token is in the vocabulary (id 50256 in GPT-2)."""
-        with open(encoder_json, encoding="utf-8") as f:
-            encoder = json.load(f)
+        encoder = _read_json(encoder_json, dict)
         merges = _read_merges(vocab_bpe)
         if special_tokens is None:
             special_tokens = [s for s in ("<|endoftext|>",) if s in encoder]
@@ -814,21 +820,25 @@ class BPETokenizer(Tokenizer):
                 return _with_hf_chat_template(cls._from_hf_tokenizer_json(path / "tokenizer.json"), path)
             raise FileNotFoundError(f"BPETokenizer.from_pretrained: {path} holds neither "
                                     f"vocab.json + merges.txt nor tokenizer.json")
-        with open(vocab_path, encoding="utf-8") as f:
-            encoder = json.load(f)
-        specials = _hf_special_tokens(path, encoder)
-        for s, i in specials.items():
-            encoder.setdefault(s, i)
-        tok = cls._from_gpt2_vocab(encoder, _read_merges(merges_path), specials,
-                                   eos_token=_hf_eos_token(path, specials), source=str(vocab_path))
+        encoder = _read_json(vocab_path, dict)
+        with _names_file(path):
+            specials = _hf_special_tokens(path, encoder)
+            for s, i in specials.items():
+                encoder.setdefault(s, i)
+            tok = cls._from_gpt2_vocab(encoder, _read_merges(merges_path), specials,
+                                       eos_token=_hf_eos_token(path, specials), source=str(vocab_path))
         return _with_hf_chat_template(tok, path)
 
     @classmethod
     def _from_hf_tokenizer_json(cls, path):
         """A ``tokenizers`` library file, if it describes GPT-2's kind of BPE (byte-level,
         GPT-2's regex, no prefix space); anything else is refused rather than misread."""
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        d = _read_json(path, dict)
+        with _names_file(path):
+            return cls._from_hf_tokenizer_dict(d, path)
+
+    @classmethod
+    def _from_hf_tokenizer_dict(cls, d, path):
         model = d.get("model") or {}
         pre = d.get("pre_tokenizer") or {}
         if pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 1:
@@ -903,17 +913,20 @@ def _count_chunks(text, split_re, specials):
 
 
 def _read_merges(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        raise FileFormatError(path, f"is not UTF-8 text (byte offset {e.start})") from None
     merges = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line or (lineno == 1 and line.startswith("#version")):
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{lineno}: expected two tokens separated by one space, "
-                                 f"got {line!r}")
-            merges.append((parts[0], parts[1]))
+    for lineno, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
+        if not line or (lineno == 1 and line.startswith("#version")):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2:
+            raise FileFormatError(f"{path}:{lineno}", f"expected two tokens separated by one space, got {line!r}")
+        merges.append((parts[0], parts[1]))
     return merges
 
 
@@ -940,8 +953,35 @@ def _hf_eos_token(directory, specials):
 def _read_json_if_exists(path):
     if not path.is_file():
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return _read_json(path, dict)
+
+
+def _read_json(path, kind=None):
+    """A JSON file's content; malformed JSON (or, with ``kind``, JSON of another type) is a
+    :class:`FileFormatError` naming the file."""
+    from .models.io import read_json_file
+
+    d = read_json_file(path, "tokenizer")
+    if kind is not None and not isinstance(d, kind):
+        raise FileFormatError(path, f"holds a JSON {type(d).__name__}, not an object")
+    return d
+
+
+class _names_file:
+    """Turn the KeyError / TypeError / ValueError a hand-edited Hugging Face tokenizer file causes
+    deep inside the loader into one :class:`FileFormatError` naming the directory or file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind in (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            what = f"lacks the field {value}" if kind is KeyError else f"{kind.__name__}: {value}"
+            raise FileFormatError(self.path, f"is not a valid tokenizer: {what}") from None
+        return False
 
 
 def _write_json(path, obj, indent=2):

@@ -1,16 +1,51 @@
-"""The training loop: batches, AdamW with warmup + cosine, clipping, evaluation, samples, logs,
-checkpoints and exact resumption.
+"""The training loop every tinyllm example shares: batches, AdamW with warmup + cosine, clipping,
+evaluation, samples, logs, checkpoints, exact resumption and the divergence stop.
 
     for it in range(start, max_iters):
-        every eval_interval: mean train/val loss over eval_iters batches, a sample, a checkpoint
-        x, y = get_batch(train)          # (B, T) ids and the same shifted by one
-        loss = model(x, y)               # forward
-        loss.backward()                  # gradients
-        clip_grad_norm(params, 1.0)      # tame rare spikes
-        optimizer.step()                 # AdamW
+        every eval_interval (and at the end): estimate train/val loss on eval_iters batches,
+                                              show a sample, write a checkpoint
+        inputs, targets = get_batch(train_data, batch_size, batch_rng)
+        logits, loss = model(*inputs, targets=targets)    # forward
+        loss.backward()                                   # gradients
+        [grad hooks]                                      # seam: a data-parallel all-reduce goes here
+        clip_grad_norm(params, grad_clip)                 # tame rare spikes
+        optimizer.step()                                  # AdamW
 
-Same seed, same run: batches come from a seeded Generator, dropout from another, and both
-states are in the checkpoint, so ``resume=True`` continues bit for bit where the run stopped.
+A new task brings its data and its model, not another loop. What the loop asks of them:
+
+* the model: ``model(*inputs, targets=targets) -> (logits, loss)`` with ``loss`` a scalar Tensor
+  (the mean over the targets, positions equal to -100 ignored); ``parameters()``,
+  ``state_dict()``, ``load_state_dict()``, ``train()``, ``eval()``; ``config.to_dict()`` (stored
+  in checkpoints, compared on resume); ``set_dropout_rng(rng)`` and ``dropout_rng`` (every dropout
+  draws from that one Generator, whose state the checkpoint keeps).
+* ``get_batch(data, batch_size, rng) -> (inputs, targets)``: ``inputs`` a tuple of arrays passed
+  positionally to the model, ``targets`` an integer array. ``data`` is whatever you passed as
+  ``train_data`` / ``val_data``. Default: :func:`lm_batches` (nanoGPT's random blocks of a 1-D
+  token array, ``inputs = (x,)``).
+* ``evaluate(model, data) -> {"loss": ..., ...}``: a metric over a whole split (the model in eval
+  mode, no gradients), used for the final numbers in ``metrics.json``. Default:
+  :func:`lm_evaluate` (mean loss per token over every token of a 1-D array, and perplexity).
+* ``sample(model, max_new_tokens, seed) -> str``: what to print at each evaluation. Default for a
+  causal LM with a tokenizer: :func:`lm_sampler`, continuing ``cfg.sample_prompt`` (or a newline,
+  or the first token of the training data: always something the tokenizer can encode).
+
+Example, a causal LM on token ids (the CLI around it is :mod:`tinyllm.cli`)::
+
+    cfg = TrainConfig(out_dir="out", max_iters=2000)
+    trainer = Trainer(model, train_ids, val_ids, cfg, tokenizer)     # LM defaults for the rest
+    result = trainer.train()                      # or trainer.train(resume=True)
+    metrics = trainer.evaluate_split()            # {"loss": ..., "perplexity": ...} on val_data
+
+and an encoder-decoder on (source, target) pairs only swaps the data functions::
+
+    trainer = Trainer(model, train_pairs, val_pairs, cfg, tokenizer,
+                      get_batch=pad_pairs, evaluate=bleu_and_loss, sample=translate_one)
+
+Same seed, same run: batches come from a seeded Generator, dropout from another, evaluation
+batches from a third; all three states are in the checkpoint, so ``resume=True`` continues bit
+for bit where the run stopped, and its ``log.csv`` reads row for row as the uninterrupted run's.
+Checkpoints are written atomically; a run that diverges or cannot write stops with the last good
+checkpoint untouched; ``out_dir`` is locked against a second trainer while this one runs.
 """
 import csv
 import json
@@ -22,19 +57,25 @@ from pathlib import Path
 import numpy as np
 
 from . import optim
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_rng, rng_state, save_checkpoint
-from .data import get_batch, iter_eval_windows
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, lock_out_dir, restore_rng, rng_state, save_checkpoint
+from .data import get_batch as _lm_get_batch
+from .data import iter_eval_windows
+from .errors import CheckpointWriteError, FileFormatError
+from .models.io import write_atomic
 from .tensor import no_grad
 from .tokenizers import Tokenizer
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "configure_optimizer", "estimate_loss", "evaluate_split"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "configure_optimizer", "estimate_loss", "evaluate_split",
+           "lm_batches", "lm_evaluate", "lm_sample_prompt", "lm_sampler"]
 
 LOG_NAME = "log.csv"
 LOG_FIELDS = ["iter", "loss", "lr", "grad_norm", "tokens_per_sec", "elapsed_s", "eval_train_loss", "eval_val_loss"]
+_EXACT_FIELDS = ("loss", "grad_norm", "eval_train_loss", "eval_val_loss")  # logged with every digit
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss (or the gradient norm) became NaN or infinite."""
+    """The loss (or the gradient norm, or an evaluation loss) became NaN or infinite. The message
+    names the step and the last good checkpoint, which the failed step never overwrites."""
 
 
 @dataclass
@@ -51,21 +92,25 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # 0: no clipping (the norm is still computed, to catch NaN)
     eval_interval: int = 250
     eval_iters: int = 20
     seed: int = 1337
-    sample_tokens: int = 200
-    sample_prompt: str = "\n"
+    sample_tokens: int = 200  # 0: no samples
+    sample_prompt: str = None  # None: a newline if the tokenizer has one, else the data's first token
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("max_iters", "batch_size", "eval_interval", "eval_iters"):
+        minimum = dict(max_iters=0, batch_size=1, eval_interval=1, eval_iters=1, warmup_iters=0, sample_tokens=0)
+        for name, low in minimum.items():
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < (0 if name == "max_iters" else 1):
-                raise ValueError(f"TrainConfig: {name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                kind = "a positive integer" if low else "an integer >= 0"
+                raise ValueError(f"TrainConfig: {name} must be {kind}, got {value!r}")
         if not self.learning_rate > 0 or not self.min_lr >= 0:
             raise ValueError(f"TrainConfig: need learning_rate > 0 and min_lr >= 0, got {self.learning_rate}, {self.min_lr}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"TrainConfig: grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.max_iters
 
@@ -80,14 +125,19 @@ def configure_optimizer(model, cfg):
     return optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
 
 
-@no_grad()
-def estimate_loss(model, data, batch_size, block_size, eval_iters, rng):
-    """Mean loss over ``eval_iters`` random batches (nanoGPT's estimate)."""
-    was_training = model.training
-    model.eval()
-    losses = [model(*get_batch(data, batch_size, block_size, rng))[1].item() for _ in range(eval_iters)]
-    model.train(was_training)
-    return float(np.mean(losses))
+# ----------------------------------------------------------------------------------------------
+# the causal-LM defaults: batches, whole-split evaluation and samples over 1-D token arrays
+
+
+def lm_batches(block_size):
+    """``get_batch`` for a causal LM: ``block_size`` windows of a 1-D token array at random
+    offsets (:func:`tinyllm.data.get_batch`); ``inputs = (x,)``, ``targets = y``, both (B, T)."""
+
+    def get_batch(data, batch_size, rng):
+        x, y = _lm_get_batch(data, batch_size, block_size, rng)
+        return (x,), y
+
+    return get_batch
 
 
 @no_grad()
@@ -109,13 +159,84 @@ def evaluate_split(model, data, block_size=None, batch_size=32):
     return mean, math.exp(mean)
 
 
-class Trainer:
-    """Trains ``model`` on token arrays ``train_data`` / ``val_data`` (1-D int) as ``cfg`` says."""
+def lm_evaluate(model, data):
+    """``evaluate`` for a causal LM: ``{"loss", "perplexity"}`` over every token of ``data``."""
+    loss, perplexity = evaluate_split(model, data)
+    return {"loss": loss, "perplexity": perplexity}
 
-    def __init__(self, model, train_data, val_data, cfg, tokenizer=None):
+
+def lm_sample_prompt(tokenizer, train_data, prompt=None):
+    """The ids a sample starts from, always encodable: ``prompt`` if given (an error now if the
+    tokenizer cannot encode it, not at the first evaluation), else a newline when the tokenizer
+    has one (nanoGPT's habit), else the first token of the training data."""
+    if prompt is not None:
+        try:
+            ids = tokenizer.encode(prompt)
+        except ValueError as e:
+            raise ValueError(f"sample prompt {prompt!r} cannot be encoded by this tokenizer: {e}") from None
+        if not ids:
+            raise ValueError(f"sample prompt {prompt!r} encodes to no tokens; give at least one character")
+        return list(ids)
+    try:
+        ids = tokenizer.encode("\n")
+    except ValueError:  # a text without newlines: its vocabulary has none
+        ids = []
+    return list(ids) if ids else [int(np.asarray(train_data)[0])]
+
+
+def lm_sampler(tokenizer, prompt_ids, temperature=0.8, top_k=200):
+    """``sample`` for a causal LM: the decoded continuation of ``prompt_ids``."""
+    prompt = np.asarray([prompt_ids], dtype=np.int64)
+
+    def sample(model, max_new_tokens, seed):
+        ids = prompt[:, -model.config.block_size:]
+        out = model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        return tokenizer.decode(out[0])
+
+    return sample
+
+
+@no_grad()
+def estimate_loss(model, get_batch, data, batch_size, eval_iters, rng):
+    """Mean loss over ``eval_iters`` random batches drawn with ``rng`` (nanoGPT's estimate)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for _ in range(eval_iters):
+        inputs, targets = get_batch(data, batch_size, rng)
+        losses.append(model(*inputs, targets=targets)[1].item())
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+class Trainer:
+    """Trains ``model`` on ``train_data`` as ``cfg`` (a :class:`TrainConfig`) says; see the module
+    docstring for what ``get_batch``, ``evaluate`` and ``sample`` are (the causal-LM versions by
+    default, for 1-D token arrays).
+
+    ``grad_hooks``: callables ``hook(params)`` run after the backward pass and before clipping,
+    in order. This is the seam for data-parallel training (an all-reduce that averages every
+    ``p.grad`` over the ranks) and for gradient accumulation (see :meth:`forward_backward`).
+    """
+
+    def __init__(self, model, train_data, val_data, cfg, tokenizer=None, *, get_batch=None, evaluate=None,
+                 sample=None):
+        if not isinstance(cfg, TrainConfig):
+            raise TypeError(f"Trainer: cfg must be a TrainConfig, got {type(cfg).__name__}")
+        if not hasattr(model, "set_dropout_rng"):
+            raise TypeError(f"Trainer: {type(model).__name__} needs set_dropout_rng(rng) and dropout_rng, so that "
+                            "its dropout is reproducible and saved in checkpoints")
         self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
         self.train_data, self.val_data = train_data, val_data
-        self.block_size = model.config.block_size
+        self.get_batch = get_batch or lm_batches(model.config.block_size)
+        self.evaluate_fn = evaluate or lm_evaluate
+        if sample is None and tokenizer is not None and cfg.sample_tokens and _is_token_array(train_data):
+            sample = lm_sampler(tokenizer, lm_sample_prompt(tokenizer, train_data, cfg.sample_prompt))
+        self.sample_fn = sample
         self.out_dir = Path(cfg.out_dir)
         self.params = model.parameters()
         self.optimizer = configure_optimizer(model, cfg)
@@ -124,9 +245,11 @@ class Trainer:
         self.batch_rng = np.random.default_rng([cfg.seed, 0])
         self.eval_rng = np.random.default_rng([cfg.seed, 2])
         model.set_dropout_rng(np.random.default_rng([cfg.seed, 1]))
+        self.grad_hooks = []
         self.iter_num = 0
         self.history = []  # (iter, loss) of every step, for tests and plots
         self.last_eval = {}
+        self.last_checkpoint_iter = None  # the iteration of the newest checkpoint of this run
 
     @property
     def checkpoint_path(self):
@@ -139,77 +262,146 @@ class Trainer:
         extra = {"train_config": asdict(self.cfg), "last_eval": self.last_eval}
         if self.tokenizer is not None:
             extra["tokenizer"] = self.tokenizer.to_dict()
-        save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.iter_num, rngs, extra)
+        try:
+            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.iter_num, rngs, extra)
+        except CheckpointWriteError as e:
+            if self.last_checkpoint_iter is not None:
+                kept = f"the previous checkpoint (iter {self.last_checkpoint_iter}) is intact"
+            else:
+                kept = "no checkpoint of this run exists yet"
+            raise CheckpointWriteError(f"training stopped at iter {self.iter_num}: {e}; {kept}: free some disk space "
+                                       "(or raise the file-size limit), then continue with --resume") from e
+        self.last_checkpoint_iter = self.iter_num
 
     def resume(self):
-        """Continue from ``out_dir/ckpt.safetensors``: weights, moments, step, RNG states."""
-        meta, model_state, opt_state = load_checkpoint(self.checkpoint_path)
-        if meta["model_config"] != self.model.config.to_dict():
-            raise ValueError(f"resume: the checkpoint's model config {meta['model_config']} differs from this "
-                             f"model's {self.model.config.to_dict()}")
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(opt_state)
-        self.batch_rng = restore_rng(meta["rng_states"]["batch"])
-        self.eval_rng = restore_rng(meta["rng_states"]["eval"])
-        self.model.set_dropout_rng(restore_rng(meta["rng_states"]["dropout"]))
+        """Continue from ``out_dir/ckpt.safetensors``: weights, moments, step, RNG states.
+
+        A checkpoint of another model configuration is refused, naming the fields that differ.
+        """
+        path = self.checkpoint_path
+        meta, model_state, opt_state = load_checkpoint(path)
+        saved, mine = meta["model_config"], self.model.config.to_dict()
+        if saved != mine:
+            diff = "; ".join(f"{k}: {saved.get(k, '(none)')!r} there, {mine.get(k, '(none)')!r} here"
+                             for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k))
+            raise ValueError(f"resume: {path} holds a model config that differs from this model's ({diff}); use "
+                             "the model options it was trained with, or another --out-dir")
+        try:
+            self.model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(opt_state)
+            rngs = meta["rng_states"]
+            self.batch_rng = restore_rng(rngs["batch"], path)
+            self.eval_rng = restore_rng(rngs["eval"], path)
+            self.model.set_dropout_rng(restore_rng(rngs["dropout"], path))
+        except FileFormatError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"lacks {e}" if isinstance(e, KeyError) else str(e)
+            raise FileFormatError(path, f"cannot be resumed: {what}") from None
         self.iter_num = meta["iter"]
-        self.last_eval = meta.get("last_eval", {})
+        self.last_eval = meta.get("last_eval") or {}
+        self.last_checkpoint_iter = self.iter_num
         return meta
 
-    # --- the loop -----------------------------------------------------------------------------
+    # --- one step -----------------------------------------------------------------------------
     def train_step(self):
-        """One optimizer step on one batch; returns (loss, grad_norm, lr)."""
-        cfg, model = self.cfg, self.model
+        """One optimizer step on one batch; returns (loss, grad_norm, lr, n_tokens)."""
+        cfg = self.cfg
         lr = self.schedule.set_step(self.iter_num)
-        x, y = get_batch(self.train_data, cfg.batch_size, self.block_size, self.batch_rng)
-        _, loss = model(x, y)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            self._diverged(f"loss is {loss_value}", lr)
+        inputs, targets = self.get_batch(self.train_data, cfg.batch_size, self.batch_rng)
         self.optimizer.zero_grad()
-        loss.backward()
-        grad_norm = optim.clip_grad_norm(self.params, cfg.grad_clip) if cfg.grad_clip else float("nan")
-        if cfg.grad_clip and not math.isfinite(grad_norm):
-            self._diverged(f"gradient norm is {grad_norm}", lr)
+        loss, n_tokens = self.forward_backward(inputs, targets, lr)
+        for hook in self.grad_hooks:  # e.g. average the gradients over data-parallel ranks
+            hook(self.params)
+        # With grad_clip 0 the norm is still measured (max_norm inf scales nothing): NaN is caught either way.
+        grad_norm = optim.clip_grad_norm(self.params, cfg.grad_clip or math.inf)
+        if not math.isfinite(grad_norm):
+            self._diverged(f"the gradient norm is {grad_norm}", lr)
         self.optimizer.step()
         self.iter_num += 1
-        return loss_value, grad_norm, lr
+        return loss, grad_norm, lr, n_tokens
+
+    def forward_backward(self, inputs, targets, lr=float("nan")):
+        """Loss and gradients of one batch (added into ``p.grad``); returns (loss, targets counted).
+
+        Gradient accumulation would call this on several micro-batches before the hooks, each
+        loss scaled by 1 / their number; a NaN loss stops here, before its backward pass.
+        """
+        _, loss = self.model(*inputs, targets=targets)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            self._diverged(f"the loss is {loss_value}", lr)
+        loss.backward()
+        return loss_value, int(np.count_nonzero(np.asarray(targets) != -100))
 
     def _diverged(self, what, lr):
-        where = (f"the last good checkpoint, {self.checkpoint_path}, is untouched; continue from it with --resume "
-                 "(perhaps with a lower learning rate)") if self.checkpoint_path.exists() else "no checkpoint was written yet"
+        path = self.checkpoint_path
+        if self.last_checkpoint_iter is not None:
+            where = (f"the last good checkpoint, {path} (iter {self.last_checkpoint_iter}), is untouched; continue "
+                     "from it with --resume (perhaps with a lower learning rate)")
+        elif path.exists():
+            where = f"no checkpoint of this run was written yet ({path} still holds the earlier run's)"
+        else:
+            where = "no checkpoint was written yet"
         raise TrainingDiverged(f"training stopped at iter {self.iter_num}: {what} (lr {lr:.3g}); {where}")
 
+    # --- evaluation and samples ---------------------------------------------------------------
     def evaluate(self):
+        """Estimate train and val loss on ``eval_iters`` random batches each.
+
+        At a multiple of ``eval_interval`` the batches come from the run's evaluation Generator;
+        an evaluation anywhere else (the end of a run that stops between intervals) draws from a
+        Generator of its own, seeded by (seed, iteration), so that stopping and resuming a run
+        leaves every later evaluation exactly as in the uninterrupted run.
+        """
         cfg = self.cfg
-        self.last_eval = {
-            "iter": self.iter_num,
-            "train_loss": estimate_loss(self.model, self.train_data, cfg.batch_size, self.block_size, cfg.eval_iters,
-                                        self.eval_rng),
-            "val_loss": estimate_loss(self.model, self.val_data, cfg.batch_size, self.block_size, cfg.eval_iters,
-                                      self.eval_rng),
-        }
+        on_schedule = self.iter_num % cfg.eval_interval == 0
+        rng = self.eval_rng if on_schedule else np.random.default_rng([cfg.seed, 3, self.iter_num])
+        losses = {split: estimate_loss(self.model, self.get_batch, data, cfg.batch_size, cfg.eval_iters, rng)
+                  for split, data in (("train", self.train_data), ("val", self.val_data))}
+        self.last_eval = {"iter": self.iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
         return self.last_eval
 
-    def sample(self, max_new_tokens=None, seed=None):
-        if self.tokenizer is None:
-            return None
-        prompt = np.asarray([self.tokenizer.encode(self.cfg.sample_prompt)], dtype=np.int64)
-        out = self.model.generate(prompt, max_new_tokens=max_new_tokens or self.cfg.sample_tokens, temperature=0.8,
-                                  top_k=200, seed=self.cfg.seed if seed is None else seed)
-        return self.tokenizer.decode(out[0])
+    @no_grad()
+    def evaluate_split(self, split="val"):
+        """``evaluate(model, data)`` over a whole split: the final numbers of a run."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.evaluate_fn(self.model, self.val_data if split == "val" else self.train_data)
+        finally:
+            self.model.train(was_training)
 
+    def sample(self, max_new_tokens=None, seed=None):
+        """A sample from the model (None without a sampler or with ``sample_tokens`` 0)."""
+        n = self.cfg.sample_tokens if max_new_tokens is None else max_new_tokens
+        if self.sample_fn is None or not n:
+            return None
+        return self.sample_fn(self.model, n, self.cfg.seed if seed is None else seed)
+
+    # --- the run ------------------------------------------------------------------------------
     def train(self, resume=False, log=print):
-        """Run to ``max_iters``; returns the last evaluation and throughput figures."""
+        """Run to ``max_iters``; returns the last evaluation and throughput figures.
+
+        ``resume=True`` continues from the checkpoint in ``out_dir`` (which must exist). The output
+        directory is locked while this runs: a second trainer on it fails with
+        :class:`~tinyllm.errors.OutDirLocked`, naming this process.
+        """
+        with lock_out_dir(self.out_dir):
+            return self._train(resume, log)
+
+    def _train(self, resume, log):
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             meta = self.resume()
             log(f"resumed from {self.checkpoint_path} at iter {meta['iter']}")
-        logger = _CsvLog(self.out_dir / LOG_NAME, truncate_from=self.iter_num)
+        # An evaluation the previous run made at its stopping point, off the eval_interval grid, is
+        # not part of the uninterrupted run: its log row goes if this run continues past it.
+        off_grid = self.iter_num % cfg.eval_interval != 0 and self.iter_num < cfg.max_iters
+        logger = _CsvLog(self.out_dir / LOG_NAME, keep_through=self.iter_num if resume else None,
+                         drop_eval_at=self.iter_num if off_grid else None)
         bar = _progress(cfg, self.iter_num)
-        tokens_per_step = cfg.batch_size * self.block_size
-        start, step_time, steps_timed = time.perf_counter(), 0.0, 0
+        start, step_time, tokens_timed = time.perf_counter(), 0.0, 0
         try:
             while True:
                 if self.iter_num % cfg.eval_interval == 0 or self.iter_num == cfg.max_iters:
@@ -218,11 +410,11 @@ class Trainer:
                 if self.iter_num >= cfg.max_iters:
                     break
                 t0 = time.perf_counter()
-                loss, grad_norm, lr = self.train_step()
+                loss, grad_norm, lr, n_tokens = self.train_step()
                 dt = time.perf_counter() - t0
-                step_time, steps_timed = step_time + dt, steps_timed + 1
+                step_time, tokens_timed = step_time + dt, tokens_timed + n_tokens
                 self.history.append((self.iter_num, loss))
-                tps = tokens_per_step / dt
+                tps = n_tokens / dt
                 logger.write(iter=self.iter_num, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_sec=tps,
                              elapsed_s=time.perf_counter() - start)
                 if bar is not None:
@@ -233,13 +425,13 @@ class Trainer:
             if bar is not None:
                 bar.close()
         wall = time.perf_counter() - start
-        return {**self.last_eval, "tokens_per_sec": tokens_per_step * steps_timed / step_time if steps_timed else None,
+        return {**self.last_eval, "tokens_per_sec": tokens_timed / step_time if step_time else None,
                 "wall_s": wall, "iter": self.iter_num}
 
     def _eval_and_checkpoint(self, logger, bar, log, elapsed):
         ev = self.evaluate()
         if not (math.isfinite(ev["train_loss"]) and math.isfinite(ev["val_loss"])):
-            self._diverged(f"evaluation loss is {ev['train_loss']} (train) / {ev['val_loss']} (val)",
+            self._diverged(f"the evaluation loss is {ev['train_loss']} (train) / {ev['val_loss']} (val)",
                            self.optimizer.param_groups[0]["lr"])
         logger.write(iter=self.iter_num, eval_train_loss=ev["train_loss"], eval_val_loss=ev["val_loss"],
                      elapsed_s=elapsed)
@@ -252,6 +444,10 @@ class Trainer:
             self.save_checkpoint()
 
 
+def _is_token_array(data):
+    return isinstance(data, np.ndarray) and data.ndim == 1 and data.dtype.kind in "iu" and data.size > 0
+
+
 def _progress(cfg, start):
     if not cfg.progress:
         return None
@@ -261,34 +457,73 @@ def _progress(cfg, start):
 
 
 class _CsvLog:
-    """``log.csv``: one row per step (``iter`` counts steps done) and one per evaluation. On resume,
-    rows after the checkpoint's iteration are dropped first, so the log reads as one uninterrupted run."""
+    """``log.csv``: one row per step (``iter`` counts steps done) and one per evaluation.
 
-    def __init__(self, path, truncate_from=0):
+    A fresh run starts it empty. A resumed run keeps the rows up to the checkpoint's iteration
+    (``keep_through``; the steps after it are done again) and drops ``drop_eval_at``'s evaluation
+    row, so the log reads as one uninterrupted run. The kept rows are written to a temporary file
+    and renamed over the old log (a kill at that moment loses nothing); a last line without its
+    newline (a write cut short) is not kept. Losses and gradient norms are written with every
+    digit (``repr``), so logs of two runs compare exactly.
+    """
+
+    def __init__(self, path, keep_through=None, drop_eval_at=None):
         rows = []
-        if truncate_from > 0 and path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["iter"]) <= truncate_from]
-        self.file = open(path, "w", newline="")
+        if keep_through is not None and path.exists():
+            rows = [r for r in _read_log_rows(path) if int(r["iter"]) <= keep_through
+                    and not (int(r["iter"]) == drop_eval_at and r.get("eval_val_loss"))]
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        write_atomic(path, write)
+        self.file = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=LOG_FIELDS)
-        self.writer.writeheader()
-        self.writer.writerows(rows)
 
     def write(self, **row):
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.writer.writerow({k: _format(k, v) for k, v in row.items()})
         self.file.flush()
 
     def close(self):
         self.file.close()
 
 
-def load_tokenizer_from_meta(meta):
+def _format(name, value):
+    if not isinstance(value, float):
+        return value
+    return repr(value) if name in _EXACT_FIELDS else f"{value:.6g}"
+
+
+def _read_log_rows(path):
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]  # a row cut short by a crash
+    rows = []
+    for r in csv.DictReader(text.splitlines(keepends=True)):
+        try:
+            int(r["iter"])
+        except (TypeError, ValueError):
+            continue  # not a row this log writes
+        rows.append({k: r.get(k, "") for k in LOG_FIELDS})
+    return rows
+
+
+def load_tokenizer_from_meta(meta, source="checkpoint"):
     """The tokenizer stored in a checkpoint's metadata (or None)."""
     d = meta.get("tokenizer")
     if d is None:
         return None
-    return Tokenizer.from_dict(d)
+    return Tokenizer.from_dict(d, source=f"{source} (its tokenizer)")
 
 
 def write_json(path, obj):
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    """Write ``obj`` as indented JSON, atomically (a crash leaves the old file or the new one)."""
+
+    def write(tmp):
+        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+    write_atomic(str(path), write)
+

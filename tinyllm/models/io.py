@@ -8,10 +8,13 @@ Two layouts are understood:
   ``activation_function``, ...) and GPT-2's ``Conv1D`` weights, stored transposed as (in, out).
 """
 import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import FileFormatError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -20,12 +23,53 @@ WEIGHTS_NAME = "model.safetensors"
 _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu"}
 
+# safetensors' element types and their sizes in bytes (the format's specification).
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                      "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_FLOAT_DTYPES = ("F16", "F32", "F64")  # what a weight may be stored as and NumPy reads
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
-def _write_atomic(path, write):
-    """Write a file through ``write(tmp_path)`` then rename: a crash never leaves half a file."""
+
+def write_atomic(path, write):
+    """Write a file through ``write(tmp_path)``, flush it to the disk, then rename it over ``path``:
+    a crash, a kill or a full disk leaves either the old file or the new one, never half of one."""
     tmp = f"{path}.tmp"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with _ignore_os_errors():
+            os.unlink(tmp)
+        raise
+    fsync_dir(Path(path).parent)
+
+
+def fsync_file(path):
+    """Ask the OS to put ``path``'s bytes on the disk (so a rename after it never exposes an empty file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory):
+    """Make a rename inside ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    with _ignore_os_errors():
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _ignore_os_errors:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        return kind is not None and issubclass(kind, OSError)
 
 
 def _write_json(path, obj):
@@ -33,20 +77,148 @@ def _write_json(path, obj):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
 
-    _write_atomic(path, write)
+    write_atomic(path, write)
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Serialize ``tensors`` to the file ``path`` (no renaming; tests replace it to simulate a slow
+    or failing disk)."""
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def _save_safetensors(path, tensors, metadata=None):
-    from safetensors.numpy import save_file
-
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    _write_atomic(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
+    write_atomic(path, lambda tmp: write_safetensors(tmp, arrays, metadata))
 
 
-def _load_safetensors(path):
+# ----------------------------------------------------------------------------------------------
+# reading files that may be truncated, corrupt or hostile
+
+
+def read_json_file(path, what="JSON"):
+    """Parse a JSON file; a missing, unreadable or malformed file is one :class:`FileFormatError`
+    (or FileNotFoundError) that names it and, for bad JSON, the line and column."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except IsADirectoryError:
+        raise FileFormatError(path, f"is a directory, not a {what} file") from None
+    except UnicodeDecodeError as e:
+        raise FileFormatError(path, f"is not UTF-8 text (byte offset {e.start}); not a {what} file") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FileFormatError(path, f"is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} "
+                                    f"(a truncated or hand-edited {what} file?)") from None
+    except RecursionError:
+        raise FileFormatError(path, "nests JSON too deeply to be read") from None
+
+
+def read_safetensors_header(path):
+    """Check a safetensors file's structure without reading its tensors; returns
+    ``({name: (dtype, shape, (begin, end))}, metadata)``.
+
+    The format: 8 bytes holding the header's length N (little-endian u64), N bytes of JSON
+    ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``, then
+    the tensors' bytes, offsets counted from the end of the header. Checked here, before anything
+    is allocated: N fits in the file; the JSON parses; every dtype is known, every shape is a list
+    of non-negative ints, and ``end - begin`` is exactly shape x item size; the tensors tile the
+    data section with no gap, overlap or byte past the end. A file that fails raises
+    :class:`FileFormatError` naming it and the first problem found.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise FileFormatError(path, f"is {len(prefix)} bytes long, shorter than a safetensors header "
+                                            "(8 bytes of length): truncated, or not a safetensors file")
+            n = int.from_bytes(prefix, "little")
+            if n > size - 8:
+                raise FileFormatError(path, f"its header says it is {n:,} bytes long, but only {size - 8:,} bytes "
+                                            "follow: the file is truncated or not a safetensors file")
+            if n > MAX_HEADER_BYTES:
+                raise FileFormatError(path, f"its header is {n:,} bytes, over the {MAX_HEADER_BYTES:,} safetensors "
+                                            "allows: not a safetensors file")
+            raw = f.read(n)
+    except IsADirectoryError:
+        raise FileFormatError(path, "is a directory, not a safetensors file") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise FileFormatError(path, f"its header is not valid JSON ({e}): the file is corrupt") from None
+    if not isinstance(header, dict):
+        raise FileFormatError(path, f"its header is a JSON {type(header).__name__}, not an object: the file is corrupt")
+    metadata = header.pop("__metadata__", None) or {}
+    if not (isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in metadata.items())):
+        raise FileFormatError(path, "its __metadata__ is not a map of strings to strings: the file is corrupt")
+    data_size = size - 8 - n
+    tensors = {name: _check_tensor_entry(path, name, info, data_size) for name, info in header.items()}
+    _check_tiling(path, tensors, data_size)
+    return tensors, metadata
+
+
+def _check_tensor_entry(path, name, info, data_size):
+    def bad(what):
+        return FileFormatError(path, f"tensor {name!r}: {what}: the file is corrupt")
+
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise bad(f"its entry {info!r:.200} is not {{dtype, shape, data_offsets}}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in SAFETENSORS_DTYPES:
+        raise bad(f"unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise bad(f"shape {shape!r:.200} is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+        raise bad(f"data_offsets {offsets!r:.200} is not [begin, end]")
+    begin, end = offsets
+    if not begin <= end <= data_size:
+        raise bad(f"data_offsets [{begin}, {end}] lie outside the {data_size:,} bytes of tensor data")
+    nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype]
+    if end - begin != nbytes:
+        raise bad(f"shape {shape} of {dtype} needs {nbytes:,} bytes, but its data_offsets span {end - begin:,}")
+    return dtype, tuple(shape), (begin, end)
+
+
+def _is_count(x):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_tiling(path, tensors, data_size):
+    """The tensors' byte ranges must cover the data section exactly once (the format's rule)."""
+    position, previous = 0, None
+    for name, (_, _, (begin, end)) in sorted(tensors.items(), key=lambda kv: kv[1][2]):
+        if begin < position:
+            raise FileFormatError(path, f"tensors {previous!r} and {name!r} overlap: the file is corrupt")
+        if begin > position:
+            raise FileFormatError(path, f"bytes {position:,}..{begin:,} of the tensor data belong to no tensor: "
+                                        "the file is corrupt")
+        position, previous = end, name
+    if position != data_size:
+        raise FileFormatError(path, f"{data_size - position:,} bytes after the last tensor belong to no tensor: "
+                                    "the file is corrupt")
+
+
+def load_safetensors(path, header=None):
+    """All tensors of a safetensors file as NumPy arrays, after :func:`read_safetensors_header`
+    (pass its result as ``header`` if you already have it). BF16 and FP8, which NumPy lacks, are
+    refused by name."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    return load_file(str(path))
+    tensors, _ = header or read_safetensors_header(path)
+    unreadable = {k: d for k, (d, _, _) in tensors.items() if d == "BF16" or d.startswith("F8")}
+    if unreadable:
+        raise FileFormatError(path, f"tensors {sorted(unreadable)} are stored as {sorted(set(unreadable.values()))}, "
+                                    "which NumPy cannot hold; convert the file to float32 first")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:  # e.g. the file changed since it was checked
+        raise FileFormatError(path, f"could not be read as safetensors: {e}") from None
 
 
 def unique_state_dict(model):
@@ -110,6 +282,9 @@ def _to_huggingface(model):
 
 
 def load_model(cls, directory):
+    """A model from ``config.json`` + ``model.safetensors``. Every problem with the files (missing,
+    truncated, corrupt, hostile, or the two disagreeing) is one error naming the file at fault;
+    nothing is allocated before the config has been checked against the weights file's header."""
     from .gpt import GPTConfig
 
     directory = Path(directory)
@@ -120,18 +295,47 @@ def load_model(cls, directory):
                 f"from_pretrained: {path} not found; a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
                 "(written by save_pretrained, or a Hugging Face GPT-2 directory)"
             )
-    with open(config_path, encoding="utf-8") as f:
-        raw = json.load(f)
-    tensors = _load_safetensors(weights_path)
-    if raw.get("model_type") == "gpt2":
-        config, state = _from_huggingface(raw, tensors, GPTConfig)
-    else:
-        config, state = GPTConfig.from_dict(raw), tensors
-    model = cls(config)
-    model.load_state_dict(state, strict=True)
-    if raw.get("model_type") == "gpt2":
+    raw = read_json_file(config_path, "model config")
+    if not isinstance(raw, dict):
+        raise FileFormatError(config_path, f"holds a JSON {type(raw).__name__}, not an object of config fields")
+    hf = raw.get("model_type") == "gpt2"
+    try:
+        config = _hf_config(raw, GPTConfig) if hf else GPTConfig.from_dict(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"lacks the field {e}" if isinstance(e, KeyError) else str(e)
+        raise FileFormatError(config_path, f"{what} (a hand-edited or foreign config?)") from None
+    header = read_safetensors_header(weights_path)
+    _check_size_against_file(config, config_path, weights_path, header[0])
+    tensors = load_safetensors(weights_path, header)
+    try:
+        state = _hf_state(tensors) if hf else tensors
+        _check_float_weights(state)
+        model = cls(config)
+        model.load_state_dict(state, strict=True)
+    except ValueError as e:
+        raise FileFormatError(weights_path, f"does not match {config_path.name}: {e}") from None
+    if hf:
         model.generation_config = _hf_generation_config(raw, directory)
     return model
+
+
+def _check_size_against_file(config, config_path, weights_path, tensors):
+    """Refuse, before allocating anything, a config whose embeddings and matmul weights alone would
+    need more numbers than the weights file holds (a hostile or mismatched config.json)."""
+    c = config
+    at_least = c.vocab_size * c.n_embd + c.n_layer * 12 * c.n_embd * c.n_embd  # wte + attention + MLP
+    held = sum(math.prod(shape) for _, shape, _ in tensors.values())
+    if at_least > held:
+        raise FileFormatError(config_path, f"describes a model of at least {at_least:,} parameters (vocab_size "
+                                           f"{c.vocab_size}, n_layer {c.n_layer}, n_embd {c.n_embd}), but "
+                                           f"{weights_path.name} holds only {held:,} numbers: they do not belong "
+                                           "together")
+
+
+def _check_float_weights(state):
+    for name, array in state.items():
+        if array.dtype.kind != "f":
+            raise ValueError(f"{name} is stored as {array.dtype}; weights must be floating point")
 
 
 def _hf_generation_config(raw, directory):
@@ -141,27 +345,33 @@ def _hf_generation_config(raw, directory):
                eos_token_id=raw.get("eos_token_id"), pad_token_id=raw.get("pad_token_id"))
     path = directory / "generation_config.json"
     if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = read_json_file(path, "generation config")
+        if not isinstance(saved, dict):
+            raise FileFormatError(path, f"holds a JSON {type(saved).__name__}, not an object of settings")
         gen.update({k: v for k, v in saved.items() if k in gen})
     if isinstance(gen["eos_token_id"], list):  # transformers allows several; tinyllm stops on the first
         gen["eos_token_id"] = gen["eos_token_id"][0] if gen["eos_token_id"] else None
     return gen
 
 
-def _from_huggingface(raw, tensors, GPTConfig):
+def _hf_config(raw, GPTConfig):
+    """A GPT-2 ``config.json`` in tinyllm's terms (KeyError / ValueError on a field that is missing or wrong)."""
     activation = raw.get("activation_function", "gelu_new")
     if activation not in _HF_ACTIVATIONS:
-        raise ValueError(f"from_pretrained: GPT-2 activation_function {activation!r} is not supported "
+        raise ValueError(f"GPT-2 activation_function {activation!r} is not supported "
                          f"(supported: {sorted(_HF_ACTIVATIONS)})")
     if raw.get("n_inner") not in (None, 4 * raw["n_embd"]):
-        raise ValueError(f"from_pretrained: n_inner={raw['n_inner']} is not supported (the MLP is 4 * n_embd wide)")
-    config = GPTConfig(
+        raise ValueError(f"n_inner={raw['n_inner']} is not supported (the MLP is 4 * n_embd wide)")
+    return GPTConfig(
         vocab_size=raw["vocab_size"], block_size=raw.get("n_positions", raw.get("n_ctx")), n_layer=raw["n_layer"],
         n_head=raw["n_head"], n_embd=raw["n_embd"], dropout=0.0, bias=True,
         activation=_HF_ACTIVATIONS[activation], pos_encoding="learned",
         layer_norm_epsilon=raw.get("layer_norm_epsilon", 1e-5),
     )
+
+
+def _hf_state(tensors):
+    """GPT-2's tensor names and Conv1D layouts -> tinyllm's state dict."""
     state = {}
     for name, array in tensors.items():
         if name.endswith((".attn.bias", ".attn.masked_bias")):
@@ -170,5 +380,5 @@ def _from_huggingface(raw, tensors, GPTConfig):
         state[key] = array.T if key.endswith(_CONV1D_SUFFIXES) else array
     head = state.pop("lm_head.weight", None)
     if head is not None and not np.array_equal(head, state.get("transformer.wte.weight")):
-        raise ValueError("from_pretrained: lm_head.weight differs from transformer.wte.weight, but GPT ties them")
-    return config, state
+        raise ValueError("lm_head.weight differs from transformer.wte.weight, but GPT ties them")
+    return state

@@ -1,0 +1,223 @@
+"""What every training script shares: its command-line options, the rules for ``--out-dir``, and
+the whole job around :class:`~tinyllm.training.Trainer` (train or resume, evaluate the whole
+validation split, write ``metrics.json``, save the model and its tokenizer, print a sample).
+
+A script brings its data and its model, nothing else::
+
+    import argparse
+    from tinyllm import cli
+
+    def main(argv=None):
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--data", ...)                          # the task's own options
+        cli.add_training_args(parser, out_dir="out-mytask", max_iters=3000)   # the shared ones
+        args = parser.parse_args(argv)
+        with cli.exit_on_error(), cli.TrainingRun(args) as run:    # lock --out-dir, fresh or resume
+            train_data, val_data = ...                             # an error here touches nothing saved
+            tokenizer = run.saved_tokenizer() or MyTokenizer(...)  # resuming: the checkpoint's own
+            model = MyModel(MyConfig(...), seed=args.seed)
+            run.train(model, train_data, val_data, tokenizer,      # get_batch / evaluate / sample:
+                      get_batch=..., evaluate=..., sample=...)     # see tinyllm.training (LM defaults)
+
+The rules, for every script alike:
+
+* ``--out-dir`` holding a checkpoint is refused unless ``--resume`` (continue it) or
+  ``--overwrite`` (start over) is given; nothing saved is touched before training begins.
+* ``--resume`` with no checkpoint yet starts a fresh run and says so (a preemptible job can run
+  the same command every time); a checkpoint of another model configuration is an error.
+* One trainer per ``--out-dir``: a second one fails at once, naming the first one's process id.
+  The lock dies with its process, so a killed run never leaves the directory locked.
+* Errors a user can cause (bad data, a corrupt file, a full disk, divergence) end the program with
+  ``error: ...`` and exit status 1 instead of a traceback (``TINYLLM_TRACEBACK=1`` shows it).
+"""
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT_NAME, lock_out_dir, read_checkpoint_meta
+from .errors import FileFormatError, OutDirLocked, RunExistsError
+from .training import Trainer, TrainConfig, TrainingDiverged, load_tokenizer_from_meta, write_json
+
+__all__ = ["TrainingRun", "add_training_args", "exit_on_error", "train_config_from_args"]
+
+METRICS_NAME = "metrics.json"
+
+# dest name -> (flag, type, the TrainConfig field it sets, help)
+_OPTIONS = {
+    "out_dir": ("--out-dir", str, "out_dir", "where checkpoints, log.csv, metrics.json and the final model go"),
+    "max_iters": ("--max-iters", int, "max_iters", "optimizer steps in all (a resumed run continues to this)"),
+    "batch_size": ("--batch-size", int, "batch_size", "examples per step"),
+    "lr": ("--lr", float, "learning_rate", "peak learning rate, reached after the warmup"),
+    "min_lr": ("--min-lr", float, "min_lr", "learning rate at the end of the cosine decay"),
+    "warmup_iters": ("--warmup-iters", int, "warmup_iters", "steps of linear warmup"),
+    "lr_decay_iters": ("--lr-decay-iters", int, "lr_decay_iters",
+                       "where the cosine reaches --min-lr (default: --max-iters; set it when resuming with a "
+                       "larger --max-iters to keep the original schedule)"),
+    "weight_decay": ("--weight-decay", float, "weight_decay", "AdamW weight decay on the 2-D weights"),
+    "grad_clip": ("--grad-clip", float, "grad_clip", "clip the gradients' joint norm to this (0: no clipping)"),
+    "eval_interval": ("--eval-interval", int, "eval_interval", "evaluate, sample and checkpoint every this many steps"),
+    "eval_iters": ("--eval-iters", int, "eval_iters", "batches per loss estimate"),
+    "seed": ("--seed", int, "seed", "one seed for init, batches, dropout and samples"),
+    "sample_tokens": ("--sample-tokens", int, "sample_tokens", "length of the samples shown (0: no samples)"),
+    "sample_prompt": ("--sample-prompt", str, "sample_prompt",
+                      "text the samples start from (default: a newline, or the data's first token)"),
+}
+
+
+def add_training_args(parser, **defaults):
+    """Add the options every training script shares to ``parser`` (an ``argparse.ArgumentParser``);
+    ``defaults`` overrides :class:`TrainConfig`'s default of any of them by its dest name
+    (``out_dir``, ``max_iters``, ``batch_size``, ``lr``, ``min_lr``, ``warmup_iters``,
+    ``lr_decay_iters``, ``weight_decay``, ``grad_clip``, ``eval_interval``, ``eval_iters``,
+    ``seed``, ``sample_tokens``, ``sample_prompt``). Also adds ``--resume``, ``--overwrite`` and
+    ``--no-progress``. Returns the argument group."""
+    unknown = set(defaults) - set(_OPTIONS)
+    if unknown:
+        raise TypeError(f"add_training_args: unknown defaults {sorted(unknown)}; known: {sorted(_OPTIONS)}")
+    base = TrainConfig()
+    group = parser.add_argument_group("training (shared by every tinyllm training script)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --out-dir (a fresh start if there is none yet)")
+    group.add_argument("--overwrite", action="store_true", help="start afresh even if --out-dir holds a run")
+    for dest, (flag, kind, field, help_text) in _OPTIONS.items():
+        # (TrainConfig() has already turned its lr_decay_iters None into max_iters: keep the None)
+        default = defaults.get(dest, getattr(base, field) if field != "lr_decay_iters" else None)
+        group.add_argument(flag, dest=dest, type=kind, default=default, help=f"{help_text} (default: %(default)s)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. when logging to a file)")
+    return group
+
+
+def train_config_from_args(args, **overrides):
+    """The :class:`TrainConfig` the shared options describe (``overrides`` replace fields)."""
+    fields = {field: getattr(args, dest) for dest, (_, _, field, _) in _OPTIONS.items()}
+    fields["progress"] = not args.no_progress
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+@contextlib.contextmanager
+def exit_on_error():
+    """Turn the errors a user can cause into ``error: <message>`` and exit status 1.
+
+    Covers bad values and files (``ValueError``, including :class:`~tinyllm.errors.FileFormatError`
+    and :class:`~tinyllm.errors.DataError`), failed reads and writes (``OSError``, including
+    :class:`~tinyllm.errors.CheckpointWriteError`), a busy or already used ``--out-dir``, and
+    :class:`~tinyllm.training.TrainingDiverged`. Set ``TINYLLM_TRACEBACK=1`` to see the traceback.
+    """
+    try:
+        yield
+    except (ValueError, OSError, RunExistsError, OutDirLocked, TrainingDiverged) as e:
+        if os.environ.get("TINYLLM_TRACEBACK"):
+            raise
+        prefix = "TrainingDiverged: " if isinstance(e, TrainingDiverged) else ""
+        sys.exit(f"error: {prefix}{e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the last checkpoint in --out-dir is intact; continue with --resume")
+
+
+class TrainingRun:
+    """One training job in ``args.out_dir``, as a context manager (see the module docstring).
+
+    On entry it locks the directory and decides: continue the checkpoint there (``--resume``),
+    start afresh (no checkpoint, or ``--overwrite``), or refuse (a checkpoint and neither flag).
+    ``resuming`` says which; ``meta`` is the checkpoint's metadata when resuming.
+    """
+
+    def __init__(self, args, log=print):
+        self.args, self.log = args, log
+        self.out_dir = Path(args.out_dir)
+        self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+        self.resuming, self.meta = False, None
+        self._lock = lock_out_dir(self.out_dir)
+
+    def __enter__(self):
+        if self.args.resume and self.args.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: pass one of them")
+        self._lock.__enter__()
+        try:
+            self._decide()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.__exit__(*exc)
+        return False
+
+    def _decide(self):
+        ckpt = self.checkpoint_path
+        if not ckpt.exists():
+            if self.args.resume:
+                self.log(f"--resume: no checkpoint in {self.out_dir} yet ({ckpt}); starting a fresh run")
+            return
+        if self.args.overwrite:
+            self.log(f"--overwrite: starting afresh; the run in {self.out_dir} is replaced as this one saves")
+            return
+        if not self.args.resume:
+            raise RunExistsError(f"{self.out_dir} already holds a training run ({ckpt}); pass --resume to continue "
+                                 "it, --overwrite to start over, or choose another --out-dir")
+        try:
+            self.meta = read_checkpoint_meta(ckpt)
+        except FileFormatError as e:
+            raise FileFormatError(e.path, f"{e.problem}. It cannot be resumed: move it away to keep it, or pass "
+                                          "--overwrite to start over") from None
+        self.resuming = True
+
+    def saved_tokenizer(self):
+        """The tokenizer stored in the checkpoint being resumed (None when starting fresh)."""
+        return load_tokenizer_from_meta(self.meta, source=str(self.checkpoint_path)) if self.resuming else None
+
+    def train(self, model, train_data, val_data, tokenizer=None, *, get_batch=None, evaluate=None, sample=None,
+              extra_metrics=None):
+        """Train (or resume) to ``--max-iters``, then evaluate the whole validation split, write
+        ``metrics.json`` and save the model (``save_pretrained``) and tokenizer into ``--out-dir``.
+
+        ``get_batch``, ``evaluate``, ``sample``: as for :class:`~tinyllm.training.Trainer`.
+        ``extra_metrics``: more entries for ``metrics.json``. Returns the metrics.
+        """
+        cfg = train_config_from_args(self.args)
+        trainer = Trainer(model, train_data, val_data, cfg, tokenizer, get_batch=get_batch, evaluate=evaluate,
+                          sample=sample)
+        result = trainer.train(resume=self.resuming, log=self.log)
+        final = trainer.evaluate_split("val")
+        metrics = {
+            "iter": result["iter"],
+            "train_loss": result.get("train_loss"),
+            **{f"val_{k}": v for k, v in final.items()},
+            "val_loss_estimate": result.get("val_loss"),
+            "tokens_per_sec": result["tokens_per_sec"],
+            "wall_s": result["wall_s"],
+            "n_params": _num_parameters(model),
+            "config": model.config.to_dict(),
+            **(extra_metrics or {}),
+        }
+        write_json(self.out_dir / METRICS_NAME, metrics)
+        model.save_pretrained(self.out_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(self.out_dir)
+        self._report(metrics, trainer)
+        return metrics
+
+    def _report(self, metrics, trainer):
+        final = {k[4:]: v for k, v in metrics.items() if k.startswith("val_") and k != "val_loss_estimate"}
+        line = f"\nval loss {final.pop('loss'):.4f}"
+        if "perplexity" in final:
+            line += f" (perplexity {final.pop('perplexity'):.2f})"
+        line += "".join(f", {k} {v:.4f}" for k, v in final.items() if isinstance(v, float))
+        line += " on the whole validation split"
+        if metrics["tokens_per_sec"]:
+            line += f"; {metrics['tokens_per_sec']:,.0f} tokens/s; {metrics['wall_s']:.0f} s"
+        self.log(line)
+        self.log(f"saved the model and {METRICS_NAME} to {self.out_dir}/")
+        text = trainer.sample()
+        if text is not None:
+            self.log(f"--- sample ---\n{text}")
+
+
+def _num_parameters(model):
+    if hasattr(model, "num_parameters"):
+        return model.num_parameters()
+    return sum(p.size for p in model.parameters())
+

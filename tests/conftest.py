@@ -41,9 +41,13 @@ def _offline():
         yield
 
 
+# Variables that are no test's doing: pytest rewrites PYTEST_CURRENT_TEST at every phase, and
+# torch (an oracle) records its compile cache directory on first use, the same value every time.
+_SET_BY_TOOLS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
+
+
 def _environment():
-    """os.environ without PYTEST_CURRENT_TEST (pytest's own, rewritten at every phase)."""
-    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    return {k: v for k, v in os.environ.items() if k not in _SET_BY_TOOLS}
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,22 @@
 """Shared test settings and hypothesis strategies.
 
-The hypothesis profile: ``deadline=None`` because the first call of a numba kernel compiles it
-(seconds), and a modest number of examples so the whole suite stays fast on 2 cores. Set
-``HYPOTHESIS_PROFILE=thorough`` for a longer local run.
+Repeatability: the suite's outcome must not depend on the run, the machine or the order of the
+tests. So hypothesis is derandomized in every profile (each test draws the same examples on every
+run: the examples are derived from the test itself, not from a random seed) and keeps no example
+database (``database=None``: no failure found on one run or machine is replayed on the next
+only). A test may change ``os.environ`` only through a fixture (``monkeypatch.setenv``), and
+the autouse fixtures below fail any test that leaves the environment or the grad mode changed.
+To explore new examples on purpose, run ``HYPOTHESIS_PROFILE=explore`` (random, more examples)
+or ``HYPOTHESIS_PROFILE=thorough`` (derandomized, 300 examples).
+
+``deadline=None`` because the first call of a numba kernel compiles it (seconds), and a modest
+number of examples so the whole suite stays fast on 2 cores.
 
 Strategies draw shapes and values. Values for ops with kinks or singularities are built away
 from them by construction (``away_from_zero``, ``distinct``) rather than filtered with
 ``assume``, so hypothesis rarely has to throw examples away.
 """
+import importlib
 import os
 
 import numpy as np
@@ -16,20 +25,51 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-settings.register_profile(
-    "tinyllm",
-    derandomize=bool(os.environ.get("CI")),  # CI replays the same examples; local runs explore
-    deadline=None,
-    max_examples=20,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "thorough",
-    deadline=None,
-    max_examples=300,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+settings.register_profile("tinyllm", derandomize=True, max_examples=20, **_COMMON)
+settings.register_profile("thorough", derandomize=True, max_examples=300, **_COMMON)
+settings.register_profile("explore", derandomize=False, max_examples=100, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tinyllm"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline():
+    """No test may download (an oracle from the Hugging Face hub would): HF_HUB_OFFLINE=1 for the
+    whole session, set before any test imports transformers, and restored at the end."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+# Variables that are no test's doing: pytest rewrites PYTEST_CURRENT_TEST at every phase, and
+# torch (an oracle) records its compile cache directory on first use, the same value every time.
+_SET_BY_TOOLS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
+
+
+def _environment():
+    return {k: v for k, v in os.environ.items() if k not in _SET_BY_TOOLS}
+
+
+@pytest.fixture(autouse=True)
+def _environment_and_grad_mode_are_left_as_found():
+    """A test that changes os.environ outside monkeypatch, or leaves a no_grad() open, would
+    change the outcome of the tests after it: fail it, and put things back."""
+    before = _environment()
+    yield
+    after = _environment()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    for k in changed:
+        if k in before:
+            os.environ[k] = before[k]
+        else:
+            del os.environ[k]
+    tensor_module = importlib.import_module("tinyllm.tensor")
+    grad_on = tensor_module.is_grad_enabled()
+    if not grad_on:
+        tensor_module._GradMode.enabled = True
+        tensor_module._GradMode.saved.clear()
+    assert not changed, f"the test changed os.environ outside a fixture: {changed}"
+    assert grad_on, "the test left grad mode off (a no_grad() that was entered and not exited)"
 
 
 # ----------------------------------------------------------------------------------------------

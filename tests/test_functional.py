@@ -542,6 +542,44 @@ def test_sdpa_with_huge_scores_is_finite():
     assert_close(out.data, attention_np(q, k, v, False, scale=1.0), rtol=1e-9)
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_dropout_drops_probabilities_and_scales_the_rest_by_one_over_one_minus_p(p, causal):
+    # with v = I the output *is* the (dropped) attention matrix; N copies of one (q, k) get N
+    # independent masks from one seeded rng
+    rng = np.random.default_rng(8)
+    N, T, D = 4000, 5, 3
+    q, k = rng.standard_normal((1, T, D)), rng.standard_normal((1, T, D))
+    probs = attention_np(q, k, np.eye(T)[None], causal)[0]  # (T, T), without dropout
+    copies = [Tensor(np.repeat(a, N, axis=0)) for a in (q, k, np.eye(T)[None])]
+    out = F.scaled_dot_product_attention(*copies, is_causal=causal, dropout_p=p, rng=np.random.default_rng(9)).data
+    assert out.shape == (N, T, T) and np.isfinite(out).all()
+    # every entry is either dropped (0) or the probability scaled by 1 / (1 - p)
+    kept = out != 0
+    assert_close(out[kept], np.broadcast_to(probs / (1 - p), out.shape)[kept], rtol=1e-12)
+    live = np.broadcast_to(probs > 0, out.shape)
+    dropped = 1 - kept[live].mean()
+    assert abs(dropped - p) < 5 * np.sqrt(p * (1 - p) / live.sum())
+    # so the expected value is the attention without dropout: the mean over the N masks is within
+    # 5 standard errors (an entry's std is probs * sqrt(p / (1 - p))) of it
+    stderr = probs * np.sqrt(p / (1 - p) / N)
+    assert (np.abs(out.mean(axis=0) - probs) <= 5 * stderr + 1e-15).all()
+    assert (np.abs(out.mean(axis=0) * (1 - p) - probs) > 5 * stderr)[probs > 0].all()  # unscaled would fail
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_dropout_gradient(causal):
+    rng = np.random.default_rng(10)
+    q, k, v = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5, 2))
+
+    def attend(q, k, v):  # a fresh rng each call: one fixed mask, as finite differences need
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=0.3, rng=np.random.default_rng(5))
+
+    dropped_probs = attend(Tensor(q), Tensor(k), Tensor(np.repeat(np.eye(5)[None], 2, axis=0))).data  # v = I
+    assert (dropped_probs == 0).any() and (dropped_probs > 0).any()  # some probabilities dropped, some kept
+    check(attend, q, k, v)
+
+
 def test_sdpa_shape_errors_are_named():
     with pytest.raises(ValueError, match=r"\(2, 3, 4\).*\(2, 3, 5\)"):
         F.scaled_dot_product_attention(Tensor(np.ones((2, 3, 4))), Tensor(np.ones((2, 3, 5))), Tensor(np.ones((2, 3, 4))))

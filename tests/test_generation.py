@@ -260,6 +260,45 @@ def test_eos_stops_a_real_model_early(model):
     np.testing.assert_array_equal(out, full[:, :3 + first + 1])
 
 
+def with_eos(free, prompt_len, eos, pad):
+    """What generation with eos must give, from a run without it: each row up to its first eos,
+    then pad; and it stops once every row has finished."""
+    out = free.copy()
+    finished_at = []
+    for row in out:
+        hits = np.flatnonzero(row[prompt_len:] == eos)
+        if hits.size:
+            row[prompt_len + hits[0] + 1:] = pad
+        finished_at.append(int(hits[0]) if hits.size else None)
+    if all(f is not None for f in finished_at):
+        out = out[:, :prompt_len + max(finished_at) + 1]
+    return out, finished_at
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("n_new", [5, 9], ids=["within block", "past block"])
+@pytest.mark.parametrize("explicit_pad", [False, True], ids=["pad=eos", "pad_token_id"])
+def test_eos_and_padding_in_a_batch_of_the_real_model_with_and_without_its_kv_cache(model, do_sample, n_new,
+                                                                                      explicit_pad):
+    # six prompts of 3 tokens; block_size is 8, so with 9 new tokens the cached path also has to
+    # hand over to the sliding window. The rows are independent, so a row that has finished (and
+    # is fed pad tokens from then on) must not change what the others generate.
+    x = prompt((6, 3), seed=3)
+    free = model.generate(x, max_new_tokens=n_new, do_sample=do_sample, seed=1)
+
+    def finish_steps(token):
+        return {int(np.flatnonzero(row == token)[0]) for row in free[:, 3:] if (row == token).any()}
+
+    eos = max(range(V), key=lambda t: (len(finish_steps(t)), -t))  # rows finish at the most distinct steps
+    assert len(finish_steps(eos)) >= 2, "no token ends the rows at different steps: pick another prompt"
+    pad = (eos + 1) % V if explicit_pad else None
+    expected, finished_at = with_eos(free, 3, eos, eos if pad is None else pad)
+    for use_cache in (True, False):
+        out = model.generate(x, max_new_tokens=n_new, do_sample=do_sample, seed=1, eos_token_id=eos,
+                             pad_token_id=pad, use_cache=use_cache)
+        np.testing.assert_array_equal(out, expected, err_msg=f"use_cache={use_cache}, finished at {finished_at}")
+
+
 def test_generate_restores_training_mode(model):
     model.train()
     model.generate(prompt((1, 2)), max_new_tokens=2)

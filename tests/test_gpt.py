@@ -263,7 +263,84 @@ def test_gradcheck_whole_gpt_loss_wrt_tied_wte_and_a_few_parameters():
                 object.__setattr__(m, a, original)
 
     inputs = [Tensor(named[n].data.copy(), requires_grad=True) for n in names]
-    assert gradcheck(loss_fn, inputs, atol=1e-6, rtol=1e-4)
+    assert gradcheck(loss_fn, inputs)  # the default float64 tolerance (rejects a 0.01% error)
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole step with the numba JIT disabled
+
+
+WHOLE_STEP = """
+import json
+import numba
+import numpy as np
+from tinyllm import optim
+from tinyllm.kernels import attention as A, blas
+from tinyllm.models import GPT, GPTConfig
+
+calls = {}
+
+
+def count(module, name):  # record which kernels the model really calls
+    kernel = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls[name] = calls.get(name, 0) + 1
+        return kernel(*args, **kwargs)
+
+    setattr(module, name, counted)
+
+
+for name in ("self_attention_forward", "self_attention_backward", "attention_forward", "attention_backward"):
+    count(A, name)
+for name in ("linear_forward", "linear_backward"):  # F.Linear: x @ W^T + b as one Function
+    count(blas, name)
+
+model = GPT(GPTConfig(vocab_size=23, block_size=8, n_layer=2, n_head=2, n_embd=16), seed=0)
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 23, (2, 8)), rng.integers(0, 23, (2, 8))
+opt = optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+_, loss = model(x, y)
+loss.backward()
+norm = optim.clip_grad_norm(model.parameters(), 0.5)
+opt.step()
+step_calls = dict(calls)
+_, loss_after = model(x, y)
+greedy = model.generate(x[:, :3], max_new_tokens=5, do_sample=False)
+sampled = model.generate(x[:, :3], max_new_tokens=5, do_sample=True, top_k=7, seed=3)
+print(json.dumps(dict(
+    jit_disabled=bool(numba.config.DISABLE_JIT), step_calls=step_calls, calls=calls,
+    loss=loss.item(), norm=float(norm), loss_after=loss_after.item(),
+    params={n: [float(p.data.astype(np.float64).sum()), float(np.abs(p.data.astype(np.float64)).sum())]
+            for n, p in model.named_parameters()},
+    greedy=greedy.tolist(), sampled=sampled.tolist())))
+"""
+
+
+def test_a_whole_gpt_step_and_generate_run_with_the_jit_disabled_and_agree_with_the_compiled_run():
+    from kernel_helpers import run_script
+
+    plain = json.loads(run_script(WHOLE_STEP, timeout=300, NUMBA_DISABLE_JIT="1"))
+    compiled = json.loads(run_script(WHOLE_STEP, timeout=300, NUMBA_DISABLE_JIT="0"))
+    assert plain["jit_disabled"] and not compiled["jit_disabled"]
+    # the model's own paths, in both runs: the packed self-attention (forward and backward) and
+    # the fused Linear in training, 4 Linears a block and lm_head (tied to wte), the KV-cached
+    # attention in generate
+    n_linear = 4 * 2 + 1
+    assert plain["step_calls"] == {"self_attention_forward": 2, "self_attention_backward": 2,
+                                   "linear_forward": n_linear, "linear_backward": n_linear}
+    assert plain["calls"]["attention_forward"] > 0
+    assert plain["calls"] == compiled["calls"]
+    # the same numbers up to float32 rounding (plain loops vs BLAS and compiled kernels)
+    for key in ("loss", "norm", "loss_after"):
+        assert np.isfinite(plain[key])
+        np.testing.assert_allclose(plain[key], compiled[key], rtol=1e-5)
+    assert plain["loss_after"] < plain["loss"]  # the step did something
+    assert plain["params"].keys() == compiled["params"].keys()
+    for name, sums in plain["params"].items():
+        np.testing.assert_allclose(sums, compiled["params"][name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert plain["greedy"] == compiled["greedy"]
+    assert plain["sampled"] == compiled["sampled"]
 
 
 # ----------------------------------------------------------------------------------------------

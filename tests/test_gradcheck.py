@@ -74,6 +74,70 @@ class SoftmaxRightBackward(Function):
 X = np.array([[0.3, -1.2, 0.8], [1.5, 0.1, -0.4]])
 
 
+def gradient_scaled_by(factor):
+    """An identity Function whose backward multiplies the gradient by ``factor``: placed in front
+    of a correct op, it makes every gradient of that op wrong by the same relative amount."""
+
+    class ScaleGradient(Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.copy()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * factor
+
+    return ScaleGradient.apply
+
+
+# correct ops of various kinds: smooth element-wise, a row-coupled one (softmax, whose rows sum to
+# 1), a product, a reduction, and one whose outputs are large (S = sum |f * R| ~ 1e3, so the
+# rounding allowance is large too)
+OPS = {
+    "square": lambda x: x * x,
+    "tanh": lambda x: x.tanh(),
+    "softmax": lambda x: x.softmax(-1),
+    "matmul": lambda x: x @ x.T,
+    "logsumexp": lambda x: x.exp().sum(axis=-1).log(),
+    "large outputs": lambda x: (x * x) * 300.0 + x * 100.0,
+}
+
+
+@pytest.mark.parametrize("op", OPS.values(), ids=OPS.keys())
+def test_gradcheck_accepts_the_exact_gradient_and_rejects_a_systematic_error_of_0_1_and_0_01_percent(op):
+    assert tinyllm.gradcheck(lambda x: op(gradient_scaled_by(1.0)(x)), (leaf(X),))
+    for error in (1e-3, 1e-4, -1e-4):
+        wrong = gradient_scaled_by(1.0 + error)
+        with pytest.raises(GradcheckError, match="input 0"):
+            tinyllm.gradcheck(lambda x: op(wrong(x)), (leaf(X),))
+
+
+def test_pytorchs_default_tolerance_would_accept_those_errors():
+    # why the defaults are tighter than torch.autograd.gradcheck's (atol=1e-5, rtol=1e-3)
+    for error in (1e-3, 1e-4):
+        wrong = gradient_scaled_by(1.0 + error)
+        assert tinyllm.gradcheck(lambda x: wrong(x).tanh(), (leaf(X),), atol=1e-5, rtol=1e-3)
+
+
+def test_a_small_absolute_error_where_the_gradient_is_zero_is_caught():
+    # y = x^2 at x = 0: the gradient is 0, so rtol * |numeric| is 0 and the outputs are 0 (no
+    # rounding allowance); an absolute error of 1e-7 exceeds atol = 1e-8
+    class SquarePlus1e7(Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 2 * x * g + 1e-7
+
+    with pytest.raises(GradcheckError, match=r"rounding noise 0\)"):
+        tinyllm.gradcheck(SquarePlus1e7.apply, (leaf([0.0, 0.0]),))
+    assert tinyllm.gradcheck(lambda x: x * x, (leaf([0.0, 0.0]),))
+
+
 def test_gradcheck_passes_a_correct_gradient():
     assert tinyllm.gradcheck(lambda x: x * x, (leaf(X),)) is True
     assert tinyllm.gradcheck(SoftmaxRightBackward.apply, (leaf(X),)) is True

@@ -6,14 +6,11 @@ GPT-2's real vocabulary (50257 tokens) saved by transformers, plus GPT-2's real 
 tinyllm -- only the import line differs -- and must print the same text.
 """
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "generate_gpt2.py"

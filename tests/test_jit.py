@@ -68,3 +68,24 @@ def test_stale_kernel_cache_is_cleared_when_a_source_changes(tmp_path, monkeypat
     (kernels / "matmul.py").write_text("# an edited helper that attention inlines\n")
     _jit._drop_stale_cache()
     assert not cached.exists()
+
+
+def test_a_run_with_the_jit_disabled_leaves_the_kernel_cache_alone(tmp_path, monkeypatch):
+    # it compiles nothing, and its digest ("loops") differs from a compiled run's: clearing the
+    # cache there made every compiled process after a NUMBA_DISABLE_JIT=1 one recompile everything
+    kernels = tmp_path / "kernels"
+    (kernels / "__pycache__").mkdir(parents=True)
+    (kernels / "_jit.py").write_text("# a kernel source\n")
+    monkeypatch.setattr(_jit, "__file__", str(kernels / "_jit.py"))
+    _jit._drop_stale_cache()  # a compiled run records the digest
+    cached = kernels / "__pycache__" / "attention._fwd-1.py311.nbi"
+    cached.write_text("compiled code")
+    stamp = (kernels / "__pycache__" / "kernels-source.sha256").read_text()
+
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    _jit._drop_stale_cache()
+    assert cached.exists()
+    assert (kernels / "__pycache__" / "kernels-source.sha256").read_text() == stamp
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", False)
+    _jit._drop_stale_cache()  # and the compiled run after it finds its cache
+    assert cached.exists()

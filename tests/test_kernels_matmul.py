@@ -1,4 +1,8 @@
-"""tinyllm.kernels.matmul: the numba matmul and its tile kernel against np.matmul."""
+"""tinyllm.kernels.matmul: the numba matmul, its tile kernel, matmul() and matmul_ref against the
+definition of a matrix product computed independently of BLAS: float64 einsums (NumPy's own
+loops), and matmul_ref itself against exactly rounded dot products (math.fsum)."""
+import itertools
+import math
 import re
 
 import numpy as np
@@ -12,11 +16,17 @@ from tinyllm.kernels import matmul as M
 EPS = {np.float32: float(np.finfo(np.float32).eps), np.float64: float(np.finfo(np.float64).eps)}
 
 
+def definition(a, b):
+    """sum_k a[..., i, k] b[..., k, j] in float64 by np.einsum (NumPy's loops, not BLAS)."""
+    return np.einsum("...ik,...kj->...ij", a.astype(np.float64), b.astype(np.float64), optimize=False)
+
+
 def assert_matmul_close(actual, a, b):
-    """Compare with float64 np.matmul; tolerance: a few eps per term of the K-long sums,
-    relative to sum_k |a_ik| |b_kj| (the size of what was added up, so cancellation is fine)."""
-    expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
-    bound = np.matmul(np.abs(a).astype(np.float64), np.abs(b).astype(np.float64))
+    """Compare with the float64 definition (not with np.matmul: that is the BLAS under test);
+    tolerance: a few eps per term of the K-long sums, relative to sum_k |a_ik| |b_kj| (the size
+    of what was added up, so cancellation is fine)."""
+    expected = definition(a, b)
+    bound = definition(np.abs(a), np.abs(b))
     assert actual.shape == expected.shape
     assert actual.dtype == a.dtype
     assert np.isfinite(actual).all()
@@ -37,14 +47,54 @@ def operand(rng, shape, dtype, transposed):
        n=st.integers(1, 70), dtype=st.sampled_from([np.float32, np.float64]),
        a_t=st.booleans(), b_t=st.booleans(), shared_b=st.booleans(),
        seed=st.integers(0, 2**31 - 1))
-def test_matmul_numba_matches_numpy(batch, m, k, n, dtype, a_t, b_t, shared_b, seed):
+def test_matmul_numba_matmul_and_reference_match_the_definition(batch, m, k, n, dtype, a_t, b_t, shared_b, seed):
     rng = np.random.default_rng(seed)
     lead = () if batch is None else (batch,)
     a = operand(rng, lead + (m, k), dtype, a_t)
     b = operand(rng, (k, n) if shared_b else lead + (k, n), dtype, b_t)
-    assert_matmul_close(M.matmul_numba(a, b), a, b)
-    np.testing.assert_array_equal(M.matmul(a, b), np.matmul(a, b))
-    np.testing.assert_array_equal(M.matmul_ref(a, b), np.matmul(a, b))
+    for product in (M.matmul_numba, M.matmul, M.matmul_ref):
+        assert_matmul_close(product(a, b), a, b)
+
+
+def fsum_matmul(a, b):
+    """The product of two 2-D arrays with every dot product exactly rounded (math.fsum)."""
+    return np.array([[math.fsum(a[i, t] * b[t, j] for t in range(a.shape[1])) if a.shape[1] else 0.0
+                      for j in range(b.shape[1])] for i in range(a.shape[0])]).reshape(a.shape[0], b.shape[1])
+
+
+def test_fsum_oracle_is_exact_where_a_float64_sum_is_not():
+    # 1e16 + 1 - 1e16: a left-to-right float64 sum loses the 1, fsum keeps it
+    a, b = np.array([[1e16, 1.0, -1e16]]), np.ones((3, 1))
+    assert fsum_matmul(a, b)[0, 0] == 1.0
+    assert (a[0, 0] * b[0, 0] + a[0, 1] * b[1, 0]) + a[0, 2] * b[2, 0] != 1.0
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [
+    ((1, 1), (1, 1)), ((3, 5), (5, 7)), ((4, 1), (1, 6)), ((2, 0), (0, 3)),  # K = 0: zeros
+    ((5,), (5, 3)), ((2, 5), (5,)), ((5,), (5,)),  # 1-D operands, as np.matmul treats them
+    ((2, 1, 3, 4), (5, 4, 2)), ((3, 4), (2, 4, 3)),  # batch axes that broadcast
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_ref_is_the_definition(shape_a, shape_b, dtype):
+    rng = np.random.default_rng(len(shape_a) * 10 + len(shape_b))
+    a = rng.standard_normal(shape_a).astype(dtype)
+    b = rng.standard_normal(shape_b).astype(dtype)
+    got = M.matmul_ref(a, b)
+    assert np.shape(got) == np.matmul(a, b).shape and got.dtype == dtype
+    # the exactly rounded product, per matrix of the broadcast batch
+    a2 = a[None] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    a2 = np.broadcast_to(a2, batch + a2.shape[-2:]).astype(np.float64)
+    b2 = np.broadcast_to(b2, batch + b2.shape[-2:]).astype(np.float64)
+    exact = np.empty(batch + (a2.shape[-2], b2.shape[-1]))
+    for i in itertools.product(*map(range, batch)):
+        exact[i] = fsum_matmul(a2[i], b2[i])
+    exact = exact.reshape(np.shape(got))
+    k = a.shape[-1]
+    bound = np.abs(M.matmul_ref(np.abs(a).astype(np.float64), np.abs(b).astype(np.float64)))
+    assert np.isfinite(got).all()
+    assert (np.abs(got - exact) <= (k + 1) * np.finfo(dtype).eps * bound + 1e-300).all()
 
 
 def test_extreme_values_stay_finite_and_within_the_dot_product_error_bound():

@@ -413,6 +413,37 @@ def test_gradcheck_multi_head_attention():
     assert module_gradcheck(attn, np.random.default_rng(1).standard_normal((2, 3, 4)))
 
 
+class SameDraws:
+    """A stand-in for a Generator whose random() gives the same numbers on every call, so that
+    dropout draws one fixed mask however often gradcheck runs the module."""
+
+    def random(self, shape):
+        return np.random.default_rng(5).random(shape)
+
+
+def test_gradcheck_multi_head_attention_with_attention_and_residual_dropout(monkeypatch):
+    # in training mode with dropout the module splits the heads and takes the composed attention
+    # (the packed kernel has no dropout): that path's gradient, dropout masks included
+    dropout_ps = []
+    composed = F.attention_composed
+
+    def counted(*args, **kwargs):
+        dropout_ps.append(kwargs.get("dropout_p", args[5] if len(args) > 5 else 0.0))
+        return composed(*args, **kwargs)
+
+    monkeypatch.setattr(F, "attention_composed", counted)
+    attn = nn.MultiHeadAttention(4, 2, dropout=0.3, rng=np.random.default_rng(0))
+    for p in attn.parameters():
+        p.data = np.random.default_rng(p.size).standard_normal(p.shape).astype(np.float32) * 0.5
+    attn.attn_rng = attn.resid_dropout.rng = SameDraws()
+    attn.train()
+    x = np.random.default_rng(1).standard_normal((2, 3, 4))
+    dropped = attn.double()(Tensor(x)).data == 0
+    assert dropped.any() and not dropped.all()
+    assert module_gradcheck(attn, x)
+    assert dropout_ps and set(dropout_ps) == {0.3}  # the attention probabilities were dropped out
+
+
 def test_gradcheck_feed_forward():
     ff = nn.FeedForward(3, rng=np.random.default_rng(0))
     assert module_gradcheck(ff, np.random.default_rng(1).standard_normal((2, 2, 3)))
@@ -431,12 +462,12 @@ def test_gradcheck_block():
 
 
 def test_module_gradcheck_fails_on_a_wrong_parameter_gradient(monkeypatch):
-    """The helper really checks parameters: a Linear whose weight gradient is 1% off is caught."""
+    """The helper really checks parameters: a Linear whose weight gradient is 0.01% off is caught."""
     original = F.Linear.backward
 
     def wrong_backward(ctx, g):
         dx, dw, db = original(ctx, g)
-        return dx, (dw * 1.01 if dw is not None else None), db
+        return dx, (dw * 1.0001 if dw is not None else None), db
 
     monkeypatch.setattr(F.Linear, "backward", staticmethod(wrong_backward))
     with pytest.raises(GradcheckError, match="input 1"):

@@ -7,6 +7,7 @@ import gc
 import operator
 import re
 import sys
+import threading
 import weakref
 
 import numpy as np
@@ -559,6 +560,103 @@ def test_no_grad_as_decorator():
     with pytest.raises(ValueError):
         fails()
     assert is_grad_enabled()
+
+
+def run_in_threads(*steps_per_thread, timeout=30):
+    """Run each list of callables in its own thread; return their results (one list per thread),
+    re-raising the first exception. The callables order themselves with Events."""
+    results = [[] for _ in steps_per_thread]
+    errors = []
+
+    def work(steps, out):
+        try:
+            for step in steps:
+                out.append(step())
+        except BaseException as exc:  # reported in the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(steps, out)) for steps, out in zip(steps_per_thread, results)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck (an Event was never set)"
+    if errors:
+        raise errors[0]
+    return results
+
+
+def wait(event):
+    assert event.wait(10), "the other thread never got there"
+
+
+def test_no_grad_in_one_thread_leaves_recording_on_in_another():
+    # thread A sits inside no_grad() while thread B builds a graph and runs backward; then A,
+    # still inside, checks that B's activity did not turn its own recording back on
+    x = t64([1.0, 2.0], requires_grad=True)
+    a_inside, b_done = threading.Event(), threading.Event()
+    ng = no_grad()
+
+    def a_steps():
+        with ng:
+            a_inside.set()
+            wait(b_done)
+            inside = is_grad_enabled(), (x * 3.0).requires_grad
+        return inside, is_grad_enabled()
+
+    def b_steps():
+        try:
+            wait(a_inside)
+            y = (x * x).sum()
+            enabled, recorded = is_grad_enabled(), y.requires_grad
+            if recorded:
+                y.backward()
+            return enabled, recorded
+        finally:
+            b_done.set()
+
+    ((a_state, a_after),), (b_state,) = run_in_threads([a_steps], [b_steps])
+    assert b_state == (True, True)  # B recorded although A was inside no_grad
+    assert a_state == (False, False)  # and A still is not recording after B's backward
+    assert a_after is True
+    np.testing.assert_array_equal(x.grad, [2.0, 4.0])
+
+
+def test_a_new_thread_starts_with_grad_enabled_even_inside_no_grad():
+    x = t64([1.0], requires_grad=True)
+    with no_grad():
+        ((result,),) = run_in_threads([lambda: (is_grad_enabled(), (x * 2.0).requires_grad)])
+        assert not is_grad_enabled()
+    assert result == (True, True)
+
+
+def test_one_no_grad_object_entered_by_two_threads_restores_each_threads_own_state():
+    # B is already inside an outer no_grad (off) when both threads enter the shared ng; B leaves
+    # ng first and must be back to *its* state (off), A afterwards to its own (on)
+    ng = no_grad()
+    b_inside, a_inside, b_left = threading.Event(), threading.Event(), threading.Event()
+
+    def a_steps():
+        wait(b_inside)
+        ng.__enter__()
+        a_inside.set()
+        wait(b_left)
+        ng.__exit__(None, None, None)
+        return is_grad_enabled()
+
+    def b_steps():
+        with no_grad():
+            ng.__enter__()
+            b_inside.set()
+            wait(a_inside)
+            ng.__exit__(None, None, None)
+            state = is_grad_enabled()
+        b_left.set()
+        return state, is_grad_enabled()
+
+    (a_after,), ((b_after_ng, b_after_all),) = run_in_threads([a_steps], [b_steps])
+    assert b_after_ng is False and b_after_all is True
+    assert a_after is True
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ both are trained on the very same batches with the nanoGPT recipe (AdamW betas (
 decay 0.1 on 2-D weights only, clip 1.0, warmup + cosine). Any systematic difference -- a wrong
 gradient, an optimizer detail, a schedule off by one -- shows up as diverging loss curves.
 """
-import os
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from tinyllm.models import GPT, GPTConfig
 from tinyllm.optim import clip_grad_norm, cosine_lr
 from tinyllm.training import TrainConfig, configure_optimizer
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 STEPS, BATCH, LR, MIN_LR, WARMUP = 40, 4, 3e-3, 3e-4, 5
 
 

@@ -12,6 +12,7 @@ The elementary operations live in :mod:`tinyllm.ops`, the fused neural-network o
 :mod:`tinyllm.functional`; both are Functions built the same way.
 """
 import sys
+import threading
 
 import numpy as np
 
@@ -22,29 +23,43 @@ __all__ = ["Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled", "u
 # grad mode
 
 
-class _GradMode:
+class _GradModeState(threading.local):
+    """Whether operations record the graph, per thread, as PyTorch's grad mode is: a
+    ``no_grad()`` in a thread that serves requests must not stop a training thread from
+    recording. The class attribute is the value every new thread starts with; a thread that
+    sets ``enabled`` (or pushes onto ``saved``) gets its own copy."""
+
     enabled = True
+
+    def __init__(self):
+        self.saved = []  # the states to restore, one per open no_grad / enable_grad block
+
+
+_GradMode = _GradModeState()
 
 
 def is_grad_enabled():
+    """Whether operations in this thread record the graph (on unless a no_grad() is open)."""
     return _GradMode.enabled
 
 
 class no_grad:
-    """Context manager (and decorator) that stops graph recording, like ``torch.no_grad()``.
+    """Context manager (and decorator) that stops graph recording in this thread, like
+    ``torch.no_grad()``.
 
-    Re-entrant: each ``with`` restores whatever state was in force when it was entered.
+    Re-entrant: each ``with`` restores whatever state was in force when it was entered; the
+    saved states live with the thread, so one ``no_grad`` object may be entered by several
+    threads (or nested) at once.
     """
 
     _target = False
 
     def __enter__(self):
-        self._stack = getattr(self, "_stack", [])
-        self._stack.append(_GradMode.enabled)
+        _GradMode.saved.append(_GradMode.enabled)
         _GradMode.enabled = self._target
 
     def __exit__(self, *exc):
-        _GradMode.enabled = self._stack.pop()
+        _GradMode.enabled = _GradMode.saved.pop()
         return False
 
     def __call__(self, fn):

@@ -41,8 +41,12 @@ def _drop_stale_cache():
     from other files (attention uses ``blas.gemm_tile``): after an edit to ``blas.py`` the
     cached attention would silently keep the old helper. So one hash covers all kernel sources
     and the choice between BLAS and loop tile products, and a change of it clears the cache.
-    Best effort: a read-only install simply keeps its cache.
+    Best effort: a read-only install simply keeps its cache. With the JIT disabled nothing is
+    compiled or read from the cache, so it is left alone (clearing it there made the next
+    compiled run recompile every kernel).
     """
+    if numba.config.DISABLE_JIT:
+        return
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for src in sorted(here.glob("*.py")):

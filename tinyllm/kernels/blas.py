@@ -153,13 +153,21 @@ def _gemm_blocks(a, a_t, b, b_t, c, parts):
     restore_blas_threads(saved)
 
 
+def _rows_in_order(x):
+    """x is C-contiguous and its row stride is a legal gemm leading dimension (>= its row length).
+    NumPy's flag alone is not enough: it ignores the stride of a size-1 axis, so the (1, K)
+    transpose of a column vector is "C-contiguous" with a row stride of one element, which
+    OpenBLAS rejects ("parameter number 10 had an illegal value"), leaving C unwritten."""
+    return x.flags.c_contiguous and x.strides[-2] >= x.shape[-1] * x.itemsize
+
+
 def _c_contiguous(x):
     """(x, False) if x's matrices (last two axes) are C-contiguous, (x with those axes swapped,
     True) if they are transposes of C-contiguous ones; None otherwise."""
-    if x.flags.c_contiguous:
+    if _rows_in_order(x):
         return x, False
     swapped = np.swapaxes(x, -1, -2)
-    if swapped.flags.c_contiguous:
+    if _rows_in_order(swapped):
         return swapped, True
     return None
 
@@ -278,7 +286,7 @@ def _split_by_rows(a, w):
     """Whether a (M, .) and w can take the row-split loops below: both C-contiguous, one float
     dtype, a product above SMALL, and enough rows (else :func:`matmul` chooses the split)."""
     return (_gemm32 is not None and a.ndim == 2 and w.ndim == 2 and a.dtype == w.dtype
-            and a.dtype in (np.float32, np.float64) and a.flags.c_contiguous and w.flags.c_contiguous
+            and a.dtype in (np.float32, np.float64) and _rows_in_order(a) and _rows_in_order(w)
             and a.shape[0] >= min(256, max(w.shape)) and a.shape[0] * w.size >= SMALL)
 
 
@@ -299,7 +307,7 @@ def linear_backward(g, x, w, need_dx=True, need_dw=True, need_db=True):
     """Gradients of ``y = x @ w.T + b``: ``(g @ w, g.T @ x, g.sum(axis=0))``, each None where not
     needed, for g (M, N), x (M, K), w (N, K). Where possible the two products run side by side
     on numba's threads and the bias gradient's column sums (float64) ride along with dx."""
-    if not (need_dx and need_dw) or not (_split_by_rows(g, w) and x.flags.c_contiguous and x.dtype == g.dtype):
+    if not (need_dx and need_dw) or not (_split_by_rows(g, w) and _rows_in_order(x) and x.dtype == g.dtype):
         dx = matmul(g, w) if need_dx else None
         dw = matmul(g.T, x) if need_dw else None
         return dx, dw, (g.sum(axis=0) if need_db else None)

@@ -108,8 +108,26 @@ def gemm_tile_loops(c, a, a_t, b, b_t, m, n, depth, accumulate):
 
 
 def matmul_ref(a, b):
-    """The reference: ``np.matmul`` (BLAS)."""
-    return np.matmul(a, b)
+    """The reference, the definition written out: ``C[..., i, j] = sum_k A[..., i, k] B[..., k, j]``.
+
+    An einsum, which NumPy evaluates in its own loops (``optimize=False``: no BLAS), so it is
+    an oracle independent of the gemm behind ``np.matmul`` and :func:`matmul`; slower than both.
+    Shapes as in ``np.matmul``: batch axes broadcast, and a 1-D operand is a row (a) or a column
+    (b) vector whose axis is dropped from the result.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul_ref: operands must have at least one axis, got shapes {a.shape} and {b.shape}")
+    if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        raise ValueError(f"matmul_ref: shapes {a.shape} and {b.shape} do not align")
+    a2 = a[None, :] if a.ndim == 1 else a  # (K,) -> (1, K)
+    b2 = b[:, None] if b.ndim == 1 else b  # (K,) -> (K, 1)
+    c = np.einsum("...ik,...kj->...ij", a2, b2, optimize=False)
+    if b.ndim == 1:
+        c = c[..., 0]
+    if a.ndim == 1:
+        c = c[..., 0, :] if b.ndim > 1 else c[..., 0]
+    return c
 
 
 @njit

@@ -31,4 +31,5 @@ Writing a loop that LLVM turns into vector code (8 float32 lanes at once), learn
 * A float64 sum is a chain of dependent additions; ``fastmath={"reassoc"}`` on the summing
   helper (only there) lets LLVM keep partial sums in vector lanes.
 """
-from ._jit import get_num_threads, njit, prange, set_num_threads  # noqa: F401
+from .systems import runtime as _runtime  # noqa: F401,I001  (first: process tuning that must precede NumPy)
+from .systems.jit import get_num_threads, njit, prange, set_num_threads  # noqa: F401,E402

@@ -34,10 +34,10 @@ import math
 
 import numpy as np
 
-from ._jit import njit, prange
+from .systems.jit import njit, prange
 from .fastmath import exp_f32_inplace as _exp_f32_inplace
 from . import blas as _blas
-from .blas import blas_one_thread, restore_blas_threads
+from .systems.cblas import blas_one_thread, restore_blas_threads
 from .matmul import gemm_tile_loops
 
 # The tile products: one single-threaded BLAS call per product (NumPy's OpenBLAS, called from
@@ -516,3 +516,36 @@ def self_attention_backward(qkv, out, lse, dout, n_head, causal=False, scale=Non
                             np.ascontiguousarray(dout).reshape(B, T, H, D), bool(causal), scale,
                             BLOCK_Q, BLOCK_K, dheads)
     return dheads.reshape(B, T, 3 * H * D)
+
+
+def self_attention_forward_ref(qkv, n_head, causal=False, scale=None):
+    """Plain NumPy :func:`self_attention_forward`: split qkv (B, T, 3C) into (B*H, T, D) heads,
+    :func:`attention_forward_ref`, merge back. Returns ``out (B, T, C)``, ``lse (B, H, T)``."""
+    heads, scale = _check_packed("self_attention_forward_ref", qkv, n_head, scale)
+    B, T, _, H, D = heads.shape
+    q, k, v = (_split_heads(heads[:, :, i]) for i in range(3))
+    out, lse = attention_forward_ref(q, k, v, causal, scale)
+    return _merge_heads(out, B), lse.reshape(B, H, T)
+
+
+def self_attention_backward_ref(qkv, out, lse, dout, n_head, causal=False, scale=None):
+    """Plain NumPy :func:`self_attention_backward`: ``dqkv (B, T, 3C)`` from dout (B, T, C)."""
+    heads, scale = _check_packed("self_attention_backward_ref", qkv, n_head, scale)
+    B, T, _, H, D = heads.shape
+    q, k, v = (_split_heads(heads[:, :, i]) for i in range(3))
+    out, dout = (_split_heads(a.reshape(B, T, H, D)) for a in (out, dout))
+    dq, dk, dv = attention_backward_ref(q, k, v, out, lse.reshape(B * H, T), dout, causal, scale)
+    dheads = np.stack([d.reshape(B, H, T, D).transpose(0, 2, 1, 3) for d in (dq, dk, dv)], axis=2)
+    return dheads.reshape(B, T, 3 * H * D)  # (B, T, 3, H, D) -> (B, T, 3C)
+
+
+def _split_heads(x):
+    """(B, T, H, D) -> (B*H, T, D)"""
+    B, T, H, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B * H, T, D)
+
+
+def _merge_heads(x, batch):
+    """(B*H, T, D) -> (B, T, H*D)"""
+    _, T, D = x.shape
+    return x.reshape(batch, -1, T, D).transpose(0, 2, 1, 3).reshape(batch, T, -1)

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ._jit import njit, prange
+from .systems.jit import njit, prange
 from .fastmath import exp_f32
 
 __all__ = [

@@ -8,7 +8,7 @@ positions where ids[p] == v``. An id that appears twice must collect both rows, 
 """
 import numpy as np
 
-from ._jit import njit
+from .systems.jit import njit
 
 __all__ = ["embedding_backward_ref", "embedding_backward"]
 

@@ -7,12 +7,9 @@ for float32: the float64 paths (finite-difference checks) keep libm's exp.
 """
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.core.errors import TypingError
-from numba.extending import intrinsic
 
-from ._jit import njit
+from .systems import intrinsics
+from .systems.jit import njit
 
 # Constants of the exp below (Cody-Waite split of ln 2; 1.5 * 2**23 rounds to nearest).
 _LOG2E = 1.4426950408889634
@@ -27,21 +24,9 @@ def _float32_from_bits_python(bits):
     return np.array(bits, np.int32).view(np.float32)[()]
 
 
-@intrinsic
-def _float32_from_bits_llvm(typingctx, bits):
-    """The same inside compiled code: one LLVM ``bitcast``, no instruction at all in the machine
-    code, so a loop that uses it still vectorises (a view of a scratch array does not)."""
-    if bits != types.int32:
-        raise TypingError(f"float32_from_bits takes an int32, got {bits}")
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-# an intrinsic exists only inside compiled code; NUMBA_DISABLE_JIT=1 runs the kernels as Python
-float32_from_bits = _float32_from_bits_python if numba.config.DISABLE_JIT else _float32_from_bits_llvm
+# Compiled kernels do the same with one LLVM bitcast (systems/intrinsics.py), which exists only
+# inside compiled code; NUMBA_DISABLE_JIT=1 runs the kernels as Python, with NumPy's view.
+float32_from_bits = _float32_from_bits_python if numba.config.DISABLE_JIT else intrinsics.float32_from_bits
 
 
 @njit(fastmath={"contract"})

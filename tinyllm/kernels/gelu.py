@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ._jit import njit, prange
+from .systems.jit import njit, prange
 from .fastmath import exp_f32
 
 __all__ = ["gelu_forward_ref", "gelu_backward_ref", "gelu_forward", "gelu_backward"]
@@ -52,21 +52,27 @@ def _check_approximate(fn, approximate):
 # NumPy reference
 
 
-def gelu_forward_ref(x, approximate="tanh"):
-    """x (any shape) -> y (same shape and dtype)."""
+def gelu_forward_ref(x, approximate="tanh", return_tanh=False):
+    """x (any shape) -> y (same shape and dtype); with ``return_tanh``, ``(y, t)``: t = tanh(u) in
+    the tanh form (for :func:`gelu_backward_ref` to reuse), None in the exact one."""
     _check_approximate("gelu_forward_ref", approximate)
     if approximate == "tanh":
         x_clip = np.clip(x, -_CLIP, _CLIP)
-        return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x_clip + _COEF * x_clip**3)))
-    return (0.5 * x * (1.0 + _erf(x * _INV_SQRT_2))).astype(x.dtype)
+        t = np.tanh(_SQRT_2_OVER_PI * (x_clip + _COEF * x_clip**3))
+        y = 0.5 * x * (1.0 + t)
+    else:
+        t = None
+        y = (0.5 * x * (1.0 + _erf(x * _INV_SQRT_2))).astype(x.dtype)
+    return (y, t) if return_tanh else y
 
 
-def gelu_backward_ref(x, dy, approximate="tanh"):
-    """x, dy (same shape) -> dx = dy * gelu'(x)."""
+def gelu_backward_ref(x, dy, approximate="tanh", tanh=None):
+    """x, dy (same shape) -> dx = dy * gelu'(x); ``tanh``: the t that the forward returned, or
+    None to recompute it (tanh form only)."""
     _check_approximate("gelu_backward_ref", approximate)
     if approximate == "tanh":
         x_clip = np.clip(x, -_CLIP, _CLIP)
-        t = np.tanh(_SQRT_2_OVER_PI * (x_clip + _COEF * x_clip**3))
+        t = np.tanh(_SQRT_2_OVER_PI * (x_clip + _COEF * x_clip**3)) if tanh is None else tanh
         du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _COEF * x_clip**2)
         return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
     cdf = 0.5 * (1.0 + _erf(x * _INV_SQRT_2))

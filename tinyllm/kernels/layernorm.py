@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from ._jit import njit, prange
+from .systems.jit import njit, prange
 
 __all__ = [
     "layernorm_forward_ref", "layernorm_backward_ref", "layernorm_forward", "layernorm_backward",

@@ -5,7 +5,7 @@
 """
 import numpy as np
 
-from ._jit import njit, prange
+from .systems.jit import njit, prange
 from . import blas as _blas
 
 # Rows of C per parallel work item of matmul_numba (see benchmarks/bench_kernels.py).

@@ -13,7 +13,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ._openblas import OPENBLAS  # noqa: E402
+from .openblas import OPENBLAS  # noqa: E402
 
 # numba's parallel kernels run on an OpenMP thread pool. OpenMP's idle threads spin for a while
 # after each kernel (libgomp's default) so that the next kernel starts at once. That is right
@@ -40,19 +40,23 @@ def _drop_stale_cache():
     numba checks only the source file of the function it caches, but a kernel inlines helpers
     from other files (attention uses ``blas.gemm_tile``): after an edit to ``blas.py`` the
     cached attention would silently keep the old helper. So one hash covers all kernel sources
-    and the choice between BLAS and loop tile products, and a change of it clears the cache.
-    Best effort: a read-only install simply keeps its cache.
+    (``kernels/`` and this folder) and the choice between BLAS and loop tile products, and a
+    change of it clears the cache of both folders. Best effort: a read-only install simply
+    keeps its cache.
     """
-    here = Path(__file__).resolve().parent
+    kernels = Path(__file__).resolve().parent.parent
+    folders = [kernels, kernels / "systems"]
     digest = hashlib.sha256()
-    for src in sorted(here.glob("*.py")):
-        digest.update(src.name.encode() + src.read_bytes())
+    for folder in folders:
+        for src in sorted(folder.glob("*.py")):
+            digest.update(f"{folder.name}/{src.name}".encode() + src.read_bytes())
     # the attention kernels compile in BLAS calls or their loop twin (attention._tile_product)
     digest.update(b"blas" if OPENBLAS is not None and not numba.config.DISABLE_JIT else b"loops")
-    caches = [here / "__pycache__"]
+    caches = [folder / "__pycache__" for folder in folders]
     if os.environ.get("NUMBA_CACHE_DIR"):  # numba's naming of a source directory's cache there
-        subdir = f"{here.name}_{hashlib.sha1(str(here).encode()).hexdigest()}"
-        caches.append(Path(os.environ["NUMBA_CACHE_DIR"]) / subdir)
+        for folder in folders:
+            subdir = f"{folder.name}_{hashlib.sha1(str(folder).encode()).hexdigest()}"
+            caches.append(Path(os.environ["NUMBA_CACHE_DIR"]) / subdir)
     for cache in caches:
         stamp = cache / "kernels-source.sha256"
         try:

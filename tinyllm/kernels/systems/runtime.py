@@ -8,8 +8,8 @@ Both work around costs that no kernel can see, because they happen between kerne
   ``OPENBLAS_THREAD_TIMEOUT=4`` sends them to sleep at once (waking them costs a few
   microseconds per matmul). OpenBLAS reads the variable when it is loaded, at NumPy's import,
   so this works when tinyllm is imported before NumPy; otherwise export it yourself. (Where
-  tinyllm can call OpenBLAS from its own threads, ``kernels/blas.py``, its training matmuls no
-  longer wake OpenBLAS's threads at all; the setting still covers every other ``np.matmul``.)
+  tinyllm can call OpenBLAS from its own threads, ``kernels/blas.py``, its training matmuls do
+  not wake OpenBLAS's threads at all; the setting still covers every other ``np.matmul``.)
 * **Page faults.** A training step allocates its activations afresh (~30 MB for the nanoGPT CPU
   recipe, ~2 GB for the larger config). glibc's malloc hands out blocks over a threshold
   (adaptive, from 128 KiB) as brand-new pages from the kernel (mmap) and gives freed memory

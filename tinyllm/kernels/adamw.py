@@ -51,7 +51,7 @@ def _adamw_chunk(param, grad, exp_avg, exp_avg_sq, decay, beta1, one_minus_beta1
                  one_minus_beta2, neg_step_size, bc2_sqrt, eps):
     """The update below on one chunk (slices of the four arrays). The loop runs over
     range(len) of its own slices: with indices that numba cannot prove non-negative it adds a
-    wraparound branch per element and LLVM does not vectorise the loop (2x slower)."""
+    wraparound branch per element, and LLVM does not vectorise a loop with a branch in it."""
     lerp = one_minus_beta1 < 0.5
     for k in range(param.shape[0]):
         g = grad[k]
@@ -135,7 +135,7 @@ def _scalars(dtype, lr, beta1, beta2, eps, weight_decay, step):
 def adamw_step_gathered(param, grads, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step):
     """:func:`adamw_step` on flat (n,) buffers whose consecutive pieces belong to the arrays in
     ``grads`` (in order, sizes summing to n), reading each gradient in place instead of copying
-    them all into one flat gradient first (a pass over memory: 0.7 ms a small GPT step).
+    them all into one flat gradient first (a whole extra pass over the gradients' memory).
 
     Returns False, having done nothing, if the gradients cannot be read in place (one not a
     C-contiguous writeable array of param's dtype, or sizes that do not add up to the pieces):
@@ -230,7 +230,7 @@ def _scale_kernel(addresses, offsets, like, coef):
 
 
 def gather_floats(arrays):
-    """:func:`._address.gather` of float32 or float64 arrays (all of the first one's dtype), or None."""
+    """:func:`.systems.address.gather` of float32 or float64 arrays (all of the first one's dtype), or None."""
     dtype = getattr(arrays[0], "dtype", None) if arrays else None
     return gather(arrays, dtype) if dtype in (np.float32, np.float64) else None
 

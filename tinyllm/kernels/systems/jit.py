@@ -19,10 +19,10 @@ from .openblas import OPENBLAS  # noqa: E402
 # after each kernel (libgomp's default) so that the next kernel starts at once. That is right
 # when this pool does all the work: then tinyllm's matmuls run on it too (kernels/blas.py).
 # Where they cannot (OPENBLAS None), np.matmul runs on OpenBLAS's own threads, and spinning
-# OpenMP threads would hog the cores those need (on 2 cores a 768x128x512 matmul went from
-# 0.6 ms to 4 ms, a training step 10x slower): PASSIVE makes them sleep at once. Either must be
-# set before OpenMP is loaded; a user's own OMP_WAIT_POLICY wins. (The spin's cost: a user's own
-# threaded np.matmul right after a kernel may wait for a core; README, Performance.)
+# OpenMP threads would hog the cores those need (several times slower matmuls):
+# PASSIVE makes them sleep at once. Either must be set before OpenMP is loaded; a user's own
+# OMP_WAIT_POLICY wins. (The spin's cost: a user's own threaded np.matmul right after a kernel
+# may wait for a core; docs/performance.md.)
 if OPENBLAS is None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -79,8 +79,7 @@ def njit(fn=None, *, parallel=False, fastmath=False):
 
     ``error_model="numpy"``: a float division by zero gives inf or nan, as in NumPy, instead of
     raising ZeroDivisionError as Python does. The check Python's model puts before every
-    division also kept LLVM from vectorising the loop around it: GELU's ``1 - 2 / (1 + e)``
-    over 393k float32 values took 540 us with it, 100 us without.
+    division is a branch, and a branch keeps LLVM from vectorising the loop around it.
     """
     options = dict(parallel=parallel, fastmath=fastmath, error_model="numpy")
 
@@ -108,9 +107,9 @@ def get_num_threads():
     """numba's thread count for the calling thread (``numba.get_num_threads()``).
 
     The kernels' wrappers ask before every launch, and numba's public function first takes a
-    process-wide lock to check that its thread pool is up (~1 us alone, ~7 us between the
-    kernels of a training step); once the pool is up, its private counterpart answers
-    directly. Any numba without it takes the public path.
+    process-wide lock to check that its thread pool is up (microseconds, before every
+    launch); once the pool is up, its private counterpart answers directly. Any numba
+    without it takes the public path.
     """
     if getattr(_numba_parallel, "_is_initialized", False):
         return _numba_parallel._get_num_threads()

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import tinyllm  # noqa: F401  (before NumPy: see tinyllm/_runtime.py)
 import numpy as np
 
 from tinyllm.checkpoint import CHECKPOINT_NAME, read_checkpoint_meta

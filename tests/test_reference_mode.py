@@ -7,7 +7,11 @@ so that the Functions can call either.
 """
 import importlib
 import inspect
+import os
 import pkgutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -182,6 +186,17 @@ def test_the_switches():
     finally:
         tinyllm.use_reference(False)
     assert tinyllm.functional._ln.layernorm_forward is kernels.layernorm.layernorm_forward
+
+
+@pytest.mark.parametrize("value, reference", [("1", True), ("0", False), ("", False), ("on", True), ("maybe", None)])
+def test_the_environment_variable_is_read_strictly(value, reference):
+    code = "import tinyllm; print(tinyllm.is_reference())"
+    env = dict(os.environ, TINYLLM_REFERENCE=value, PYTHONPATH=str(Path(tinyllm.__file__).parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if reference is None:
+        assert out.returncode != 0 and "TINYLLM_REFERENCE='maybe': set it to 1" in out.stderr
+    else:
+        assert out.returncode == 0 and out.stdout.strip() == str(reference), out.stderr
 
 
 def test_the_environment_variable_and_the_jit_disabled():

@@ -32,8 +32,16 @@ import os
 __all__ = ["dispatch", "use_reference", "is_reference", "reference_mode"]
 
 
+def _from_environment():
+    value = os.environ.get("TINYLLM_REFERENCE", "").strip().lower()
+    if value not in ("", "0", "1", "false", "true", "no", "yes", "off", "on"):
+        raise ValueError(f"TINYLLM_REFERENCE={os.environ['TINYLLM_REFERENCE']!r}: set it to 1 (reference "
+                         "mode: the NumPy references) or 0 (the fast kernels)")
+    return value in ("1", "true", "yes", "on")
+
+
 class _Mode:
-    reference = os.environ.get("TINYLLM_REFERENCE", "0").strip() not in ("", "0")
+    reference = _from_environment()
 
 
 _dispatchers = []  # every object dispatch() made, to forget their choices when the mode changes

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-import tinyllm  # noqa: F401  (before NumPy: see tinyllm/_runtime.py)
+import tinyllm  # noqa: F401  (before NumPy: see tinyllm/kernels/systems/runtime.py)
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

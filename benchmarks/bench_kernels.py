@@ -49,7 +49,7 @@ if ROOT not in sys.path:  # run from a checkout without `pip install -e .`
 # fair to NumPy; a value you export wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import tinyllm  # noqa: E402,F401  (before NumPy: sets OPENBLAS_THREAD_TIMEOUT, see tinyllm/_runtime.py)
+import tinyllm  # noqa: E402,F401  (before NumPy: sets OPENBLAS_THREAD_TIMEOUT, see tinyllm/kernels/systems/runtime.py)
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 

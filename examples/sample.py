@@ -7,7 +7,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import tinyllm  # noqa: F401  (before NumPy: see tinyllm/_runtime.py)
 import numpy as np
 
 from tinyllm.cli import exit_on_error

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tinyllm
-from tinyllm.kernels import _jit
+from tinyllm.kernels.systems import jit as _jit
 
 
 def test_set_num_threads_round_trip():
@@ -56,17 +56,25 @@ def test_kernels_divide_by_zero_as_numpy_does():
 def test_stale_kernel_cache_is_cleared_when_a_source_changes(tmp_path, monkeypatch):
     kernels = tmp_path / "kernels"
     (kernels / "__pycache__").mkdir(parents=True)
-    (kernels / "_jit.py").write_text("# a kernel source\n")
+    (kernels / "systems" / "__pycache__").mkdir(parents=True)
+    (kernels / "systems" / "jit.py").write_text("# a kernel source\n")
     cached = kernels / "__pycache__" / "attention._fwd-1.py311.nbi"
-    monkeypatch.setattr(_jit, "__file__", str(kernels / "_jit.py"))
+    cached_systems = kernels / "systems" / "__pycache__" / "cblas.gemm-1.py311.nbi"
+    monkeypatch.setattr(_jit, "__file__", str(kernels / "systems" / "jit.py"))
 
     _jit._drop_stale_cache()  # first run: records the sources' hash
     cached.write_text("compiled code")
+    cached_systems.write_text("compiled code")
     _jit._drop_stale_cache()  # nothing changed: the cache stays
-    assert cached.exists()
+    assert cached.exists() and cached_systems.exists()
 
     (kernels / "matmul.py").write_text("# an edited helper that attention inlines\n")
     _jit._drop_stale_cache()
+    assert not cached.exists() and not cached_systems.exists()
+
+    cached.write_text("compiled code")
+    (kernels / "systems" / "cblas.py").write_text("# an edited systems helper\n")
+    _jit._drop_stale_cache()  # a change in systems/ clears kernels/ too
     assert not cached.exists()
 
 

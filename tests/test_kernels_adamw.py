@@ -283,7 +283,7 @@ def test_pointer_intrinsic_rejects_what_is_not_an_address():
     from numba import njit
     from numba.core.errors import TypingError
 
-    from tinyllm.kernels._address import _pointer
+    from tinyllm.kernels.systems.address import _pointer
 
     @njit
     def bad(x):
@@ -297,7 +297,7 @@ def test_gather_is_off_with_the_jit_disabled():
     script = (
         "import numba, numpy as np\n"
         "assert numba.config.DISABLE_JIT\n"
-        "from tinyllm.kernels._address import gather\n"
+        "from tinyllm.kernels.systems.address import gather\n"
         "from tinyllm.kernels.adamw import adamw_step_gathered, scale_all, sums_of_squares\n"
         "g = [np.ones(3, np.float32), np.ones(2, np.float32)]\n"
         "assert gather(g, np.float32) is None\n"

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from kernel_helpers import run_with_jit_disabled
 from test_kernels_matmul import assert_matmul_close, definition, operand
-from tinyllm.kernels import _openblas, blas
+from tinyllm.kernels import blas
+from tinyllm.kernels.systems import openblas as _openblas
 from tinyllm.kernels import matmul as M
 
 needs_blas = pytest.mark.skipif(not blas.available(), reason="NumPy's BLAS is not an ILP64 OpenBLAS here")

@@ -1,4 +1,4 @@
-"""tinyllm/_runtime.py: the process settings applied at import (OpenBLAS thread timeout, malloc)."""
+"""tinyllm/kernels/systems/runtime.py: the process settings applied at import (OpenBLAS thread timeout, malloc)."""
 import os
 import subprocess
 import sys
@@ -16,7 +16,7 @@ def run(code, **env):
 
 
 def test_imported_before_numpy_sets_the_openblas_timeout_and_malloc():
-    got = run("import tinyllm, os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), sorted(tinyllm._runtime.applied))")
+    got = run("import tinyllm, os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), sorted(tinyllm.kernels.systems.runtime.applied))")
     if sys.platform.startswith("linux"):
         assert got == "4 ['M_MMAP_MAX', 'M_MMAP_THRESHOLD', 'M_TRIM_THRESHOLD', 'OPENBLAS_THREAD_TIMEOUT']"
     else:
@@ -30,7 +30,7 @@ def test_imported_after_numpy_leaves_openblas_alone():
 
 def test_the_users_own_settings_win_and_the_tuning_can_be_switched_off():
     assert run("import tinyllm, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'], "
-               "'M_MMAP_THRESHOLD' in tinyllm._runtime.applied)",
+               "'M_MMAP_THRESHOLD' in tinyllm.kernels.systems.runtime.applied)",
                OPENBLAS_THREAD_TIMEOUT="20", MALLOC_MMAP_THRESHOLD_="65536") == "20 False"
-    assert run("import tinyllm, os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), tinyllm._runtime.applied)",
+    assert run("import tinyllm, os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), tinyllm.kernels.systems.runtime.applied)",
                TINYLLM_TUNE_RUNTIME="0") == "None {}"

@@ -1,9 +1,10 @@
 """tinyllm: a pure-NumPy Transformer and GPT library you can read end to end."""
 __version__ = "0.1.0"
 
-from . import _runtime  # noqa: F401  (first: OpenBLAS threads and malloc, see _runtime.py)
-
+# Importing the kernels applies a few process settings for speed (malloc; OpenBLAS's threads if
+# NumPy is not loaded yet): tinyllm/kernels/systems/runtime.py, nothing a learner needs to read.
 from .kernels import get_num_threads, set_num_threads  # noqa: F401
+from .kernels.dispatch import is_reference, reference_mode, use_reference  # noqa: F401
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: F401
 from .gradcheck import GradcheckError, gradcheck  # noqa: F401
 from . import functional, nn, optim  # noqa: F401,E402

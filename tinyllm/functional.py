@@ -1,21 +1,27 @@
 """Neural-network functions on Tensors (``import tinyllm.functional as F``), like
 ``torch.nn.functional``.
 
-The heavy ones (GELU, layer norm, cross-entropy, attention) are fused Functions: one forward and
-one backward each, computed by a numba kernel from :mod:`tinyllm.kernels` instead of a chain of
-small NumPy operations. Each kernel module also holds the plain NumPy version of the same math.
+The heavy ones (GELU, layer norm, cross-entropy, attention, linear) are fused Functions: one
+forward and one backward each, computed by a kernel from :mod:`tinyllm.kernels` instead of a
+chain of small NumPy operations. Each kernel module holds the fast (numba) version and the plain
+NumPy one of the same math; ``dispatch`` picks the NumPy one in reference mode
+(``tinyllm.use_reference()``, see :mod:`tinyllm.kernels.dispatch`).
 """
 import math
 
 import numpy as np
 
-from .kernels import attention as _attn
-from .kernels import blas as _blas
-from .kernels import cross_entropy as _ce
-from .kernels import embedding as _emb
-from .kernels import gelu as _gelu
-from .kernels import layernorm as _ln
+from .kernels.dispatch import dispatch
 from .tensor import Function, Tensor, is_grad_enabled, unbroadcast
+
+# tinyllm/kernels/<name>.py; _ln.layernorm_forward is the numba kernel, or layernorm_forward_ref
+# in reference mode
+_attn = dispatch("attention")
+_blas = dispatch("blas")
+_ce = dispatch("cross_entropy")
+_emb = dispatch("embedding")
+_gelu = dispatch("gelu")
+_ln = dispatch("layernorm")
 
 __all__ = [
     "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "embedding", "dropout",

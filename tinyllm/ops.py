@@ -7,9 +7,13 @@ operators (``a + b``, ``x.exp()``, ``x.sum(axis=1)``), not directly.
 """
 import numpy as np
 
-from .kernels.elementwise import add as _add  # NumPy's a + b, or on all cores for large same-shape arrays
-from .kernels.matmul import matmul as _matmul  # BLAS or numba, chosen per case by measurement
+from .kernels.dispatch import dispatch
 from .tensor import Function, unbroadcast
+
+# Two kernels: a + b (on all cores for large same-shape arrays, else NumPy's) and matmul (BLAS,
+# run on numba's threads); in reference mode NumPy's a + b and np.matmul (kernels/dispatch.py).
+_elementwise = dispatch("elementwise")
+_mm = dispatch("matmul")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -35,7 +39,7 @@ class Add(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.shapes = a.shape, b.shape
-        return _add(a, b)
+        return _elementwise.add(a, b)
 
     @staticmethod
     def backward(ctx, g):
@@ -137,7 +141,7 @@ class MatMul(Function):
         if k_a != k_b:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align: {k_a} != {k_b}")
         ctx.save_for_backward(a, b)
-        return _matmul(a, b)
+        return _mm.matmul(a, b)
 
     @staticmethod
     def backward(ctx, g):
@@ -152,9 +156,9 @@ class MatMul(Function):
             g2 = g2[..., None, :]
         ga = gb = None
         if ctx.needs_input_grad[0]:
-            ga = unbroadcast(_matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
+            ga = unbroadcast(_mm.matmul(g2, np.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
         if ctx.needs_input_grad[1]:
-            gb = unbroadcast(_matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(b.shape)
+            gb = unbroadcast(_mm.matmul(np.swapaxes(a2, -1, -2), g2), b2.shape).reshape(b.shape)
         return ga, gb
 
 

@@ -5,8 +5,10 @@ import math
 
 import numpy as np
 
-from .kernels import adamw as _adamw
+from .kernels.dispatch import dispatch
 from .tensor import Tensor
+
+_adamw = dispatch("adamw")  # tinyllm/kernels/adamw.py: numba, or NumPy in reference mode
 
 __all__ = ["Optimizer", "AdamW", "SGD", "clip_grad_norm", "clip_grad_norm_", "cosine_lr", "WarmupCosineLR"]
 
@@ -85,8 +87,12 @@ class AdamW(Optimizer):
         m  <- beta1 m + (1 - beta1) g          v <- beta2 v + (1 - beta2) g^2
         p  <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 
-    The update is one fused numba kernel (:mod:`tinyllm.kernels.adamw`), run once per parameter
-    group over flat buffers (see :class:`_FlatAdamW`), in the parameters' own precision.
+    Each group's update is one call of :func:`tinyllm.kernels.adamw.adamw_group_step`; its NumPy
+    reference (reference mode) applies the formulas above to one parameter after another.
+    The fast kernel updates the whole group in one pass over memory, so it keeps the group's
+    parameters and moments in one flat buffer each: after the first step every ``p.data`` is a
+    view of its slice of that buffer (same values, new place), which ``step`` rebinds. Rebinding
+    ``p.data`` yourself is fine: the next step rebuilds the buffer from the current values.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
@@ -99,109 +105,27 @@ class AdamW(Optimizer):
         if not weight_decay >= 0:
             raise ValueError(f"AdamW: weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        self._flat = {}  # group index -> _FlatAdamW
+        self._kernel_cache = {}  # group index -> what the fast kernel keeps between steps
 
     def step(self):
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            flat = self._flat_group(index, params)
-            if flat is not None:
-                flat.step(params, group)
-                continue
-            for p in params:  # mixed dtypes or step counts: one kernel call per parameter
-                state = self.state.get(id(p))
-                if state is None:
-                    state = self.state[id(p)] = dict(
-                        step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data)
-                    )
-                state["step"] += 1
-                if not p.data.flags.c_contiguous:
-                    p.data = np.ascontiguousarray(p.data)
-                _adamw.adamw_step(
-                    p.data, np.ascontiguousarray(p.grad, dtype=p.dtype), state["exp_avg"], state["exp_avg_sq"],
-                    **_adamw_settings(group), step=state["step"],
-                )
+            states = [self._state_of(p) for p in params]
+            beta1, beta2 = group["betas"]
+            updated = _adamw.adamw_group_step(
+                [p.data for p in params], [p.grad for p in params], states, self._kernel_cache.setdefault(index, {}),
+                lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+            for p, data in zip(params, updated):
+                p.data = data  # the same array, or (fast kernel) a view of the group's flat buffer
 
-    def _flat_group(self, index, params):
-        """The group's :class:`_FlatAdamW` (made or remade as needed), or None when its parameters
-        do not share one dtype and one step count."""
-        flat = self._flat.get(index)
-        if flat is not None and flat.matches(params, self.state):
-            return flat
-        dtypes = {p.dtype for p in params}
-        steps = {self.state[id(p)]["step"] if id(p) in self.state else 0 for p in params}
-        if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64) or len(steps) != 1:
-            return None
-        self._flat[index] = flat = _FlatAdamW(params, self.state)
-        return flat
-
-
-def _adamw_settings(group):
-    beta1, beta2 = group["betas"]
-    return dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
-
-
-class _FlatAdamW:
-    """One AdamW kernel call for a whole parameter group instead of one per parameter.
-
-    The group's parameters and both moments live in flat buffers: each ``p.data`` becomes a view
-    of its slice of one parameter buffer (the optimizer's ``state`` likewise holds views of the
-    moment buffers), so a step runs one kernel launch instead of ~50 on a small GPT:
-    :func:`tinyllm.kernels.adamw.adamw_step_gathered`, which reads each gradient where it lies,
-    or (a gradient that is not a plain contiguous array) a copy of the gradients into one flat
-    buffer and :func:`tinyllm.kernels.adamw.adamw_step`. The arithmetic is the per-parameter
-    update's, element for element, so the results are identical. If anything rebinds a
-    ``p.data`` or a moment (``load_state_dict``, ``model.to``), the next step sees it and rebuilds
-    the buffers from the current values.
-    """
-
-    def __init__(self, params, state):
-        self.ids = [id(p) for p in params]
-        sizes = [p.data.size for p in params]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        dtype = params[0].dtype
-        self.param = np.empty(self.offsets[-1], dtype)
-        self.grad = np.empty(self.offsets[-1], dtype)
-        self.exp_avg = np.zeros(self.offsets[-1], dtype)
-        self.exp_avg_sq = np.zeros(self.offsets[-1], dtype)
-        self.step_count = state[id(params[0])]["step"] if id(params[0]) in state else 0
-        for p, lo, hi in zip(params, self.offsets[:-1], self.offsets[1:]):
-            view = self.param[lo:hi].reshape(p.shape)
-            view[...] = p.data
-            p.data = view
-            old = state.get(id(p), {})
-            new = dict(step=self.step_count, exp_avg=self.exp_avg[lo:hi].reshape(p.shape),
-                       exp_avg_sq=self.exp_avg_sq[lo:hi].reshape(p.shape))
-            for name in ("exp_avg", "exp_avg_sq"):
-                if name in old:
-                    new[name][...] = old[name]
-            state[id(p)] = new
-        self.state = state
-
-    def matches(self, params, state):
-        """Still valid: the same parameters in order, their data and state still our views."""
-        if [id(p) for p in params] != self.ids:
-            return False
-        for p in params:
-            s = state.get(id(p))
-            if s is None or s["step"] != self.step_count or p.data.base is not self.param \
-                    or s["exp_avg"].base is not self.exp_avg or s["exp_avg_sq"].base is not self.exp_avg_sq:
-                return False
-        return True
-
-    def step(self, params, group):
-        self.step_count += 1
-        settings = dict(_adamw_settings(group), step=self.step_count)
-        grads = [p.grad for p in params]
-        # the gradients read where they lie, or (any of them not a plain contiguous array) copied
-        if not _adamw.adamw_step_gathered(self.param, grads, self.exp_avg, self.exp_avg_sq, **settings):
-            for g, lo, hi in zip(grads, self.offsets[:-1], self.offsets[1:]):
-                self.grad[lo:hi] = g.reshape(-1)
-            _adamw.adamw_step(self.param, self.grad, self.exp_avg, self.exp_avg_sq, **settings)
-        for p in params:
-            self.state[id(p)]["step"] = self.step_count
+    def _state_of(self, p):
+        """The step count and the two moment estimates of p (zeros before its first step)."""
+        state = self.state.get(id(p))
+        if state is None:
+            state = self.state[id(p)] = dict(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+        return state
 
 
 class SGD(Optimizer):
@@ -237,22 +161,14 @@ def clip_grad_norm(params, max_norm):
     """Scale all gradients together so their joint L2 norm is at most ``max_norm``.
 
     Returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``), summed in float64.
-    The gradients are scaled in place, as PyTorch does.
+    The gradients are scaled in place, as PyTorch does (:func:`tinyllm.kernels.adamw.clip_grad_norm`).
     """
     params = [params] if isinstance(params, Tensor) else list(params)  # one tensor, or a generator
-    grads = [p.grad for p in params if p.grad is not None]
-    table = _adamw.gather_floats(grads)  # their addresses, for one kernel over all; None: one by one
-    total = math.sqrt(sum(_adamw.sums_of_squares(grads, table)))  # added up in parameter order
-    coef = max_norm / (total + 1e-6)
-    if coef < 1.0 and not _adamw.scale_all(grads, coef, table):
-        for p in params:
-            if p.grad is None:
-                continue
-            if p.grad.flags.writeable:
-                p.grad *= np.asarray(coef, dtype=p.grad.dtype)
-            else:
-                p.grad = p.grad * np.asarray(coef, dtype=p.grad.dtype)
-    return total
+    params = [p for p in params if p.grad is not None]
+    norm, grads = _adamw.clip_grad_norm([p.grad for p in params], max_norm)
+    for p, g in zip(params, grads):
+        p.grad = g  # the same array scaled in place (a read-only gradient: a scaled copy)
+    return norm
 
 
 clip_grad_norm_ = clip_grad_norm

@@ -11,7 +11,6 @@ gradient into ``leaf.grad``.
 The elementary operations live in :mod:`tinyllm.ops`, the fused neural-network ones in
 :mod:`tinyllm.functional`; both are Functions built the same way.
 """
-import sys
 import threading
 
 import numpy as np
@@ -505,64 +504,59 @@ def _topological_order(root):
     return order
 
 
-# Reference counts tell whether an array is shared only on CPython with its GIL.
-_COUNTS_REFERENCES = sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
-
-
-def _only_the_engine_holds(g):
-    """True when ``g``, just taken out of the backward pass's table of gradients, is referenced
-    by nothing else: not a view of other memory, writeable, and (CPython's reference count)
-    held only by the caller's variable. A leaf may then keep g itself as its .grad instead of a
-    copy, as PyTorch's AccumulateGrad does; a gradient that a Function also returned for another
-    input (``a + b`` passes g to both), or that a Function still holds, gets a copy. (The count
-    is the caller's variable, this function's parameter and getrefcount's own argument: 3.)
-    """
-    return _COUNTS_REFERENCES and g.base is None and g.flags.writeable and sys.getrefcount(g) == 3
-
-
 def _run_backward(root, grad, retain_graph):
+    """Hand each tensor's gradient to the Function that made it, from the output to the leaves.
+
+    ``grads`` holds the gradient w.r.t. every tensor reached so far; in reverse topological order
+    each tensor's gradient is complete (all its uses come later in the graph, so were visited
+    before) when it is popped. A leaf adds it into ``.grad``; a Function's ``backward`` turns it
+    into gradients of its inputs, which are added into ``grads``.
+    """
     if root._ctx is not None and root._ctx.parents is None:
         raise RuntimeError(
             "backward: the graph of this tensor was already freed by an earlier backward(); "
             "pass retain_graph=True to the first call to go through it twice"
         )
-    grads = {id(root): grad}  # gradient w.r.t. each non-leaf, dropped once it has been passed on
+    grads = {id(root): grad}
     for node in reversed(_topological_order(root)):
         g = grads.pop(id(node), None)
         if g is None:
             continue
-        ctx = node._ctx
-        if ctx is None:  # a leaf: accumulate, as PyTorch does
-            if node.grad is not None:
-                node.grad = node.grad + g
-            else:  # keep g itself if nothing else can see it, else a copy (PyTorch's rule too)
-                node.grad = g if _only_the_engine_holds(g) else np.array(g)
+        if node._ctx is None:  # a leaf: accumulate, as PyTorch does
+            node.grad = _grad_sums.accumulate_grad(node.grad, g, leaf=True)
             continue
-        if ctx.parents is None:
-            raise RuntimeError(
-                "backward: part of this graph was already freed by an earlier backward(); "
-                "pass retain_graph=True to the first call"
-            )
-        input_grads = ctx.backward(ctx, g)
-        if not isinstance(input_grads, tuple):
-            input_grads = (input_grads,)
-        for parent, needs, pg in zip(ctx.parents, ctx.needs_input_grad, input_grads):
-            if not needs or pg is None:
-                continue
-            pg = np.asarray(pg)  # NumPy turns 0-d results into scalars; keep gradients arrays
-            assert pg.shape == parent.shape, (
-                f"{type(ctx).__name__}.backward returned a gradient of shape {pg.shape} "
-                f"for an input of shape {parent.shape}"
-            )
-            if pg.dtype != parent.dtype:
-                pg = pg.astype(parent.dtype)
-            key = id(parent)
-            grads[key] = pg if key not in grads else _add(grads[key], pg)
-        input_grads = pg = None  # so that a leaf's gradient is referenced from grads alone
+        _backward_through(node._ctx, g, grads)
         if not retain_graph:
-            ctx.parents = None
-            ctx.saved_tensors = None
+            node._ctx.parents = None
+            node._ctx.saved_tensors = None
+
+
+def _backward_through(ctx, g, grads):
+    """Run ``ctx.backward`` on g and add each input's gradient into ``grads``."""
+    if ctx.parents is None:
+        raise RuntimeError(
+            "backward: part of this graph was already freed by an earlier backward(); "
+            "pass retain_graph=True to the first call"
+        )
+    input_grads = ctx.backward(ctx, g)
+    if not isinstance(input_grads, tuple):
+        input_grads = (input_grads,)
+    for parent, needs, pg in zip(ctx.parents, ctx.needs_input_grad, input_grads):
+        if not needs or pg is None:
+            continue
+        pg = np.asarray(pg)  # NumPy turns 0-d results into scalars; keep gradients arrays
+        assert pg.shape == parent.shape, (
+            f"{type(ctx).__name__}.backward returned a gradient of shape {pg.shape} "
+            f"for an input of shape {parent.shape}"
+        )
+        if pg.dtype != parent.dtype:
+            pg = pg.astype(parent.dtype)
+        grads[id(parent)] = _grad_sums.accumulate_grad(grads.get(id(parent)), pg)
 
 
 from . import ops as _ops  # noqa: E402  (ops needs Tensor and Function defined above)
-from .kernels.elementwise import add as _add  # noqa: E402
+from .kernels.dispatch import dispatch as _dispatch  # noqa: E402
+
+# Adding up gradients, and a leaf's .grad: kernels/accumulate.py (fast: on all cores and without
+# copies where it can; in reference mode: plain NumPy)
+_grad_sums = _dispatch("accumulate")

@@ -628,20 +628,7 @@ class BPETokenizer(Tokenizer):
         also list chunks that lost the pair since; those are skipped). A heap of pair counts,
         whose stale entries are skipped when popped, finds the next best pair.
         """
-        _check_text(text, "BPETokenizer.train")
-        if isinstance(special_tokens, str):
-            special_tokens = [special_tokens]
-        specials = list(special_tokens or [])
-        if isinstance(special_tokens, dict):
-            raise TypeError("BPETokenizer.train: special_tokens is a list of strings; their ids "
-                            "are assigned after the learned merges")
-        if len(set(specials)) != len(specials):
-            raise ValueError(f"BPETokenizer.train: special_tokens has duplicates: {specials}")
-        n_ordinary = int(vocab_size) - len(specials)
-        if n_ordinary < 256:
-            raise ValueError(f"BPETokenizer.train: vocab_size={vocab_size} leaves no room for the "
-                             f"256 byte tokens and {len(specials)} special tokens")
-
+        specials, n_ordinary = _check_train_args("BPETokenizer.train", text, vocab_size, special_tokens)
         words, counts = _count_chunks(text, regex.compile(pattern), specials)
         vocab = {i: bytes([i]) for i in range(256)}
         token_id = {b: i for i, b in vocab.items()}
@@ -696,6 +683,37 @@ class BPETokenizer(Tokenizer):
                     del pair_counts[p]
 
         special_ids = {s: next_id + k for k, s in enumerate(specials)}
+        return cls(vocab, merges, special_ids, pattern=pattern)
+
+    @classmethod
+    def train_naive(cls, text, vocab_size, pattern=GPT2_SPLIT_PATTERN, special_tokens=None):
+        """:meth:`train`'s algorithm written the slow, obvious way, as its readable spec and test
+        oracle: the same arguments, the same merges.
+
+        Cut the text into chunks (special tokens removed, then ``pattern``), each a list of byte
+        ids; then, until the vocabulary is full: count every adjacent pair in every chunk, take
+        the most frequent (ties: the smallest ``(id_a, id_b)``), give the concatenation of its
+        two tokens a new id, and replace the pair by it everywhere. A pass over the whole text
+        per merge: fine for a page, far too slow for a book (:meth:`train` only revisits the
+        chunks that held the merged pair).
+        """
+        specials, n_ordinary = _check_train_args("BPETokenizer.train_naive", text, vocab_size, special_tokens)
+        words = [list(chunk.encode("utf-8")) for chunk in _pretokenize(text, regex.compile(pattern), specials)]
+        vocab = {i: bytes([i]) for i in range(256)}
+        merges = []
+        while len(vocab) < n_ordinary:
+            pair_counts = Counter(pair for word in words for pair in zip(word, word[1:]))
+            if not pair_counts:
+                break
+            best = max(pair_counts.values())
+            pair = min(p for p, n in pair_counts.items() if n == best)
+            merged = vocab[pair[0]] + vocab[pair[1]]
+            # a new id, unless another pair made the same bytes already ("a"+"bc" after "ab"+"c")
+            new_id = next((i for i, b in vocab.items() if b == merged), len(vocab))
+            vocab[new_id] = merged
+            merges.append((pair[0], pair[1], new_id))
+            words = [_merge_pair(word, pair, new_id) for word in words]
+        special_ids = {s: len(vocab) + k for k, s in enumerate(specials)}
         return cls(vocab, merges, special_ids, pattern=pattern)
 
     # ---- GPT-2 files ---------------------------------------------------------------------
@@ -899,15 +917,37 @@ def _pop_most_frequent(heap, pair_counts):
     return None
 
 
-def _count_chunks(text, split_re, specials):
-    """``({chunk: count})`` of the pre-tokenized text, as (list of byte-id lists, counts)."""
+def _check_train_args(who, text, vocab_size, special_tokens):
+    """The special tokens as a list, and how many ordinary tokens (bytes + merges) fit."""
+    _check_text(text, who)
+    if isinstance(special_tokens, str):
+        special_tokens = [special_tokens]
+    specials = list(special_tokens or [])
+    if isinstance(special_tokens, dict):
+        raise TypeError(f"{who}: special_tokens is a list of strings; their ids "
+                        "are assigned after the learned merges")
+    if len(set(specials)) != len(specials):
+        raise ValueError(f"{who}: special_tokens has duplicates: {specials}")
+    n_ordinary = int(vocab_size) - len(specials)
+    if n_ordinary < 256:
+        raise ValueError(f"{who}: vocab_size={vocab_size} leaves no room for the "
+                         f"256 byte tokens and {len(specials)} special tokens")
+    return specials, n_ordinary
+
+
+def _pretokenize(text, split_re, specials):
+    """The chunks of ``text`` that BPE trains on, in order: the special tokens cut out, the rest
+    split by ``split_re``."""
     parts = [text]
     if specials:
         special_re = BPETokenizer._compile_special_re(specials)
         parts = special_re.split(text)[::2]  # drop the special tokens themselves
-    chunk_counts = Counter()
-    for part in parts:
-        chunk_counts.update(split_re.findall(part))
+    return [chunk for part in parts for chunk in split_re.findall(part)]
+
+
+def _count_chunks(text, split_re, specials):
+    """``({chunk: count})`` of the pre-tokenized text, as (list of byte-id lists, counts)."""
+    chunk_counts = Counter(_pretokenize(text, split_re, specials))
     words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
     return words, list(chunk_counts.values())
 

@@ -15,11 +15,12 @@ import math
 
 import numpy as np
 
-from ._address import array_at, gather
-from ._jit import njit, prange
+from .systems.address import array_at, gather
+from .systems.jit import njit, prange
 
-__all__ = ["adamw_step_ref", "adamw_step", "adamw_step_gathered", "sum_of_squares_ref", "sum_of_squares",
-           "gather_floats", "sums_of_squares", "scale_all"]
+__all__ = ["adamw_step_ref", "adamw_step", "adamw_step_gathered", "adamw_group_step_ref", "adamw_group_step",
+           "sum_of_squares_ref", "sum_of_squares", "gather_floats", "sums_of_squares", "scale_all",
+           "clip_grad_norm_ref", "clip_grad_norm"]
 
 _CHUNK = 16384  # elements per parallel work item
 
@@ -50,7 +51,7 @@ def _adamw_chunk(param, grad, exp_avg, exp_avg_sq, decay, beta1, one_minus_beta1
                  one_minus_beta2, neg_step_size, bc2_sqrt, eps):
     """The update below on one chunk (slices of the four arrays). The loop runs over
     range(len) of its own slices: with indices that numba cannot prove non-negative it adds a
-    wraparound branch per element and LLVM does not vectorise the loop (2x slower)."""
+    wraparound branch per element, and LLVM does not vectorise a loop with a branch in it."""
     lerp = one_minus_beta1 < 0.5
     for k in range(param.shape[0]):
         g = grad[k]
@@ -134,7 +135,7 @@ def _scalars(dtype, lr, beta1, beta2, eps, weight_decay, step):
 def adamw_step_gathered(param, grads, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step):
     """:func:`adamw_step` on flat (n,) buffers whose consecutive pieces belong to the arrays in
     ``grads`` (in order, sizes summing to n), reading each gradient in place instead of copying
-    them all into one flat gradient first (a pass over memory: 0.7 ms a small GPT step).
+    them all into one flat gradient first (a whole extra pass over the gradients' memory).
 
     Returns False, having done nothing, if the gradients cannot be read in place (one not a
     C-contiguous writeable array of param's dtype, or sizes that do not add up to the pieces):
@@ -229,7 +230,7 @@ def _scale_kernel(addresses, offsets, like, coef):
 
 
 def gather_floats(arrays):
-    """:func:`._address.gather` of float32 or float64 arrays (all of the first one's dtype), or None."""
+    """:func:`.systems.address.gather` of float32 or float64 arrays (all of the first one's dtype), or None."""
     dtype = getattr(arrays[0], "dtype", None) if arrays else None
     return gather(arrays, dtype) if dtype in (np.float32, np.float64) else None
 
@@ -257,3 +258,147 @@ def scale_all(arrays, coef, table=None):
         return False
     _scale_kernel(*table, arrays[0], arrays[0].dtype.type(coef))
     return True
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole parameter group, and gradient clipping: what tinyllm.optim calls
+
+
+def adamw_group_step_ref(params, grads, states, cache, *, lr, beta1, beta2, eps, weight_decay):
+    """One AdamW step of every parameter of a group, one at a time, with :func:`adamw_step_ref`.
+
+    params, grads: lists of arrays; states: one dict per parameter, ``{"step": int, "exp_avg":
+    array, "exp_avg_sq": array}`` (step counts the updates done so far), updated in place.
+    ``cache`` is a dict that :func:`adamw_group_step` keeps between calls; the reference keeps
+    nothing in it. Returns the arrays the parameters hold afterwards: ``params`` itself, updated
+    in place (a read-only one is replaced by an updated copy).
+    """
+    updated = []
+    for param, grad, state in zip(params, grads, states):
+        state["step"] += 1
+        if not param.flags.writeable:
+            param = param.copy()
+        adamw_step_ref(param, grad.astype(param.dtype, copy=False), state["exp_avg"], state["exp_avg_sq"],
+                       lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=state["step"])
+        updated.append(param)
+    return updated
+
+
+def adamw_group_step(params, grads, states, cache, *, lr, beta1, beta2, eps, weight_decay):
+    """:func:`adamw_group_step_ref` as one kernel call for the whole group (~50 parameters on a
+    small GPT) instead of one per parameter.
+
+    The group's parameters and both moments are moved into three flat buffers (kept in
+    ``cache`` from one step to the next): the returned parameter arrays, and the moments left in
+    ``states``, are views of their slices, and :func:`adamw_step_gathered` updates all of them
+    at once, reading each gradient where it lies. The values are the same as the per-parameter
+    update's, element for element. When the parameters or moments are no longer those views
+    (a parameter rebound, ``load_state_dict``) the buffers are rebuilt from the current values;
+    parameters of mixed dtypes or step counts take one :func:`adamw_step` call each.
+    """
+    settings = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+    flat = cache.get("flat")
+    if flat is None or not flat.holds(params, states):
+        flat = cache["flat"] = _FlatGroup.build(params, states)
+    if flat is None:
+        return _adamw_one_by_one(params, grads, states, settings)
+    flat.step(grads, settings)
+    return list(flat.params)
+
+
+def _adamw_one_by_one(params, grads, states, settings):
+    updated = []
+    for param, grad, state in zip(params, grads, states):
+        state["step"] += 1
+        param = np.ascontiguousarray(param)
+        adamw_step(param, np.ascontiguousarray(grad, dtype=param.dtype), state["exp_avg"], state["exp_avg_sq"],
+                   **settings, step=state["step"])
+        updated.append(param)
+    return updated
+
+
+class _FlatGroup:
+    """A group's parameters and moments in one flat buffer each; hands out views of the slices."""
+
+    @classmethod
+    def build(cls, params, states):
+        """A _FlatGroup holding the current values, or None if the parameters do not share one
+        float dtype and one step count."""
+        dtypes = {p.dtype for p in params}
+        steps = {s["step"] for s in states}
+        if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64) or len(steps) != 1:
+            return None
+        return cls(params, states)
+
+    def __init__(self, params, states):
+        sizes = [p.size for p in params]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        n, dtype = self.offsets[-1], params[0].dtype
+        self.param, self.grad = np.empty(n, dtype), np.empty(n, dtype)
+        self.exp_avg, self.exp_avg_sq = np.zeros(n, dtype), np.zeros(n, dtype)
+        self.step_count = states[0]["step"]
+        self.params, self.moments = [], []  # the views handed out: p, and (exp_avg, exp_avg_sq)
+        for p, state, lo, hi in zip(params, states, self.offsets[:-1], self.offsets[1:]):
+            view = self.param[lo:hi].reshape(p.shape)
+            view[...] = p
+            moments = self.exp_avg[lo:hi].reshape(p.shape), self.exp_avg_sq[lo:hi].reshape(p.shape)
+            for name, moment in zip(("exp_avg", "exp_avg_sq"), moments):
+                moment[...] = state[name]
+                state[name] = moment
+            self.params.append(view)
+            self.moments.append(moments)
+        self.states = states
+
+    def holds(self, params, states):
+        """Still valid: the same parameters in order, each still our view, and so are their
+        moments, with the step count we know."""
+        if len(params) != len(self.params) or len(states) != len(self.states):
+            return False
+        for p, s, view, (m, v) in zip(params, states, self.params, self.moments):
+            if p is not view or s["exp_avg"] is not m or s["exp_avg_sq"] is not v or s["step"] != self.step_count:
+                return False
+        return True
+
+    def step(self, grads, settings):
+        self.step_count += 1
+        settings = dict(settings, step=self.step_count)
+        # the gradients read where they lie, or (any of them not a plain contiguous array) copied
+        if not adamw_step_gathered(self.param, grads, self.exp_avg, self.exp_avg_sq, **settings):
+            for g, lo, hi in zip(grads, self.offsets[:-1], self.offsets[1:]):
+                self.grad[lo:hi] = g.reshape(-1)
+            adamw_step(self.param, self.grad, self.exp_avg, self.exp_avg_sq, **settings)
+        for s in self.states:
+            s["step"] = self.step_count
+
+
+def clip_grad_norm_ref(grads, max_norm):
+    """Scale the arrays ``grads`` together so that their joint L2 norm is at most ``max_norm``:
+    ``norm = sqrt(sum of all squares)`` (float64), and if ``norm > max_norm`` every array is
+    multiplied by ``max_norm / (norm + 1e-6)`` in place (a read-only one: a scaled copy).
+    Returns ``(norm, arrays)``: the norm before clipping and the arrays to keep."""
+    norm = math.sqrt(sum(sum_of_squares_ref(g) for g in grads))
+    coef = max_norm / (norm + 1e-6)
+    if coef >= 1.0:
+        return norm, list(grads)
+    return norm, [_scaled(g, coef) for g in grads]
+
+
+def _scaled(g, coef):
+    coef = np.asarray(coef, dtype=g.dtype)
+    if g.flags.writeable:
+        g *= coef
+        return g
+    return g * coef
+
+
+def clip_grad_norm(grads, max_norm):
+    """:func:`clip_grad_norm_ref` with one parallel kernel for all the squares and one for all the
+    scaling, reading the arrays where they lie (:mod:`.systems.address`); where they cannot be
+    read that way, array by array. The norm's terms are added up in the same order either way."""
+    grads = list(grads)
+    table = gather_floats(grads)  # their addresses, for one kernel over all; None: one by one
+    norm = math.sqrt(sum(sums_of_squares(grads, table)))
+    coef = max_norm / (norm + 1e-6)
+    if coef >= 1.0 or scale_all(grads, coef, table):
+        return norm, grads
+    return norm, [_scaled(g, coef) for g in grads]

@@ -28,16 +28,17 @@ one single-threaded BLAS call made from the numba thread that owns the tile (``b
 ``matmul.gemm_tile_loops`` where no BLAS can be called); products run over whole tiles, and
 the masked entries of P and dS are exact zeros. In float32 their exp is a vectorised polynomial
 (``_exp_f32_inplace``, relative error < 2 float32 eps), in float64 libm's; float64 matches the
-reference to ~1e-15.
+reference to ~1e-15. :mod:`.attention_tiled` is the same tiling and online softmax in NumPy,
+for reading: the step between the ``_ref`` functions and these kernels.
 """
 import math
 
 import numpy as np
 
-from ._jit import njit, prange
+from .systems.jit import njit, prange
 from .fastmath import exp_f32_inplace as _exp_f32_inplace
 from . import blas as _blas
-from .blas import blas_one_thread, restore_blas_threads
+from .systems.cblas import blas_one_thread, restore_blas_threads
 from .matmul import gemm_tile_loops
 
 # The tile products: one single-threaded BLAS call per product (NumPy's OpenBLAS, called from
@@ -45,9 +46,8 @@ from .matmul import gemm_tile_loops
 # Fixed when the kernels compile; _jit.py keys the numba cache on which one it is.
 _tile_product = _blas.gemm_tile if _blas.available() else gemm_tile_loops
 
-# Tile sizes, chosen with benchmarks/bench_kernels.py on a 2-core AVX-512 machine: 64 x 64
-# float32 tiles (16 KiB each) stay in the L1 cache; with BLAS tile products, 128-row or
-# 128-key tiles measured no faster at T = 256.
+# Tile sizes: 64 x 64 float32 tiles (16 KiB each) stay in the L1 cache, and larger ones were no
+# faster (benchmarks/bench_kernels.py, docs/performance.md).
 BLOCK_Q = 64
 BLOCK_K = 64
 
@@ -168,8 +168,9 @@ def attention_backward_ref(q, k, v, out, lse, dout, causal=False, scale=None):
 def _exp_inplace(tile, rows):
     """tile[:rows] = exp(tile[:rows]); tile (block_q, block_k).
 
-    float32 uses the vectorised polynomial above; float64 (used for finite-difference checks,
-    not for speed) uses libm's exp so that it matches NumPy to the last few bits.
+    float32 uses the vectorised polynomial exp of :mod:`.fastmath`; float64 (used for
+    finite-difference checks, not for speed) uses libm's exp so that it matches NumPy to the
+    last few bits.
     """
     flat = tile.reshape(tile.size)
     count = rows * tile.shape[1]
@@ -184,8 +185,8 @@ def _exp_inplace(tile, rows):
 def _row_max(tile, r, width, lanes):
     """max_{j < width} tile[r, j] (-inf if width is 0), with ``_LANES`` running maxima.
 
-    One running max is a chain of dependent max instructions, 4 cycles each; eight
-    independent ones (lanes (8,)) fill one vector register and run 3x faster at width 64.
+    One running max is a chain of dependent max instructions, each waiting for the one before;
+    eight independent ones (lanes (8,)) fill one vector register and run side by side.
     """
     for x in range(_LANES):
         lanes[x] = -np.inf
@@ -203,8 +204,8 @@ def _row_max(tile, r, width, lanes):
 @njit(fastmath={"reassoc"})
 def _row_sum(tile, r):
     """sum_j tile[r, j] over the whole row. fastmath "reassoc" lets LLVM keep partial sums in
-    vector lanes (5x faster than eight partial sums kept by hand in an array, as _row_max does:
-    a max cannot be reassociated without also promising that no NaN occurs)."""
+    vector lanes, in registers (better than eight partial sums kept by hand in an array, as
+    _row_max must: a max cannot be reassociated without also promising that no NaN occurs)."""
     total = tile.dtype.type(0)
     for j in range(tile.shape[1]):
         total += tile[r, j]
@@ -268,8 +269,7 @@ def _shift_by_running_max(scores, widths, scale, row_max, row_sum, acc):
     The element loops run over whole rows and mask with a select (``j < w``) rather than
     stopping at the row's width w: a loop of a fixed 64 iterations becomes a few vector
     instructions, while one of w (1..64 under a causal mask) spends most of its time in the
-    scalar remainder after the last full vector (this function 1.3-2.4x faster on a causal
-    64 x 64 tile, measured alone; the whole forward kernel ~10%).
+    scalar remainder after the last full vector.
     """
     rows, block_k = scores.shape
     lanes = np.empty(_LANES, scores.dtype)
@@ -516,3 +516,36 @@ def self_attention_backward(qkv, out, lse, dout, n_head, causal=False, scale=Non
                             np.ascontiguousarray(dout).reshape(B, T, H, D), bool(causal), scale,
                             BLOCK_Q, BLOCK_K, dheads)
     return dheads.reshape(B, T, 3 * H * D)
+
+
+def self_attention_forward_ref(qkv, n_head, causal=False, scale=None):
+    """Plain NumPy :func:`self_attention_forward`: split qkv (B, T, 3C) into (B*H, T, D) heads,
+    :func:`attention_forward_ref`, merge back. Returns ``out (B, T, C)``, ``lse (B, H, T)``."""
+    heads, scale = _check_packed("self_attention_forward_ref", qkv, n_head, scale)
+    B, T, _, H, D = heads.shape
+    q, k, v = (_split_heads(heads[:, :, i]) for i in range(3))
+    out, lse = attention_forward_ref(q, k, v, causal, scale)
+    return _merge_heads(out, B), lse.reshape(B, H, T)
+
+
+def self_attention_backward_ref(qkv, out, lse, dout, n_head, causal=False, scale=None):
+    """Plain NumPy :func:`self_attention_backward`: ``dqkv (B, T, 3C)`` from dout (B, T, C)."""
+    heads, scale = _check_packed("self_attention_backward_ref", qkv, n_head, scale)
+    B, T, _, H, D = heads.shape
+    q, k, v = (_split_heads(heads[:, :, i]) for i in range(3))
+    out, dout = (_split_heads(a.reshape(B, T, H, D)) for a in (out, dout))
+    dq, dk, dv = attention_backward_ref(q, k, v, out, lse.reshape(B * H, T), dout, causal, scale)
+    dheads = np.stack([d.reshape(B, H, T, D).transpose(0, 2, 1, 3) for d in (dq, dk, dv)], axis=2)
+    return dheads.reshape(B, T, 3 * H * D)  # (B, T, 3, H, D) -> (B, T, 3C)
+
+
+def _split_heads(x):
+    """(B, T, H, D) -> (B*H, T, D)"""
+    B, T, H, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B * H, T, D)
+
+
+def _merge_heads(x, batch):
+    """(B*H, T, D) -> (B, T, H*D)"""
+    _, T, D = x.shape
+    return x.reshape(batch, -1, T, D).transpose(0, 2, 1, 3).reshape(batch, T, -1)

@@ -7,103 +7,27 @@ after every call, and a training step, which alternates matmul, kernel, matmul, 
 waking the other core hundreds of times. Here ``C = A @ B`` is cut into blocks of rows (or of
 columns, when C is wide and short), one per numba thread, and each thread calls OpenBLAS's
 one-threaded gemm on its block: the same BLAS code, one pool of threads for the whole step,
-whose threads may spin between kernels (see ``_jit.py``).
+whose threads may spin between kernels (see ``systems/jit.py``).
 
-How. :mod:`._openblas` finds ``cblas_sgemm`` / ``cblas_dgemm`` in NumPy's OpenBLAS; their
-addresses are registered with LLVM under fixed names, which the compiled (and cached) kernel
-calls. Where they are not found, :func:`matmul` is ``np.matmul``, the plain twin it is tested
-against; so it is under ``NUMBA_DISABLE_JIT=1`` and ``TINYLLM_POOL_BLAS=0``.
+How. ``systems/cblas.py`` makes NumPy's ``cblas_sgemm`` / ``cblas_dgemm`` callable from
+compiled code as :func:`gemm` on 2-D views (blocks of rows or columns are passed as views, no
+copies). Where it is not available, :func:`matmul` is ``np.matmul``, the plain twin it is
+tested against; so it is under ``NUMBA_DISABLE_JIT=1`` and ``TINYLLM_POOL_BLAS=0``.
 
 The split gives the same numbers as one big call: every element of C is still one dot product
-over the whole depth K, and it is computed by the same kernel.
+over the whole depth K, and it is computed by the same kernel. ``linear_forward_ref`` and
+``linear_backward_ref`` are a Linear layer's products in plain NumPy (the reference mode's).
 """
-import ctypes
-
-import numba
 import numpy as np
 
-from ._jit import get_num_threads, njit, prange
-from ._openblas import OPENBLAS as _FOUND
+from .systems.cblas import available, blas_one_thread, gemm, restore_blas_threads  # noqa: F401
+from .systems.jit import get_num_threads, njit, prange
 
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # Below this many multiply-adds OpenBLAS itself runs on the calling thread, and so does np.matmul
 # here: a parallel launch would cost more than it saves (one token's products while generating).
 SMALL = 1 << 18
 
-_gemm32 = _gemm64 = None
-if _FOUND is not None and not numba.config.DISABLE_JIT:
-    import llvmlite.binding as _llvm
-    from numba import types as _t
-
-    _llvm.add_symbol("tinyllm_cblas_sgemm", _FOUND.sgemm)
-    _llvm.add_symbol("tinyllm_cblas_dgemm", _FOUND.dgemm)
-
-    def _cblas_gemm(symbol, real):
-        # void cblas_?gemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
-        i32, i64, ptr = _t.int32, _t.int64, _t.uintp
-        return _t.ExternalFunction(symbol, _t.void(i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64,
-                                                   real, ptr, i64))
-
-    _gemm32 = _cblas_gemm("tinyllm_cblas_sgemm", _t.float32)
-    _gemm64 = _cblas_gemm("tinyllm_cblas_dgemm", _t.float64)
-
-    # void openblas_set_num_threads(int), int openblas_get_num_threads(void)
-    _address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
-    _llvm.add_symbol("tinyllm_openblas_set_num_threads", _address(_FOUND.set_num_threads))
-    _llvm.add_symbol("tinyllm_openblas_get_num_threads", _address(_FOUND.get_num_threads))
-    _set_blas_threads = _t.ExternalFunction("tinyllm_openblas_set_num_threads", _t.void(_t.int32))
-    _get_blas_threads = _t.ExternalFunction("tinyllm_openblas_get_num_threads", _t.int32())
-
-    @njit
-    def blas_one_thread():
-        """Set OpenBLAS to one thread and return the count it had (for restore_blas_threads).
-
-        Every kernel whose numba threads call BLAS begins with this and ends with
-        :func:`restore_blas_threads`: otherwise OpenBLAS would split a large enough product
-        over its own threads as well, from two callers at once, and its thread server is not
-        built for that (it can hang). Inside the compiled kernel the pair is two plain C calls,
-        and it is atomic for Python: a kernel holds the GIL from start to end, so
-        no other Python thread can run a kernel in between. (As a Python context manager
-        around each kernel, with ctypes calls and a lock, it cost ~13 us per kernel in a
-        training step, ~0.5 ms a step.)
-        """
-        saved = _get_blas_threads()
-        if saved != 1:
-            _set_blas_threads(np.int32(1))
-        return saved
-
-    @njit
-    def restore_blas_threads(saved):
-        if saved != 1:
-            _set_blas_threads(np.int32(saved))
-else:
-    @njit
-    def blas_one_thread():
-        """No BLAS is called from numba threads here (see above): nothing to set."""
-        return 1
-
-    @njit
-    def restore_blas_threads(saved):
-        pass
-
-
-def available():
-    """True where :func:`matmul` runs on numba's threads (NumPy's BLAS is an ILP64 OpenBLAS)."""
-    return _gemm32 is not None
-
-
-@njit
-def _gemm(a, a_t, b, b_t, c, m, n, depth, a_start, b_start, c_start, beta):
-    """One BLAS call: the (m, n) block of c at byte address c_start = A-block @ B-block + beta c.
-    The leading dimensions are the row strides (in elements) of a, b, c."""
-    lda, ldb, ldc = a.strides[0] // a.itemsize, b.strides[0] // b.itemsize, c.strides[0] // c.itemsize
-    trans_a = _TRANS if a_t else _NO_TRANS
-    trans_b = _TRANS if b_t else _NO_TRANS
-    if a.itemsize == 4:
-        _gemm32(_ROW_MAJOR, trans_a, trans_b, m, n, depth, np.float32(1), a_start, lda, b_start, ldb,
-                np.float32(beta), c_start, ldc)
-    else:
-        _gemm64(_ROW_MAJOR, trans_a, trans_b, m, n, depth, 1.0, a_start, lda, b_start, ldb, beta, c_start, ldc)
+_AVAILABLE = available()
 
 
 @njit
@@ -115,8 +39,7 @@ def gemm_tile(c, a, a_t, b, b_t, m, n, depth, accumulate):
     may lie any distance apart: a C-contiguous array, a row slice of one (``q[i0:]``), or one
     head's rows inside a packed (B, T, 3, H, D) projection.
     """
-    _gemm(a, a_t, b, b_t, c, m, n, depth, a.ctypes.data, b.ctypes.data, c.ctypes.data,
-          1.0 if accumulate else 0.0)
+    gemm(a, a_t, b, b_t, c, m, n, depth, 1.0 if accumulate else 0.0)
 
 
 @njit(parallel=True)
@@ -124,32 +47,28 @@ def _gemm_blocks(a, a_t, b, b_t, c, parts):
     """c = A @ B in ``parts`` blocks, one BLAS call each, in parallel.
 
     A = a (M, K), or a^T when a_t (a is then (K, M)); B = b (K, N), or b^T when b_t (b is (N, K));
-    all C-contiguous. Blocks are rows of C (rows of A) when M >= N, else columns of C (columns
-    of B). A block starts ``offset`` elements into each array:
+    all C-contiguous. Blocks are rows lo..hi of C (rows of A) when M >= N, else columns lo..hi
+    of C (columns of B); each is passed to BLAS as a view:
 
-        rows r0..:    A at r0 * K (a) or r0 (a^T, a column offset),  C at r0 * N
-        columns x0..: B at x0 (b) or x0 * K (b^T, a row offset),     C at x0
+        rows:     A block = a[lo:hi], or a[:, lo:hi] (a^T);   C block = c[lo:hi]
+        columns:  B block = b[:, lo:hi], or b[lo:hi] (b^T);   C block = c[:, lo:hi]
     """
     m, n = c.shape
     depth = a.shape[0] if a_t else a.shape[1]
     by_rows = m >= n
     extent = m if by_rows else n
     step = (extent + parts - 1) // parts
-    size = c.itemsize
     saved = blas_one_thread()
     for p in prange(parts):
         lo = p * step
         hi = min(extent, lo + step)
         if hi > lo:
-            a_start, b_start, c_start = a.ctypes.data, b.ctypes.data, c.ctypes.data
             if by_rows:
-                a_start += (lo if a_t else lo * depth) * size
-                c_start += lo * n * size
-                _gemm(a, a_t, b, b_t, c, hi - lo, n, depth, a_start, b_start, c_start, 0.0)
+                a_block = a[:, lo:hi] if a_t else a[lo:hi]
+                gemm(a_block, a_t, b, b_t, c[lo:hi], hi - lo, n, depth, 0.0)
             else:
-                b_start += (lo * depth if b_t else lo) * size
-                c_start += lo * size
-                _gemm(a, a_t, b, b_t, c, m, hi - lo, depth, a_start, b_start, c_start, 0.0)
+                b_block = b[lo:hi] if b_t else b[:, lo:hi]
+                gemm(a, a_t, b_block, b_t, c[:, lo:hi], m, hi - lo, depth, 0.0)
     restore_blas_threads(saved)
 
 
@@ -180,7 +99,7 @@ def _gemm_batch(a, a_t, b, b_t, c):
     depth = a.shape[1] if a_t else a.shape[2]
     saved = blas_one_thread()
     for i in prange(c.shape[0]):
-        _gemm(a[i], a_t, b[i], b_t, c[i], m, n, depth, a[i].ctypes.data, b[i].ctypes.data, c[i].ctypes.data, 0.0)
+        gemm(a[i], a_t, b[i], b_t, c[i], m, n, depth, 0.0)
     restore_blas_threads(saved)
 
 
@@ -201,7 +120,7 @@ def matmul(a, b):
     the same leading axes (..., M, K) @ (..., K, N), one BLAS call per matrix;
     ``np.matmul`` for anything else (broadcast batches, 1-D operands, strided views, integers),
     for small products, and where :func:`available` is False."""
-    if (_gemm32 is None or a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64)
+    if (not _AVAILABLE or a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64)
             or a.size * b.shape[-1] < SMALL):
         return np.matmul(a, b)
     if a.ndim > 2 or b.ndim > 2:
@@ -225,13 +144,11 @@ def _linear_forward_blocks(x, w, bias, y, parts):
     """y = x @ w^T + bias, rows of y in ``parts`` blocks: each block's rows are first set to
     the bias, then one gemm adds x @ w^T to them (beta = 1), as PyTorch's addmm does. With
     beta = 0 OpenBLAS would first write zeros over the block and the bias would take another
-    pass over it after the product: two passes over y saved (an isolated forward 2-4% faster;
-    no measurable change in a small training step).
+    pass over it after the product: two passes over y saved.
     x (M, K), w (N, K), bias (N,), y (M, N), all C-contiguous."""
     m, n = y.shape
     depth = x.shape[1]
     step = (m + parts - 1) // parts
-    size = y.itemsize
     saved = blas_one_thread()
     for p in prange(parts):
         lo, hi = p * step, min(m, (p + 1) * step)
@@ -239,8 +156,7 @@ def _linear_forward_blocks(x, w, bias, y, parts):
             for r in range(lo, hi):
                 for c in range(n):
                     y[r, c] = bias[c]
-            _gemm(x, False, w, True, y, hi - lo, n, depth, x.ctypes.data + lo * depth * size, w.ctypes.data,
-                  y.ctypes.data + lo * n * size, 1.0)
+            gemm(x[lo:hi], False, w, True, y[lo:hi], hi - lo, n, depth, 1.0)
     restore_blas_threads(saved)
 
 
@@ -248,12 +164,11 @@ def _linear_forward_blocks(x, w, bias, y, parts):
 def _linear_backward_tasks(g, x, w, dx, dw, db, halves):
     """dx = g @ w and dw = g^T @ x side by side: tasks 0 .. halves - 1 each compute a block of
     rows of dx (and the float64 column sums of those rows of g, for the bias gradient db),
-    tasks halves .. 2 halves - 1 a block of rows of dw. With 2 threads that is one
-    whole product per thread (the two cost the same FLOPs): 14% faster than splitting each
-    product in turn. g (M, N), x (M, K), w (N, K), dx (M, K), dw (N, K), db (N,)."""
+    tasks halves .. 2 halves - 1 a block of rows of dw. With 2 threads that is one whole
+    product per thread (the two cost the same FLOPs): each call is larger, and the threads
+    start once instead of twice. g (M, N), x (M, K), w (N, K), dx (M, K), dw (N, K), db (N,)."""
     m, n = g.shape
     k = x.shape[1]
-    size = g.itemsize
     bias_sums = np.empty((halves, n))  # float64 column sums of g, one row per dx block
     saved = blas_one_thread()
     for task in prange(2 * halves):
@@ -263,8 +178,7 @@ def _linear_backward_tasks(g, x, w, dx, dw, db, halves):
             lo, hi = part * step, min(m, (part + 1) * step)
             bias_sums[part, :] = 0.0
             if hi > lo:
-                _gemm(g, False, w, False, dx, hi - lo, k, n, g.ctypes.data + lo * n * size, w.ctypes.data,
-                      dx.ctypes.data + lo * k * size, 0.0)
+                gemm(g[lo:hi], False, w, False, dx[lo:hi], hi - lo, k, n, 0.0)
                 for r in range(lo, hi):
                     for c in range(n):
                         bias_sums[part, c] += g[r, c]
@@ -272,8 +186,7 @@ def _linear_backward_tasks(g, x, w, dx, dw, db, halves):
             step = (n + halves - 1) // halves
             lo, hi = part * step, min(n, (part + 1) * step)
             if hi > lo:
-                _gemm(g, True, x, False, dw, hi - lo, k, m, g.ctypes.data + lo * size, x.ctypes.data,
-                      dw.ctypes.data + lo * k * size, 0.0)
+                gemm(g[:, lo:hi], True, x, False, dw[lo:hi], hi - lo, k, m, 0.0)
     restore_blas_threads(saved)
     for c in range(n):
         total = 0.0
@@ -285,9 +198,23 @@ def _linear_backward_tasks(g, x, w, dx, dw, db, halves):
 def _split_by_rows(a, w):
     """Whether a (M, .) and w can take the row-split loops below: both C-contiguous, one float
     dtype, a product above SMALL, and enough rows (else :func:`matmul` chooses the split)."""
-    return (_gemm32 is not None and a.ndim == 2 and w.ndim == 2 and a.dtype == w.dtype
+    return (_AVAILABLE and a.ndim == 2 and w.ndim == 2 and a.dtype == w.dtype
             and a.dtype in (np.float32, np.float64) and _rows_in_order(a) and _rows_in_order(w)
             and a.shape[0] >= min(256, max(w.shape)) and a.shape[0] * w.size >= SMALL)
+
+
+def linear_forward_ref(x, w, bias):
+    """``x @ w.T + bias`` (bias may be None) for x (M, K), w (N, K) -> (M, N), in NumPy."""
+    y = np.matmul(x, w.T)
+    return y if bias is None else y + bias
+
+
+def linear_backward_ref(g, x, w, need_dx=True, need_dw=True, need_db=True):
+    """Gradients of ``y = x @ w.T + b`` for g (M, N), x (M, K), w (N, K), in NumPy: ``dx = g @ w``
+    (M, K), ``dw = g.T @ x`` (N, K), ``db = g.sum(axis=0)`` (N,), each None where not needed."""
+    dx = np.matmul(g, w) if need_dx else None
+    dw = np.matmul(g.T, x) if need_dw else None
+    return dx, dw, (g.sum(axis=0) if need_db else None)
 
 
 def linear_forward(x, w, bias):

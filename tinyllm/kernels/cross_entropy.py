@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ._jit import njit, prange
+from .systems.jit import njit, prange
 from .fastmath import exp_f32
 
 __all__ = [
@@ -70,9 +70,9 @@ def _exp_shifted_row(logits, i, shift, out):
     """out[j] = exp(z[i, j] - shift) for the whole row, in the logits' dtype.
 
     float32: the vectorised polynomial exp of :mod:`.fastmath` (relative error < 2 float32
-    eps) instead of libm's scalar expf, which dominated the kernels' time (a GPT-2 vocab of
-    50,257 logits is 50,257 exps per position): forward and backward 1.6-3.9x faster. float64
-    (finite-difference checks) keeps libm's exp.
+    eps) instead of libm's scalar expf: the kernels' time is mostly exp (a GPT-2 vocabulary of
+    50,257 logits is 50,257 exps per position). float64 (finite-difference checks) keeps
+    libm's exp.
     """
     vocab = logits.shape[1]
     if logits.itemsize == 4:

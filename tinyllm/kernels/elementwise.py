@@ -9,11 +9,16 @@ arrays of one shape and dtype, and for arrays too small to be worth a parallel l
 """
 import numpy as np
 
-from ._jit import njit, prange
+from .systems.jit import njit, prange
 
-__all__ = ["add"]
+__all__ = ["add_ref", "add"]
 
 SMALL = 1 << 15  # elements; below this a parallel launch costs more than it saves
+
+
+def add_ref(a, b):
+    """``a + b`` (NumPy broadcasting)."""
+    return a + b
 
 
 @njit(parallel=True)

@@ -1,18 +1,16 @@
 """A vectorisable float32 exp, shared by the kernels whose time goes into exp (attention, GELU,
 cross-entropy).
 
-numba without Intel SVML calls the scalar libm ``expf`` once per element (~6 ns); a loop over
-:func:`exp_f32` runs 4-8x faster because LLVM turns it into 8-wide vector code. It is used only
-for float32: the float64 paths (finite-difference checks) keep libm's exp.
+numba without Intel SVML calls the scalar libm ``expf`` once per element, a function call LLVM
+cannot vectorise; a loop over :func:`exp_f32` is plain arithmetic, which LLVM turns into 8-wide
+vector code. It is used only for float32: the float64 paths (finite-difference checks) keep
+libm's exp.
 """
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import types
-from numba.core.errors import TypingError
-from numba.extending import intrinsic
 
-from ._jit import njit
+from .systems import intrinsics
+from .systems.jit import njit
 
 # Constants of the exp below (Cody-Waite split of ln 2; 1.5 * 2**23 rounds to nearest).
 _LOG2E = 1.4426950408889634
@@ -27,21 +25,9 @@ def _float32_from_bits_python(bits):
     return np.array(bits, np.int32).view(np.float32)[()]
 
 
-@intrinsic
-def _float32_from_bits_llvm(typingctx, bits):
-    """The same inside compiled code: one LLVM ``bitcast``, no instruction at all in the machine
-    code, so a loop that uses it still vectorises (a view of a scratch array does not)."""
-    if bits != types.int32:
-        raise TypingError(f"float32_from_bits takes an int32, got {bits}")
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-# an intrinsic exists only inside compiled code; NUMBA_DISABLE_JIT=1 runs the kernels as Python
-float32_from_bits = _float32_from_bits_python if numba.config.DISABLE_JIT else _float32_from_bits_llvm
+# Compiled kernels do the same with one LLVM bitcast (systems/intrinsics.py), which exists only
+# inside compiled code; NUMBA_DISABLE_JIT=1 runs the kernels as Python, with NumPy's view.
+float32_from_bits = _float32_from_bits_python if numba.config.DISABLE_JIT else intrinsics.float32_from_bits
 
 
 @njit(fastmath={"contract"})
@@ -51,7 +37,7 @@ def exp_f32(x):
     Method: exp(x) = 2**n * exp(r) with n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2];
     exp(r) by its degree-7 Taylor polynomial (relative error < 1e-7), 2**n built directly in
     the exponent bits. ``fastmath={"contract"}`` lets LLVM fuse each ``p * r + c`` of the
-    polynomial into one fused multiply-add (one rounding, not two; 1.5x faster). x is clamped
+    polynomial into one fused multiply-add (one instruction and one rounding, not two). x is clamped
     to [-88, 88]: below -88 the result is 0 (the true value, < 1e-38, is a denormal no softmax
     can see; n = -127 gives the bits of 0.0), so exp(-inf) = 0 as it should; a NaN stays NaN,
     so a diverging run shows NaN, not a quietly finite loss.

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ._jit import njit, prange
+from .systems.jit import njit, prange
 from .fastmath import exp_f32
 
 __all__ = ["gelu_forward_ref", "gelu_backward_ref", "gelu_forward", "gelu_backward"]
@@ -52,21 +52,27 @@ def _check_approximate(fn, approximate):
 # NumPy reference
 
 
-def gelu_forward_ref(x, approximate="tanh"):
-    """x (any shape) -> y (same shape and dtype)."""
+def gelu_forward_ref(x, approximate="tanh", return_tanh=False):
+    """x (any shape) -> y (same shape and dtype); with ``return_tanh``, ``(y, t)``: t = tanh(u) in
+    the tanh form (for :func:`gelu_backward_ref` to reuse), None in the exact one."""
     _check_approximate("gelu_forward_ref", approximate)
     if approximate == "tanh":
         x_clip = np.clip(x, -_CLIP, _CLIP)
-        return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x_clip + _COEF * x_clip**3)))
-    return (0.5 * x * (1.0 + _erf(x * _INV_SQRT_2))).astype(x.dtype)
+        t = np.tanh(_SQRT_2_OVER_PI * (x_clip + _COEF * x_clip**3))
+        y = 0.5 * x * (1.0 + t)
+    else:
+        t = None
+        y = (0.5 * x * (1.0 + _erf(x * _INV_SQRT_2))).astype(x.dtype)
+    return (y, t) if return_tanh else y
 
 
-def gelu_backward_ref(x, dy, approximate="tanh"):
-    """x, dy (same shape) -> dx = dy * gelu'(x)."""
+def gelu_backward_ref(x, dy, approximate="tanh", tanh=None):
+    """x, dy (same shape) -> dx = dy * gelu'(x); ``tanh``: the t that the forward returned, or
+    None to recompute it (tanh form only)."""
     _check_approximate("gelu_backward_ref", approximate)
     if approximate == "tanh":
         x_clip = np.clip(x, -_CLIP, _CLIP)
-        t = np.tanh(_SQRT_2_OVER_PI * (x_clip + _COEF * x_clip**3))
+        t = np.tanh(_SQRT_2_OVER_PI * (x_clip + _COEF * x_clip**3)) if tanh is None else tanh
         du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _COEF * x_clip**2)
         return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
     cdf = 0.5 * (1.0 + _erf(x * _INV_SQRT_2))
@@ -81,8 +87,8 @@ def gelu_backward_ref(x, dy, approximate="tanh"):
 
 @njit
 def _tanh(u):
-    """tanh(u) = 1 - 2 / (1 + exp(2u)): one exp is ~3x cheaper than math.tanh here, and the result
-    is exactly +-1 for |u| > 19 as tanh's is. Needs |u| < 354 (exp overflow): the clip sees to it."""
+    """tanh(u) = 1 - 2 / (1 + exp(2u)): one exp is cheaper than math.tanh, and the result is
+    exactly +-1 for |u| > 19 as tanh's is. Needs |u| < 354 (exp overflow): the clip sees to it."""
     return 1.0 - 2.0 / (1.0 + math.exp(2.0 * u))
 
 
@@ -204,7 +210,8 @@ def _gelu_tanh_backward_f32(x, dy, t_saved, dx):
 
 
 # The float32 exact form, likewise: Phi(x) = 0.5 erfc(-x / sqrt 2) from a fit of erfc built on
-# the same vectorised exp, instead of libm's scalar erf per element (forward + backward 7x faster).
+# the same vectorised exp, instead of a call of libm's scalar erf per element, which LLVM cannot
+# vectorise.
 
 # erfc(z) ~ t exp(-z^2 + P(t)), t = 1 / (1 + z / 2), z >= 0, P a degree-9 polynomial: the Chebyshev
 # fit of Numerical Recipes (2nd ed., section 6.2, erfcc), fractional error < 1.2e-7 for all z >= 0.

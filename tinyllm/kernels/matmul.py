@@ -1,11 +1,17 @@
-"""Matrix multiplication: NumPy/BLAS, a blocked numba kernel, and the choice between them.
+"""Matrix multiplication: the matmul the autograd uses, its NumPy reference, and a numba twin.
 
-``_gemm_acc`` is the register-blocked inner kernel (C += A @ B on a tile) that
-``matmul_numba`` and the fused attention kernels in :mod:`.attention` are built from.
+* :func:`matmul_ref` is ``np.matmul``: the reference (and what reference mode runs).
+* :func:`matmul` is what ``a @ b`` on Tensors runs: BLAS, called from numba's threads
+  (:mod:`.blas`), because a training step's products are BLAS's strength and running them on
+  numba's threads keeps the whole step on one pool of threads.
+* :func:`matmul_numba` and :func:`gemm_tile_loops` compute products in plain numba loops, on
+  ``_gemm_acc``, a register-blocked kernel (C += A @ B on a tile). They are the loop version of
+  what BLAS does, kept for machines where no BLAS can be called from compiled code: there the
+  attention kernels take their tile products from :func:`gemm_tile_loops`.
 """
 import numpy as np
 
-from ._jit import njit, prange
+from .systems.jit import njit, prange
 from . import blas as _blas
 
 # Rows of C per parallel work item of matmul_numba (see benchmarks/bench_kernels.py).
@@ -20,7 +26,7 @@ def _group_bounds(depth_lo, depth_hi, cols, r, rows):
     first = r - r % 4
     if first + 4 > rows:
         return depth_lo[r], depth_hi[r], depth_lo[r], cols[r]
-    # scalar min/max: array slices here cost 40% of the kernel's speed at 64 x 64 tiles
+    # scalar min/max, not min() of a slice: a slice is an array object built in the hot loop
     lo = min(min(depth_lo[first], depth_lo[first + 1]),
              min(depth_lo[first + 2], depth_lo[first + 3]))
     hi = max(max(depth_hi[first], depth_hi[first + 1]),
@@ -48,20 +54,18 @@ def _gemm_acc(c, a, a_transposed, b, rows, depth_lo, depth_hi, cols):
     such as ``q[i0:]`` to start at an offset. Loop nest: groups of four rows r..r+3; depth in
     steps of four t..t+3 (the 16 values of A sit in registers); innermost x, a unit-stride
     loop LLVM vectorises. Each loaded ``b[t, x]`` feeds four rows and each ``c[r, x]`` is
-    loaded and stored once per four products: about 2.5x the speed of a plain
-    ``c[r] += a[r, t] * b[t]`` loop at 64 x 64 tiles. The one fastmath flag, ``contract``, lets
-    LLVM fuse each ``a * b + c`` into one fused multiply-add instruction (one rounding instead of
-    two, as BLAS does): 1.4x the speed of the attention kernels built on this. Nothing is
-    reassociated: each element's sum is formed in the order written. Leftover depths (< 4 per
-    group) and the rows of an incomplete last group run afterwards one product at a time;
-    keeping them out of the hot loop nest matters (inside it LLVM dropped the fast path: 2x
-    slower).
+    loaded and stored once per four products instead of once per product: the loop is bound
+    by arithmetic, not by loads and stores. The one fastmath flag, ``contract``, lets LLVM fuse
+    each ``a * b + c`` into one fused multiply-add instruction (one rounding instead of two, as
+    BLAS does). Nothing is reassociated: each element's sum is formed in the order written.
+    Leftover depths (< 4 per group) and the rows of an incomplete last group run afterwards
+    one product at a time, outside the hot loop nest, whose vectorised fast path LLVM would
+    otherwise give up.
 
     The rows of a group run over the union of their depth ranges and their largest width, so
     A must be 0 outside a row's own depth range, and ``c[r, cols[r]:]`` may be written up to
-    the group's width. (The per-row bounds were made for causally masked attention tiles;
-    the attention kernels now make whole-tile BLAS calls, and this kernel's callers,
-    ``matmul_numba`` and ``gemm_tile_loops``, pass the same bounds for every row.)
+    the group's width. (The callers here, ``matmul_numba`` and ``gemm_tile_loops``, pass the
+    same bounds for every row; per-row bounds would let a caller skip masked parts of a tile.)
     """
     for r in range(0, rows - 3, 4):
         lo, hi, quad_end, width = _group_bounds(depth_lo, depth_hi, cols, r, rows)
@@ -192,20 +196,13 @@ def matmul_numba(a, b):
 
 
 def matmul(a, b):
-    """The matmul the autograd uses: BLAS, called from numba's threads where it can be.
+    """The matmul the autograd uses: :func:`tinyllm.kernels.blas.matmul`, NumPy's own OpenBLAS gemm
+    called from numba's threads (one call per thread on a block of rows, or per matrix of a
+    batch), so that a training step runs on one pool of threads instead of two; ``np.matmul``
+    where that BLAS is not found. Same contract as :func:`matmul_ref`.
 
-    It is :func:`tinyllm.kernels.blas.matmul`: NumPy's own OpenBLAS gemm, one call per numba
-    thread on a block of rows (or per matrix of a batch), so that a training step runs on one
-    pool of threads instead of two; ``np.matmul`` where that BLAS is not found.
-
-    Why BLAS and not ``_gemm_acc``: ``benchmarks/bench_kernels.py`` (float32, 2 cores, AVX-512
-    Xeon) times both at the matmuls of a GPT step, forward x @ W.T, backward g @ W and x.T @ g,
-    lm_head, and the batched attention scores. BLAS wins every one: 0.4-0.6 ms against 2.2-3.3 ms
-    (5-8x) at the nanoGPT-CPU shapes, e.g. (768, 128) @ (128, 384); 6-13 ms against 33-49 ms
-    (2.5-5x) at the larger ones, e.g. (2048, 384) @ (384, 1152); 0.13 against 0.66 ms for the
-    batched (48, 64, 32) @ (48, 32, 64). OpenBLAS (its SkylakeX kernels here) uses 512-bit fused
-    multiply-adds and packs its operands for the caches; ``_gemm_acc`` got 30-65 GFLOP/s from
-    256-bit vectors (measured before it used fused multiply-adds). The numba kernel earns its
-    place inside the fused attention, on tiles that never leave the L1 cache.
+    Why BLAS and not ``_gemm_acc``: OpenBLAS's kernels pack their operands for the caches and use
+    the CPU's widest fused multiply-adds; at every matmul of a GPT step BLAS is several times
+    faster (``benchmarks/bench_kernels.py``; the numbers are in docs/performance.md).
     """
     return _blas.matmul(a, b)

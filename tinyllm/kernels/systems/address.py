@@ -18,7 +18,7 @@ from numba.core import types
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from ._jit import njit
+from .jit import njit
 
 
 @intrinsic

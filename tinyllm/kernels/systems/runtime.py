@@ -3,25 +3,25 @@
 Both work around costs that no kernel can see, because they happen between kernels:
 
 * **OpenBLAS threads.** NumPy's matmul runs on OpenBLAS, whose worker threads keep spinning for
-  ~0.1 s after every matmul, on the very cores that tinyllm's numba kernels need next: on 2
-  cores a training step ran anywhere from 1.0x to 1.6x slower, at random.
-  ``OPENBLAS_THREAD_TIMEOUT=4`` sends them to sleep at once (waking them costs a few
-  microseconds per matmul). OpenBLAS reads the variable when it is loaded, at NumPy's import,
-  so this works when tinyllm is imported before NumPy; otherwise export it yourself. (Where
-  tinyllm can call OpenBLAS from its own threads, ``kernels/blas.py``, its training matmuls no
-  longer wake OpenBLAS's threads at all; the setting still covers every other ``np.matmul``.)
-* **Page faults.** A training step allocates its activations afresh (~30 MB for the nanoGPT CPU
-  recipe, ~2 GB for the larger config). glibc's malloc hands out blocks over a threshold
-  (adaptive, from 128 KiB) as brand-new pages from the kernel (mmap) and gives freed memory
-  back, so every step touched thousands of new pages, each a page fault that zero-fills it:
-  about 15 ms of a 75 ms small step, 2 s of an 11 s large one. Serving every block from the
-  heap (``M_MMAP_MAX = 0``; also mmap threshold 32 MiB) and keeping up to 1 GiB of freed heap
-  (``M_TRIM_THRESHOLD``) lets the next step reuse the same pages (5,700 -> ~10 faults per small
-  step, 29,500 -> ~800 per large one). The price: memory freed by a step is kept for reuse
-  rather than returned to the operating system, so RSS stays at its peak.
+  a while after every matmul, on the very cores that tinyllm's numba kernels need next: a
+  training step then ran slower by a random amount. ``OPENBLAS_THREAD_TIMEOUT=4`` sends them
+  to sleep at once (waking them costs a few microseconds per matmul). OpenBLAS reads the
+  variable when it is loaded, at NumPy's import, so this works when tinyllm is imported before
+  NumPy; otherwise export it yourself. (Where tinyllm can call OpenBLAS from its own threads,
+  ``kernels/blas.py``, its training matmuls do not wake OpenBLAS's threads at all; the setting
+  still covers every other ``np.matmul``.)
+* **Page faults.** A training step allocates its activations afresh. glibc's malloc hands out
+  blocks over a threshold (adaptive, from 128 KiB) as brand-new pages from the kernel (mmap)
+  and gives freed memory back, so every step touched thousands of new pages, each a page fault
+  that zero-fills it: a sizeable part of a step. Serving every block from the heap
+  (``M_MMAP_MAX = 0``; also mmap threshold 32 MiB) and keeping up to 1 GiB of freed heap
+  (``M_TRIM_THRESHOLD``) lets the next step reuse the same pages. The price: memory freed by a
+  step is kept for reuse rather than returned to the operating system, so RSS stays at its
+  peak.
 
-Set ``TINYLLM_TUNE_RUNTIME=0`` before importing tinyllm to leave the process untouched. A value
-you set yourself (``OPENBLAS_THREAD_TIMEOUT``, ``MALLOC_MMAP_THRESHOLD_``, ...) always wins.
+The measurements behind both are in docs/performance.md. Set ``TINYLLM_TUNE_RUNTIME=0`` before
+importing tinyllm to leave the process untouched. A value you set yourself
+(``OPENBLAS_THREAD_TIMEOUT``, ``MALLOC_MMAP_THRESHOLD_``, ...) always wins.
 """
 import ctypes
 import os

@@ -1,10 +1,10 @@
 """Find the gemm functions of NumPy's own OpenBLAS, so numba kernels can call them.
 
 :data:`OPENBLAS` holds the addresses of ``cblas_sgemm`` / ``cblas_dgemm`` and OpenBLAS's thread
-count setter and getter. :mod:`.blas` runs matrix products on numba's thread pool by calling
-the gemms from each thread, and :mod:`._jit` picks the OpenMP wait policy by whether they
-were found. Pure ctypes,
-no numba: it runs before numba's threads start.
+count setter and getter. :mod:`.cblas` makes them callable from compiled code (so that
+``kernels/blas.py`` can run matrix products on numba's thread pool, one gemm call per thread),
+and :mod:`.jit` picks the OpenMP wait policy by whether they were found. Pure ctypes, no numba:
+it runs before numba's threads start.
 
 NumPy 2's wheels ship an ILP64 OpenBLAS (64-bit integers) whose symbols carry a ``scipy_``
 prefix and a ``64_`` suffix (``scipy_cblas_sgemm64_``). Anything else (NumPy on MKL or

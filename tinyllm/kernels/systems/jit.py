@@ -13,16 +13,16 @@ import hashlib
 import os
 from pathlib import Path
 
-from ._openblas import OPENBLAS  # noqa: E402
+from .openblas import OPENBLAS  # noqa: E402
 
 # numba's parallel kernels run on an OpenMP thread pool. OpenMP's idle threads spin for a while
 # after each kernel (libgomp's default) so that the next kernel starts at once. That is right
 # when this pool does all the work: then tinyllm's matmuls run on it too (kernels/blas.py).
 # Where they cannot (OPENBLAS None), np.matmul runs on OpenBLAS's own threads, and spinning
-# OpenMP threads would hog the cores those need (on 2 cores a 768x128x512 matmul went from
-# 0.6 ms to 4 ms, a training step 10x slower): PASSIVE makes them sleep at once. Either must be
-# set before OpenMP is loaded; a user's own OMP_WAIT_POLICY wins. (The spin's cost: a user's own
-# threaded np.matmul right after a kernel may wait for a core; README, Performance.)
+# OpenMP threads would hog the cores those need (several times slower matmuls):
+# PASSIVE makes them sleep at once. Either must be set before OpenMP is loaded; a user's own
+# OMP_WAIT_POLICY wins. (The spin's cost: a user's own threaded np.matmul right after a kernel
+# may wait for a core; docs/performance.md.)
 if OPENBLAS is None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -40,23 +40,26 @@ def _drop_stale_cache():
     numba checks only the source file of the function it caches, but a kernel inlines helpers
     from other files (attention uses ``blas.gemm_tile``): after an edit to ``blas.py`` the
     cached attention would silently keep the old helper. So one hash covers all kernel sources
-    and the choice between BLAS and loop tile products, and a change of it clears the cache.
-    Best effort: a read-only install simply keeps its cache. With the JIT disabled nothing is
-    compiled or read from the cache, so it is left alone (clearing it there made the next
-    compiled run recompile every kernel).
+    (``kernels/`` and this folder) and the choice between BLAS and loop tile products, and a
+    change of it clears the cache of both folders. Best effort: a read-only install simply
+    keeps its cache. With the JIT disabled nothing is compiled or read from the cache, so it is
+    left alone (clearing it there made the next compiled run recompile every kernel).
     """
     if numba.config.DISABLE_JIT:
         return
-    here = Path(__file__).resolve().parent
+    kernels = Path(__file__).resolve().parent.parent
+    folders = [kernels, kernels / "systems"]
     digest = hashlib.sha256()
-    for src in sorted(here.glob("*.py")):
-        digest.update(src.name.encode() + src.read_bytes())
+    for folder in folders:
+        for src in sorted(folder.glob("*.py")):
+            digest.update(f"{folder.name}/{src.name}".encode() + src.read_bytes())
     # the attention kernels compile in BLAS calls or their loop twin (attention._tile_product)
     digest.update(b"blas" if OPENBLAS is not None and not numba.config.DISABLE_JIT else b"loops")
-    caches = [here / "__pycache__"]
+    caches = [folder / "__pycache__" for folder in folders]
     if os.environ.get("NUMBA_CACHE_DIR"):  # numba's naming of a source directory's cache there
-        subdir = f"{here.name}_{hashlib.sha1(str(here).encode()).hexdigest()}"
-        caches.append(Path(os.environ["NUMBA_CACHE_DIR"]) / subdir)
+        for folder in folders:
+            subdir = f"{folder.name}_{hashlib.sha1(str(folder).encode()).hexdigest()}"
+            caches.append(Path(os.environ["NUMBA_CACHE_DIR"]) / subdir)
     for cache in caches:
         stamp = cache / "kernels-source.sha256"
         try:
@@ -79,8 +82,7 @@ def njit(fn=None, *, parallel=False, fastmath=False):
 
     ``error_model="numpy"``: a float division by zero gives inf or nan, as in NumPy, instead of
     raising ZeroDivisionError as Python does. The check Python's model puts before every
-    division also kept LLVM from vectorising the loop around it: GELU's ``1 - 2 / (1 + e)``
-    over 393k float32 values took 540 us with it, 100 us without.
+    division is a branch, and a branch keeps LLVM from vectorising the loop around it.
     """
     options = dict(parallel=parallel, fastmath=fastmath, error_model="numpy")
 
@@ -108,9 +110,9 @@ def get_num_threads():
     """numba's thread count for the calling thread (``numba.get_num_threads()``).
 
     The kernels' wrappers ask before every launch, and numba's public function first takes a
-    process-wide lock to check that its thread pool is up (~1 us alone, ~7 us between the
-    kernels of a training step); once the pool is up, its private counterpart answers
-    directly. Any numba without it takes the public path.
+    process-wide lock to check that its thread pool is up (microseconds, before every
+    launch); once the pool is up, its private counterpart answers directly. Any numba
+    without it takes the public path.
     """
     if getattr(_numba_parallel, "_is_initialized", False):
         return _numba_parallel._get_num_threads()

@@ -64,7 +64,7 @@ def save_model(model, directory, format="tinyllm"):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if format == "tinyllm":
-        config = {"model_type": "tinyllm-gpt", **model.config.to_dict()}
+        config = {"model_type": getattr(model, "model_type", "tinyllm-gpt"), **model.config.to_dict()}
         tensors = unique_state_dict(model)
     elif format in ("huggingface", "hf"):
         config, tensors = _to_huggingface(model)
@@ -122,11 +122,15 @@ def load_model(cls, directory):
             )
     with open(config_path, encoding="utf-8") as f:
         raw = json.load(f)
+    expected, found = getattr(cls, "model_type", "tinyllm-gpt"), raw.get("model_type")
+    if found is not None and found != expected and not (found == "gpt2" and expected == "tinyllm-gpt"):
+        raise ValueError(f"from_pretrained: {config_path} holds a model of type {found!r}, but {cls.__name__} "
+                         f"reads {expected!r} (AutoModelForCausalLM / AutoModelForSeq2SeqLM pick the class)")
     tensors = _load_safetensors(weights_path)
     if raw.get("model_type") == "gpt2":
         config, state = _from_huggingface(raw, tensors, GPTConfig)
     else:
-        config, state = GPTConfig.from_dict(raw), tensors
+        config, state = getattr(cls, "config_class", GPTConfig).from_dict(raw), tensors
     model = cls(config)
     model.load_state_dict(state, strict=True)
     if raw.get("model_type") == "gpt2":

@@ -38,7 +38,7 @@ class EncoderDecoderConfig:
     makes the encoder use that same table (one vocabulary for both languages, as the paper's
     shared BPE vocabulary; needs src_vocab_size == tgt_vocab_size). ``scale_embedding``
     multiplies token embeddings by sqrt(d_model) (section 3.4). ``max_tgt_len`` counts the
-    decoder's input including its BOS.
+    decoder's input including its BOS (so a target of max_tgt_len - 1 tokens and EOS fits).
     """
 
     src_vocab_size: int
@@ -356,9 +356,10 @@ class EncoderDecoderTransformer(nn.Module):
         with pad_token_id), as Hugging Face's ``generate`` for an encoder-decoder model.
 
         Each output row starts with the decoder start token (BOS) and ends at EOS; rows that
-        finished early are padded with pad_token_id. ``max_new_tokens`` (default: up to
-        max_tgt_len) counts the tokens after BOS, ``max_length`` the whole row with BOS (if
-        both are given, ``max_new_tokens`` wins). The encoder runs once; the decoder uses a KV
+        finished early are padded with pad_token_id. ``max_new_tokens`` (default and largest:
+        max_tgt_len, as the decoder reads BOS and all new tokens but the last) counts the tokens
+        after BOS, ``max_length`` the whole row with BOS (if both are given, ``max_new_tokens``
+        wins). The encoder runs once; the decoder uses a KV
         cache and the cross-attention keys and values of the source projected once
         (``use_cache=False`` recomputes everything each step and gives the same tokens).
 
@@ -412,13 +413,13 @@ class EncoderDecoderTransformer(nn.Module):
                 raise ValueError(f"generate: {name} must be an integer >= {low}, got {value!r}")
 
         if max_new_tokens is None:
-            max_new_tokens = (max_length - 1) if max_length is not None else c.max_tgt_len - 1
+            max_new_tokens = (max_length - 1) if max_length is not None else c.max_tgt_len
             if max_length is not None:
                 positive_int("max_length", max_length, 2)
         positive_int("max_new_tokens", max_new_tokens)
-        if 1 + max_new_tokens > c.max_tgt_len:
-            raise ValueError(f"generate: max_new_tokens={max_new_tokens} plus the BOS exceeds max_tgt_len="
-                             f"{c.max_tgt_len}; the decoder has positions for {c.max_tgt_len - 1} new tokens")
+        if max_new_tokens > c.max_tgt_len:  # the last new token is never fed back: max_tgt_len inputs
+            raise ValueError(f"generate: max_new_tokens={max_new_tokens} exceeds max_tgt_len={c.max_tgt_len}: the "
+                             f"decoder reads at most {c.max_tgt_len} positions (BOS and the tokens before the last)")
         positive_int("num_beams", num_beams)
         positive_int("num_return_sequences", num_return_sequences)
         if num_beams > 1 and do_sample:

@@ -494,6 +494,22 @@ def test_cross_attention_keys_are_projected_once():
     assert len(calls) == out.shape[1] - 1
 
 
+def test_kv_cache_reorder():
+    cache = tinyllm.nn.KVCache(n_layer=2, batch_size=3, n_head=1, max_len=4, head_dim=2)
+    rows = np.arange(3, dtype=np.float32)[:, None, None, None] * np.ones((3, 1, 2, 2), np.float32)
+    for layer in range(2):
+        cache.update(layer, rows, rows + 10)
+        cache.cross[layer] = (rows[:, :, :1], rows[:, :, :1] + 10)
+    cache.advance(2)
+    cache.reorder(np.array([2, 2, 0]), cross=False)
+    np.testing.assert_array_equal(cache.k[:, :, 0, :2, 0], [[2, 2, 0]] * 2)
+    np.testing.assert_array_equal(cache.v[:, :, 0, :2, 0], [[12, 12, 10]] * 2)
+    np.testing.assert_array_equal(cache.cross[0][0][:, 0, 0, 0], [0, 1, 2])  # left alone
+    cache.reorder(np.array([1, 0, 2]))
+    np.testing.assert_array_equal(cache.k[0, :, 0, 0, 0], [2, 2, 0])
+    np.testing.assert_array_equal(cache.cross[1][1][:, 0, 0, 0], [11, 10, 12])
+
+
 # --------------------------------------------------------------------------------------------
 # saving, loading, evaluation, dropout
 # --------------------------------------------------------------------------------------------

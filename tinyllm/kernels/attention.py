@@ -250,8 +250,8 @@ def _visible_keys(i0, rows, j0, width, causal, offset, widths):
 def _forward_query_block(q, k, v, i0, rows, causal, scale, block_k, key_len, out, lse):
     """Attention for queries i0 .. i0+rows-1 of one head, walking the keys block by block.
 
-    q (Tq, D), k (Tk, D), v (Tk, Dv), out (Tq, Dv), lse (Tq,); only keys j < key_len take part. Online softmax per row r:
-    for each key block with (scaled) scores s,
+    q (Tq, D), k (Tk, D), v (Tk, Dv), out (Tq, Dv), lse (Tq,); only keys j < key_len take
+    part. Online softmax per row r: for each key block with (scaled) scores s,
         m_new = max(m, max_j s_j);  alpha = exp(m - m_new)
         l     = alpha * l   + sum_j exp(s_j - m_new)
         acc   = alpha * acc + sum_j exp(s_j - m_new) v_j

@@ -502,8 +502,9 @@ def test_kv_cache_reorder():
         cache.cross[layer] = (rows[:, :, :1], rows[:, :, :1] + 10)
     cache.advance(2)
     cache.reorder(np.array([2, 2, 0]), cross=False)
-    np.testing.assert_array_equal(cache.k[:, :, 0, :2, 0], [[2, 2, 0]] * 2)
-    np.testing.assert_array_equal(cache.v[:, :, 0, :2, 0], [[12, 12, 10]] * 2)
+    np.testing.assert_array_equal(cache.k[:, :, 0, :2, 0], [[[2, 2], [2, 2], [0, 0]]] * 2)  # (layer, row, position)
+    np.testing.assert_array_equal(cache.v[:, :, 0, :2, 0], [[[12, 12], [12, 12], [10, 10]]] * 2)
+    assert (cache.k[:, :, :, 2:] == 0).all()  # positions not stored yet are not touched
     np.testing.assert_array_equal(cache.cross[0][0][:, 0, 0, 0], [0, 1, 2])  # left alone
     cache.reorder(np.array([1, 0, 2]))
     np.testing.assert_array_equal(cache.k[0, :, 0, 0, 0], [2, 2, 0])

@@ -9,6 +9,10 @@ Two configurations (float32):
 * nanoGPT-CPU: B=12, heads=4, T=64, head_dim=32, C=128  ->  N = B*T = 768 rows, vocab V=65
 * larger:      B=8,  heads=6, T=256, head_dim=64, C=384 ->  N = 2048 rows,     vocab V=65
 
+A third block times what the encoder-decoder adds: key-padding masked attention at
+B=16, heads=4, T=48, head_dim=32 with random key lengths (NumPy composition vs the fused
+kernel), and cross-entropy with label smoothing (``--masked-only`` runs this block alone).
+
 Rows: causal attention forward+backward (plain NumPy composition vs the fused kernel), the
 matmuls of a GPT step (forward x @ W^T, backward g @ W and x^T @ g, lm_head, the unfused
 attention scores), layernorm, cross-entropy and GELU (both forms) forward+backward, and one
@@ -132,6 +136,56 @@ def attention_rows(cfg, rng, timing):
     flops = 2 * pairs * (d + d) + 2 * pairs * (3 * d + 2 * d)
     shape = f"B={cfg['B']} H={cfg['H']} T={t} hd={d} causal"
     return [result_row("attention fwd+bwd", shape, *time_pair(ref, fused, **timing), flops)]
+
+
+MASKED = dict(B=16, H=4, T=48, hd=32, V=1000)  # an encoder-decoder batch of padded sentences
+
+
+def masked_attention_rows(rng, timing):
+    """Key-padding masked attention (an encoder's self-attention over padded sources, or the
+    decoder's cross-attention to them): each sequence a random length 1..T, the same for its
+    heads. NumPy composition (``attention_*_ref``: scores, mask, softmax, products over the full
+    (T, T) matrices) vs the fused kernel (which skips the padded keys), forward + backward."""
+    attn = load("attention")
+    if attn is None:
+        return []
+    b, h, t, d = MASKED["B"], MASKED["H"], MASKED["T"], MASKED["hd"]
+    q, k, v, dout = (rng.standard_normal((b * h, t, d)).astype(DTYPE) for _ in range(4))
+    lengths = np.repeat(rng.integers(1, t + 1, b), h)
+
+    def ref():
+        out, lse = attn.attention_forward_ref(q, k, v, key_lengths=lengths)
+        attn.attention_backward_ref(q, k, v, out, lse, dout, key_lengths=lengths)
+
+    def fused():
+        out, lse = attn.attention_forward(q, k, v, key_lengths=lengths)
+        attn.attention_backward(q, k, v, out, lse, dout, key_lengths=lengths)
+
+    pairs = int(t * lengths.sum())  # the (query, key) pairs that take part
+    flops = 2 * pairs * (d + d) + 2 * pairs * (3 * d + 2 * d)
+    shape = f"B={b} H={h} T={t} hd={d} key padding"
+    return [result_row("masked attention fwd+bwd", shape, *time_pair(ref, fused, **timing), flops)]
+
+
+def smoothed_cross_entropy_rows(rng, timing):
+    """Cross-entropy with label smoothing 0.1 (the translation model's loss) over B*T rows."""
+    ce = load("cross_entropy")
+    if ce is None:
+        return []
+    n, vocab = MASKED["B"] * MASKED["T"], MASKED["V"]
+    logits = rng.standard_normal((n, vocab)).astype(DTYPE)
+    targets = rng.integers(0, vocab, n)
+    targets[rng.random(n) < 0.3] = -100  # padding
+
+    def run(forward, backward):
+        def step():
+            loss, lse = forward(logits, targets, label_smoothing=0.1)
+            backward(logits, targets, lse, 1.0, label_smoothing=0.1)
+        return step
+
+    pair = time_pair(run(ce.cross_entropy_forward_ref, ce.cross_entropy_backward_ref),
+                     run(ce.cross_entropy_forward, ce.cross_entropy_backward), **timing)
+    return [result_row("cross_entropy smoothed", f"N={n} V={vocab} eps=0.1", *pair)]
 
 
 def attention_tile_rows(cfg, rng, timing, sizes=(32, 64, 128)):
@@ -386,6 +440,8 @@ def main(argv=None):
                         help="fewer repeats and no compile-time subprocesses")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per variant")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile timing")
+    parser.add_argument("--masked-only", action="store_true",
+                        help="only the encoder-decoder rows (key-padding attention, smoothed loss)")
     parser.add_argument("--tiles", action="store_true",
                         help="also time the fused attention at other tile sizes (the 'NumPy' "
                              "column is then the default tile size)")
@@ -403,7 +459,7 @@ def main(argv=None):
                             machine=platform.machine(), dtype="float32", configs=CONFIGS,
                             repeats=timing["repeats"]),
                "rows": [], "compile_seconds": {}}
-    for name, cfg in CONFIGS.items():
+    for name, cfg in ({} if args.masked_only else CONFIGS).items():
         print(f"\n== {name}: B={cfg['B']} heads={cfg['H']} T={cfg['T']} head_dim={cfg['hd']} "
               f"C={cfg['C']} N={cfg['B'] * cfg['T']} V={cfg['V']}")
         rows = []
@@ -416,8 +472,16 @@ def main(argv=None):
             row["config"] = name
         results["rows"] += rows
 
+    print(f"\n== encoder-decoder: B={MASKED['B']} heads={MASKED['H']} T={MASKED['T']} head_dim={MASKED['hd']}, "
+          f"random key lengths 1..T; V={MASKED['V']}")
+    rows = masked_attention_rows(rng, timing) + smoothed_cross_entropy_rows(rng, timing)
+    print_table(rows)
+    for row in rows:
+        row["config"] = "encoder-decoder"
+    results["rows"] += rows
+
     results["meta"]["threading_layer"] = numba.threading_layer()
-    if not (args.quick or args.no_compile):
+    if not (args.quick or args.no_compile or args.masked_only):
         print("\n== numba compile time of the first float32 call (fresh cache dir, then reuse)")
         times = compile_times()
         for kernel, (cold, warm) in times.items():

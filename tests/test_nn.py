@@ -296,8 +296,18 @@ def test_feed_forward_matches_formula_and_rejects_unknown_activation():
     want = h @ ff.c_proj.weight.data.T.astype(np.float64) + ff.c_proj.bias.data
     np.testing.assert_allclose(ff(Tensor(x.astype(np.float32))).data, want, rtol=1e-4, atol=1e-5)
     assert ff.c_fc.weight.shape == (16, 4) and ff.c_proj.weight.shape == (4, 16)
-    with pytest.raises(ValueError, match="relu"):
-        nn.FeedForward(4, activation="relu")
+    with pytest.raises(ValueError, match="swish"):
+        nn.FeedForward(4, activation="swish")
+
+
+def test_feed_forward_relu_with_a_chosen_width():
+    """The original Transformer's FFN: max(0, x W1 + b1) W2 + b2, with d_ff = n_inner."""
+    ff = nn.FeedForward(4, activation="relu", n_inner=6, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 3, 4))
+    h = np.maximum(x @ ff.c_fc.weight.data.T.astype(np.float64) + ff.c_fc.bias.data, 0)
+    want = h @ ff.c_proj.weight.data.T.astype(np.float64) + ff.c_proj.bias.data
+    assert ff.c_fc.weight.shape == (6, 4) and ff.c_proj.weight.shape == (4, 6)
+    np.testing.assert_allclose(ff(Tensor(x.astype(np.float32))).data, want, rtol=1e-4, atol=1e-5)
 
 
 def test_multi_head_attention_matches_numpy_reference():

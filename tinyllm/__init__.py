@@ -8,5 +8,7 @@ from .kernels.dispatch import is_reference, reference_mode, use_reference  # noq
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: F401
 from .gradcheck import GradcheckError, gradcheck  # noqa: F401
 from . import functional, nn, optim  # noqa: F401,E402
-from .models import GPT, AutoModelForCausalLM, GPTConfig  # noqa: F401,E402
+from .models import (  # noqa: F401,E402
+    GPT, AutoModelForCausalLM, AutoModelForSeq2SeqLM, EncoderDecoderConfig, EncoderDecoderTransformer, GPTConfig,
+)
 from .tokenizers import AutoTokenizer, BPETokenizer, CharTokenizer  # noqa: F401,E402

@@ -26,6 +26,7 @@ _ln = dispatch("layernorm")
 __all__ = [
     "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "embedding", "dropout",
     "concatenate", "cat", "stack", "where", "scaled_dot_product_attention", "self_attention", "linear",
+    "attention_composed", "key_lengths_from_mask",
 ]
 
 
@@ -117,31 +118,38 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
 
 
 class CrossEntropy(Function):
-    """loss = mean over rows i with t_i != ignore_index of  logsumexp(z_i) - z_i[t_i].
+    """loss = mean over rows i with t_i != ignore_index of
+    (1 - e) (logsumexp(z_i) - z_i[t_i]) + e (logsumexp(z_i) - mean_j z_ij),  e = label smoothing.
 
-    dz_i = g * (softmax(z_i) - onehot(t_i)) / n_valid for valid rows, 0 for ignored ones: the
-    log-softmax and the pick are fused, so no (N, V) log-probability array is stored.
+    dz_i = g * (softmax(z_i) - (1 - e) onehot(t_i) - e / V) / n_valid for valid rows, 0 for
+    ignored ones: the log-softmax and the pick are fused, so no (N, V) log-probability array is
+    stored.
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, ignore_index):
-        loss, lse = _ce.cross_entropy_forward(logits, targets, ignore_index)
+    def forward(ctx, logits, targets, ignore_index, label_smoothing):
+        loss, lse = _ce.cross_entropy_forward(logits, targets, ignore_index, label_smoothing)
         ctx.save_for_backward(logits, targets, lse)
-        ctx.ignore_index = ignore_index
+        ctx.ignore_index, ctx.label_smoothing = ignore_index, label_smoothing
         return loss
 
     @staticmethod
     def backward(ctx, g):
         logits, targets, lse = ctx.saved_tensors
-        return _ce.cross_entropy_backward(logits, targets, lse, g, ctx.ignore_index), None
+        return _ce.cross_entropy_backward(logits, targets, lse, g, ctx.ignore_index, ctx.label_smoothing), None
 
 
-def cross_entropy(logits, targets, ignore_index=-100):
+def cross_entropy(logits, targets, ignore_index=-100, label_smoothing=0.0):
     """Mean cross-entropy of ``logits`` (..., V) against integer ``targets`` (...).
 
     Positions whose target is ``ignore_index`` count for nothing (PyTorch's convention). Leading
     axes are flattened, so ``(B, T, V)`` logits with ``(B, T)`` targets work as in nanoGPT.
+    ``label_smoothing`` e in [0, 1] mixes the one-hot target with the uniform distribution,
+    (1 - e) onehot + e / V, as ``torch.nn.functional.cross_entropy`` does.
     """
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating)) \
+            or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
     targets = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
     if targets.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class ids, got dtype {targets.dtype}")
@@ -152,7 +160,8 @@ def cross_entropy(logits, targets, ignore_index=-100):
         )
     V = logits.shape[-1]
     flat = logits.reshape(-1, V) if logits.ndim != 2 else logits
-    return CrossEntropy.apply(flat, targets.reshape(-1), ignore_index=ignore_index)
+    return CrossEntropy.apply(flat, targets.reshape(-1), ignore_index=ignore_index,
+                              label_smoothing=float(label_smoothing))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,22 +351,78 @@ def where(cond, a, b):
 # attention
 
 
-def attention_composed(q, k, v, is_causal=False, scale=None, dropout_p=0.0, rng=None):
-    """softmax(q k^T * scale + mask) v, composed from Tensor operations (stores the (T, T) matrix).
+def _mask_array(attn_mask, fn, batch_shape, tq, tk):
+    """attn_mask as an ndarray (bool, or float of any precision), checked to broadcast to
+    ``batch_shape + (Tq, Tk)``."""
+    mask = attn_mask.data if isinstance(attn_mask, Tensor) else np.asarray(attn_mask)
+    if mask.dtype != bool and mask.dtype.kind != "f":
+        raise TypeError(f"{fn}: attn_mask must be bool (True = takes part) or float (added to the scores), "
+                        f"got dtype {mask.dtype}")
+    target = tuple(batch_shape) + (tq, tk)
+    try:
+        fits = np.broadcast_shapes(mask.shape, target) == target
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{fn}: attn_mask of shape {mask.shape} does not broadcast to (..., Tq, Tk) = {target}")
+    return mask
+
+
+def key_lengths_from_mask(mask, batch_shape, tq, tk):
+    """The key-padding lengths ``(N,)`` (N = prod(batch_shape)) if ``mask`` is a key-padding mask,
+    else None.
+
+    A key-padding mask lets every query of a row see keys ``0 .. L-1`` and none after: one
+    length L per batch row, the same for all its queries. Such a mask is what padded batches
+    produce (``ids != pad`` with the padding at the end), and the fused kernel takes it as
+    lengths and skips the padded keys. A float mask qualifies if it holds only 0 and -inf.
+    """
+    if mask.dtype.kind == "f":
+        if not np.all((mask == 0) | (mask == -np.inf)):
+            return None
+        mask = mask == 0
+    if mask.ndim >= 2 and mask.shape[-2] != 1:
+        if not (mask == mask[..., :1, :]).all():  # a different mask for some query
+            return None
+        mask = mask[..., :1, :]
+    keys = mask.reshape(mask.shape[:-2] + mask.shape[-1:]) if mask.ndim >= 2 else mask  # (..., Tk)
+    keys = np.broadcast_to(keys, tuple(batch_shape) + (tk,))
+    lengths = keys.sum(axis=-1)  # (...,)
+    if not (keys == (np.arange(tk) < lengths[..., None])).all():  # a masked key before an unmasked one
+        return None
+    return lengths.reshape(-1).astype(np.int64)
+
+
+def attention_composed(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, rng=None):
+    """softmax(q k^T * scale + mask) v, composed from Tensor operations (stores the (Tq, Tk) matrix).
 
     The readable version of attention; :func:`scaled_dot_product_attention` computes the same with
-    the fused kernel. Used when attention dropout is on, and as the test oracle.
+    the fused kernel. Used when attention dropout is on, for masks that are not key padding,
+    and as the test oracle. ``attn_mask`` and ``is_causal`` as in that function; a query that
+    may see no key at all gets zeros (and zero gradients), not NaN.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    tq, tk = q.shape[-2], k.shape[-2]
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., Tq, Tk)
+    allowed = np.ones((tq, tk), dtype=bool)  # which (query, key) pairs take part
     if is_causal:
         # bottom-right aligned: with a KV cache the Tq queries are the *last* Tq positions
-        allowed = _attn.causal_mask(q.shape[-2], k.shape[-2])  # (Tq, Tk) bool
+        allowed = _attn.causal_mask(tq, tk)
+    if attn_mask is not None:
+        mask = _mask_array(attn_mask, "attention_composed", q.shape[:-2], tq, tk)
+        if mask.dtype == bool:
+            allowed = allowed & mask
+        else:
+            allowed = allowed & (mask != -np.inf)
+            scores = scores + np.where(mask == -np.inf, 0, mask).astype(scores.dtype)
+    if not allowed.all():
         scores = where(allowed, scores, np.asarray(-np.inf, dtype=scores.dtype))
         # a query that sees no key at all attends to nothing: give it zeros, not NaN
-        scores = where(allowed.any(-1, keepdims=True), scores, np.asarray(0.0, dtype=scores.dtype))
+        sees_some = allowed.any(-1, keepdims=True)  # (..., Tq, 1)
+        if not sees_some.all():
+            scores = where(sees_some, scores, np.asarray(0.0, dtype=scores.dtype))
     probs = scores.softmax(-1)
-    if is_causal and not allowed.any(-1).all():
+    if not allowed.any(-1).all():
         probs = where(allowed.any(-1, keepdims=True), probs, np.asarray(0.0, dtype=probs.dtype))
     if dropout_p > 0.0:
         probs = dropout(probs, dropout_p, training=True, rng=rng)
@@ -365,7 +430,8 @@ def attention_composed(q, k, v, is_causal=False, scale=None, dropout_p=0.0, rng=
 
 
 class FusedAttention(Function):
-    """out = softmax(q k^T * scale + causal mask) v, computed flash-attention style.
+    """out = softmax(q k^T * scale + mask) v, computed flash-attention style; the mask is causal
+    and/or a key-padding mask (``key_lengths``: per batch row, keys >= the length take no part).
 
     Forward keeps only ``out`` and the per-row log-sum-exp ``lse``; backward recomputes the
     probabilities P = exp(q k^T * scale - lse) block by block, then, with D = rowsum(dout * out),
@@ -374,14 +440,14 @@ class FusedAttention(Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, is_causal, scale):
+    def forward(ctx, q, k, v, is_causal, scale, key_lengths=None):
         lead = q.shape[:-2]  # (B, n_head) or any batch axes
         q3 = q.reshape(-1, *q.shape[-2:])  # (..., T, D) -> (N, T, D)
         k3 = k.reshape(-1, *k.shape[-2:])
         v3 = v.reshape(-1, *v.shape[-2:])
-        out, lse = _attn.attention_forward(q3, k3, v3, causal=is_causal, scale=scale)
+        out, lse = _attn.attention_forward(q3, k3, v3, causal=is_causal, scale=scale, key_lengths=key_lengths)
         ctx.save_for_backward(q3, k3, v3, out, lse)
-        ctx.is_causal, ctx.scale = is_causal, scale
+        ctx.is_causal, ctx.scale, ctx.key_lengths = is_causal, scale, key_lengths
         ctx.shapes = q.shape, k.shape, v.shape
         return out.reshape(*lead, *out.shape[-2:])
 
@@ -389,27 +455,42 @@ class FusedAttention(Function):
     def backward(ctx, g):
         q3, k3, v3, out, lse = ctx.saved_tensors
         g3 = g.reshape(out.shape)
-        dq, dk, dv = _attn.attention_backward(q3, k3, v3, out, lse, g3, causal=ctx.is_causal, scale=ctx.scale)
+        dq, dk, dv = _attn.attention_backward(q3, k3, v3, out, lse, g3, causal=ctx.is_causal, scale=ctx.scale,
+                                              key_lengths=ctx.key_lengths)
         q_shape, k_shape, v_shape = ctx.shapes
         return dq.reshape(q_shape), dk.reshape(k_shape), dv.reshape(v_shape)
 
 
-def scaled_dot_product_attention(q, k, v, is_causal=False, scale=None, dropout_p=0.0, rng=None):
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, rng=None):
     """Attention over ``(..., T, head_dim)`` tensors, as ``torch.nn.functional.scaled_dot_product_attention``.
 
     q (..., Tq, D), k (..., Tk, D), v (..., Tk, Dv) -> (..., Tq, Dv); ``scale`` defaults to
-    1/sqrt(D). ``is_causal`` masks key j from query i unless j <= i + (Tk - Tq): the queries are
-    the last Tq positions of the sequence (this equals PyTorch's mask when Tq == Tk, and is what
-    a KV cache needs when Tq < Tk).
+    1/sqrt(D). ``attn_mask`` (broadcastable to (..., Tq, Tk)) has PyTorch's meaning: bool, True
+    where the query may attend the key; or float, added to the scores (-inf masks). ``is_causal``
+    masks key j from query i unless j <= i + (Tk - Tq): the queries are the last Tq positions of
+    the sequence (this equals PyTorch's mask when Tq == Tk, and is what a KV cache needs when
+    Tq < Tk); unlike PyTorch it may be combined with ``attn_mask`` (a key must pass both). A
+    query that may see no key gets zeros and zero gradients (PyTorch: NaN).
+
+    Causal and key-padding masks (see :func:`key_lengths_from_mask`) run in the fused kernel,
+    which skips the padded keys; other masks, and ``dropout_p > 0`` (with the Generator ``rng``),
+    take :func:`attention_composed`.
     """
     if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
         raise ValueError(f"scaled_dot_product_attention: q, k, v need the same rank >= 2, got shapes {q.shape}, {k.shape}, {v.shape}")
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
         raise ValueError(f"scaled_dot_product_attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit (..., Tq, D), (..., Tk, D), (..., Tk, Dv)")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    key_lengths = None
+    if attn_mask is not None:
+        tq, tk = q.shape[-2], k.shape[-2]
+        attn_mask = _mask_array(attn_mask, "scaled_dot_product_attention", q.shape[:-2], tq, tk)
+        key_lengths = key_lengths_from_mask(attn_mask, q.shape[:-2], tq, tk)
+        if key_lengths is None:
+            return attention_composed(q, k, v, attn_mask, is_causal, scale, dropout_p, rng)
     if dropout_p > 0.0:
-        return attention_composed(q, k, v, is_causal, scale, dropout_p, rng)
-    return FusedAttention.apply(q, k, v, is_causal=is_causal, scale=scale)
+        return attention_composed(q, k, v, attn_mask, is_causal, scale, dropout_p, rng)
+    return FusedAttention.apply(q, k, v, is_causal=is_causal, scale=scale, key_lengths=key_lengths)
 
 
 class SelfAttention(Function):
@@ -423,35 +504,49 @@ class SelfAttention(Function):
     the same as splitting with reshape/permute, :func:`scaled_dot_product_attention`, and merging
     back. Here the kernels read each head in place from qkv and write y, and in backward the one
     (B, T, 3C) gradient, in place too: no copies to split or merge, and one graph node instead
-    of nine.
+    of nine. ``key_lengths (B,)`` masks each sequence's padded keys (all heads alike).
     """
 
     @staticmethod
-    def forward(ctx, qkv, n_head, is_causal, scale):
-        out, lse = _attn.self_attention_forward(qkv, n_head, causal=is_causal, scale=scale)  # (B, T, C)
+    def forward(ctx, qkv, n_head, is_causal, scale, key_lengths=None):
+        out, lse = _attn.self_attention_forward(qkv, n_head, causal=is_causal, scale=scale,
+                                                key_lengths=key_lengths)  # (B, T, C)
         ctx.save_for_backward(qkv, out, lse)
-        ctx.n_head, ctx.is_causal, ctx.scale = n_head, is_causal, scale
+        ctx.n_head, ctx.is_causal, ctx.scale, ctx.key_lengths = n_head, is_causal, scale, key_lengths
         return out
 
     @staticmethod
     def backward(ctx, g):
         qkv, out, lse = ctx.saved_tensors
-        return _attn.self_attention_backward(qkv, out, lse, g, ctx.n_head, causal=ctx.is_causal, scale=ctx.scale)
+        return _attn.self_attention_backward(qkv, out, lse, g, ctx.n_head, causal=ctx.is_causal, scale=ctx.scale,
+                                             key_lengths=ctx.key_lengths)
 
 
-def self_attention(qkv, n_head, is_causal=False, scale=None):
+def self_attention(qkv, n_head, is_causal=False, scale=None, attn_mask=None):
     """Multi-head self-attention from a fused projection: qkv (B, T, 3C) -> (B, T, C).
 
     Equal to ``q, k, v = split(qkv)`` into (B, n_head, T, C / n_head) heads,
-    ``scaled_dot_product_attention(q, k, v, is_causal, scale)`` and the heads merged back to
-    (B, T, C); ``scale`` defaults to 1/sqrt(head_dim). One fused Function (see
-    :class:`SelfAttention`).
+    ``scaled_dot_product_attention(q, k, v, attn_mask, is_causal, scale)`` and the heads merged
+    back to (B, T, C); ``scale`` defaults to 1/sqrt(head_dim). One fused Function (see
+    :class:`SelfAttention`) when the mask is causal and/or key padding the same for every head
+    (``attn_mask`` broadcastable to (B, 1, T, T), e.g. (B, 1, 1, T)); other masks split the heads.
     """
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head) != 0:
         raise ValueError(
             f"self_attention: qkv must be (B, T, 3 * n_head * head_dim); got shape {qkv.shape} "
             f"with n_head={n_head}"
         )
-    head_dim = qkv.shape[-1] // (3 * n_head)
+    B, T, C3 = qkv.shape
+    head_dim = C3 // (3 * n_head)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    return SelfAttention.apply(qkv, n_head=n_head, is_causal=is_causal, scale=scale)
+    key_lengths = None
+    if attn_mask is not None:
+        mask = _mask_array(attn_mask, "self_attention", (B, n_head), T, T)
+        if mask.ndim < 3 or mask.shape[-3] == 1:  # one mask for all heads of a sequence
+            key_lengths = key_lengths_from_mask(mask.reshape(mask.shape[:-3] + mask.shape[-2:]) if mask.ndim >= 3
+                                                else mask, (B,), T, T)
+        if key_lengths is None:
+            heads = qkv.reshape(B, T, 3, n_head, head_dim).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
+            y = scaled_dot_product_attention(heads[0], heads[1], heads[2], mask, is_causal, scale)
+            return y.permute(0, 2, 1, 3).reshape(B, T, n_head * head_dim)  # (B, H, T, D) -> (B, T, C)
+    return SelfAttention.apply(qkv, n_head=n_head, is_causal=is_causal, scale=scale, key_lengths=key_lengths)

@@ -8,6 +8,10 @@ For one head (the index n is dropped), with ``c = scale`` (default ``1 / sqrt(D)
     P[i, j]  = exp(S[i, j] - lse[i])   (0 in a fully masked row)
     out[i]   = sum_j P[i, j] v[j]
 
+A key-padding mask is given as ``key_lengths (N,)``: query i of head n sees key j only if
+``j < key_lengths[n]`` (the keys past a sequence's length are padding). The kernels then never
+visit the padded keys: the loops over key blocks stop at the length, tile by tile.
+
 Causal masking is bottom-right aligned: query i sees key j iff ``j <= i + (Tk - Tq)``. With
 ``Tq == Tk`` that is the usual lower triangle; a single new query against a KV cache of Tk keys
 sees all of them; with ``Tq > Tk`` the first ``Tq - Tk`` rows see nothing (out 0, lse -inf).
@@ -113,6 +117,20 @@ def _check_saved(fn, q, v, out, lse, dout):
     return checked
 
 
+def _checked_key_lengths(fn, key_lengths, n, tk):
+    """key_lengths (N,) integers in [0, Tk] as int64, or all Tk (no padding) when None."""
+    if key_lengths is None:
+        return np.full(n, tk, np.int64)
+    lengths = np.asarray(key_lengths)
+    if lengths.shape != (n,) or lengths.dtype.kind not in "iu":
+        raise ValueError(f"{fn}: key_lengths must be {n} integers (one per head, N = {n}), "
+                         f"got {lengths.dtype} {lengths.shape}")
+    if lengths.size and (lengths.min() < 0 or lengths.max() > tk):
+        bad = lengths.min() if lengths.min() < 0 else lengths.max()
+        raise ValueError(f"{fn}: key_lengths must lie in [0, Tk = {tk}], got {int(bad)}")
+    return np.ascontiguousarray(lengths, dtype=np.int64)
+
+
 def causal_mask(tq, tk):
     """(Tq, Tk) bool, True where query i may attend key j: ``j <= i + (Tk - Tq)``."""
     return np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq)
@@ -122,17 +140,19 @@ def causal_mask(tq, tk):
 # NumPy reference
 # --------------------------------------------------------------------------------------------
 
-def _masked_scores(q, k, causal, scale):
+def _masked_scores(q, k, causal, scale, key_lengths):
     scores = (q @ k.transpose(0, 2, 1)) * scale  # (N, Tq, Tk)
     if causal:
         scores = np.where(causal_mask(q.shape[1], k.shape[1]), scores, -np.inf)
-    return scores
+    not_padding = np.arange(k.shape[1]) < key_lengths[:, None, None]  # (N, 1, Tk)
+    return np.where(not_padding, scores, -np.inf)
 
 
-def attention_forward_ref(q, k, v, causal=False, scale=None):
+def attention_forward_ref(q, k, v, causal=False, scale=None, key_lengths=None):
     """Plain NumPy attention. Returns ``out (N, Tq, Dv)`` and ``lse (N, Tq)``."""
     q, k, v, scale = _check_qkv("attention_forward_ref", q, k, v, scale)
-    scores = _masked_scores(q, k, causal, scale)
+    key_lengths = _checked_key_lengths("attention_forward_ref", key_lengths, q.shape[0], k.shape[1])
+    scores = _masked_scores(q, k, causal, scale, key_lengths)
     row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)  # (N, Tq, 1)
     # a fully masked row has max -inf; shifting by 0 instead keeps exp(-inf - 0) = 0, not NaN
     row_max = np.where(np.isfinite(row_max), row_max, 0).astype(q.dtype)
@@ -144,11 +164,12 @@ def attention_forward_ref(q, k, v, causal=False, scale=None):
     return (probs @ v).astype(q.dtype), lse.astype(q.dtype)
 
 
-def attention_backward_ref(q, k, v, out, lse, dout, causal=False, scale=None):
+def attention_backward_ref(q, k, v, out, lse, dout, causal=False, scale=None, key_lengths=None):
     """Plain NumPy backward of attention. Returns ``dq, dk, dv`` (shapes of q, k, v)."""
     q, k, v, scale = _check_qkv("attention_backward_ref", q, k, v, scale)
     out, lse, dout = _check_saved("attention_backward_ref", q, v, out, lse, dout)
-    scores = _masked_scores(q, k, causal, scale)
+    key_lengths = _checked_key_lengths("attention_backward_ref", key_lengths, q.shape[0], k.shape[1])
+    scores = _masked_scores(q, k, causal, scale, key_lengths)
     finite_lse = np.where(np.isfinite(lse), lse, 0)[..., None]  # (N, Tq, 1)
     probs = np.exp(scores - finite_lse)  # masked scores are -inf, so fully masked rows give 0
     dv = probs.transpose(0, 2, 1) @ dout  # (N, Tk, Dv)
@@ -227,17 +248,17 @@ def _visible_keys(i0, rows, j0, width, causal, offset, widths):
 # --------------------------------------------------------------------------------------------
 
 @njit
-def _forward_query_block(q, k, v, i0, rows, causal, scale, block_k, out, lse):
+def _forward_query_block(q, k, v, i0, rows, causal, scale, block_k, key_len, out, lse):
     """Attention for queries i0 .. i0+rows-1 of one head, walking the keys block by block.
 
-    q (Tq, D), k (Tk, D), v (Tk, Dv), out (Tq, Dv), lse (Tq,). Online softmax per row r:
-    for each key block with (scaled) scores s,
+    q (Tq, D), k (Tk, D), v (Tk, Dv), out (Tq, Dv), lse (Tq,); only keys j < key_len take
+    part. Online softmax per row r: for each key block with (scaled) scores s,
         m_new = max(m, max_j s_j);  alpha = exp(m - m_new)
         l     = alpha * l   + sum_j exp(s_j - m_new)
         acc   = alpha * acc + sum_j exp(s_j - m_new) v_j
     and finally out = acc / l, lse = m + log l (out 0, lse -inf where l = 0: no visible key).
-    Key blocks entirely right of the causal diagonal are never visited; in the diagonal block
-    the masked scores become -inf, so their P is exactly 0.
+    Key blocks entirely right of the causal diagonal or past key_len are never visited; in the
+    diagonal block the masked scores become -inf, so their P is exactly 0.
     """
     tq, d_head = q.shape
     tk, d_value = v.shape
@@ -249,6 +270,7 @@ def _forward_query_block(q, k, v, i0, rows, causal, scale, block_k, out, lse):
     row_sum = np.zeros(rows, dtype)
     acc = np.zeros((rows, d_value), dtype)
     k_end = min(tk, i0 + rows + offset) if causal else tk  # keys past this are masked for all
+    k_end = min(k_end, key_len)  # and so is the padding
     for j0 in range(0, k_end, block_k):
         width = min(block_k, k_end - j0)
         _visible_keys(i0, rows, j0, width, causal, offset, widths)
@@ -314,10 +336,10 @@ def _finish_rows(i0, rows, row_max, row_sum, acc, out, lse):
 
 
 @njit(parallel=True)
-def _forward_kernel(q, k, v, causal, scale, block_q, block_k, out, lse):
+def _forward_kernel(q, k, v, causal, scale, block_q, block_k, key_lengths, out, lse):
     """prange over the independent (head n, query block) pairs; each writes its own rows.
 
-    q (N, Tq, D), k (N, Tk, D), v (N, Tk, Dv) -> out (N, Tq, Dv), lse (N, Tq).
+    q (N, Tq, D), k (N, Tk, D), v (N, Tk, Dv), key_lengths (N,) -> out (N, Tq, Dv), lse (N, Tq).
     """
     n_heads, tq = q.shape[0], q.shape[1]
     n_qblocks = (tq + block_q - 1) // block_q
@@ -326,18 +348,20 @@ def _forward_kernel(q, k, v, causal, scale, block_q, block_k, out, lse):
         n = item // n_qblocks
         i0 = (item % n_qblocks) * block_q
         rows = min(block_q, tq - i0)
-        _forward_query_block(q[n], k[n], v[n], i0, rows, causal, scale, block_k, out[n], lse[n])
+        _forward_query_block(q[n], k[n], v[n], i0, rows, causal, scale, block_k, key_lengths[n],
+                             out[n], lse[n])
     restore_blas_threads(saved)
 
 
-def attention_forward(q, k, v, causal=False, scale=None):
+def attention_forward(q, k, v, causal=False, scale=None, key_lengths=None):
     """Fused attention forward (numba). Same contract as :func:`attention_forward_ref`:
     returns ``out (N, Tq, Dv)`` and ``lse (N, Tq)`` in the dtype of q."""
     q, k, v, scale = _check_qkv("attention_forward", q, k, v, scale)
     n, tq = q.shape[:2]
+    key_lengths = _checked_key_lengths("attention_forward", key_lengths, n, k.shape[1])
     out = np.empty((n, tq, v.shape[2]), q.dtype)
     lse = np.empty((n, tq), q.dtype)
-    _forward_kernel(q, k, v, bool(causal), scale, BLOCK_Q, BLOCK_K, out, lse)
+    _forward_kernel(q, k, v, bool(causal), scale, BLOCK_Q, BLOCK_K, key_lengths, out, lse)
     return out, lse
 
 
@@ -381,11 +405,12 @@ def _probs_and_dscores(scores, dprobs, rows, widths, lse, drow, i0, scale):
 
 
 @njit
-def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq, dk, dv):
+def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, key_len, dq, dk, dv):
     """Gradients of one head, written into dq, dk, dv (zeroed here first).
 
-    q (Tq, D), k (Tk, D), v (Tk, Dv), out/dout (Tq, Dv), lse (Tq,). Loop nest: key block j0,
-    then every query block that sees it (causally hidden tiles are skipped), then per tile:
+    q (Tq, D), k (Tk, D), v (Tk, Dv), out/dout (Tq, Dv), lse (Tq,). Loop nest: key block j0
+    (up to key_len: padded keys get no gradient and cost nothing), then every query block that
+    sees it (causally hidden tiles are skipped), then per tile:
     S = Q K^T, P = exp(c S - lse), dP = dO V^T, dS; then dv += P^T dO, dk += dS^T Q,
     dq += dS K (masked entries of P and dS are 0, so whole-tile products add nothing for them).
     """
@@ -400,8 +425,8 @@ def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq,
     scores = np.empty((block_q, block_k), dtype)
     dprobs = np.empty((block_q, block_k), dtype)
     widths = np.empty(block_q, np.int64)  # visible keys per query row of the tile
-    for j0 in range(0, tk, block_k):
-        width = min(block_k, tk - j0)
+    for j0 in range(0, key_len, block_k):
+        width = min(block_k, key_len - j0)
         first_row = max(0, j0 - offset) if causal else 0  # rows above it see none of the block
         for i0 in range(first_row - first_row % block_q, tq, block_q):
             rows = min(block_q, tq - i0)
@@ -416,23 +441,24 @@ def _backward_head(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq,
 
 
 @njit(parallel=True)
-def _backward_kernel(q, k, v, out, lse, dout, causal, scale, block_q, block_k, dq, dk, dv):
+def _backward_kernel(q, k, v, out, lse, dout, causal, scale, block_q, block_k, key_lengths, dq, dk, dv):
     """prange over heads n: dq[n], dk[n], dv[n] are written by that head's thread only, so the
     accumulations need no atomics. (N = batch * heads is >= the core count at GPT shapes.)"""
     saved = blas_one_thread()  # each numba thread calls one-threaded BLAS (blas.py)
     for n in prange(q.shape[0]):
         _backward_head(q[n], k[n], v[n], out[n], lse[n], dout[n], causal, scale,
-                       block_q, block_k, dq[n], dk[n], dv[n])
+                       block_q, block_k, key_lengths[n], dq[n], dk[n], dv[n])
     restore_blas_threads(saved)
 
 
-def attention_backward(q, k, v, out, lse, dout, causal=False, scale=None):
+def attention_backward(q, k, v, out, lse, dout, causal=False, scale=None, key_lengths=None):
     """Fused attention backward (numba). Same contract as :func:`attention_backward_ref`:
     returns ``dq, dk, dv`` with the shapes of q, k, v; zero wherever a row is fully masked."""
     q, k, v, scale = _check_qkv("attention_backward", q, k, v, scale)
     out, lse, dout = _check_saved("attention_backward", q, v, out, lse, dout)
+    key_lengths = _checked_key_lengths("attention_backward", key_lengths, q.shape[0], k.shape[1])
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
-    _backward_kernel(q, k, v, out, lse, dout, bool(causal), scale, BLOCK_Q, BLOCK_K, dq, dk, dv)
+    _backward_kernel(q, k, v, out, lse, dout, bool(causal), scale, BLOCK_Q, BLOCK_K, key_lengths, dq, dk, dv)
     return dq, dk, dv
 
 
@@ -462,8 +488,9 @@ def _check_packed(fn, qkv, n_head, scale):
 
 
 @njit(parallel=True)
-def _packed_forward_kernel(heads, causal, scale, block_q, block_k, out, lse):
-    """heads (B, T, 3, H, D) -> out (B, T, H, D), lse (B, H, T); prange over (b, h, query block)."""
+def _packed_forward_kernel(heads, causal, scale, block_q, block_k, key_lengths, out, lse):
+    """heads (B, T, 3, H, D), key_lengths (B,) -> out (B, T, H, D), lse (B, H, T); prange over
+    (b, h, query block)."""
     n_batch, t, _, n_head, _ = heads.shape
     n_qblocks = (t + block_q - 1) // block_q
     saved = blas_one_thread()  # each numba thread calls one-threaded BLAS (blas.py)
@@ -471,50 +498,53 @@ def _packed_forward_kernel(heads, causal, scale, block_q, block_k, out, lse):
         b, rest = item // (n_head * n_qblocks), item % (n_head * n_qblocks)
         h, i0 = rest // n_qblocks, (rest % n_qblocks) * block_q
         _forward_query_block(heads[b, :, 0, h], heads[b, :, 1, h], heads[b, :, 2, h], i0,
-                             min(block_q, t - i0), causal, scale, block_k, out[b, :, h], lse[b, h])
+                             min(block_q, t - i0), causal, scale, block_k, key_lengths[b], out[b, :, h], lse[b, h])
     restore_blas_threads(saved)
 
 
 @njit(parallel=True)
-def _packed_backward_kernel(heads, out, lse, dout, causal, scale, block_q, block_k, dheads):
+def _packed_backward_kernel(heads, out, lse, dout, causal, scale, block_q, block_k, key_lengths, dheads):
     """Gradients of all heads into dheads (B, T, 3, H, D); prange over (b, h)."""
     n_batch, _, _, n_head, _ = heads.shape
     saved = blas_one_thread()  # each numba thread calls one-threaded BLAS (blas.py)
     for item in prange(n_batch * n_head):
         b, h = item // n_head, item % n_head
         _backward_head(heads[b, :, 0, h], heads[b, :, 1, h], heads[b, :, 2, h], out[b, :, h], lse[b, h],
-                       dout[b, :, h], causal, scale, block_q, block_k,
+                       dout[b, :, h], causal, scale, block_q, block_k, key_lengths[b],
                        dheads[b, :, 0, h], dheads[b, :, 1, h], dheads[b, :, 2, h])
     restore_blas_threads(saved)
 
 
-def self_attention_forward(qkv, n_head, causal=False, scale=None):
+def self_attention_forward(qkv, n_head, causal=False, scale=None, key_lengths=None):
     """Multi-head self-attention of a packed projection: qkv (B, T, 3C) -> ``out (B, T, C)``,
     ``lse (B, H, T)``.
 
     The same numbers as splitting qkv into (B*H, T, D) heads, :func:`attention_forward`, and
-    merging ``out`` back to (B, T, C); scale defaults to 1/sqrt(D).
+    merging ``out`` back to (B, T, C); scale defaults to 1/sqrt(D). ``key_lengths (B,)``: one
+    length per sequence, for all its heads (keys at and past it are padding).
     """
     heads, scale = _check_packed("self_attention_forward", qkv, n_head, scale)
     B, T, _, H, D = heads.shape
+    key_lengths = _checked_key_lengths("self_attention_forward", key_lengths, B, T)
     out = np.empty((B, T, H, D), heads.dtype)
     lse = np.empty((B, H, T), heads.dtype)
-    _packed_forward_kernel(heads, bool(causal), scale, BLOCK_Q, BLOCK_K, out, lse)
+    _packed_forward_kernel(heads, bool(causal), scale, BLOCK_Q, BLOCK_K, key_lengths, out, lse)
     return out.reshape(B, T, H * D), lse
 
 
-def self_attention_backward(qkv, out, lse, dout, n_head, causal=False, scale=None):
+def self_attention_backward(qkv, out, lse, dout, n_head, causal=False, scale=None, key_lengths=None):
     """Backward of :func:`self_attention_forward`: ``dqkv (B, T, 3C)`` from dout (B, T, C)."""
     fn = "self_attention_backward"
     heads, scale = _check_packed(fn, qkv, n_head, scale)
     B, T, _, H, D = heads.shape
+    key_lengths = _checked_key_lengths(fn, key_lengths, B, T)
     for name, a, shape in (("out", out, (B, T, H * D)), ("lse", lse, (B, H, T)), ("dout", dout, (B, T, H * D))):
         if a.shape != shape or a.dtype != heads.dtype:
             raise ValueError(f"{fn}: {name} must be {heads.dtype} {shape} for qkv {qkv.shape}, got {a.dtype} {a.shape}")
     dheads = np.empty_like(heads)
     _packed_backward_kernel(heads, np.ascontiguousarray(out).reshape(B, T, H, D), np.ascontiguousarray(lse),
                             np.ascontiguousarray(dout).reshape(B, T, H, D), bool(causal), scale,
-                            BLOCK_Q, BLOCK_K, dheads)
+                            BLOCK_Q, BLOCK_K, key_lengths, dheads)
     return dheads.reshape(B, T, 3 * H * D)
 
 

@@ -1,16 +1,21 @@
-"""Softmax cross-entropy of logits (N, V) against integer targets (N,), fused, with ignore_index.
+"""Softmax cross-entropy of logits (N, V) against integer targets (N,), fused, with ignore_index
+and label smoothing.
 
-Per row i with target t_i != ignore_index (a "valid" row; n_valid of them)::
+Per row i with target t_i != ignore_index (a "valid" row; n_valid of them), with label
+smoothing e (PyTorch's ``label_smoothing``: the target distribution is (1 - e) onehot(t_i) + e / V)::
 
     lse_i  = log sum_j exp(z_ij) = m_i + log sum_j exp(z_ij - m_i),   m_i = max_j z_ij
-    loss   = (1 / n_valid) * sum_{valid i} (lse_i - z_i[t_i])        (nan if n_valid == 0)
+    loss_i = (1 - e) (lse_i - z_i[t_i]) + e (lse_i - mean_j z_ij)
+           = -(1 - e) log p_i[t_i] - (e / V) sum_j log p_ij
+    loss   = (1 / n_valid) * sum_{valid i} loss_i                     (nan if n_valid == 0)
 
 Subtracting the row max keeps every exp in (0, 1], so any finite logits give a finite lse. The
 kernels take exp in the logits' dtype (for float32 the vectorised polynomial of
 :mod:`.fastmath`) and accumulate sums in float64.
 Backward, for an upstream gradient g of the scalar loss::
 
-    dz_ij = g / n_valid * (softmax(z_i)_j - [j == t_i]),   softmax(z_i)_j = exp(z_ij - lse_i)
+    dz_ij = g / n_valid * (softmax(z_i)_j - (1 - e) [j == t_i] - e / V),
+            softmax(z_i)_j = exp(z_ij - lse_i)
     dz_ij = 0                                               for ignored rows
 
 The forward returns lse so the backward needs no second pass for the max and the sum (the
@@ -37,8 +42,9 @@ _ROWS = 16  # rows per parallel work item (each item allocates its scratch rows 
 # NumPy reference
 
 
-def cross_entropy_forward_ref(logits, targets, ignore_index=-100):
+def cross_entropy_forward_ref(logits, targets, ignore_index=-100, label_smoothing=0.0):
     """logits (N, V), targets (N,) -> loss (0-d, logits' dtype), lse (N,)."""
+    label_smoothing = _checked_smoothing("cross_entropy_forward_ref", label_smoothing)
     row_max = logits.max(axis=1)                                          # (N,)
     lse = row_max + np.log(np.exp(logits - row_max[:, None]).sum(axis=1))  # (N,)
     valid = targets != ignore_index                                       # (N,)
@@ -46,19 +52,34 @@ def cross_entropy_forward_ref(logits, targets, ignore_index=-100):
     if rows.size == 0:
         return np.array(np.nan, dtype=logits.dtype), lse
     picked = logits[rows, targets[rows]]                                  # (n_valid,)
-    loss = np.sum(lse[rows] - picked, dtype=np.float64) / rows.size
+    row_loss = lse[rows] - picked                                         # -log p[t]
+    if label_smoothing:
+        uniform = lse[rows] - logits[rows].mean(axis=1, dtype=np.float64)  # -mean_j log p_j
+        row_loss = (1 - label_smoothing) * row_loss + label_smoothing * uniform
+    loss = np.sum(row_loss, dtype=np.float64) / rows.size
     return np.array(loss, dtype=logits.dtype), lse
 
 
-def cross_entropy_backward_ref(logits, targets, lse, grad_loss, ignore_index=-100):
+def cross_entropy_backward_ref(logits, targets, lse, grad_loss, ignore_index=-100, label_smoothing=0.0):
     """logits (N, V), targets (N,), lse (N,), scalar grad_loss -> dlogits (N, V)."""
+    label_smoothing = _checked_smoothing("cross_entropy_backward_ref", label_smoothing)
     valid = targets != ignore_index                                       # (N,)
     n_valid = np.count_nonzero(valid)
     probs = np.exp(logits - lse[:, None])                                 # (N, V) softmax
     rows = np.flatnonzero(valid)
-    probs[rows, targets[rows]] -= 1.0
+    probs[rows, targets[rows]] -= 1.0 - label_smoothing
+    probs -= label_smoothing / logits.shape[1]
     scale = float(grad_loss) / max(n_valid, 1)
     return (probs * (scale * valid[:, None])).astype(logits.dtype)
+
+
+def _checked_smoothing(fn, label_smoothing):
+    """label_smoothing as a float in [0, 1] (PyTorch's range)."""
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating)):
+        raise ValueError(f"{fn}: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{fn}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    return float(label_smoothing)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,15 +126,24 @@ def _row_max_and_sum(logits, i, probs):
     return row_max, _sum_f64(probs)
 
 
+@njit(fastmath={"reassoc"})
+def _row_mean(logits, i):
+    """mean_j z[i, j] in float64 (partial sums in vector lanes, as _sum_f64)."""
+    total = 0.0
+    for j in range(logits.shape[1]):
+        total += np.float64(logits[i, j])
+    return total / logits.shape[1]
+
+
 @njit(parallel=True)
-def _cross_entropy_forward_kernel(logits, targets, ignore_index, lse, row_loss):
+def _cross_entropy_forward_kernel(logits, targets, ignore_index, label_smoothing, lse, row_loss):
     """for each block of _ROWS rows (parallel), for each row i:
-        m, s = max_j z[i, j], sum_j exp(z[i, j] - m)   (2 passes)
+        m, s = max_j z[i, j], sum_j exp(z[i, j] - m)   (2 passes; a third for mean_j z if e > 0)
         lse[i] = m + log(s)
-        row_loss[i] = (m - z[i, t_i]) + log(s), or 0 if ignored
-    The caller sums row_loss (float64) and divides by n_valid. Writing the loss as
-    (m - z_t) + log(s) rather than lse - z_t keeps log(s) when |m| is so large (1e30) that
-    m + log(s) rounds to m.
+        row_loss[i] = (1 - e) (m - z[i, t_i]) + e (m - mean_j z[i, j]) + log(s), or 0 if ignored
+    The caller sums row_loss (float64) and divides by n_valid. Writing the loss with m - z
+    rather than lse - z keeps log(s) when |m| is so large (1e30) that m + log(s) rounds to m.
+    Without smoothing the row loss is (m - z_t) + log(s), exactly as before smoothing existed.
     """
     n_rows, vocab = logits.shape
     for b in prange((n_rows + _ROWS - 1) // _ROWS):
@@ -123,20 +153,29 @@ def _cross_entropy_forward_kernel(logits, targets, ignore_index, lse, row_loss):
             row_max = np.float64(row_max)
             lse[i] = row_max + math.log(total)
             t = targets[i]
-            row_loss[i] = 0.0 if t == ignore_index else (row_max - logits[i, t]) + math.log(total)
+            if t == ignore_index:
+                row_loss[i] = 0.0
+            elif label_smoothing == 0.0:
+                row_loss[i] = (row_max - logits[i, t]) + math.log(total)
+            else:
+                picked = row_max - logits[i, t]
+                uniform = row_max - _row_mean(logits, i)
+                row_loss[i] = ((1.0 - label_smoothing) * picked + label_smoothing * uniform) + math.log(total)
 
 
 @njit(parallel=True)
-def _cross_entropy_backward_kernel(logits, targets, lse, scale, ignore_index, dlogits):
+def _cross_entropy_backward_kernel(logits, targets, lse, scale, ignore_index, label_smoothing, dlogits):
     """for each block of _ROWS rows (parallel), for each row i:
          p_j = exp(z[i, j] - lse[i])      if |lse[i]| <= _LSE_TRUSTED (one pass)
          p_j = exp(z[i, j] - m) / s       otherwise (max and sum recomputed: 3 passes)
-         dz[i, j] = scale * (p_j - [j == t_i])       (scale = grad_loss / n_valid)
+         dz[i, j] = scale * (p_j - (1 - e) [j == t_i]) - scale * e / V   (scale = grad_loss / n_valid)
     Ignored rows get 0. A large lse, stored in the logits' dtype, has rounded away part or all of
     log(s) (for logits ~1e30, lse == m exactly), and exp(z - lse) would then be wrong by a
     factor up to s; below the threshold its rounding costs at most ~32 ulp in p.
     """
     n_rows, vocab = logits.shape
+    smooth = scale * label_smoothing / vocab  # 0.0 without smoothing: x - 0.0 is x, bit for bit
+    on_target = 1.0 - label_smoothing
     for b in prange((n_rows + _ROWS - 1) // _ROWS):
         probs = np.empty(vocab, logits.dtype)  # scratch row
         for i in range(b * _ROWS, min((b + 1) * _ROWS, n_rows)):
@@ -153,8 +192,8 @@ def _cross_entropy_backward_kernel(logits, targets, lse, scale, ignore_index, dl
             else:
                 _exp_shifted_row(logits, i, shift, probs)
             for j in range(vocab):
-                dlogits[i, j] = scale * inv_total * probs[j]
-            dlogits[i, t] = scale * (inv_total * probs[t] - 1.0)
+                dlogits[i, j] = scale * inv_total * probs[j] - smooth
+            dlogits[i, t] = scale * (inv_total * probs[t] - on_target) - smooth
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,23 +228,26 @@ def _check_inputs(fn, logits, targets, ignore_index):
     return np.ascontiguousarray(targets, dtype=np.int64)
 
 
-def cross_entropy_forward(logits, targets, ignore_index=-100):
+def cross_entropy_forward(logits, targets, ignore_index=-100, label_smoothing=0.0):
     """Fused numba forward; same contract as :func:`cross_entropy_forward_ref`.
 
-    logits (N, V) float32/float64, targets (N,) integers in [0, V) or == ignore_index.
-    Returns loss (0-d array of logits' dtype; nan if every row is ignored) and lse (N,).
+    logits (N, V) float32/float64, targets (N,) integers in [0, V) or == ignore_index,
+    label_smoothing in [0, 1]. Returns loss (0-d array of logits' dtype; nan if every row is
+    ignored) and lse (N,).
     """
     targets = _check_inputs("cross_entropy_forward", logits, targets, ignore_index)
+    label_smoothing = _checked_smoothing("cross_entropy_forward", label_smoothing)
     n_rows = logits.shape[0]
     lse = np.empty(n_rows, dtype=logits.dtype)
     row_loss = np.empty(n_rows)  # float64
-    _cross_entropy_forward_kernel(np.ascontiguousarray(logits), targets, int(ignore_index), lse, row_loss)
+    _cross_entropy_forward_kernel(np.ascontiguousarray(logits), targets, int(ignore_index), label_smoothing,
+                                  lse, row_loss)
     n_valid = np.count_nonzero(targets != ignore_index)
     loss = row_loss.sum() / n_valid if n_valid else np.nan
     return np.array(loss, dtype=logits.dtype), lse
 
 
-def cross_entropy_backward(logits, targets, lse, grad_loss, ignore_index=-100):
+def cross_entropy_backward(logits, targets, lse, grad_loss, ignore_index=-100, label_smoothing=0.0):
     """Fused numba backward; same contract as :func:`cross_entropy_backward_ref`.
 
     lse (N,) is the forward's; grad_loss is the scalar upstream gradient (a number or size-1
@@ -213,6 +255,7 @@ def cross_entropy_backward(logits, targets, lse, grad_loss, ignore_index=-100):
     """
     fn = "cross_entropy_backward"
     targets = _check_inputs(fn, logits, targets, ignore_index)
+    label_smoothing = _checked_smoothing(fn, label_smoothing)
     n_rows = logits.shape[0]
     if not isinstance(lse, np.ndarray) or lse.shape != (n_rows,):
         raise ValueError(f"{fn}: lse has shape {getattr(lse, 'shape', None)}, expected ({n_rows},)")
@@ -223,6 +266,7 @@ def cross_entropy_backward(logits, targets, lse, grad_loss, ignore_index=-100):
     scale = float(grad_loss.reshape(())) / max(n_valid, 1)
     dlogits = np.empty(logits.shape, dtype=logits.dtype)
     _cross_entropy_backward_kernel(
-        np.ascontiguousarray(logits), targets, np.ascontiguousarray(lse), scale, int(ignore_index), dlogits
+        np.ascontiguousarray(logits), targets, np.ascontiguousarray(lse), scale, int(ignore_index),
+        label_smoothing, dlogits,
     )
     return dlogits

@@ -1,10 +1,13 @@
-"""``AutoModelForCausalLM``: Hugging Face's entry point, for the model directories tinyllm reads."""
+"""``AutoModelForCausalLM`` and ``AutoModelForSeq2SeqLM``: Hugging Face's entry points, for the
+model directories tinyllm reads."""
+import json
 import os
 from pathlib import Path
 
+from .encdec import EncoderDecoderTransformer
 from .gpt import GPT
 
-__all__ = ["AutoModelForCausalLM", "resolve_pretrained"]
+__all__ = ["AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "resolve_pretrained"]
 
 
 def resolve_pretrained(name_or_path):
@@ -42,3 +45,24 @@ class AutoModelForCausalLM:
     @staticmethod
     def from_pretrained(name_or_path):
         return GPT.from_pretrained(resolve_pretrained(name_or_path))
+
+
+class AutoModelForSeq2SeqLM:
+    """``AutoModelForSeq2SeqLM.from_pretrained(dir)`` -> an :class:`EncoderDecoderTransformer`
+    (a directory written by its ``save_pretrained``, ``"model_type": "tinyllm-encoder-decoder"``)."""
+
+    def __init__(self):
+        raise TypeError("AutoModelForSeq2SeqLM is not instantiated: use AutoModelForSeq2SeqLM.from_pretrained(dir)")
+
+    @staticmethod
+    def from_pretrained(name_or_path):
+        directory = resolve_pretrained(name_or_path)
+        config_path = Path(directory) / "config.json"
+        if config_path.is_file():
+            with open(config_path, encoding="utf-8") as f:
+                model_type = json.load(f).get("model_type")
+            if model_type != EncoderDecoderTransformer.model_type:
+                hint = " (a causal LM: load it with AutoModelForCausalLM)" if model_type in ("tinyllm-gpt", "gpt2") else ""
+                raise ValueError(f"AutoModelForSeq2SeqLM: {config_path} has model_type {model_type!r}{hint}; "
+                                 f"tinyllm's sequence-to-sequence model is {EncoderDecoderTransformer.model_type!r}")
+        return EncoderDecoderTransformer.from_pretrained(directory)

@@ -236,7 +236,7 @@ def save_model(model, directory, format="tinyllm"):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if format == "tinyllm":
-        config = {"model_type": "tinyllm-gpt", **model.config.to_dict()}
+        config = {"model_type": getattr(model, "model_type", "tinyllm-gpt"), **model.config.to_dict()}
         tensors = unique_state_dict(model)
     elif format in ("huggingface", "hf"):
         config, tensors = _to_huggingface(model)
@@ -298,9 +298,13 @@ def load_model(cls, directory):
     raw = read_json_file(config_path, "model config")
     if not isinstance(raw, dict):
         raise FileFormatError(config_path, f"holds a JSON {type(raw).__name__}, not an object of config fields")
-    hf = raw.get("model_type") == "gpt2"
+    expected, found = getattr(cls, "model_type", "tinyllm-gpt"), raw.get("model_type")
+    if found is not None and found != expected and not (found == "gpt2" and expected == "tinyllm-gpt"):
+        raise FileFormatError(config_path, f"holds a model of type {found!r}, but {cls.__name__} reads {expected!r} "
+                                           "(AutoModelForCausalLM / AutoModelForSeq2SeqLM pick the class)")
+    hf = found == "gpt2"
     try:
-        config = _hf_config(raw, GPTConfig) if hf else GPTConfig.from_dict(raw)
+        config = _hf_config(raw, GPTConfig) if hf else getattr(cls, "config_class", GPTConfig).from_dict(raw)
     except (KeyError, TypeError, ValueError) as e:
         what = f"lacks the field {e}" if isinstance(e, KeyError) else str(e)
         raise FileFormatError(config_path, f"{what} (a hand-edited or foreign config?)") from None
@@ -322,14 +326,28 @@ def load_model(cls, directory):
 def _check_size_against_file(config, config_path, weights_path, tensors):
     """Refuse, before allocating anything, a config whose embeddings and matmul weights alone would
     need more numbers than the weights file holds (a hostile or mismatched config.json)."""
-    c = config
-    at_least = c.vocab_size * c.n_embd + c.n_layer * 12 * c.n_embd * c.n_embd  # wte + attention + MLP
+    at_least, sizes = _min_parameters(config)
     held = sum(math.prod(shape) for _, shape, _ in tensors.values())
     if at_least > held:
-        raise FileFormatError(config_path, f"describes a model of at least {at_least:,} parameters (vocab_size "
-                                           f"{c.vocab_size}, n_layer {c.n_layer}, n_embd {c.n_embd}), but "
+        raise FileFormatError(config_path, f"describes a model of at least {at_least:,} parameters ({sizes}), but "
                                            f"{weights_path.name} holds only {held:,} numbers: they do not belong "
                                            "together")
+
+
+def _min_parameters(config):
+    """A lower bound on a config's parameter count (its embeddings and matmul weights), and the
+    sizes it came from, for the error message."""
+    c = config
+    if hasattr(c, "n_embd"):  # GPT: wte + per layer attention (4 C^2) and MLP (8 C^2)
+        return (c.vocab_size * c.n_embd + c.n_layer * 12 * c.n_embd * c.n_embd,
+                f"vocab_size {c.vocab_size}, n_layer {c.n_layer}, n_embd {c.n_embd}")
+    # encoder-decoder: the smaller embedding table, then per encoder layer self-attention (4 d^2)
+    # and FFN (2 d d_ff), per decoder layer self- and cross-attention (8 d^2) and FFN
+    d, ffn = c.d_model, 2 * c.d_model * c.d_ff
+    at_least = (min(c.src_vocab_size, c.tgt_vocab_size) * d + c.n_encoder_layers * (4 * d * d + ffn)
+                + c.n_decoder_layers * (8 * d * d + ffn))
+    return at_least, (f"vocab sizes {c.src_vocab_size}/{c.tgt_vocab_size}, {c.n_encoder_layers}+"
+                      f"{c.n_decoder_layers} layers, d_model {d}, d_ff {c.d_ff}")
 
 
 def _check_float_weights(state):

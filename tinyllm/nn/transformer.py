@@ -1,5 +1,6 @@
-"""The Transformer pieces: multi-head attention (with a KV cache), the feed-forward block, and
-the pre-LayerNorm residual Block that a GPT stacks."""
+"""The Transformer pieces: multi-head attention (with a KV cache), cross-attention, the
+feed-forward block, the pre-LayerNorm residual Block that a GPT stacks, and the encoder and
+decoder layers of the original encoder-decoder Transformer (pre- or post-LayerNorm)."""
 import numpy as np
 
 from .. import functional as F
@@ -7,7 +8,7 @@ from ..tensor import Tensor
 from .layers import Dropout, LayerNorm, Linear
 from .module import Module
 
-__all__ = ["KVCache", "MultiHeadAttention", "FeedForward", "Block"]
+__all__ = ["KVCache", "MultiHeadAttention", "CrossAttention", "FeedForward", "Block", "EncoderBlock", "DecoderBlock"]
 
 
 class KVCache:
@@ -17,6 +18,10 @@ class KVCache:
     ``k`` and ``v`` are preallocated (n_layer, B, n_head, max_len, head_dim); ``length`` counts the
     positions already stored. A model forward writes each layer's new keys with ``update`` and
     then calls ``advance``.
+
+    An encoder-decoder also keeps here, per decoder layer, the cross-attention keys and values
+    of the encoder output (``cross[layer] = (k, v)``, each (B, n_head, S, head_dim)): they depend
+    on the source only, so they are projected once and reused at every decoding step.
     """
 
     def __init__(self, n_layer, batch_size, n_head, max_len, head_dim, dtype=np.float32):
@@ -25,6 +30,18 @@ class KVCache:
         self.v = np.zeros(shape, dtype=dtype)
         self.max_len = max_len
         self.length = 0
+        self.cross = {}
+
+    def reorder(self, indices, cross=True):
+        """Keep batch rows ``indices`` (B,) in that order: in beam search each surviving beam
+        continues the cache of the beam it extends. ``cross=False`` leaves the cross-attention
+        entries alone, right when every row moves within a group of rows that share one source
+        (a source's beams), as their cross keys and values are then identical."""
+        stored = self.length
+        self.k[:, :, :, :stored] = self.k[:, indices, :, :stored]
+        self.v[:, :, :, :stored] = self.v[:, indices, :, :stored]
+        if cross:
+            self.cross = {layer: (k[indices], v[indices]) for layer, (k, v) in self.cross.items()}
 
     def update(self, layer, k, v):
         """Store new (B, n_head, T, head_dim) keys/values; return all of them, (B, n_head, length+T, head_dim)."""
@@ -40,11 +57,13 @@ class KVCache:
 
 
 class MultiHeadAttention(Module):
-    """Causal multi-head self-attention, GPT-2 layout.
+    """Multi-head self-attention (causal for a decoder, not for an encoder), GPT-2 layout.
 
     One fused projection ``c_attn`` makes queries, keys and values for every head at once
-    (C -> 3C); each head attends with ``softmax(q k^T / sqrt(head_dim)) v``; ``c_proj`` mixes the
-    heads' outputs back (C -> C).
+    (C -> 3C); each head attends with ``softmax(q k^T / sqrt(head_dim) + mask) v``; ``c_proj``
+    mixes the heads' outputs back (C -> C). ``attn_mask`` in ``forward`` has PyTorch's meaning
+    (see :func:`tinyllm.functional.scaled_dot_product_attention`), e.g. (B, 1, 1, T) bool with
+    False at padded keys.
     """
 
     def __init__(self, n_embd, n_head, bias=True, dropout=0.0, causal=True, layer_idx=0, rng=None):
@@ -58,13 +77,14 @@ class MultiHeadAttention(Module):
         self.resid_dropout = Dropout(dropout)
         self.attn_rng = None  # Generator for attention-probability dropout, set by the model
 
-    def forward(self, x, kv_cache=None):
+    def forward(self, x, kv_cache=None, attn_mask=None):
         B, T, C = x.shape
         H, D = self.n_head, self.head_dim
         qkv = self.c_attn(x)  # (B, T, 3C)
         p = self.dropout if self.training else 0.0
         if kv_cache is None and p == 0.0:  # the common case: split, attend, merge in one Function
-            return self.resid_dropout(self.c_proj(F.self_attention(qkv, H, is_causal=self.causal)))
+            y = F.self_attention(qkv, H, is_causal=self.causal, attn_mask=attn_mask)
+            return self.resid_dropout(self.c_proj(y))
         qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, D)
         if kv_cache is not None:
@@ -72,7 +92,8 @@ class MultiHeadAttention(Module):
             k, v = Tensor._wrap(k_all), Tensor._wrap(v_all)  # (B, H, past+T, D)
         if p > 0.0 and self.attn_rng is None:
             self.attn_rng = np.random.default_rng(0)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p, rng=self.attn_rng)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal, dropout_p=p,
+                                           rng=self.attn_rng)
         y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -81,20 +102,25 @@ class MultiHeadAttention(Module):
 
 
 class FeedForward(Module):
-    """Position-wise MLP: C -> 4C, GELU, 4C -> C (GPT-2's ``mlp.c_fc`` and ``mlp.c_proj``)."""
+    """Position-wise MLP: C -> n_inner (default 4C), activation, n_inner -> C (GPT-2's
+    ``mlp.c_fc`` and ``mlp.c_proj``). The activation is GELU (GPT-2) or ReLU (the original
+    Transformer, section 3.3: FFN(x) = max(0, x W1 + b1) W2 + b2)."""
 
-    def __init__(self, n_embd, bias=True, dropout=0.0, activation="gelu_tanh", rng=None):
+    def __init__(self, n_embd, bias=True, dropout=0.0, activation="gelu_tanh", rng=None, n_inner=None):
         super().__init__()
-        approx = {"gelu_tanh": "tanh", "gelu_new": "tanh", "gelu": "none"}
+        approx = {"gelu_tanh": "tanh", "gelu_new": "tanh", "gelu": "none", "relu": None}
         if activation not in approx:
             raise ValueError(f"FeedForward: activation must be one of {sorted(approx)}, got {activation!r}")
-        self.approximate = approx[activation]
-        self.c_fc = Linear(n_embd, 4 * n_embd, bias=bias, rng=rng)
-        self.c_proj = Linear(4 * n_embd, n_embd, bias=bias, rng=rng)
+        n_inner = 4 * n_embd if n_inner is None else n_inner
+        self.activation, self.approximate = activation, approx[activation]
+        self.c_fc = Linear(n_embd, n_inner, bias=bias, rng=rng)
+        self.c_proj = Linear(n_inner, n_embd, bias=bias, rng=rng)
         self.dropout = Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), self.approximate)))
+        h = self.c_fc(x)
+        h = F.relu(h) if self.activation == "relu" else F.gelu(h, self.approximate)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(Module):
@@ -111,3 +137,110 @@ class Block(Module):
     def forward(self, x, kv_cache=None):
         x = x + self.attn(self.ln_1(x), kv_cache)
         return x + self.mlp(self.ln_2(x))
+
+
+class CrossAttention(Module):
+    """Multi-head attention from one sequence to another: queries from the decoder's states x
+    (B, T, C), keys and values from the encoder's output ``memory`` (B, S, C). GPT-2's layout
+    for it (``crossattention``): ``q_attn`` (C -> C) makes the queries, one fused ``c_attn``
+    (C -> 2C) the keys and values, ``c_proj`` (C -> C) mixes the heads.
+
+    The keys and values depend on the source only: with a ``kv_cache`` they are projected at the
+    first decoding step, kept in ``kv_cache.cross[layer_idx]`` and reused at every later step.
+    """
+
+    def __init__(self, n_embd, n_head, bias=True, dropout=0.0, layer_idx=0, rng=None):
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"CrossAttention: n_embd={n_embd} is not divisible by n_head={n_head}")
+        self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
+        self.layer_idx, self.dropout = layer_idx, dropout
+        self.q_attn = Linear(n_embd, n_embd, bias=bias, rng=rng)
+        self.c_attn = Linear(n_embd, 2 * n_embd, bias=bias, rng=rng)
+        self.c_proj = Linear(n_embd, n_embd, bias=bias, rng=rng)
+        self.resid_dropout = Dropout(dropout)
+        self.attn_rng = None  # Generator for attention-probability dropout, set by the model
+
+    def memory_kv(self, memory):
+        """The keys and values of the encoder output: memory (B, S, C) -> k, v (B, n_head, S, head_dim)."""
+        B, S, _ = memory.shape
+        kv = self.c_attn(memory).reshape(B, S, 2, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]  # (2, B, H, S, D) -> each (B, H, S, D)
+
+    def forward(self, x, memory, attn_mask=None, kv_cache=None):
+        """x (B, T, C), memory (B, S, C), attn_mask e.g. (B, 1, 1, S) bool (False at padded
+        source positions) -> (B, T, C)."""
+        B, T, C = x.shape
+        H, D = self.n_head, self.head_dim
+        q = self.q_attn(x).reshape(B, T, H, D).permute(0, 2, 1, 3)  # (B, H, T, D)
+        if kv_cache is not None and self.layer_idx in kv_cache.cross:
+            k, v = (Tensor._wrap(a) for a in kv_cache.cross[self.layer_idx])
+        else:
+            k, v = self.memory_kv(memory)
+            if kv_cache is not None:
+                kv_cache.cross[self.layer_idx] = (np.ascontiguousarray(k.data), np.ascontiguousarray(v.data))
+        p = self.dropout if self.training else 0.0
+        if p > 0.0 and self.attn_rng is None:
+            self.attn_rng = np.random.default_rng(0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, rng=self.attn_rng)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def extra_repr(self):
+        return f"n_embd={self.n_embd}, n_head={self.n_head}"
+
+
+class EncoderBlock(Module):
+    """One encoder layer of "Attention Is All You Need": self-attention over the whole source
+    (no causal mask; padded keys masked), then the feed-forward network, each in a residual.
+
+    ``norm_first=False`` is the paper's post-LN, ``x = LayerNorm(x + sublayer(x))``;
+    ``norm_first=True`` is pre-LN, ``x = x + sublayer(LayerNorm(x))`` (as a GPT; trains more
+    stably without a warm-up). The same names either way: ``ln_1``, ``attn``, ``ln_2``, ``mlp``.
+    """
+
+    def __init__(self, n_embd, n_head, n_inner, bias=True, dropout=0.0, activation="relu", norm_first=True,
+                 eps=1e-5, layer_idx=0, rng=None):
+        super().__init__()
+        self.norm_first = norm_first
+        self.ln_1 = LayerNorm(n_embd, eps=eps, bias=bias)
+        self.attn = MultiHeadAttention(n_embd, n_head, bias, dropout, causal=False, layer_idx=layer_idx, rng=rng)
+        self.ln_2 = LayerNorm(n_embd, eps=eps, bias=bias)
+        self.mlp = FeedForward(n_embd, bias, dropout, activation, rng=rng, n_inner=n_inner)
+
+    def forward(self, x, attn_mask=None):
+        if self.norm_first:
+            x = x + self.attn(self.ln_1(x), attn_mask=attn_mask)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, attn_mask=attn_mask))
+        return self.ln_2(x + self.mlp(x))
+
+
+class DecoderBlock(Module):
+    """One decoder layer: causal self-attention over the target so far, cross-attention to the
+    encoder's output, the feed-forward network; each in a residual, pre- or post-LN as
+    :class:`EncoderBlock`. Names: ``ln_1``, ``attn``, ``ln_cross_attn``, ``crossattention``,
+    ``ln_2``, ``mlp`` (GPT-2's, for its cross-attention variant).
+    """
+
+    def __init__(self, n_embd, n_head, n_inner, bias=True, dropout=0.0, activation="relu", norm_first=True,
+                 eps=1e-5, layer_idx=0, rng=None):
+        super().__init__()
+        self.norm_first = norm_first
+        self.ln_1 = LayerNorm(n_embd, eps=eps, bias=bias)
+        self.attn = MultiHeadAttention(n_embd, n_head, bias, dropout, causal=True, layer_idx=layer_idx, rng=rng)
+        self.ln_cross_attn = LayerNorm(n_embd, eps=eps, bias=bias)
+        self.crossattention = CrossAttention(n_embd, n_head, bias, dropout, layer_idx=layer_idx, rng=rng)
+        self.ln_2 = LayerNorm(n_embd, eps=eps, bias=bias)
+        self.mlp = FeedForward(n_embd, bias, dropout, activation, rng=rng, n_inner=n_inner)
+
+    def forward(self, x, memory, memory_mask=None, kv_cache=None):
+        """x (B, T, C) the target so far, memory (B, S, C) the encoder's output, memory_mask
+        broadcastable to (B, n_head, T, S) (e.g. (B, 1, 1, S), False at padded source positions)."""
+        if self.norm_first:
+            x = x + self.attn(self.ln_1(x), kv_cache)
+            x = x + self.crossattention(self.ln_cross_attn(x), memory, memory_mask, kv_cache)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, kv_cache))
+        x = self.ln_cross_attn(x + self.crossattention(x, memory, memory_mask, kv_cache))
+        return self.ln_2(x + self.mlp(x))

@@ -68,6 +68,10 @@ def _environment_and_grad_mode_are_left_as_found():
     if not grad_on:
         tensor_module._GradMode.enabled = True
         tensor_module._GradMode.saved.clear()
+    # a test that monkeypatched a kernel module made the Functions' dispatchers look it up again;
+    # forget those picks so the next test sees the real kernels (monkeypatch has undone the patch)
+    dispatch_module = importlib.import_module("tinyllm.kernels.dispatch")
+    dispatch_module.use_reference(dispatch_module.is_reference())
     assert not changed, f"the test changed os.environ outside a fixture: {changed}"
     assert grad_on, "the test left grad mode off (a no_grad() that was entered and not exited)"
 

@@ -548,23 +548,26 @@ def self_attention_backward(qkv, out, lse, dout, n_head, causal=False, scale=Non
     return dheads.reshape(B, T, 3 * H * D)
 
 
-def self_attention_forward_ref(qkv, n_head, causal=False, scale=None):
+def self_attention_forward_ref(qkv, n_head, causal=False, scale=None, key_lengths=None):
     """Plain NumPy :func:`self_attention_forward`: split qkv (B, T, 3C) into (B*H, T, D) heads,
     :func:`attention_forward_ref`, merge back. Returns ``out (B, T, C)``, ``lse (B, H, T)``."""
     heads, scale = _check_packed("self_attention_forward_ref", qkv, n_head, scale)
     B, T, _, H, D = heads.shape
+    key_lengths = _checked_key_lengths("self_attention_forward_ref", key_lengths, B, T)
     q, k, v = (_split_heads(heads[:, :, i]) for i in range(3))
-    out, lse = attention_forward_ref(q, k, v, causal, scale)
+    out, lse = attention_forward_ref(q, k, v, causal, scale, np.repeat(key_lengths, H))  # one length per head
     return _merge_heads(out, B), lse.reshape(B, H, T)
 
 
-def self_attention_backward_ref(qkv, out, lse, dout, n_head, causal=False, scale=None):
+def self_attention_backward_ref(qkv, out, lse, dout, n_head, causal=False, scale=None, key_lengths=None):
     """Plain NumPy :func:`self_attention_backward`: ``dqkv (B, T, 3C)`` from dout (B, T, C)."""
     heads, scale = _check_packed("self_attention_backward_ref", qkv, n_head, scale)
     B, T, _, H, D = heads.shape
+    key_lengths = _checked_key_lengths("self_attention_backward_ref", key_lengths, B, T)
     q, k, v = (_split_heads(heads[:, :, i]) for i in range(3))
     out, dout = (_split_heads(a.reshape(B, T, H, D)) for a in (out, dout))
-    dq, dk, dv = attention_backward_ref(q, k, v, out, lse.reshape(B * H, T), dout, causal, scale)
+    dq, dk, dv = attention_backward_ref(q, k, v, out, lse.reshape(B * H, T), dout, causal, scale,
+                                        np.repeat(key_lengths, H))
     dheads = np.stack([d.reshape(B, H, T, D).transpose(0, 2, 1, 3) for d in (dq, dk, dv)], axis=2)
     return dheads.reshape(B, T, 3 * H * D)  # (B, T, 3, H, D) -> (B, T, 3C)
 

@@ -53,6 +53,7 @@ __all__ = [
     "AutoTokenizer",
     "BPETokenizer",
     "CharTokenizer",
+    "Seq2SeqTokenizer",
     "Tokenizer",
     "bytes_to_unicode",
     "shakespeare_chat_template",
@@ -1190,3 +1191,109 @@ def _with_hf_chat_template(tokenizer, directory):
     if template is not None:
         tokenizer.set_chat_template(template, check=False)
     return tokenizer
+
+
+# ------------------------------------------------------------------------------------------
+# Source and target of an encoder-decoder
+# ------------------------------------------------------------------------------------------
+class Seq2SeqTokenizer(Tokenizer):
+    """One tokenizer for both sides of an encoder-decoder (as Marian's translation tokenizers):
+    a base tokenizer for the text -- a byte-level BPE trained on both languages by
+    :meth:`train` -- plus three special tokens with the ids after the base's:
+    ``<pad>`` (padding), ``<s>`` (BOS, the decoder's first input) and ``</s>`` (EOS).
+
+    ``encode(text)`` is the base's ids followed by EOS, exactly what the model reads as a
+    source and learns to produce as a target; ``decode(ids, skip_special_tokens=True)`` drops
+    the special tokens and gives back the text. A special token's text written inside ``text``
+    (e.g. "</s>") is encoded as ordinary text: only ``encode`` itself adds special ids. A byte-level
+    base covers every string, so no ``<unk>`` is needed.
+    """
+
+    def __init__(self, base, pad_token="<pad>", bos_token="<s>", eos_token="</s>"):
+        if not isinstance(base, Tokenizer) or isinstance(base, Seq2SeqTokenizer):
+            raise TypeError(f"Seq2SeqTokenizer: base must be a CharTokenizer or BPETokenizer, got "
+                            f"{type(base).__name__}")
+        names = [pad_token, bos_token, eos_token]
+        if len(set(names)) != 3 or not all(isinstance(s, str) and s for s in names):
+            raise ValueError(f"Seq2SeqTokenizer: pad, bos and eos tokens must be 3 distinct non-empty str, got {names}")
+        self.base = base
+        self.pad_token, self.bos_token, self.eos_token = names
+        first = base.vocab_size
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = first, first + 1, first + 2
+        self._special = {first: pad_token, first + 1: bos_token, first + 2: eos_token}
+
+    @classmethod
+    def train(cls, texts, vocab_size=1024, pattern=GPT2_SPLIT_PATTERN, **special_tokens):
+        """A byte-level BPE of ``vocab_size`` ids in all (3 of them special) learned on
+        ``texts`` (a list of str: the sources and targets together)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        for i, t in enumerate(texts):
+            _check_text(t, f"Seq2SeqTokenizer.train: texts[{i}]")
+        base = BPETokenizer.train("\n".join(texts), vocab_size - 3, pattern=pattern)
+        return cls(base, **special_tokens)
+
+    @property
+    def vocab_size(self):
+        return self.base.vocab_size + 3
+
+    def __len__(self):
+        return len(self.base) + 3
+
+    @property
+    def all_special_ids(self):
+        return [self.pad_token_id, self.bos_token_id, self.eos_token_id]
+
+    def encode(self, text, return_tensors=None, add_special_tokens=True):
+        """``text`` -> its ids followed by EOS (without it if ``add_special_tokens=False``)."""
+        _check_text(text, "Seq2SeqTokenizer.encode")
+        ids = self.base.encode(text, allowed_special="none") if isinstance(self.base, BPETokenizer) \
+            else self.base.encode(text)
+        if add_special_tokens:
+            ids.append(self.eos_token_id)
+        return _to_tensors(ids, return_tensors)
+
+    def _encode(self, text):
+        return self.encode(text)
+
+    def batch_encode(self, texts):
+        """Several texts -> an int64 array (B, S) of their ids (EOS included), padded with
+        ``pad_token_id``: a batch of sources for ``model.generate``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        seqs = [self.encode(t) for t in texts]
+        out = np.full((len(seqs), max(map(len, seqs), default=0)), self.pad_token_id, dtype=np.int64)
+        for i, seq in enumerate(seqs):
+            out[i, :len(seq)] = seq
+        return out
+
+    def _decode(self, ids, skip_special_tokens):
+        n = self.vocab_size
+        bad = next((i for i in ids if not 0 <= i < n), None)
+        if bad is not None:
+            raise ValueError(f"Seq2SeqTokenizer.decode: id {bad} is out of range for vocab_size {n}")
+        parts, run = [], []
+        for i in ids:
+            if i in self._special:
+                if run:
+                    parts.append(self.base.decode(run))
+                    run = []
+                if not skip_special_tokens:
+                    parts.append(self._special[i])
+            else:
+                run.append(i)
+        if run:
+            parts.append(self.base.decode(run))
+        return "".join(parts)
+
+    def _to_dict(self):
+        return {"base": self.base.to_dict(), "pad_token": self.pad_token, "bos_token": self.bos_token,
+                "eos_token": self.eos_token}
+
+    @classmethod
+    def _from_dict(cls, d):
+        base = Tokenizer.from_dict(d["base"], source="the base of a Seq2SeqTokenizer")
+        return cls(base, pad_token=d["pad_token"], bos_token=d["bos_token"], eos_token=d["eos_token"])
+
+    def __repr__(self):
+        return f"Seq2SeqTokenizer(vocab_size={self.vocab_size}, base={self.base!r})"

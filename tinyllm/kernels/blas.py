@@ -18,8 +18,10 @@ The split gives the same numbers as one big call: every element of C is still on
 over the whole depth K, and it is computed by the same kernel. ``linear_forward_ref`` and
 ``linear_backward_ref`` are a Linear layer's products in plain NumPy (the reference mode's).
 """
+import numba
 import numpy as np
 
+from . import gemv as _gemv
 from .systems.cblas import available, blas_one_thread, gemm, restore_blas_threads  # noqa: F401
 from .systems.jit import get_num_threads, njit, prange
 
@@ -217,9 +219,22 @@ def linear_backward_ref(g, x, w, need_dx=True, need_dw=True, need_db=True):
     return dx, dw, (g.sum(axis=0) if need_db else None)
 
 
+def _few_rows(x, w, bias):
+    """Whether :func:`.gemv.gemv` takes x @ w.T + bias: at most MAX_ROWS rows of x (decoding), one
+    float dtype, w contiguous or the transpose of a contiguous array, compiled kernels on."""
+    return (x.ndim == 2 and x.shape[0] <= _gemv.MAX_ROWS and w.ndim == 2 and x.dtype == w.dtype
+            and x.dtype in (np.float32, np.float64) and x.shape[1] == w.shape[1] and x.shape[1] > 0
+            and (bias is None or (bias.dtype == x.dtype and bias.shape == (w.shape[0],)))
+            and not numba.config.DISABLE_JIT
+            and (w.flags.c_contiguous or w.T.flags.c_contiguous))
+
+
 def linear_forward(x, w, bias):
-    """``x @ w.T + bias`` (bias may be None) for x (M, K), w (N, K): on numba's threads, the bias
-    written first and the product added to it, where possible; else :func:`matmul` and NumPy's add."""
+    """``x @ w.T + bias`` (bias may be None) for x (M, K), w (N, K): for a few rows of x (decoding)
+    :func:`.gemv.gemv`, which reads each weight once; else on numba's threads, the bias written
+    first and the product added to it, where possible; else :func:`matmul` and NumPy's add."""
+    if _few_rows(x, w, bias):
+        return _gemv.gemv_checked(np.ascontiguousarray(x), w, bias)
     if bias is None or bias.dtype != x.dtype or not _split_by_rows(x, w):
         y = matmul(x, w.T)
         if bias is not None:

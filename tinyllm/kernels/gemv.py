@@ -1,0 +1,188 @@
+"""``y = x @ W^T + b`` for a few rows of x, each weight read from memory once: a Linear layer
+while generating text, one token (per sequence) at a time.
+
+Shapes: x (M, K) with M small (one row per sequence of the batch), W (N, K) as ``Linear``
+keeps it, b (N,) or None, y (M, N)::
+
+    y[m, n] = sum_k x[m, k] W[n, k]  (+ b[n])
+
+Why not BLAS's gemm. Decoding one token multiplies a single row by every weight matrix of the
+model, so its speed is the speed of reading the weights (GPT-2 124M: 500 MB per token). A gemm
+first copies ("packs") the weight into a buffer laid out for its compute kernel and then reads
+that copy: for a few rows of x that is two or three passes over the weight instead of one.
+These kernels read each weight row once, straight from where it lies, and reuse it for all M
+rows of x while it is in the cache.
+
+Two memory layouts of W, both read in place:
+
+* **rows**: W (N, K) C-contiguous, as a tinyllm ``Linear`` stores it (and the tied lm_head,
+  which is the (vocab, C) embedding table). Each output is a dot product of two contiguous
+  rows; ``fastmath={"reassoc"}`` on the dot-product helper lets LLVM keep its partial sums in
+  vector lanes (and the rows of W are read in order, one sequential stream for the prefetcher).
+* **columns**: W^T (K, N) C-contiguous, i.e. W is the transpose of a contiguous array, as GPT-2's
+  ``Conv1D`` weights are when a Hugging Face file is memory-mapped (``models/io.py``). Each
+  weight row k is added, scaled by x[m, k], into a block of outputs kept in the cache: plain
+  vector code, every output summed over k in order.
+
+Every output element is computed by the same code in the same order whichever block or thread
+computes it, so the results do not depend on the thread count or on M (a sequence gets the
+same logits alone or in a batch). Small products (below ``SERIAL_WORK`` multiply-adds) run on
+the calling thread: a parallel launch costs more than they do, and on a machine whose cores are
+busy waking a second thread can take milliseconds. The serial and parallel paths call the same
+block function, so they agree bit for bit.
+
+:func:`gemv_ref` is the NumPy reference; :func:`gemv` takes either layout and is what
+``blas.linear_forward`` uses for x with at most ``MAX_ROWS`` rows.
+"""
+import numpy as np
+
+from .systems.jit import get_num_threads, njit, prange
+
+__all__ = ["gemv_ref", "gemv", "MAX_ROWS", "SERIAL_WORK"]
+
+# x with at most this many rows takes these kernels (blas.linear_forward); more rows are BLAS's
+# strength (benchmarks/bench_kernels.py --gemv, docs/performance.md).
+MAX_ROWS = 16
+# Below this many multiply-adds one thread does the whole product.
+SERIAL_WORK = 1 << 18
+_ROWS_PER_BLOCK = 64  # rows layout: weight rows per parallel work item
+_COLS_ACC = 4096  # columns layout: floats of the per-block output buffer (16 KiB in float32)
+
+
+def gemv_ref(x, w, bias=None):
+    """``x @ w.T + bias`` for x (M, K), w (N, K), bias (N,) or None -> (M, N), in NumPy."""
+    y = np.matmul(x, w.T)
+    return y if bias is None else y + bias
+
+
+# ----------------------------------------------------------------------------------------------
+# rows layout: w (N, K) C-contiguous
+
+
+@njit(fastmath={"reassoc", "contract"})
+def _dot(a, b):
+    """sum_k a[k] b[k] of two contiguous rows."""
+    total = a.dtype.type(0)
+    for k in range(a.shape[0]):
+        total += a[k] * b[k]
+    return total
+
+
+@njit
+def _one_row(x0, w, bias, has_bias, y0, lo, hi):
+    """y0[lo:hi] = w[lo:hi] @ x0 (+ bias[lo:hi]) for one row x0 (K,) of x."""
+    if has_bias:
+        for n in range(lo, hi):
+            y0[n] = _dot(x0, w[n]) + bias[n]
+    else:
+        for n in range(lo, hi):
+            y0[n] = _dot(x0, w[n])
+
+
+@njit
+def _rows_block(x, w, bias, has_bias, y, lo, hi):
+    """y[:, lo:hi] = x @ w[lo:hi].T (+ bias[lo:hi]): weight row n is read from memory once (one
+    sequential stream through w) and stays in the L1 cache for the M dot products that use it."""
+    if x.shape[0] == 1:
+        _one_row(x[0], w, bias, has_bias, y[0], lo, hi)
+        return
+    for n in range(lo, hi):
+        wn = w[n]
+        for m in range(x.shape[0]):
+            y[m, n] = _dot(x[m], wn) + bias[n] if has_bias else _dot(x[m], wn)
+
+
+@njit(parallel=True)
+def _rows_parallel(x, w, bias, has_bias, y, block):
+    """prange over blocks of ``block`` weight rows; each writes its own columns of y."""
+    n = w.shape[0]
+    for b in prange((n + block - 1) // block):
+        _rows_block(x, w, bias, has_bias, y, b * block, min(n, (b + 1) * block))
+
+
+# ----------------------------------------------------------------------------------------------
+# columns layout: wt = w.T (K, N) C-contiguous
+
+
+@njit(fastmath={"contract"})
+def _axpy(acc, a, row):
+    """acc[j] += a * row[j] over a contiguous block (vector code; each acc[j] one add per call)."""
+    for j in range(acc.shape[0]):
+        acc[j] += a * row[j]
+
+
+@njit
+def _cols_block(x, wt, bias, has_bias, y, lo, hi, acc):
+    """y[:, lo:hi] = x @ wt[:, lo:hi] (+ bias[lo:hi]): every weight row's slice lo:hi is read
+    once and added into all M rows of the output block, kept in ``acc`` (M, >= hi - lo)."""
+    m_rows, depth = x.shape
+    width = hi - lo
+    for m in range(m_rows):
+        for j in range(width):
+            acc[m, j] = 0
+    for k in range(depth):
+        row = wt[k, lo:hi]
+        for m in range(m_rows):
+            _axpy(acc[m, :width], x[m, k], row)
+    for m in range(m_rows):
+        for j in range(width):
+            y[m, lo + j] = acc[m, j] + bias[lo + j] if has_bias else acc[m, j]
+
+
+@njit
+def _cols_serial(x, wt, bias, has_bias, y, block):
+    """The blocks of ``block`` output columns one after the other, on the calling thread."""
+    n = wt.shape[1]
+    acc = np.empty((x.shape[0], block), x.dtype)
+    for b in range((n + block - 1) // block):
+        _cols_block(x, wt, bias, has_bias, y, b * block, min(n, (b + 1) * block), acc)
+
+
+@njit(parallel=True)
+def _cols_parallel(x, wt, bias, has_bias, y, block):
+    """prange over blocks of ``block`` output columns, each with its own output buffer."""
+    n = wt.shape[1]
+    for b in prange((n + block - 1) // block):
+        acc = np.empty((x.shape[0], block), x.dtype)
+        _cols_block(x, wt, bias, has_bias, y, b * block, min(n, (b + 1) * block), acc)
+
+
+# ----------------------------------------------------------------------------------------------
+# the entry point
+
+
+def _check(x, w, bias):
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"gemv: needs x (M, K) and w (N, K); got shapes {x.shape} and {w.shape}")
+    if x.dtype not in (np.float32, np.float64) or w.dtype != x.dtype:
+        raise ValueError(f"gemv: x and w must share one dtype, float32 or float64; got {x.dtype} and {w.dtype}")
+    if bias is not None and (bias.shape != (w.shape[0],) or bias.dtype != x.dtype):
+        raise ValueError(f"gemv: bias must be {x.dtype} ({w.shape[0]},), got {bias.dtype} {bias.shape}")
+
+
+def gemv(x, w, bias=None):
+    """Same contract as :func:`gemv_ref`, for w C-contiguous (rows layout) or the transpose of a
+    C-contiguous array (columns layout); any other w is copied to C order first."""
+    _check(x, w, bias)
+    return gemv_checked(np.ascontiguousarray(x), w, bias)
+
+
+def gemv_checked(x, w, bias):
+    """:func:`gemv` for arguments already checked (``blas.linear_forward``): x C-contiguous."""
+    m, n = x.shape[0], w.shape[0]
+    y = np.empty((m, n), x.dtype)
+    has_bias = bias is not None
+    bias = np.ascontiguousarray(bias) if has_bias else y[0, :0]  # (an unused empty array of the dtype)
+    threads = get_num_threads()
+    serial = m * n * x.shape[1] < SERIAL_WORK or threads == 1
+    if not w.flags.c_contiguous and w.T.flags.c_contiguous:
+        # output blocks of at most _COLS_ACC numbers (kept in the L1 cache), at least two per thread
+        block = max(16, min(_COLS_ACC // m, -(-n // (2 * threads))))
+        (_cols_serial if serial else _cols_parallel)(x, w.T, bias, has_bias, y, block)
+        return y
+    w = np.ascontiguousarray(w)
+    if serial:
+        _rows_block(x, w, bias, has_bias, y, 0, n)
+    else:
+        _rows_parallel(x, w, bias, has_bias, y, _ROWS_PER_BLOCK)
+    return y

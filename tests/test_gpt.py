@@ -291,7 +291,7 @@ def count(module, name):  # record which kernels the model really calls
     setattr(module, name, counted)
 
 
-for name in ("self_attention_forward", "self_attention_backward", "attention_forward", "attention_backward"):
+for name in ("self_attention_forward", "self_attention_backward", "cached_attention_forward"):
     count(A, name)
 for name in ("linear_forward", "linear_backward"):  # F.Linear: x @ W^T + b as one Function
     count(blas, name)
@@ -329,7 +329,7 @@ def test_a_whole_gpt_step_and_generate_run_with_the_jit_disabled_and_agree_with_
     n_linear = 4 * 2 + 1
     assert plain["step_calls"] == {"self_attention_forward": 2, "self_attention_backward": 2,
                                    "linear_forward": n_linear, "linear_backward": n_linear}
-    assert plain["calls"]["attention_forward"] > 0
+    assert plain["calls"]["cached_attention_forward"] > 0
     assert plain["calls"] == compiled["calls"]
     # the same numbers up to float32 rounding (plain loops vs BLAS and compiled kernels)
     for key in ("loss", "norm", "loss_after"):

@@ -26,7 +26,7 @@ _ln = dispatch("layernorm")
 __all__ = [
     "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "embedding", "dropout",
     "concatenate", "cat", "stack", "where", "scaled_dot_product_attention", "self_attention", "linear",
-    "attention_composed", "key_lengths_from_mask",
+    "attention_composed", "key_lengths_from_mask", "cached_self_attention",
 ]
 
 
@@ -550,3 +550,58 @@ def self_attention(qkv, n_head, is_causal=False, scale=None, attn_mask=None):
             y = scaled_dot_product_attention(heads[0], heads[1], heads[2], mask, is_causal, scale)
             return y.permute(0, 2, 1, 3).reshape(B, T, n_head * head_dim)  # (B, H, T, D) -> (B, T, C)
     return SelfAttention.apply(qkv, n_head=n_head, is_causal=is_causal, scale=scale, key_lengths=key_lengths)
+
+
+class CachedSelfAttention(Function):
+    """Self-attention of T new positions over a KV cache, heads split and merged inside.
+
+    qkv (B, T, 3C) as for :class:`SelfAttention`; k_cache, v_cache (B, H, L, D) one layer's
+    cache holding ``start`` positions. Forward writes the new keys and values into positions
+    start .. start + T - 1 and returns y (B, T, C): each new query (position start + t) attends
+    to keys 0 .. start + t. One Function instead of the split / store / attend / merge chain,
+    which at one token per step costs more in Python than in arithmetic.
+
+    Backward (the cache is for inference; training runs without one): the cached positions are
+    constants, made by earlier calls, so only q and the new keys and values get gradients, those
+    of :class:`FusedAttention` over all start + T keys restricted to the new positions.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, k_cache, v_cache, start, n_head, scale):
+        out, lse = _attn.cached_attention_forward(qkv, k_cache, v_cache, start, n_head, scale=scale)
+        if is_grad_enabled():  # later steps may reorder the cache (beam search): keep what backward reads
+            stop = start + qkv.shape[1]
+            ctx.save_for_backward(qkv, k_cache[:, :, :stop].copy(), v_cache[:, :, :stop].copy(), out, lse)
+            ctx.start, ctx.n_head, ctx.scale = start, n_head, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        qkv, k, v, out, lse = ctx.saved_tensors
+        B, T, C3 = qkv.shape
+        H = ctx.n_head
+        D = C3 // (3 * H)
+        split = lambda a: a.reshape(B, -1, H, D).transpose(0, 2, 1, 3).reshape(B * H, -1, D)  # noqa: E731
+        q = split(qkv[:, :, : H * D])  # (B*H, T, D)
+        dq, dk, dv = _attn.attention_backward(q, k.reshape(B * H, -1, D), v.reshape(B * H, -1, D), split(out),
+                                              lse.reshape(B * H, T), split(np.ascontiguousarray(g)), causal=True,
+                                              scale=ctx.scale)
+        merge = lambda a: a.reshape(B, H, -1, D).transpose(0, 2, 1, 3).reshape(B, -1, H * D)  # noqa: E731
+        dqkv = np.concatenate([merge(dq), merge(dk[:, ctx.start:]), merge(dv[:, ctx.start:])], axis=-1)
+        return dqkv, None, None
+
+
+def cached_self_attention(qkv, k_cache, v_cache, start, n_head, scale=None):
+    """Causal self-attention of T new positions whose q|k|v projection is ``qkv`` (B, T, 3C) over
+    a KV cache ``k_cache``, ``v_cache`` (B, n_head, L, head_dim) (ndarrays, written in place)
+    that holds ``start`` earlier positions: the new keys and values are stored at positions
+    start .. start + T - 1, and query t attends to keys 0 .. start + t. Returns (B, T, C), the
+    same as :func:`self_attention` of the whole sequence would give at those positions."""
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head) != 0:
+        raise ValueError(f"cached_self_attention: qkv must be (B, T, 3 * n_head * head_dim); got shape "
+                         f"{qkv.shape} with n_head={n_head}")
+    if start + qkv.shape[1] > k_cache.shape[2]:
+        raise ValueError(f"KVCache: {start + qkv.shape[1]} positions exceed the cache's max_len {k_cache.shape[2]}")
+    head_dim = qkv.shape[-1] // (3 * n_head)
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    return CachedSelfAttention.apply(qkv, k_cache, v_cache, start=start, n_head=n_head, scale=scale)

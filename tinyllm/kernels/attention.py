@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from .systems.jit import njit, prange
+from .systems.jit import get_num_threads, njit, prange
 from .fastmath import exp_f32_inplace as _exp_f32_inplace
 from . import blas as _blas
 from .systems.cblas import blas_one_thread, restore_blas_threads
@@ -582,3 +582,165 @@ def _merge_heads(x, batch):
     """(B*H, T, D) -> (B, T, H*D)"""
     _, T, D = x.shape
     return x.reshape(batch, -1, T, D).transpose(0, 2, 1, 3).reshape(batch, T, -1)
+
+
+# --------------------------------------------------------------------------------------------
+# decoding: new positions attend to a KV cache
+# --------------------------------------------------------------------------------------------
+#
+# While generating, each step brings T new positions (the prompt at first, then one token per
+# sequence) whose keys and values join those already in the cache, k_cache and v_cache
+# (B, H, L, D) with the first ``start`` positions filled. The T new queries attend to every
+# cached position and causally among themselves: new query t (absolute position start + t)
+# sees keys 0 .. start + t. With T = 1 there are a few hundred scores per head, too few for the
+# tiles above (each tile product a BLAS call): the kernel below computes them in plain loops,
+# one (sequence, head) pair per work item, reading the cache in place.
+
+# Below this many multiply-adds (B * H * T * keys * D) one thread does all pairs: waking a
+# second thread costs more than it saves (decoding a small model), and much more on busy cores.
+CACHED_SERIAL_WORK = 1 << 17
+
+
+def _check_cache(fn, qkv, k_cache, v_cache, start, n_head):
+    """qkv (B, T, 3C) viewed as heads (B, T, 3, H, D), after checking it against the caches."""
+    qkv = np.asarray(qkv)
+    if qkv.ndim != 3 or n_head < 1 or qkv.shape[2] % (3 * n_head) != 0 or qkv.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{fn}: qkv must be float32 or float64 (B, T, 3 * n_head * head_dim); got {qkv.dtype} "
+                         f"{qkv.shape} with n_head={n_head}")
+    B, T, C3 = qkv.shape
+    H, D = n_head, C3 // (3 * n_head)
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if cache.ndim != 4 or cache.shape[:2] != (B, H) or cache.shape[3] != D or cache.dtype != qkv.dtype:
+            raise ValueError(f"{fn}: {name} must be {qkv.dtype} (B, H, L, D) = ({B}, {H}, L, {D}) for qkv "
+                             f"{qkv.shape}, got {cache.dtype} {cache.shape}")
+    if not 0 <= start <= k_cache.shape[2] - T or v_cache.shape[2] != k_cache.shape[2]:
+        raise ValueError(f"{fn}: {start} cached + {T} new positions do not fit a cache of {k_cache.shape[2]}")
+    return np.ascontiguousarray(qkv).reshape(B, T, 3, H, D)
+
+
+def cached_attention_forward_ref(qkv, k_cache, v_cache, start, n_head, scale=None):
+    """Attention of T new positions over a KV cache, in NumPy.
+
+    qkv (B, T, 3C) as for :func:`self_attention_forward`; k_cache, v_cache (B, H, L, D) of one
+    layer, holding ``start`` positions. Writes the new keys and values into positions
+    start .. start + T - 1, then returns ``out (B, T, C)`` and ``lse (B, H, T)`` of the new
+    queries over keys 0 .. start + T - 1 (causal, bottom-right aligned).
+    """
+    heads = _check_cache("cached_attention_forward_ref", qkv, k_cache, v_cache, start, n_head)
+    B, T, _, H, D = heads.shape
+    stop = start + T
+    k_cache[:, :, start:stop] = heads[:, :, 1].transpose(0, 2, 1, 3)  # (B, T, H, D) -> (B, H, T, D)
+    v_cache[:, :, start:stop] = heads[:, :, 2].transpose(0, 2, 1, 3)
+    q = _split_heads(heads[:, :, 0])  # (B*H, T, D)
+    k = k_cache[:, :, :stop].reshape(B * H, stop, D)
+    v = v_cache[:, :, :stop].reshape(B * H, stop, D)
+    out, lse = attention_forward_ref(q, k, v, causal=True, scale=scale)
+    return _merge_heads(out, B), lse.reshape(B, H, T)
+
+
+@njit(fastmath={"reassoc", "contract"})
+def _dot_d(a, b):
+    """sum_d a[d] b[d] over one head's dimension (contiguous rows)."""
+    total = a.dtype.type(0)
+    for d in range(a.shape[0]):
+        total += a[d] * b[d]
+    return total
+
+
+@njit(fastmath={"contract"})
+def _weighted_rows(acc, p, v, n):
+    """acc[d] = sum_{j < n} p[j] v[j, d], four rows of v per pass over acc (as ``_gemm_acc`` takes
+    four depths at a time): acc is loaded and stored once per four products, not per product."""
+    for d in range(acc.shape[0]):
+        acc[d] = 0
+    j = 0
+    while j + 4 <= n:
+        p0, p1, p2, p3 = p[j], p[j + 1], p[j + 2], p[j + 3]
+        for d in range(acc.shape[0]):
+            acc[d] += (p0 * v[j, d] + p1 * v[j + 1, d]) + (p2 * v[j + 2, d] + p3 * v[j + 3, d])
+        j += 4
+    while j < n:
+        for d in range(acc.shape[0]):
+            acc[d] += p[j] * v[j, d]
+        j += 1
+
+
+@njit(fastmath={"reassoc"})
+def _sum(x, n):
+    """sum_{j < n} x[j] (partial sums in vector lanes: see _row_sum)."""
+    total = x.dtype.type(0)
+    for j in range(n):
+        total += x[j]
+    return total
+
+
+@njit
+def _cached_head(q, k, v, start, scale, out, lse, scores, q_row, acc):
+    """One (sequence, head) pair: q (T, D) the new queries (rows may lie apart, inside qkv),
+    k, v (L, D) its cache, out (T, D) (inside the (B, T, H, D) output), lse (T,); query t sees
+    keys 0 .. start + t. Per query: the scores and their max m; p = exp(score - m) in place
+    (the vectorised exp in float32, as the tiled kernels); out = sum_j p_j v_j / sum_j p_j and
+    lse = m + log(sum_j p_j). scores (>= L,), q_row and acc (D,) are contiguous scratch, so the
+    inner loops are unit-stride vector code."""
+    for t in range(q.shape[0]):
+        n_keys = start + t + 1
+        q_row[:] = q[t]
+        m = scores.dtype.type(-np.inf)
+        for j in range(n_keys):
+            s = _dot_d(q_row, k[j]) * scale
+            scores[j] = s
+            m = max(m, s)
+        for j in range(n_keys):
+            scores[j] -= m
+        if scores.itemsize == 4:
+            _exp_f32_inplace(scores, n_keys)
+        else:
+            for j in range(n_keys):
+                scores[j] = np.exp(scores[j])
+        total = _sum(scores, n_keys)
+        _weighted_rows(acc, scores, v, n_keys)
+        inv = 1 / total
+        for d in range(acc.shape[0]):
+            out[t, d] = acc[d] * inv
+        lse[t] = m + np.log(total)
+
+
+@njit
+def _cached_pairs(heads, k_cache, v_cache, start, scale, out, lse, first, stop):
+    """Pairs first .. stop - 1 of (sequence b, head h): store the new keys and values, attend."""
+    T, n_head, head_dim = heads.shape[1], heads.shape[3], heads.shape[4]
+    scores = np.empty(start + T, heads.dtype)
+    q_row = np.empty(head_dim, heads.dtype)
+    acc = np.empty(head_dim, heads.dtype)
+    for item in range(first, stop):
+        b, h = item // n_head, item % n_head
+        for t in range(T):
+            k_cache[b, h, start + t, :] = heads[b, t, 1, h, :]
+            v_cache[b, h, start + t, :] = heads[b, t, 2, h, :]
+        _cached_head(heads[b, :, 0, h], k_cache[b, h], v_cache[b, h], start, scale, out[b, :, h], lse[b, h],
+                     scores, q_row, acc)
+
+
+@njit(parallel=True)
+def _cached_parallel(heads, k_cache, v_cache, start, scale, out, lse):
+    """prange over (sequence, head) pairs; each writes its own cache rows and outputs."""
+    n_pairs = heads.shape[0] * heads.shape[3]
+    for item in prange(n_pairs):
+        _cached_pairs(heads, k_cache, v_cache, start, scale, out, lse, item, item + 1)
+
+
+def cached_attention_forward(qkv, k_cache, v_cache, start, n_head, scale=None):
+    """Same contract as :func:`cached_attention_forward_ref` (numba). Every query's result is
+    computed by one thread in one order, so it does not depend on the thread count."""
+    heads = _check_cache("cached_attention_forward", qkv, k_cache, v_cache, start, n_head)
+    if not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
+        raise ValueError("cached_attention_forward: k_cache and v_cache must be C-contiguous (they are written in place)")
+    B, T, _, H, D = heads.shape
+    scale = _checked_scale("cached_attention_forward", scale, D, heads.dtype)
+    out = np.empty((B, T, H, D), heads.dtype)
+    lse = np.empty((B, H, T), heads.dtype)
+    if B * H * T * (start + T) * D < CACHED_SERIAL_WORK or get_num_threads() == 1:
+        _cached_pairs(heads, k_cache, v_cache, start, scale, out, lse, 0, B * H)
+    else:
+        _cached_parallel(heads, k_cache, v_cache, start, scale, out, lse)
+    return out.reshape(B, T, H * D), lse

@@ -85,6 +85,11 @@ class MultiHeadAttention(Module):
         if kv_cache is None and p == 0.0:  # the common case: split, attend, merge in one Function
             y = F.self_attention(qkv, H, is_causal=self.causal, attn_mask=attn_mask)
             return self.resid_dropout(self.c_proj(y))
+        if kv_cache is not None and p == 0.0 and attn_mask is None and self.causal:
+            # decoding: store the new keys and values in the cache and attend over it, in one Function
+            y = F.cached_self_attention(qkv, kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx],
+                                        kv_cache.length, H)
+            return self.resid_dropout(self.c_proj(y))
         qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, D)
         if kv_cache is not None:

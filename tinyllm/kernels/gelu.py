@@ -303,7 +303,13 @@ def gelu_forward(x, approximate="tanh", return_tanh=False):
     t = None
     if x.dtype == np.float32 and approximate == "tanh":
         t = np.empty(x.shape, np.float32) if return_tanh else None
-        _gelu_tanh_forward_f32(flat, y.reshape(-1), _NO_TANH if t is None else t.reshape(-1))
+        t_flat = _NO_TANH if t is None else t.reshape(-1)
+        if flat.shape[0] <= _CHUNK:  # one chunk (a token while generating): on this thread, no launch
+            _gelu_tanh_chunk_f32(flat, y.reshape(-1), t_flat)
+        else:
+            _gelu_tanh_forward_f32(flat, y.reshape(-1), t_flat)
+    elif x.dtype == np.float32 and flat.shape[0] <= _CHUNK:
+        _gelu_erf_chunk_f32(flat, y.reshape(-1))
     elif x.dtype == np.float32:
         _gelu_erf_forward_f32(flat, y.reshape(-1))
     else:

@@ -32,6 +32,8 @@ __all__ = [
 # Backward sums dweight/dbias over fixed blocks of this many rows, one partial row per block, so
 # no two threads add into the same memory and the result does not depend on the thread count.
 _ROWS_PER_BLOCK = 32
+# Forward inputs with fewer elements run on the calling thread (the same row code, the same results).
+SERIAL_ELEMENTS = 1 << 14
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,26 +100,39 @@ def _backward_row_sums(dy, x, weight, i, m, r, dweight_block, dbias_block):
     return g_sum, gxhat_sum
 
 
-@njit(parallel=True)
-def _layernorm_forward_kernel(x, weight, bias, eps, y, mean, rstd):
-    """for each row i (parallel):  one pass: s1, s2 = sum(x - shift), sum((x - shift)^2)
-                                    one pass: y[i, j] = (x - mean) * rstd * weight[j] + bias[j]
+@njit
+def _layernorm_row(x, i, weight, bias, eps, y, mean, rstd):
+    """Row i:  one pass: s1, s2 = sum(x - shift), sum((x - shift)^2)
+               one pass: y[i, j] = (x - mean) * rstd * weight[j] + bias[j]
 
     Sums are float64 and shifted by the row's first element: for a row like 1e4 + noise the
     plain sum of squares would cancel catastrophically (var = E[x^2] - E[x]^2), the shifted one
     does not, and x - shift is exact when x and shift are within a factor 2 of each other.
     """
-    n_rows, n_cols = x.shape
-    for i in prange(n_rows):
-        shift = np.float64(x[i, 0])
-        s1, s2 = _shifted_sums(x, i, shift)
-        shifted_mean = s1 / n_cols
-        var = max(s2 / n_cols - shifted_mean * shifted_mean, 0.0)  # rounding can give -tiny
-        r = 1.0 / math.sqrt(var + eps)
-        mean[i] = shift + shifted_mean
-        rstd[i] = r
-        for j in range(n_cols):
-            y[i, j] = ((x[i, j] - shift) - shifted_mean) * r * weight[j] + bias[j]
+    n_cols = x.shape[1]
+    shift = np.float64(x[i, 0])
+    s1, s2 = _shifted_sums(x, i, shift)
+    shifted_mean = s1 / n_cols
+    var = max(s2 / n_cols - shifted_mean * shifted_mean, 0.0)  # rounding can give -tiny
+    r = 1.0 / math.sqrt(var + eps)
+    mean[i] = shift + shifted_mean
+    rstd[i] = r
+    for j in range(n_cols):
+        y[i, j] = ((x[i, j] - shift) - shifted_mean) * r * weight[j] + bias[j]
+
+
+@njit(parallel=True)
+def _layernorm_forward_kernel(x, weight, bias, eps, y, mean, rstd):
+    """_layernorm_row for each row i (parallel)."""
+    for i in prange(x.shape[0]):
+        _layernorm_row(x, i, weight, bias, eps, y, mean, rstd)
+
+
+@njit
+def _layernorm_forward_serial(x, weight, bias, eps, y, mean, rstd):
+    """The same rows on the calling thread (few rows: generating a token)."""
+    for i in range(x.shape[0]):
+        _layernorm_row(x, i, weight, bias, eps, y, mean, rstd)
 
 
 @njit(parallel=True)
@@ -195,9 +210,10 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     y = np.empty((n_rows, n_cols), dtype=x.dtype)
     mean = np.empty(n_rows, dtype=x.dtype)
     rstd = np.empty(n_rows, dtype=x.dtype)
-    _layernorm_forward_kernel(
-        np.ascontiguousarray(x), np.ascontiguousarray(weight), bias, float(eps), y, mean, rstd
-    )
+    # a few rows (one token per sequence while generating) on this thread: a parallel launch
+    # would cost more than the rows do, far more on a machine whose cores are busy
+    kernel = _layernorm_forward_serial if x.size < SERIAL_ELEMENTS else _layernorm_forward_kernel
+    kernel(np.ascontiguousarray(x), np.ascontiguousarray(weight), bias, float(eps), y, mean, rstd)
     return y, mean, rstd
 
 

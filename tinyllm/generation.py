@@ -8,6 +8,8 @@ One step of generation turns the logits of the last position into the next token
 The model is anything with ``forward(idx, kv_cache=..., last_only=True)``, ``new_kv_cache(B)``
 and ``config.block_size``.
 """
+import inspect
+
 import numpy as np
 
 __all__ = ["generate", "apply_top_k", "apply_top_p", "sample_from_logits"]
@@ -26,10 +28,11 @@ def apply_top_p(logits, p):
 
     Tokens are taken from the most likely down until the running total reaches ``p``; the token
     that crosses the threshold is kept (so at least one token always survives), the rest get -inf.
+    Equal logits are taken in index order.
     """
     if p is None or p >= 1.0:
         return logits
-    order = np.argsort(-logits, axis=-1, kind="stable")  # (B, V) most likely first
+    order = _descending_order(logits)  # (B, V) most likely first
     sorted_logits = np.take_along_axis(logits, order, axis=-1)
     probs = _softmax(sorted_logits)
     before = np.cumsum(probs, axis=-1) - probs  # probability mass of the tokens ranked above
@@ -37,6 +40,21 @@ def apply_top_p(logits, p):
     drop = np.zeros_like(drop_sorted)
     np.put_along_axis(drop, order, drop_sorted, axis=-1)
     return np.where(drop, -np.inf, logits)
+
+
+def _descending_order(logits):
+    """``np.argsort(-logits, axis=-1, kind="stable")``: the most likely first, equal logits in index
+    order. NumPy's default sort is several times faster than its stable one (a vocabulary of 50k
+    per row per step adds up), so it sorts unstably and then puts the runs of equal logits back
+    in index order (only where there are any, e.g. the -inf of a top-k)."""
+    order = np.argsort(-logits, axis=-1)
+    ranked = np.take_along_axis(logits, order, axis=-1)
+    ties = ranked[..., 1:] == ranked[..., :-1]
+    if ties.any():
+        run = np.zeros(order.shape, np.int64)  # run[i]: which run of equal logits position i is in
+        np.cumsum(~ties, axis=-1, out=run[..., 1:])
+        order = np.take_along_axis(order, np.argsort(run * logits.shape[-1] + order, axis=-1), axis=-1)
+    return order
 
 
 def _softmax(logits):
@@ -47,9 +65,9 @@ def _softmax(logits):
 
 def sample_from_logits(logits, rng, do_sample=True, temperature=1.0, top_k=None, top_p=None):
     """Next token ids (B,) from last-position logits (B, V)."""
-    logits = logits.astype(np.float64)
     if not do_sample or temperature == 0:
         return logits.argmax(axis=-1)
+    logits = logits.astype(np.float64)
     logits = apply_top_p(apply_top_k(logits / temperature, top_k), top_p)
     probs = _softmax(logits)
     # inverse-CDF sampling: one uniform number per row, so the draw depends only on the seed
@@ -103,23 +121,34 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
 
 def _generate_loop(model, idx, max_new_tokens, rng, do_sample, temperature, top_k, top_p, eos, pad, use_cache):
     block = model.config.block_size
-    done = np.zeros(idx.shape[0], dtype=bool)
-    cache, fed = None, 0  # fed: how many tokens of idx the cache holds
-    for _ in range(max_new_tokens):
-        if use_cache and idx.shape[1] <= block:
+    batch, prompt_len = idx.shape
+    out = np.empty((batch, prompt_len + max_new_tokens), np.int64)  # prompt + every token to come
+    out[:, :prompt_len] = idx
+    done = np.zeros(batch, dtype=bool)
+    cache, fed = None, 0  # fed: how many tokens of out the cache holds
+    for length in range(prompt_len, prompt_len + max_new_tokens):  # out[:, :length] is known
+        if use_cache and length <= block:
             if cache is None:
-                cache = model.new_kv_cache(idx.shape[0])
-            logits, _ = model(idx[:, fed:], kv_cache=cache, last_only=True)
-            fed = idx.shape[1]
+                cache = _new_cache(model, batch, min(block, prompt_len + max_new_tokens))
+            logits, _ = model(out[:, fed:length], kv_cache=cache, last_only=True)
+            fed = length
         else:
             # Past block_size the positions shift every step, so the window is recomputed: exactly
             # what the uncached path does, which keeps cached and uncached outputs identical.
-            logits, _ = model(idx[:, -block:], last_only=True)
+            logits, _ = model(out[:, max(0, length - block):length], last_only=True)
         next_ids = sample_from_logits(logits.data[:, -1, :], rng, do_sample, temperature, top_k, top_p)
         if eos is not None:
             next_ids = np.where(done, pad, next_ids)
             done |= next_ids == eos
-        idx = np.concatenate([idx, next_ids[:, None].astype(np.int64)], axis=1)
+        out[:, length] = next_ids
         if eos is not None and done.all():
-            break
-    return idx
+            return out[:, :length + 1]
+    return out
+
+
+def _new_cache(model, batch, max_len):
+    """A KV cache for ``batch`` sequences of at most ``max_len`` positions (no more memory than the
+    generation needs), or of the model's default length if its new_kv_cache takes no max_len."""
+    if "max_len" in inspect.signature(model.new_kv_cache).parameters:
+        return model.new_kv_cache(batch, max_len=max_len)
+    return model.new_kv_cache(batch)

@@ -56,16 +56,38 @@ class GPTConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-class GPT(nn.Module):
-    """GPT causal LM. ``logits, loss = model(idx, targets)``; ``model.generate(idx, ...)``."""
+class _Placeholders:
+    """Stands in for the ``np.random.Generator`` while a model is built only to have every weight
+    replaced by a file's (``from_pretrained``): drawing GPT-2's 124M initial values would take
+    seconds, so instead every "draw" is a zero-stride view of one float32 zero, which takes no
+    memory. The layers keep it as it is (``astype(..., copy=False)``) until the loader assigns
+    the real arrays."""
 
-    def __init__(self, config, seed=0):
+    @staticmethod
+    def _zeros(size):
+        return np.broadcast_to(np.float32(0), () if size is None else size)
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return self._zeros(size)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return self._zeros(size)
+
+
+class GPT(nn.Module):
+    """GPT causal LM. ``logits, loss = model(idx, targets)``; ``model.generate(idx, ...)``.
+
+    ``init_weights=False`` leaves the weights as read-only placeholders, for a loader that
+    assigns every one of them (``from_pretrained``); such a model cannot run before that.
+    """
+
+    def __init__(self, config, seed=0, init_weights=True):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT: config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
         c = config
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed) if init_weights else _Placeholders()
         wpe = (nn.LearnedPositionalEmbedding(c.block_size, c.n_embd, rng=rng) if c.pos_encoding == "learned"
                else nn.PositionalEncoding(c.block_size, c.n_embd))
         self.transformer = nn.ModuleDict(dict(
@@ -81,7 +103,8 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False, rng=rng)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying (as GPT-2 and nanoGPT)
-        self._init_weights(rng)
+        if init_weights:
+            self._init_weights(rng)
         self.set_dropout_rng(np.random.default_rng([seed, 1]))
         # generate()'s defaults, as a Hugging Face model's generation_config: an argument left as
         # None takes its value from here (a GPT-2 directory's generation_config.json fills it in).

@@ -7,8 +7,10 @@ Two layouts are understood:
 * Hugging Face GPT-2 (``"model_type": "gpt2"``): GPT-2's config names (``n_positions``,
   ``activation_function``, ...) and GPT-2's ``Conv1D`` weights, stored transposed as (in, out).
 """
+import inspect
 import json
 import math
+import mmap
 import os
 from pathlib import Path
 
@@ -203,22 +205,81 @@ def _check_tiling(path, tensors, data_size):
                                     "the file is corrupt")
 
 
-def load_safetensors(path, header=None):
-    """All tensors of a safetensors file as NumPy arrays, after :func:`read_safetensors_header`
-    (pass its result as ``header`` if you already have it). BF16 and FP8, which NumPy lacks, are
-    refused by name."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+# safetensors' element types that NumPy holds, as little-endian NumPy dtypes (the format's byte order)
+_NUMPY_DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "F16": "<f2", "I32": "<i4",
+                 "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8"}
 
-    tensors, _ = header or read_safetensors_header(path)
-    unreadable = {k: d for k, (d, _, _) in tensors.items() if d == "BF16" or d.startswith("F8")}
+
+def _check_numpy_dtypes(path, tensors):
+    unreadable = {k: d for k, (d, _, _) in tensors.items() if d not in _NUMPY_DTYPES}
     if unreadable:
         raise FileFormatError(path, f"tensors {sorted(unreadable)} are stored as {sorted(set(unreadable.values()))}, "
                                     "which NumPy cannot hold; convert the file to float32 first")
+
+
+def _data_start(f):
+    """Where the tensor data begins: after the 8-byte length and the header (already checked)."""
+    f.seek(0)
+    return 8 + int.from_bytes(f.read(8), "little")
+
+
+def load_safetensors(path, header=None):
+    """All tensors of a safetensors file as NumPy arrays, after :func:`read_safetensors_header`
+    (pass its result as ``header`` if you already have it). BF16 and FP8, which NumPy lacks, are
+    refused by name.
+
+    Each tensor is read from the file straight into its own new array (one ``readinto`` each):
+    no second copy of the data, and ordinary arrays that the caller owns (training checkpoints).
+    """
+    tensors, _ = header or read_safetensors_header(path)
+    _check_numpy_dtypes(path, tensors)
+    arrays = {}
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:  # e.g. the file changed since it was checked
+        with open(path, "rb") as f:
+            data_start = _data_start(f)
+            for name, (dtype, shape, (begin, end)) in sorted(tensors.items(), key=lambda kv: kv[1][2]):
+                array = np.empty(shape, np.dtype(_NUMPY_DTYPES[dtype]))
+                f.seek(data_start + begin)
+                if f.readinto(memoryview(array.reshape(-1)).cast("B")) != end - begin:
+                    raise OSError(f"tensor {name!r} ends past the end of the file")
+                arrays[name] = array
+    except OSError as e:  # e.g. the file changed since it was checked
         raise FileFormatError(path, f"could not be read as safetensors: {e}") from None
+    return arrays
+
+
+def map_safetensors(path, header=None):
+    """All tensors of a safetensors file as NumPy arrays that view a copy-on-write memory map of
+    it (after :func:`read_safetensors_header`; the same dtypes as :func:`load_safetensors`).
+
+    Why: nothing is read or copied until a tensor is used, and then the operating system maps
+    the file's pages from its page cache into the process; a model of 500 MB "loads" in
+    milliseconds when the file was read recently. Writing to an array (training the model)
+    copies just the pages written (``ACCESS_COPY``): the file never changes. The arrays keep
+    the map alive. As with any memory map (the safetensors library's own ``safe_open``
+    included), truncating the file in place while it is mapped would crash the process; tinyllm
+    itself replaces files by renaming a new one over them, which is safe.
+    """
+    tensors, _ = header or read_safetensors_header(path)
+    _check_numpy_dtypes(path, tensors)
+    try:
+        with open(path, "rb") as f:
+            data_start = _data_start(f)
+            if not tensors or os.fstat(f.fileno()).st_size == 0:
+                return {}
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as e:
+        raise FileFormatError(path, f"could not be mapped into memory: {e}") from None
+    arrays = {}
+    for name, (dtype, shape, (begin, end)) in tensors.items():
+        np_dtype = np.dtype(_NUMPY_DTYPES[dtype])
+        if data_start + end > len(mapped):
+            raise FileFormatError(path, f"tensor {name!r} ends past the end of the file (did it change?)")
+        array = np.frombuffer(mapped, np_dtype, math.prod(shape), data_start + begin).reshape(shape)
+        # A misaligned tensor (possible only in a hand-made file) is copied: compiled kernels
+        # would need another specialisation for it.
+        arrays[name] = array if array.flags.aligned else array.copy()
+    return arrays
 
 
 def unique_state_dict(model):
@@ -310,17 +371,25 @@ def load_model(cls, directory):
         raise FileFormatError(config_path, f"{what} (a hand-edited or foreign config?)") from None
     header = read_safetensors_header(weights_path)
     _check_size_against_file(config, config_path, weights_path, header[0])
-    tensors = load_safetensors(weights_path, header)
+    tensors = map_safetensors(weights_path, header)
     try:
         state = _hf_state(tensors) if hf else tensors
         _check_float_weights(state)
-        model = cls(config)
-        model.load_state_dict(state, strict=True)
+        model = _uninitialised(cls, config)
+        model.load_state_dict(state, strict=True, assign=True)  # the arrays are fresh: no second copy
     except ValueError as e:
         raise FileFormatError(weights_path, f"does not match {config_path.name}: {e}") from None
     if hf:
         model.generation_config = _hf_generation_config(raw, directory)
     return model
+
+
+def _uninitialised(cls, config):
+    """``cls(config)`` without drawing initial weights where the class allows it
+    (``init_weights=False``): they are all about to be replaced by the file's."""
+    if "init_weights" in inspect.signature(cls.__init__).parameters:
+        return cls(config, init_weights=False)
+    return cls(config)
 
 
 def _check_size_against_file(config, config_path, weights_path, tensors):
@@ -389,7 +458,10 @@ def _hf_config(raw, GPTConfig):
 
 
 def _hf_state(tensors):
-    """GPT-2's tensor names and Conv1D layouts -> tinyllm's state dict."""
+    """GPT-2's tensor names and Conv1D layouts -> tinyllm's state dict. A Conv1D weight becomes
+    its transpose, a view: (in, out) in memory is (out, in) as ``Linear`` wants it, with the
+    strides of a transposed array, which every kernel takes as it is (no copy is made, so the
+    weights can stay in the file's memory map)."""
     state = {}
     for name, array in tensors.items():
         if name.endswith((".attn.bias", ".attn.masked_bias")):

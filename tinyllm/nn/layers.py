@@ -26,8 +26,9 @@ class Linear(Module):
         self.in_features, self.out_features = in_features, out_features
         rng = _rng(rng)
         bound = 1.0 / math.sqrt(in_features)
-        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
-        self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype)) if bias else None
+        # copy=False: a float64 draw is converted as before; a loader's placeholder stays a view
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype, copy=False))
+        self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype, copy=False)) if bias else None
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -45,7 +46,7 @@ class Embedding(Module):
     def __init__(self, num_embeddings, embedding_dim, rng=None, dtype=np.float32):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = Parameter(_rng(rng).standard_normal((num_embeddings, embedding_dim)).astype(dtype))
+        self.weight = Parameter(_rng(rng).standard_normal((num_embeddings, embedding_dim)).astype(dtype, copy=False))
 
     def forward(self, ids):
         return F.embedding(ids, self.weight)  # (...,) -> (..., embedding_dim)

@@ -107,11 +107,13 @@ class Module:
                 state[f"{mod_name}.{name}" if mod_name else name] = module._buffers[name]
         return state
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict, strict=True, assign=False):
         """Copy arrays into the parameters, checking names and shapes.
 
         With ``strict=True`` any missing, unexpected or mis-shaped key is an error that names
         them all. A tied parameter needs only one of its names. Returns (missing, unexpected).
+        ``assign=True`` (PyTorch's flag) makes each parameter hold the given array itself instead
+        of a copy (converted only if its dtype differs): for a loader whose arrays are fresh.
         """
         params = dict(self.named_parameters(remove_duplicate=False))
         buffers = {
@@ -144,7 +146,7 @@ class Module:
         for k, v in state_dict.items():
             if k in params:
                 p = params[k]
-                p.data = np.array(v, dtype=p.dtype, copy=True)
+                p.data = np.asarray(v, dtype=p.dtype) if assign else np.array(v, dtype=p.dtype, copy=True)
             elif k in buffers:
                 mod, n = buffers[k]
                 mod.register_buffer(n, np.array(v, copy=True), persistent=True)

@@ -106,6 +106,11 @@ def busy_machine_note(threads):
             f"{os.cpu_count()} cores, {threads} threads used): timings are unreliable")
 
 
+def read_json_config(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def median(values):
     return float(statistics.median(values)) if values else float("nan")
 

@@ -1,14 +1,20 @@
-"""Speed of greedy ``model.generate()`` with and without the KV cache, optionally against PyTorch.
+"""Speed of greedy ``model.generate()`` with and without the KV cache, optionally against PyTorch;
+and (``--gpt2``) the seed's GPT-2 example against Hugging Face transformers.
 
     python benchmarks/bench_generate.py                          # lengths 64, 256, 1024
     python benchmarks/bench_generate.py --json generate.json
     python benchmarks/bench_generate.py --max-uncached 256       # skip the slow uncached 1024 run
+    python benchmarks/bench_generate.py --lengths 272 --batch-sizes 1 8 --max-uncached 0   # 256 new tokens
     python benchmarks/bench_generate.py --lengths 32 64 --repeats 1 --max-uncached 64   # smoke test
+    python benchmarks/bench_generate.py --gpt2 [--gpt2-dir DIR] [--repeats 5]            # GPT-2 124M
+
+``--gpt2``: see :func:`gpt2_main` (GPT-2 124M with random weights, tinyllm against transformers).
 
 Model: vocab 65, 4 layers, 4 heads, 128 wide, block_size 1024 (or the longest length), float32;
-batch 1, a random prompt of 16 tokens, greedy (``do_sample=False``). A length is the total,
-prompt + new tokens, and tokens/s counts the new tokens over the whole ``generate`` call
-(prompt included). Cached and uncached outputs must be identical (OK / MISMATCH).
+batch 1 (or each of ``--batch-sizes``: one random prompt per row), a random prompt of 16 tokens,
+greedy (``do_sample=False``). A length is the total, prompt + new tokens, and tokens/s counts the
+new tokens of all rows over the whole ``generate`` call (prompt included). Cached and uncached
+outputs must be identical (OK / MISMATCH).
 
 PyTorch (when importable; otherwise skipped with a note): the same model (``_common.torch_gpt``,
 loaded with tinyllm's weights) and the same greedy loop, with a preallocated KV cache as tinyllm's,
@@ -18,8 +24,9 @@ pick differently, so a divergence late in a long run is not by itself a bug.
 
 Method: tinyllm and PyTorch each run in a fresh subprocess, alternating ``--repeats`` times (A B
 A B ...), with the same ``--threads``. A worker first generates a few tokens both ways (warm-up:
-numba compiles or loads its kernels), then per length runs cached and uncached once; the report
-takes medians over the rounds.
+numba compiles or loads its kernels), then per batch size and length runs cached and uncached
+once; the report takes medians over the rounds. The PyTorch (and transformers) workers do not
+import tinyllm, so they run without its process settings (kernels/systems/runtime.py).
 """
 import argparse
 import os
@@ -27,8 +34,12 @@ import sys
 import tempfile
 import time
 
-import tinyllm  # noqa: F401  (before NumPy: see tinyllm/kernels/systems/runtime.py)
-import numpy as np
+# A tinyllm worker (and the parent) imports tinyllm first, before NumPy (see
+# tinyllm/kernels/systems/runtime.py); the PyTorch and transformers workers do not import it at all.
+_SIDE = sys.argv[sys.argv.index("--worker") + 1] if "--worker" in sys.argv[:-1] else None
+if _SIDE not in ("torch", "hf"):
+    import tinyllm  # noqa: F401
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
@@ -41,26 +52,35 @@ def model_sizes(args):
     return dict(MODEL, block_size=max(1024, *args.lengths))
 
 
-def prompt_ids(args):
-    return C.random_tokens(MODEL["vocab_size"], args.prompt_len, PROMPT_SEED)[None, :]  # (1, prompt_len)
+def prompt_ids(args, batch):
+    """(batch, prompt_len) random ids, one prompt per row (row 0 is the batch-1 prompt)."""
+    ids = C.random_tokens(MODEL["vocab_size"], args.prompt_len * batch, PROMPT_SEED)
+    return ids.reshape(args.prompt_len, batch).T.copy()
+
+
+def run_key(batch, length):
+    return f"{batch}x{length}"
 
 
 # --- what a worker subprocess runs ----------------------------------------------------------------
 
 def time_lengths(generate, args):
-    """{length: {"cached_s", "cached_ids", "uncached_s", "uncached_ids"}}; ``generate(new, use_cache)``
-    returns the ids (a list). Lengths above --max-uncached run cached only."""
-    generate(4, True), generate(4, False)  # warm-up
+    """{"BxL": {"cached_s", "cached_ids", "uncached_s", "uncached_ids"}} per batch size B and length
+    L; ``generate(batch, new, use_cache)`` returns the ids (a list of lists). Lengths above
+    --max-uncached run cached only."""
+    for batch in args.batch_sizes:  # warm-up
+        generate(batch, 4, True), generate(batch, 4, False)
     out = {}
-    for length in args.lengths:
-        new = length - args.prompt_len
-        modes = [True] + ([False] if args.max_uncached is None or length <= args.max_uncached else [])
-        out[length] = {}
-        for use_cache in modes:
-            t0 = time.perf_counter()
-            ids = generate(new, use_cache)
-            name = "cached" if use_cache else "uncached"
-            out[length][f"{name}_s"], out[length][f"{name}_ids"] = time.perf_counter() - t0, ids
+    for batch in args.batch_sizes:
+        for length in args.lengths:
+            new = length - args.prompt_len
+            modes = [True] + ([False] if args.max_uncached is None or length <= args.max_uncached else [])
+            run = out[run_key(batch, length)] = {}
+            for use_cache in modes:
+                t0 = time.perf_counter()
+                ids = generate(batch, new, use_cache)
+                name = "cached" if use_cache else "uncached"
+                run[f"{name}_s"], run[f"{name}_ids"] = time.perf_counter() - t0, ids
     return out
 
 
@@ -71,10 +91,10 @@ def tinyllm_worker(args):
     model = GPT(GPTConfig(**model_sizes(args)), seed=0)
     if args.save_init:
         np.savez(args.save_init, **model.state_dict())
-    prompt = prompt_ids(args)
 
-    def generate(new, use_cache):
-        return model.generate(prompt, max_new_tokens=new, do_sample=False, use_cache=use_cache)[0].tolist()
+    def generate(batch, new, use_cache):
+        return model.generate(prompt_ids(args, batch), max_new_tokens=new, do_sample=False,
+                              use_cache=use_cache).tolist()
 
     return dict(library=f"tinyllm {tinyllm.__version__}", runs=time_lengths(generate, args),
                 peak_rss_mb=C.peak_rss_mb())
@@ -85,16 +105,16 @@ def torch_worker(args):
 
     torch.set_num_threads(args.threads)
     model = C.torch_gpt(**model_sizes(args), init_from=args.init_from).eval()
-    prompt = torch.from_numpy(prompt_ids(args))
 
     @torch.inference_mode()
-    def generate(new, use_cache):
-        idx, cache, fed = prompt, (model.new_kv_cache(1) if use_cache else None), 0
+    def generate(batch, new, use_cache):
+        prompt = torch.from_numpy(prompt_ids(args, batch))
+        idx, cache, fed = prompt, (model.new_kv_cache(batch) if use_cache else None), 0
         for _ in range(new):
             logits, _ = model(idx[:, fed:], cache=cache, last_only=True)
             fed = idx.shape[1] if use_cache else 0
             idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
-        return idx[0].tolist()
+        return idx.tolist()
 
     return dict(library=f"torch {torch.__version__}", runs=time_lengths(generate, args), peak_rss_mb=C.peak_rss_mb())
 
@@ -102,7 +122,8 @@ def torch_worker(args):
 # --- the parent -----------------------------------------------------------------------------------
 
 def worker_args(args, side, **extra):
-    argv = ["--worker", side, "--threads", args.threads, "--prompt-len", args.prompt_len, "--lengths", *args.lengths]
+    argv = ["--worker", side, "--threads", args.threads, "--prompt-len", args.prompt_len, "--lengths", *args.lengths,
+            "--batch-sizes", *args.batch_sizes]
     if args.max_uncached is not None:
         argv += ["--max-uncached", args.max_uncached]
     for name, value in extra.items():
@@ -119,7 +140,8 @@ def run_rounds(args, env, sides, init_path):
                 extra = dict(init_from=init_path)
             result, _ = C.run_worker(__file__, worker_args(args, side, **extra), env)
             results[side].append(result)
-            print(f"  round {r + 1}/{args.repeats}: {side} done", file=sys.stderr, flush=True)
+            print(f"  round {r + 1}/{args.repeats}: {side} done (load average {os.getloadavg()[0]:.1f})",
+                  file=sys.stderr, flush=True)
     return results
 
 
@@ -130,22 +152,25 @@ def first_difference(a, b):
 
 
 def summarize(rounds, args):
-    """Per length: median seconds and tokens/s of both modes, the speedup and the output check."""
+    """Per batch size and length: median seconds and tokens/s of both modes, the speedup and the
+    output check."""
     out = {}
-    for length in args.lengths:
-        runs = [r["runs"][str(length)] for r in rounds]  # JSON turned the keys into strings
-        new = length - args.prompt_len
-        row = dict(new_tokens=new)
-        for mode in ("cached", "uncached"):
-            if f"{mode}_s" in runs[0]:
-                row[f"{mode}_s"] = C.median([r[f"{mode}_s"] for r in runs])
-                row[f"{mode}_tokens_per_s"] = new / row[f"{mode}_s"]
-        if "uncached_s" in row:
-            row["speedup"] = row["uncached_s"] / row["cached_s"]
-            row["outputs_identical"] = all(r["cached_ids"] == r["uncached_ids"] for r in runs)
-        row["ids"] = runs[0]["cached_ids"]
-        out[length] = row
-    return dict(library=rounds[0]["library"], peak_rss_mb=max(r["peak_rss_mb"] for r in rounds), lengths=out)
+    for batch in args.batch_sizes:
+        for length in args.lengths:
+            key = run_key(batch, length)
+            runs = [r["runs"][key] for r in rounds]
+            new = length - args.prompt_len
+            row = dict(batch=batch, length=length, new_tokens=new)
+            for mode in ("cached", "uncached"):
+                if f"{mode}_s" in runs[0]:
+                    row[f"{mode}_s"] = C.median([r[f"{mode}_s"] for r in runs])
+                    row[f"{mode}_tokens_per_s"] = batch * new / row[f"{mode}_s"]
+            if "uncached_s" in row:
+                row["speedup"] = row["uncached_s"] / row["cached_s"]
+                row["outputs_identical"] = all(r["cached_ids"] == r["uncached_ids"] for r in runs)
+            row["ids"] = runs[0]["cached_ids"]
+            out[key] = row
+    return dict(library=rounds[0]["library"], peak_rss_mb=max(r["peak_rss_mb"] for r in rounds), runs=out)
 
 
 def check_cell(row):
@@ -156,29 +181,237 @@ def check_cell(row):
 
 def print_library_table(summary):
     print(f"\n{summary['library']} (peak RSS {summary['peak_rss_mb']:.0f} MiB)")
-    rows = [[length, row["new_tokens"], C.fmt(row.get("cached_tokens_per_s")), C.fmt(row.get("uncached_tokens_per_s")),
+    rows = [[row["batch"], row["length"], row["new_tokens"], C.fmt(row.get("cached_tokens_per_s")),
+             C.fmt(row.get("uncached_tokens_per_s")),
              C.fmt(row.get("speedup"), ".1f") + ("x" if "speedup" in row else ""), check_cell(row)]
-            for length, row in summary["lengths"].items()]
-    C.print_table(["total length", "new", "cached tok/s", "uncached tok/s", "cached/uncached", "cached == uncached"],
-                  rows)
+            for row in summary["runs"].values()]
+    C.print_table(["batch", "total length", "new", "cached tok/s", "uncached tok/s", "cached/uncached",
+                   "cached == uncached"], rows)
 
 
 def compare(ours, theirs, args):
-    """tinyllm / torch tokens/s per length and mode, and where their greedy tokens first differ."""
+    """tinyllm / torch tokens/s per batch size, length and mode, and where their greedy tokens first
+    differ (in any row)."""
     rows, out = [], {}
-    for length in args.lengths:
-        a, b = ours["lengths"][length], theirs["lengths"][length]
+    for key, a in ours["runs"].items():
+        b = theirs["runs"][key]
         ratios = {mode: a[f"{mode}_tokens_per_s"] / b[f"{mode}_tokens_per_s"]
                   for mode in ("cached", "uncached") if f"{mode}_tokens_per_s" in a}
-        diff = first_difference(a["ids"], b["ids"])
+        diffs = [d for d in (first_difference(x, y) for x, y in zip(a["ids"], b["ids"])) if d is not None]
+        diff = min(diffs) if diffs else None
         agree = "all" if diff is None else f"first {diff - args.prompt_len} of {a['new_tokens']}"
-        rows.append([length, C.fmt(b.get("cached_tokens_per_s")), C.fmt(b.get("uncached_tokens_per_s")),
-                     C.fmt(ratios.get("cached"), ".2f"), C.fmt(ratios.get("uncached"), ".2f"), agree])
-        out[length] = dict(tokens_per_s_ratio=ratios, first_difference=diff)
+        rows.append([a["batch"], a["length"], C.fmt(b.get("cached_tokens_per_s")),
+                     C.fmt(b.get("uncached_tokens_per_s")), C.fmt(ratios.get("cached"), ".2f"),
+                     C.fmt(ratios.get("uncached"), ".2f"), agree])
+        out[key] = dict(tokens_per_s_ratio=ratios, first_difference=diff)
     print(f"\nvs {theirs['library']} (peak RSS {theirs['peak_rss_mb']:.0f} MiB); ratio = tinyllm / torch tokens/s")
-    C.print_table(["total length", "torch cached tok/s", "torch uncached tok/s", "ratio cached", "ratio uncached",
-                   "greedy tokens agree"], rows)
+    C.print_table(["batch", "total length", "torch cached tok/s", "torch uncached tok/s", "ratio cached",
+                   "ratio uncached", "greedy tokens agree"], rows)
     return out
+
+
+# --- --gpt2: the seed's example, GPT-2 124M, against transformers ----------------------------------
+
+GPT2_PROMPT_LEN, GPT2_MAX_LENGTH, GPT2_SAMPLE_BATCH, GPT2_TOP_P = 10, 50, 8, 0.9
+GPT2_INNER = 3  # timed repeats of each measurement inside one worker (the median is kept)
+
+
+def gpt2_prompt(batch, vocab_size=50257):
+    return C.random_tokens(vocab_size, GPT2_PROMPT_LEN * batch, PROMPT_SEED).reshape(batch, GPT2_PROMPT_LEN)
+
+
+def build_gpt2_dir(directory):
+    """GPT-2 124M's shape with random weights (torch seed 0), saved by transformers itself."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval().save_pretrained(directory)
+
+
+def streamed_bytes_per_token(config):
+    """Bytes of weights one decoding step reads: the lm_head (= wte, V x C), every block
+    (12 C^2 + 13 C: c_attn, c_proj, c_fc, mlp.c_proj with biases, two LayerNorms) and ln_f;
+    not wpe, of which one row is read. float32."""
+    c, layers, vocab = config["n_embd"], config["n_layer"], config["vocab_size"]
+    return 4 * (vocab * c + layers * (12 * c * c + 13 * c) + 2 * c)
+
+
+def bandwidth_worker(args):
+    """GB/s of NumPy's OpenBLAS streaming a float32 GEMV over GPT-2's embedding table in both
+    layouts, x (1, 768) @ W (768, 50257) and W (50257, 768) @ x: the best is the memory
+    bandwidth a decoding step can use on this machine, now."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((768, 50257), dtype=np.float32)
+    w_rows = np.ascontiguousarray(w.T)
+    x = rng.standard_normal((1, 768), dtype=np.float32)
+    best = {}
+    for name, f in (("x @ W (768, 50257)", lambda: x @ w), ("W (50257, 768) @ x", lambda: w_rows @ x[0])):
+        f()
+        times = []
+        for _ in range(15):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        best[name] = w.nbytes / C.median(times) / 1e9
+    return dict(gbytes_per_s=max(best.values()), by_layout=best)
+
+
+def _gpt2_timings(load, greedy, sampled):
+    """The figures one worker reports: from_pretrained seconds, generate(max_length=50) seconds and
+    tokens, per-token decode seconds (the difference of max_length 50 and 11 over 39 tokens, which
+    cancels the prompt's forward), batch-8 sampled seconds; medians of GPT2_INNER runs each."""
+    t0 = time.perf_counter()
+    model = load()
+    load_s = time.perf_counter() - t0
+    greedy(model, GPT2_PROMPT_LEN + 2), sampled(model, GPT2_PROMPT_LEN + 2)  # warm-up
+    full, short, batch = [], [], []
+    for _ in range(GPT2_INNER):
+        t0 = time.perf_counter()
+        ids = greedy(model, GPT2_MAX_LENGTH)
+        full.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        greedy(model, GPT2_PROMPT_LEN + 1)
+        short.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = sampled(model, GPT2_MAX_LENGTH)
+        batch.append(time.perf_counter() - t0)
+    new = GPT2_MAX_LENGTH - GPT2_PROMPT_LEN
+    return dict(load_s=load_s, generate_s=C.median(full), ids=np.asarray(ids).tolist(),
+                decode_s_per_token=(C.median(full) - C.median(short)) / (new - 1),
+                sampled_s=C.median(batch), sampled_new_tokens=int(np.asarray(out).shape[1] - GPT2_PROMPT_LEN),
+                peak_rss_mb=C.peak_rss_mb())
+
+
+def hf_worker(args):
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+
+    def load():
+        model = transformers.AutoModelForCausalLM.from_pretrained(args.gpt2_dir).eval()
+        model.generation_config.pad_token_id = model.generation_config.eos_token_id
+        return model
+
+    @torch.inference_mode()
+    def greedy(model, max_length):  # the seed's call
+        return model.generate(torch.from_numpy(gpt2_prompt(1)), max_length=max_length).numpy()
+
+    @torch.inference_mode()
+    def sampled(model, max_length):  # eos off (as in tinyllm's run) so every row runs to max_length
+        torch.manual_seed(0)
+        return model.generate(torch.from_numpy(gpt2_prompt(GPT2_SAMPLE_BATCH)), max_length=max_length,
+                              do_sample=True, top_p=GPT2_TOP_P, top_k=0, eos_token_id=None).numpy()
+
+    return dict(library=f"transformers {transformers.__version__} (torch {torch.__version__})",
+                **_gpt2_timings(load, greedy, sampled))
+
+
+def tinyllm_gpt2_worker(args):
+    tinyllm.set_num_threads(args.threads)
+
+    def greedy(model, max_length):  # the seed's call
+        return model.generate(gpt2_prompt(1), max_length=max_length)
+
+    def sampled(model, max_length):
+        return model.generate(gpt2_prompt(GPT2_SAMPLE_BATCH), max_length=max_length, do_sample=True,
+                              top_p=GPT2_TOP_P, top_k=None, eos_token_id=-1, seed=0)  # -1: no eos
+
+    result = _gpt2_timings(lambda: tinyllm.AutoModelForCausalLM.from_pretrained(args.gpt2_dir), greedy, sampled)
+    return dict(library=f"tinyllm {tinyllm.__version__}", **result)
+
+
+def gpt2_rounds(args, env):
+    """An untimed tinyllm run (numba's cache, the page cache), then --repeats rounds of
+    bandwidth probe, transformers, tinyllm."""
+    base = ["--gpt2", "--gpt2-dir", args.gpt2_dir, "--threads", args.threads]
+    C.run_worker(__file__, base + ["--worker", "tinyllm"], env)
+    results = {side: [] for side in ("bandwidth", "hf", "tinyllm")}
+    for r in range(args.repeats):
+        for side in results:
+            result, _ = C.run_worker(__file__, base + ["--worker", side], env)
+            result["load_average"] = os.getloadavg()[0]
+            results[side].append(result)
+            print(f"  round {r + 1}/{args.repeats}: {side} done (load average {result['load_average']:.1f})",
+                  file=sys.stderr, flush=True)
+    return results
+
+
+def gpt2_summary(results):
+    med = lambda side, key: C.median([r[key] for r in results[side]])  # noqa: E731
+    config = C.read_json_config(os.path.join(results["config_dir"], "config.json"))
+    bandwidth = med("bandwidth", "gbytes_per_s")
+    limit_s = streamed_bytes_per_token(config) / (bandwidth * 1e9)
+    out = dict(bandwidth_gbytes_per_s=bandwidth, streamed_mbytes_per_token=streamed_bytes_per_token(config) / 1e6,
+               limit_ms_per_token=limit_s * 1e3)
+    for side in ("hf", "tinyllm"):
+        out[side] = {k: med(side, k) for k in ("load_s", "generate_s", "decode_s_per_token", "sampled_s",
+                                               "sampled_new_tokens", "peak_rss_mb")}
+        out[side]["library"] = results[side][0]["library"]
+        out[side]["sampled_tokens_per_s"] = GPT2_SAMPLE_BATCH * out[side]["sampled_new_tokens"] / out[side]["sampled_s"]
+    hf, ours = out["hf"], out["tinyllm"]
+    out["tokens_identical"] = all(a["ids"] == b["ids"] for a in results["hf"] for b in results["tinyllm"])
+    out["generate_speedup"] = hf["generate_s"] / ours["generate_s"]
+    out["decode_over_limit"] = ours["decode_s_per_token"] / limit_s
+    out["sampled_ratio"] = ours["sampled_tokens_per_s"] / hf["sampled_tokens_per_s"]
+    out["round_generate_speedups"] = [a["generate_s"] / b["generate_s"] for a, b in zip(results["hf"], results["tinyllm"])]
+    return out
+
+
+def print_gpt2(summary, args):
+    s, hf, ours = summary, summary["hf"], summary["tinyllm"]
+    print(f"GPT-2 124M shape, random weights (torch seed 0), {args.gpt2_dir}; prompt {GPT2_PROMPT_LEN} random ids; "
+          f"{args.threads} threads; medians of {args.repeats} rounds x {GPT2_INNER} runs")
+    print(f"{hf['library']}  vs  {ours['library']}\n")
+    rows = [
+        ["from_pretrained (s)", C.fmt(hf["load_s"], ".3f"), C.fmt(ours["load_s"], ".3f"),
+         f"{hf['load_s'] / ours['load_s']:.1f}x", "tinyllm < 1 s"],
+        [f"generate(max_length={GPT2_MAX_LENGTH}), greedy, batch 1 (s)", C.fmt(hf["generate_s"], ".3f"),
+         C.fmt(ours["generate_s"], ".3f"), f"{s['generate_speedup']:.2f}x", ">= 1.5x"],
+        ["per-token decode (ms)", C.fmt(hf["decode_s_per_token"] * 1e3), C.fmt(ours["decode_s_per_token"] * 1e3),
+         f"{hf['decode_s_per_token'] / ours['decode_s_per_token']:.2f}x", ""],
+        [f"batch {GPT2_SAMPLE_BATCH} sampled top-p {GPT2_TOP_P} (tokens/s)", C.fmt(hf["sampled_tokens_per_s"]),
+         C.fmt(ours["sampled_tokens_per_s"]), f"{s['sampled_ratio']:.2f}x", ">= 1.0x"],
+        ["peak RSS (MiB)", C.fmt(hf["peak_rss_mb"], ".0f"), C.fmt(ours["peak_rss_mb"], ".0f"), "", ""],
+    ]
+    C.print_table(["", "transformers", "tinyllm", "speed ratio", "target"], rows)
+    print(f"\ngreedy tokens identical: {'yes' if s['tokens_identical'] else 'NO'}")
+    print(f"bandwidth limit: {s['streamed_mbytes_per_token']:.0f} MB of weights per token at "
+          f"{s['bandwidth_gbytes_per_s']:.1f} GB/s (best float32 GEMV of NumPy's OpenBLAS over a 768 x 50257 "
+          f"matrix, this run) = {s['limit_ms_per_token']:.1f} ms per token; tinyllm's decode is "
+          f"{s['decode_over_limit']:.2f}x that (target <= 1.3)")
+    print("round by round, transformers / tinyllm generate time: "
+          + " ".join(f"{r:.2f}" for r in s["round_generate_speedups"]))
+
+
+def gpt2_main(args):
+    """``--gpt2``: the seed's example on GPT-2 124M (random weights of GPT-2's shape, built by
+    transformers with torch seed 0 unless ``--gpt2-dir`` names a directory), tinyllm against
+    transformers. Each round runs, in fresh processes: a bandwidth probe, transformers, tinyllm.
+    A worker loads the model (timed: ``from_pretrained``, the file in the page cache), runs
+    ``generate(input_ids, max_length=50)`` greedy on 10 prompt ids (tokens must be identical),
+    the same with max_length 11 (the per-token decode time is the difference over 39 tokens),
+    and batch 8 sampled with top-p 0.9, no top-k, no end-of-text stop (tokens/s)."""
+    env = C.worker_env(args.threads)
+    busy = C.busy_machine_note(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.gpt2_dir is None:
+            args.gpt2_dir = os.path.join(tmp, "gpt2")
+            print("building a random GPT-2 124M directory with transformers ...", file=sys.stderr, flush=True)
+            C.run_worker(__file__, ["--gpt2", "--gpt2-dir", args.gpt2_dir, "--worker", "build"], env)
+        results = gpt2_rounds(args, env)
+        results["config_dir"] = args.gpt2_dir
+        summary = gpt2_summary(results)
+    print_gpt2(summary, args)
+    loads = [r["load_average"] for side in ("hf", "tinyllm") for r in results[side]]
+    print(f"load average (1 min) after each worker: {min(loads):.1f}..{max(loads):.1f}")
+    if busy:
+        print(busy)
+    if args.json:
+        C.write_json(args.json, dict(settings=vars(args), busy_machine=busy, summary=summary, rounds=results))
 
 
 def parse_args(argv):
@@ -192,19 +425,29 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both libraries (default: all)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--json", metavar="PATH", help="write every figure as JSON")
-    p.add_argument("--worker", choices=["tinyllm", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="batch sizes (default: 1)")
+    p.add_argument("--gpt2", action="store_true", help="GPT-2 124M against transformers instead (see gpt2_main)")
+    p.add_argument("--gpt2-dir", help="with --gpt2: a GPT-2 directory to use (default: build a random one)")
+    p.add_argument("--worker", choices=["tinyllm", "torch", "hf", "bandwidth", "build"], help=argparse.SUPPRESS)
     p.add_argument("--save-init", help=argparse.SUPPRESS)
     p.add_argument("--init-from", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.prompt_len < 1 or min(args.lengths) <= args.prompt_len:
         p.error(f"need --prompt-len >= 1 and every length > --prompt-len, got {args.prompt_len} and {args.lengths}")
-    if args.repeats < 1 or args.threads < 1:
-        p.error("need --repeats >= 1 and --threads >= 1")
+    if args.repeats < 1 or args.threads < 1 or min(args.batch_sizes) < 1:
+        p.error("need --repeats >= 1, --threads >= 1 and batch sizes >= 1")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.gpt2 and args.worker:
+        if args.worker == "build":
+            return C.emit_result(dict(built=build_gpt2_dir(args.gpt2_dir) or args.gpt2_dir))
+        workers = dict(bandwidth=bandwidth_worker, hf=hf_worker, tinyllm=tinyllm_gpt2_worker)
+        return C.emit_result(workers[args.worker](args))
+    if args.gpt2:
+        return gpt2_main(args)
     if args.worker:
         return C.emit_result(tinyllm_worker(args) if args.worker == "tinyllm" else torch_worker(args))
     env = C.worker_env(args.threads)
@@ -216,13 +459,13 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         results = run_rounds(args, env, sides, os.path.join(tmp, "init.npz"))
     summaries = {side: summarize(results[side], args) for side in sides}
-    print(f"greedy generate(), batch 1, prompt {args.prompt_len} tokens, model {model_sizes(args)}, float32; "
-          f"{args.threads} threads, median of {args.repeats} rounds")
+    print(f"greedy generate(), batch sizes {args.batch_sizes}, prompt {args.prompt_len} tokens, model "
+          f"{model_sizes(args)}, float32; {args.threads} threads, median of {args.repeats} rounds")
     print_library_table(summaries["tinyllm"])
     comparison = compare(summaries["tinyllm"], summaries["torch"], args) if "torch" in sides else None
     if comparison is None:
         print(f"\nvs torch: {torch_note}")
-    if "torch" in sides and any(check_cell(r) == "MISMATCH" for r in summaries["torch"]["lengths"].values()):
+    if "torch" in sides and any(check_cell(r) == "MISMATCH" for r in summaries["torch"]["runs"].values()):
         print("note: the torch reference's own cached and uncached outputs differ")
     if busy:
         print(busy)

@@ -115,7 +115,7 @@ def wait_for_line(proc, prefix, timeout=120):
     return False
 
 
-def wait_for_fresh_partial_write(tmp_file, since_ns, timeout=60):
+def wait_for_fresh_partial_write(tmp_file, since_ns, timeout=240):
     """Wait until a new write of ``tmp_file`` has begun (modified after ``since_ns``, not empty)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,0 +1,418 @@
+"""Line-level code completion, scored as CodeXGLUE's code-completion (line) task does.
+
+For sampled lines of held-out files, a model gets the text before the line and greedily
+completes it until a newline; the prediction is compared with the true line:
+
+* **exact match**: ``prediction.split() == truth.split()`` (the lines' whitespace-split tokens
+  are equal, so indentation and spacing runs do not count);
+* **edit similarity**: fuzzywuzzy's ``fuzz.ratio`` of the two stripped lines, that is
+  ``round(100 * difflib.SequenceMatcher(None, a, b).ratio())`` per pair (100 if the strings are
+  equal, 0 if exactly one is empty), averaged over the positions (:func:`edit_similarity`).
+
+Beside the model, two baselines answer on the same positions: :func:`repeat_previous_line`
+and a count-based n-gram model of the same tokens (:class:`NGramLM`, Witten-Bell interpolated,
+greedy until a newline). :func:`token_metrics` and :meth:`NGramLM.token_metrics` give the
+teacher-forced token accuracy and perplexity of both on the same held-out token stream.
+
+Nothing here imports a model class: a "model" is anything with ``config.block_size``,
+``new_kv_cache(B)`` and ``forward(idx, targets=None, kv_cache=None, last_only=False)``, as
+:class:`tinyllm.models.GPT`.
+"""
+import difflib
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .code_data import split_lines
+from .data import iter_eval_windows
+from .tensor import no_grad
+
+__all__ = [
+    "CompletionPosition",
+    "NGramLM",
+    "complete_lines",
+    "edit_similarity",
+    "exact_match",
+    "line_prompts",
+    "newline_token_mask",
+    "repeat_previous_line",
+    "sample_positions",
+    "score_lines",
+    "stream_ids",
+    "token_metrics",
+]
+
+
+# ------------------------------------------------------------------------------------------
+# The two scores
+# ------------------------------------------------------------------------------------------
+def exact_match(prediction, truth):
+    """CodeXGLUE's exact match: equal whitespace-split tokens."""
+    return prediction.split() == truth.split()
+
+
+def edit_similarity(prediction, truth):
+    """fuzzywuzzy's ``fuzz.ratio(prediction, truth)`` (0..100, an int), as CodeXGLUE scores.
+
+    ``difflib.SequenceMatcher(None, a, b).ratio()`` is 2 M / (len(a) + len(b)) with M the
+    characters in the matching blocks difflib finds (its "autojunk" heuristic on, as in
+    fuzzywuzzy); times 100, rounded per pair with Python's ``round`` (half to even) as
+    ``fuzzywuzzy.utils.intr`` does. fuzzywuzzy returns 100 for equal strings and 0 when exactly
+    one is empty, checked first, in that order. (With python-Levenshtein installed, fuzzywuzzy
+    swaps in a Levenshtein-based ratio that can differ by a few points; this is the pure-Python
+    definition, which needs no extra package.)
+    """
+    if prediction == truth:
+        return 100
+    if not prediction or not truth:
+        return 0
+    return int(round(100 * difflib.SequenceMatcher(None, prediction, truth).ratio()))
+
+
+def score_lines(predictions, truths):
+    """``{"exact_match": % of positions, "edit_similarity": mean fuzz.ratio, "n": count}``;
+    both compared after stripping the lines, as CodeXGLUE's evaluator does."""
+    if len(predictions) != len(truths):
+        raise ValueError(f"score_lines: {len(predictions)} predictions for {len(truths)} lines")
+    if not truths:
+        raise ValueError("score_lines: no lines to score")
+    em = [exact_match(p, t) for p, t in zip(predictions, truths)]
+    es = [edit_similarity(p.strip(), t.strip()) for p, t in zip(predictions, truths)]
+    return {"exact_match": 100.0 * float(np.mean(em)), "edit_similarity": float(np.mean(es)), "n": len(truths)}
+
+
+# ------------------------------------------------------------------------------------------
+# Positions
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CompletionPosition:
+    """The start of line ``line`` (0-based) of file ``path``; ``truth`` is that line without
+    its newline, ``previous`` the last non-blank line before it ("" if none)."""
+
+    path: str
+    line: int
+    truth: str
+    previous: str
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def sample_positions(files, n, rng):
+    """``n`` line starts drawn uniformly without replacement from the non-blank lines of
+    ``files`` (a list of ``(path, text)``), in (file, line) order. Fewer when there are fewer."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"sample_positions: rng must be a np.random.Generator, got {type(rng).__name__}")
+    candidates = []  # (file index, line index)
+    for f, (_, text) in enumerate(files):
+        candidates += [(f, i) for i, line in enumerate(split_lines(text)) if line.strip()]
+    if not candidates:
+        raise ValueError("sample_positions: the files hold no non-blank line")
+    picks = np.sort(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False))
+    positions = []
+    lines_of = {}
+    for k in picks:
+        f, i = candidates[k]
+        path, text = files[f]
+        lines = lines_of.setdefault(f, split_lines(text))
+        previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        positions.append(CompletionPosition(path, i, _strip_newline(lines[i]), _strip_newline(previous)))
+    return positions
+
+
+def _strip_newline(line):
+    return line[:-1].rstrip("\r") if line.endswith("\n") else line.rstrip("\r")
+
+
+def repeat_previous_line(position):
+    """Baseline: the line is predicted to be the previous non-blank line again."""
+    return position.previous
+
+
+# ------------------------------------------------------------------------------------------
+# Token streams and prompts
+# ------------------------------------------------------------------------------------------
+def stream_ids(texts, tokenizer, sep_id):
+    """The texts as one id stream, each preceded by ``sep_id`` (the end-of-text token): the
+    layout the model trains on, so a file's first line is predicted right after a separator."""
+    out = []
+    for text in texts:
+        out.append(sep_id)
+        out.extend(tokenizer.encode(text))
+    return np.asarray(out, dtype=np.int64)
+
+
+def line_prompts(positions, files, tokenizer, sep_id, max_len):
+    """For each position, ``[sep_id] + ids of the file's text before the line``, the last
+    ``max_len`` ids. Lines are encoded one by one and joined when that equals encoding the
+    whole file (true for :data:`~tinyllm.code_data.CODE_SPLIT_PATTERN`, whose chunks never
+    cross a newline); otherwise each prompt's text is encoded as a whole."""
+    text_of = dict(files)
+    prefix_ids = {}  # path -> list of per-line id lists, or None when lines do not add up
+    prompts = []
+    for pos in positions:
+        if pos.path not in prefix_ids:
+            text = text_of[pos.path]
+            per_line = [tokenizer.encode(line) for line in split_lines(text)]
+            joined = [i for ids in per_line for i in ids]
+            prefix_ids[pos.path] = per_line if joined == list(tokenizer.encode(text)) else None
+        per_line = prefix_ids[pos.path]
+        if per_line is not None:
+            ids = [i for ids in per_line[:pos.line] for i in ids]
+        else:
+            ids = list(tokenizer.encode("".join(split_lines(text_of[pos.path])[:pos.line])))
+        prompts.append(([sep_id] + ids)[-max_len:])
+    return prompts
+
+
+def newline_token_mask(tokenizer, vocab_size, stop_ids=()):
+    """bool (V,): the tokens that end a line (their text holds "\\n"), plus ``stop_ids``."""
+    mask = np.zeros(vocab_size, dtype=bool)
+    for i in range(vocab_size):
+        try:
+            mask[i] = "\n" in tokenizer.decode([i])
+        except ValueError:  # an id the tokenizer does not have (a padded vocabulary)
+            pass
+    mask[list(stop_ids)] = True
+    return mask
+
+
+def _line_of(tokenizer, ids):
+    """Decode generated ids and keep the text before the first newline."""
+    text = tokenizer.decode(ids)
+    return _strip_newline(text.split("\n", 1)[0])
+
+
+# ------------------------------------------------------------------------------------------
+# Greedy completion with a model
+# ------------------------------------------------------------------------------------------
+@no_grad()
+def complete_lines(model, prompts, stop_mask, max_new_tokens=64, batch_size=32):
+    """Greedy continuation of each prompt (a list of ids) until a token of ``stop_mask`` (kept)
+    or ``max_new_tokens``; returns the generated ids per prompt.
+
+    Prompts of equal length run together in batches with a KV cache; once a sequence would
+    outgrow ``block_size`` the last ``block_size`` ids are recomputed each step, as
+    ``generate`` does, so the result is what one-at-a-time greedy decoding gives.
+    """
+    was_training = model.training
+    model.eval()
+    out = [None] * len(prompts)
+    try:
+        by_len = {}
+        for k, p in enumerate(prompts):
+            by_len.setdefault(len(p), []).append(k)
+        for length in sorted(by_len):
+            rows = by_len[length]
+            for s in range(0, len(rows), batch_size):
+                chunk = rows[s:s + batch_size]
+                ids = np.asarray([prompts[k] for k in chunk], dtype=np.int64)
+                for k, gen in zip(chunk, _greedy_batch(model, ids, stop_mask, max_new_tokens)):
+                    out[k] = gen
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _greedy_batch(model, idx, stop_mask, max_new_tokens):
+    block = model.config.block_size
+    if idx.shape[1] == 0:
+        raise ValueError("complete_lines: a prompt is empty; start it with the end-of-text id")
+    idx = idx[:, -block:]
+    B = idx.shape[0]
+    done = np.zeros(B, dtype=bool)
+    generated = [[] for _ in range(B)]
+    cache, fed = None, 0
+    for _ in range(max_new_tokens):
+        if idx.shape[1] <= block:
+            if cache is None:
+                cache = model.new_kv_cache(B)
+            logits, _ = model(idx[:, fed:], kv_cache=cache, last_only=True)
+            fed = idx.shape[1]
+        else:
+            logits, _ = model(idx[:, -block:], last_only=True)
+        next_ids = logits.data[:, -1, :].argmax(axis=-1)  # (B,)
+        for b in np.flatnonzero(~done):
+            generated[b].append(int(next_ids[b]))
+        done |= stop_mask[next_ids]
+        if done.all():
+            break
+        idx = np.concatenate([idx, next_ids[:, None]], axis=1)
+    return generated
+
+
+def model_line_predictions(model, tokenizer, prompts, stop_mask, max_new_tokens=64, batch_size=32):
+    """The predicted line (text before the first newline) for each prompt."""
+    return [_line_of(tokenizer, g) for g in complete_lines(model, prompts, stop_mask, max_new_tokens, batch_size)]
+
+
+@no_grad()
+def token_metrics(model, ids, batch_size=16):
+    """Teacher-forced next-token accuracy (%) and perplexity of ``model`` over the id stream
+    ``ids``, in non-overlapping ``block_size`` windows: every id after the first is predicted
+    once (``tinyllm.data.iter_eval_windows``)."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    try:
+        for x, y in iter_eval_windows(ids, model.config.block_size, batch_size):
+            logits, loss = model(x, y)
+            total_loss += loss.item() * y.size
+            correct += int((logits.data.argmax(axis=-1) == y).sum())
+            count += y.size
+    finally:
+        model.train(was_training)
+    mean = total_loss / count
+    return {"token_accuracy": 100.0 * correct / count, "perplexity": math.exp(mean), "loss": mean,
+            "n_tokens": count}
+
+
+# ------------------------------------------------------------------------------------------
+# The n-gram baseline
+# ------------------------------------------------------------------------------------------
+class NGramLM:
+    """A count-based n-gram model of token ids with Witten-Bell interpolation.
+
+        P_1(w)     = (c(w) + 1) / (N + V)                                  add-one unigram
+        P_k(w | h) = (c(h w) + t(h) P_{k-1}(w | h')) / (c(h) + t(h))        if c(h) > 0
+                   = P_{k-1}(w | h')                                         otherwise
+
+    with ``h`` the last k-1 ids, ``h'`` its last k-2, ``c`` counts in the training stream and
+    ``t(h)`` the number of distinct ids seen after ``h``. Every id gets a probability > 0, so
+    perplexity is finite.
+
+    Storage is a trie in sorted arrays: a k-gram seen in training is the key ``g * V + w``,
+    ``g`` the index of its first k-1 ids among the sorted (k-1)-gram keys (for k = 2, the id
+    itself), so keys stay below (number of n-grams) * V for any order, and a lookup is one
+    ``np.searchsorted`` per level. No Python dict per context.
+    """
+
+    def __init__(self, ids, vocab_size, order=4):
+        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 2:
+            raise ValueError(f"NGramLM: order must be an integer >= 2 (2: bigrams), got {order!r}")
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 1 or len(ids) < order:
+            raise ValueError(f"NGramLM: need a 1-D stream of at least order={order} ids, got shape {ids.shape}")
+        if ids.min() < 0 or ids.max() >= vocab_size:
+            raise ValueError(f"NGramLM: ids must lie in [0, {vocab_size}), got {ids.min()}..{ids.max()}")
+        self.order, self.vocab_size = int(order), int(vocab_size)
+        self.unigram = (np.bincount(ids, minlength=vocab_size) + 1.0) / (len(ids) + vocab_size)
+        self.tables = [None, None]  # tables[k]: the k-grams, k >= 2
+        gram = ids  # gram[s]: index of the (k-1)-gram starting at s
+        for k in range(2, order + 1):
+            n = len(ids) - k + 1
+            table, gram = self._count(gram[:n] * vocab_size + ids[k - 1:k - 1 + n])
+            self.tables.append(table)
+
+    def _count(self, keys):
+        keys, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        # keys are sorted, so the continuations of one context are contiguous
+        ctx, start, types = np.unique(keys // self.vocab_size, return_index=True, return_counts=True)
+        table = {"keys": keys, "counts": counts.astype(np.float64), "ctx": ctx, "start": start,
+                 "types": types, "total": np.add.reduceat(counts, start).astype(np.float64)}
+        return table, inverse.reshape(-1)
+
+    @staticmethod
+    def _find(sorted_keys, queries):
+        """Index of each query in ``sorted_keys``, -1 where absent (queries < 0 stay absent)."""
+        at = np.minimum(np.searchsorted(sorted_keys, queries), len(sorted_keys) - 1)
+        return np.where((queries >= 0) & (sorted_keys[at] == queries), at, -1)
+
+    def _gram_index(self, grams):
+        """grams (N, m) ids -> index of each row among the m-grams seen (-1: unseen or padded)."""
+        g = grams[:, 0].copy()
+        for j in range(1, grams.shape[1]):
+            w = grams[:, j]
+            g = np.where((g >= 0) & (w >= 0), self._find(self.tables[j + 1]["keys"], g * self.vocab_size + w), -1)
+        return g
+
+    def distributions(self, history):
+        """P(. | history) for each row: history (N, order-1) int, the last ids before the
+        prediction (padded on the left with -1 where there are fewer) -> (N, V) float64."""
+        history = np.asarray(history, dtype=np.int64).reshape(-1, self.order - 1)
+        N, V = history.shape[0], self.vocab_size
+        probs = np.broadcast_to(self.unigram, (N, V)).copy()
+        for k in range(2, self.order + 1):
+            t = self.tables[k]
+            g = self._gram_index(history[:, history.shape[1] - (k - 1):])
+            c = self._find(t["ctx"], g)
+            rows = np.flatnonzero(c >= 0)
+            if rows.size == 0:
+                continue
+            c = c[rows]
+            n_cont = t["types"][c]
+            # the continuations of each row's context, flattened: a ragged gather
+            flat_row = np.repeat(np.arange(rows.size), n_cont)
+            offset = np.arange(n_cont.sum()) - np.repeat(np.cumsum(n_cont) - n_cont, n_cont)
+            flat = np.repeat(t["start"][c], n_cont) + offset
+            counts = np.zeros((rows.size, V))
+            counts[flat_row, t["keys"][flat] % V] = t["counts"][flat]
+            types, total = n_cont.astype(np.float64)[:, None], t["total"][c][:, None]
+            probs[rows] = (counts + types * probs[rows]) / (total + types)
+        return probs
+
+    def log_probs(self, ids):
+        """log P(ids[t] | the up to order-1 ids before it) for t = 1 .. len(ids)-1."""
+        ids = np.asarray(ids, dtype=np.int64)
+        V = self.vocab_size
+        targets = ids[1:]
+        p = self.unigram[targets].copy()
+        gram = ids.copy()  # gram[s]: index of the (k-1)-gram starting at s, -1 if unseen
+        for k in range(2, self.order + 1):
+            t = self.tables[k]
+            if k > 2:  # extend the (k-2)-grams by one id to (k-1)-grams
+                n = len(ids) - (k - 2)
+                prev = gram[:n]
+                gram = np.where(prev >= 0, self._find(self.tables[k - 1]["keys"], prev * V + ids[k - 2:k - 2 + n]), -1)
+            # target ids[i] (i >= k-1) has the context gram starting at i-k+1
+            ctx = np.full(len(targets), -1, dtype=np.int64)
+            ctx[k - 2:] = gram[:len(targets) - (k - 2)]
+            c = self._find(t["ctx"], ctx)
+            hit = c >= 0
+            cc = np.maximum(c, 0)
+            key = self._find(t["keys"], np.where(hit, ctx * V + targets, -1))
+            c_hw = np.where(key >= 0, t["counts"][np.maximum(key, 0)], 0.0)
+            types, total = t["types"][cc].astype(np.float64), t["total"][cc]
+            p = np.where(hit, (c_hw + types * p) / (total + types), p)
+        return np.log(p)
+
+    def token_metrics(self, ids, chunk=1024):
+        """Next-token accuracy (%) of the argmax and perplexity over the stream ``ids`` (every id
+        after the first predicted once, as :func:`token_metrics` does for a model)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        logp = self.log_probs(ids)
+        correct = 0
+        padded = np.concatenate([np.full(self.order - 1, -1, dtype=np.int64), ids])
+        for s in range(1, len(ids), chunk):
+            t = np.arange(s, min(s + chunk, len(ids)))
+            history = padded[t[:, None] + np.arange(self.order - 1)]  # ids[t-order+1 .. t-1]
+            correct += int((self.distributions(history).argmax(axis=1) == ids[t]).sum())
+        n = len(ids) - 1
+        mean = -float(logp.mean())
+        return {"token_accuracy": 100.0 * correct / n, "perplexity": math.exp(mean), "loss": mean, "n_tokens": n}
+
+    def complete(self, prompts, stop_mask, max_new_tokens=64):
+        """Greedy continuation of each prompt until a ``stop_mask`` token (kept) or
+        ``max_new_tokens``; returns the generated ids per prompt (as :func:`complete_lines`)."""
+        h = self.order - 1
+        history = np.full((len(prompts), h), -1, dtype=np.int64)
+        for r, p in enumerate(prompts):
+            tail = list(p)[-h:] if h else []
+            if tail:
+                history[r, h - len(tail):] = tail
+        generated = [[] for _ in prompts]
+        active = np.arange(len(prompts))
+        for _ in range(max_new_tokens):
+            if active.size == 0:
+                break
+            nxt = self.distributions(history[active]).argmax(axis=1)
+            for r, i in zip(active, nxt):
+                generated[r].append(int(i))
+            if h:
+                history[active] = np.concatenate([history[active, 1:], nxt[:, None]], axis=1)
+            active = active[~stop_mask[nxt]]
+        return generated
+
+    def line_predictions(self, tokenizer, prompts, stop_mask, max_new_tokens=64):
+        return [_line_of(tokenizer, g) for g in self.complete(prompts, stop_mask, max_new_tokens)]

@@ -27,7 +27,7 @@ import numpy as np
 from tinyllm.checkpoint import CHECKPOINT_NAME, read_checkpoint_meta
 from tinyllm.code_data import (CODE_SPLIT_PATTERN, code_corpus, compare_manifests, describe_manifest_diff,
                                load_manifest, stdlib_corpus)
-from tinyllm.code_eval import (NGramLM, line_prompts, model_line_predictions, newline_token_mask,
+from tinyllm.code_eval import (NGramLM, encode_text, line_prompts, model_line_predictions, newline_token_mask,
                                repeat_previous_line, sample_positions, score_lines, stream_ids, token_metrics)
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.tokenizers import BPETokenizer
@@ -141,6 +141,15 @@ def build_tokenizer(args, corpus, out_dir):
     return tok
 
 
+def check_round_trip(tokenizer, corpus, split, ids):
+    """decode(encode(x)) == x for every file, checked on the whole stream (cheap: one decode)."""
+    if tokenizer.decode(ids) == "".join(EOT + f.text for f in corpus.split(split)):
+        return
+    bad = next(f.path for f in corpus.split(split) if tokenizer.decode(encode_text(tokenizer, f.text)) != f.text)
+    sys.exit(f"error: the tokenizer does not give back {bad} exactly (decode(encode(x)) != x); "
+             "train a new one with --overwrite")
+
+
 def make_model(args, tokenizer):
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                        n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
@@ -216,6 +225,8 @@ def main(argv=None):
     eot = tokenizer.special_tokens[EOT]
     t0 = time.perf_counter()
     train_ids, val_ids, test_ids = (stream_ids(corpus.texts(s), tokenizer, eot) for s in ("train", "val", "test"))
+    for split, ids in zip(("train", "val", "test"), (train_ids, val_ids, test_ids)):
+        check_round_trip(tokenizer, corpus, split, ids)
     print(f"tokens: train {len(train_ids):,}, val {len(val_ids):,}, test {len(test_ids):,} "
           f"({time.perf_counter() - t0:.1f} s)")
 

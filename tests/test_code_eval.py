@@ -239,16 +239,19 @@ def greedy_ref(model, prompt, stop_mask, max_new):
     return out
 
 
-def test_complete_lines_equals_one_at_a_time_greedy_decoding():
+@pytest.mark.parametrize("block", [8, 32])  # 8: windows slide past block_size; 32: all in the KV cache
+def test_complete_lines_equals_one_at_a_time_greedy_decoding(block):
     V = 11
-    model = tiny_model(V, block=8)
+    model = tiny_model(V, block=block)
     rng = np.random.default_rng(0)
-    prompts = [list(rng.integers(0, V, n)) for n in (1, 3, 3, 3, 6, 8, 8)]
+    prompts = [list(rng.integers(0, V, n)) for n in (1, 3, 3, 3, 3, 3, 6, 8, 8)]
     stop = np.zeros(V, dtype=bool)
     stop[[2, 7]] = True
-    got = complete_lines(model, prompts, stop, max_new_tokens=12, batch_size=2)
+    got = complete_lines(model, prompts, stop, max_new_tokens=12, batch_size=4)
     assert got == [greedy_ref(model, p, stop, 12) for p in prompts]
     assert all(len(g) <= 12 and (stop[g[-1]] or len(g) == 12) for g in got)
+    lengths = [len(g) for g in got[1:6]]  # one batch: rows leave it at different steps
+    assert len(set(lengths)) > 1, lengths
     assert model.training  # restored
 
 
@@ -264,3 +267,13 @@ def test_model_line_predictions_and_token_metrics(tok):
     assert math.isfinite(m["perplexity"]) and m["perplexity"] == pytest.approx(math.exp(m["loss"]))
     # an untrained model is near uniform
     assert 0.3 * tok.vocab_size < m["perplexity"] < 3 * tok.vocab_size
+
+
+def test_a_file_mentioning_the_end_of_text_token_does_not_end_there(tok):
+    eot = tok.special_tokens["<|endoftext|>"]
+    text = 'EOT = "<|endoftext|>"\n'
+    ids = stream_ids([text], tok, eot)
+    assert list(ids).count(eot) == 1 and tok.decode(ids[1:]) == text
+    pos = sample_positions([("a.py", text + "x = 1\n")], 5, np.random.default_rng(0))
+    prompt = line_prompts(pos, [("a.py", text + "x = 1\n")], tok, eot, 100)[1]
+    assert prompt.count(eot) == 1 and tok.decode(prompt[1:]) == text

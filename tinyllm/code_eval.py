@@ -31,10 +31,13 @@ from .tensor import no_grad
 __all__ = [
     "CompletionPosition",
     "NGramLM",
+    "complete_code",
     "complete_lines",
     "edit_similarity",
+    "encode_text",
     "exact_match",
     "line_prompts",
+    "model_line_predictions",
     "newline_token_mask",
     "repeat_previous_line",
     "sample_positions",
@@ -133,13 +136,22 @@ def repeat_previous_line(position):
 # ------------------------------------------------------------------------------------------
 # Token streams and prompts
 # ------------------------------------------------------------------------------------------
+def encode_text(tokenizer, text):
+    """``tokenizer.encode(text)`` with special tokens read as plain text (a source file that
+    mentions "<|endoftext|>" must not end there), when the tokenizer has special tokens."""
+    try:
+        return tokenizer.encode(text, allowed_special="none")
+    except TypeError:  # a tokenizer without special tokens (CharTokenizer)
+        return tokenizer.encode(text)
+
+
 def stream_ids(texts, tokenizer, sep_id):
     """The texts as one id stream, each preceded by ``sep_id`` (the end-of-text token): the
     layout the model trains on, so a file's first line is predicted right after a separator."""
     out = []
     for text in texts:
         out.append(sep_id)
-        out.extend(tokenizer.encode(text))
+        out.extend(encode_text(tokenizer, text))
     return np.asarray(out, dtype=np.int64)
 
 
@@ -154,14 +166,14 @@ def line_prompts(positions, files, tokenizer, sep_id, max_len):
     for pos in positions:
         if pos.path not in prefix_ids:
             text = text_of[pos.path]
-            per_line = [tokenizer.encode(line) for line in split_lines(text)]
+            per_line = [encode_text(tokenizer, line) for line in split_lines(text)]
             joined = [i for ids in per_line for i in ids]
-            prefix_ids[pos.path] = per_line if joined == list(tokenizer.encode(text)) else None
+            prefix_ids[pos.path] = per_line if joined == list(encode_text(tokenizer, text)) else None
         per_line = prefix_ids[pos.path]
         if per_line is not None:
             ids = [i for ids in per_line[:pos.line] for i in ids]
         else:
-            ids = list(tokenizer.encode("".join(split_lines(text_of[pos.path])[:pos.line])))
+            ids = list(encode_text(tokenizer, "".join(split_lines(text_of[pos.path])[:pos.line])))
         prompts.append(([sep_id] + ids)[-max_len:])
     return prompts
 
@@ -216,35 +228,77 @@ def complete_lines(model, prompts, stop_mask, max_new_tokens=64, batch_size=32):
 
 
 def _greedy_batch(model, idx, stop_mask, max_new_tokens):
+    """Greedy decoding of the rows of ``idx`` (B, T); a row leaves the batch (and the KV cache)
+    as soon as it has produced a stop token, so the cost follows the lines' real lengths."""
     block = model.config.block_size
     if idx.shape[1] == 0:
         raise ValueError("complete_lines: a prompt is empty; start it with the end-of-text id")
     idx = idx[:, -block:]
-    B = idx.shape[0]
-    done = np.zeros(B, dtype=bool)
-    generated = [[] for _ in range(B)]
+    generated = [[] for _ in range(idx.shape[0])]
+    active = np.arange(idx.shape[0])  # batch row -> prompt
     cache, fed = None, 0
     for _ in range(max_new_tokens):
         if idx.shape[1] <= block:
             if cache is None:
-                cache = model.new_kv_cache(B)
+                cache = model.new_kv_cache(len(active))
             logits, _ = model(idx[:, fed:], kv_cache=cache, last_only=True)
             fed = idx.shape[1]
-        else:
+        else:  # past block_size the positions shift every step: recompute the last window
             logits, _ = model(idx[:, -block:], last_only=True)
-        next_ids = logits.data[:, -1, :].argmax(axis=-1)  # (B,)
-        for b in np.flatnonzero(~done):
-            generated[b].append(int(next_ids[b]))
-        done |= stop_mask[next_ids]
-        if done.all():
+        next_ids = logits.data[:, -1, :].argmax(axis=-1)  # (rows,)
+        for row, token in zip(active, next_ids):
+            generated[row].append(int(token))
+        keep = ~stop_mask[next_ids]
+        if not keep.any():
             break
         idx = np.concatenate([idx, next_ids[:, None]], axis=1)
+        if not keep.all():
+            active, idx = active[keep], idx[keep]
+            if cache is not None:
+                _keep_cache_rows(cache, keep)
     return generated
+
+
+def _keep_cache_rows(cache, keep):
+    """Drop the finished rows from a KV cache (n_layer, B, n_head, max_len, head_dim)."""
+    cache.k = np.ascontiguousarray(cache.k[:, keep])
+    cache.v = np.ascontiguousarray(cache.v[:, keep])
 
 
 def model_line_predictions(model, tokenizer, prompts, stop_mask, max_new_tokens=64, batch_size=32):
     """The predicted line (text before the first newline) for each prompt."""
     return [_line_of(tokenizer, g) for g in complete_lines(model, prompts, stop_mask, max_new_tokens, batch_size)]
+
+
+def complete_code(model, tokenizer, prefix, max_lines=1, max_line_tokens=64, prompt_reserve=16,
+                  eos_token="<|endoftext|>"):
+    """Greedy completion of ``prefix`` (the text before the cursor) for ``max_lines`` lines:
+    returns the generated text, which ends just before the last line's newline. The prompt is
+    ``[end-of-text] + the prefix's ids``, its last ``block_size - prompt_reserve`` ids, as in
+    the evaluation."""
+    if max_lines < 1 or max_line_tokens < 1:
+        raise ValueError(f"complete_code: max_lines and max_line_tokens must be >= 1, got {max_lines}, "
+                         f"{max_line_tokens}")
+    block = model.config.block_size
+    if not 0 <= prompt_reserve < block:
+        raise ValueError(f"complete_code: prompt_reserve={prompt_reserve} must be in [0, block_size={block})")
+    specials = getattr(tokenizer, "special_tokens", {})
+    eot = specials.get(eos_token)
+    stop = newline_token_mask(tokenizer, model.config.vocab_size, [] if eot is None else [eot])
+    ids = ([] if eot is None else [eot]) + list(encode_text(tokenizer, prefix))
+    if not ids:
+        raise ValueError("complete_code: the prefix is empty and the tokenizer has no end-of-text token to start from")
+    generated = []
+    for _ in range(max_lines):
+        new = complete_lines(model, [ids[-(block - prompt_reserve):]], stop, max_line_tokens)[0]
+        generated += new
+        ids += new
+        if not new or (eot is not None and new[-1] == eot) or not stop[new[-1]]:
+            break  # the file ended, or the line ran past max_line_tokens
+    text = tokenizer.decode([i for i in generated if i != eot])
+    if generated and stop[generated[-1]] and "\n" in text:
+        text = text[:text.rfind("\n")].rstrip("\r")  # the last line's newline (and anything after it)
+    return text
 
 
 @no_grad()

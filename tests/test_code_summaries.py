@@ -195,3 +195,11 @@ def test_non_ascii_before_a_same_line_docstring(tmp_path):
 ])
 def test_docstring_summary(doc, summary):
     assert docstring_summary(doc) == summary
+
+
+def test_form_feeds_and_crlf_do_not_shift_lines(tmp_path):
+    """ast counts lines at \\n, \\r\\n and \\r only; str.splitlines would also cut at a form feed."""
+    path = tmp_path / "ff.py"
+    path.write_bytes(b'x = 1\r\n\x0c\r\n# \x1c\x1d\xe2\x80\xa8 separators\r\ndef f():\r\n    """Doc."""\r\n    return 1\r\n')
+    pairs, report = function_summaries(path)
+    assert pairs == [("def f():\r\n    return 1\r\n", "Doc")]

@@ -458,7 +458,7 @@ def extract_functions(paths, max_words=MAX_SUMMARY_WORDS):
             report["syntax_errors"].append((str(path), f"{where}{getattr(e, 'msg', None) or e}"))
             continue
         report["files"] += 1
-        lines = source.splitlines(keepends=True)
+        lines = _PY_LINE.findall(source)  # not str.splitlines: a form feed does not end a line for ast
         for node, qualname in _functions(tree):
             doc = ast.get_docstring(node, clean=True)
             if doc is None:
@@ -482,6 +482,9 @@ def function_summaries(paths, max_words=MAX_SUMMARY_WORDS):
     and method in ``paths`` (see :func:`extract_functions` for ``report`` and the details)."""
     functions, report = extract_functions(paths, max_words)
     return [(f.code, f.summary) for f in functions], report
+
+
+_PY_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 
 
 def _read_source(path, report):

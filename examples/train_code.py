@@ -30,7 +30,7 @@ from tinyllm.code_data import (CODE_SPLIT_PATTERN, code_corpus, compare_manifest
 from tinyllm.code_eval import (NGramLM, encode_text, line_prompts, model_line_predictions, newline_token_mask,
                                repeat_previous_line, sample_positions, score_lines, stream_ids, token_metrics)
 from tinyllm.models import GPT, GPTConfig
-from tinyllm.tokenizers import BPETokenizer
+from tinyllm.tokenizers import AutoTokenizer, BPETokenizer
 from tinyllm.training import TrainConfig, Trainer, load_tokenizer_from_meta, write_json
 
 EOT = "<|endoftext|>"
@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default="out-code", help="where checkpoints, logs, the model and metrics go")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out-dir")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out-dir holds a checkpoint")
+    p.add_argument("--eval-only", action="store_true",
+                   help="no training: score the model saved in --out-dir again (e.g. with other --eval-lines)")
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size, the end-of-text token included")
     p.add_argument("--tokenizer-max-chars", type=int, default=None,
                    help="train the BPE on a seeded sample of training files of about this many characters "
@@ -74,7 +76,7 @@ def parse_args(argv=None):
     e = p.add_argument_group("evaluation (line completion on the test files)")
     e.add_argument("--eval-lines", type=int, default=1000, help="line starts sampled from the test files")
     e.add_argument("--max-line-tokens", type=int, default=64, help="stop a completion after this many tokens")
-    e.add_argument("--prompt-reserve", type=int, default=16,
+    e.add_argument("--prompt-reserve", type=int, default=32,
                    help="the prompt is the last block_size - this many tokens, so most lines complete "
                         "inside one window with the KV cache")
     e.add_argument("--ngram-order", type=int, default=None,
@@ -156,11 +158,11 @@ def make_model(args, tokenizer):
     return GPT(config, seed=args.seed)
 
 
-def pick_ngram_order(train_ids, val_files, tokenizer, eot, stop_mask, args, orders=(4, 8, 16)):
+def pick_ngram_order(train_ids, val_files, tokenizer, eot, stop_mask, args, prompt_len, orders=(4, 8, 16)):
     """The n-gram order with the best edit similarity on lines of the val files (never the
     test files), so the baseline is tuned as fairly as the model."""
     positions = sample_positions(val_files, min(args.eval_lines, 500), np.random.default_rng([args.seed, 5]))
-    prompts = line_prompts(positions, val_files, tokenizer, eot, args.block_size - args.prompt_reserve)
+    prompts = line_prompts(positions, val_files, tokenizer, eot, prompt_len)
     truths = [p.truth for p in positions]
     best = None
     for order in orders:
@@ -177,10 +179,13 @@ def evaluate(args, model, tokenizer, corpus, train_ids, test_ids, out_dir):
     """Line completion on the test files: model, n-gram and repeat-the-previous-line."""
     eot = tokenizer.special_tokens[EOT]
     stop_mask = newline_token_mask(tokenizer, tokenizer.vocab_size, [eot])
+    if not 0 <= args.prompt_reserve < model.config.block_size:
+        sys.exit(f"error: --prompt-reserve {args.prompt_reserve} must be in [0, block_size = "
+                 f"{model.config.block_size})")
     test_files = [(f.path, f.text) for f in corpus.split("test")]
     val_files = [(f.path, f.text) for f in corpus.split("val")]
     positions = sample_positions(test_files, args.eval_lines, np.random.default_rng([args.seed, 4]))
-    prompts = line_prompts(positions, test_files, tokenizer, eot, args.block_size - args.prompt_reserve)
+    prompts = line_prompts(positions, test_files, tokenizer, eot, model.config.block_size - args.prompt_reserve)
     truths = [p.truth for p in positions]
 
     t0 = time.perf_counter()
@@ -190,7 +195,8 @@ def evaluate(args, model, tokenizer, corpus, train_ids, test_ids, out_dir):
 
     t0 = time.perf_counter()
     if args.ngram_order is None:
-        order, ngram = pick_ngram_order(train_ids, val_files, tokenizer, eot, stop_mask, args)
+        order, ngram = pick_ngram_order(train_ids, val_files, tokenizer, eot, stop_mask, args,
+                                        model.config.block_size - args.prompt_reserve)
     else:
         order, ngram = args.ngram_order, NGramLM(train_ids, tokenizer.vocab_size, args.ngram_order)
     ngram_lines = ngram.line_predictions(tokenizer, prompts, stop_mask, args.max_line_tokens)
@@ -206,6 +212,29 @@ def evaluate(args, model, tokenizer, corpus, train_ids, test_ids, out_dir):
     return {"model": model_scores, "ngram": ngram_scores, "repeat_previous_line": repeat_scores}
 
 
+def eval_only(args, out_dir):
+    """Score the saved model again on the same files (the manifest must match)."""
+    if not (out_dir / "config.json").is_file() or not (out_dir / MANIFEST_NAME).is_file():
+        sys.exit(f"error: --eval-only, but {out_dir} holds no finished run (config.json and {MANIFEST_NAME})")
+    args.resume = True  # the corpus must be the manifest's
+    corpus, _ = load_corpus(args, out_dir)
+    model = GPT.from_pretrained(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    eot = tokenizer.special_tokens[EOT]
+    train_ids, test_ids = (stream_ids(corpus.texts(s), tokenizer, eot) for s in ("train", "test"))
+    results = evaluate(args, model, tokenizer, corpus, train_ids, test_ids, out_dir)
+    metrics_path = out_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics.update(results, eval=eval_settings(args, model, results))
+    write_json(metrics_path, metrics)
+    print_table(results)
+
+
+def eval_settings(args, model, results):
+    return {"lines": results["model"]["n"], "max_line_tokens": args.max_line_tokens,
+            "prompt_tokens": model.config.block_size - args.prompt_reserve, "seed": args.seed}
+
+
 def print_table(results):
     print(f"\n{'':24s}{'exact match %':>14s}{'edit sim':>10s}{'token acc %':>13s}{'perplexity':>12s}")
     for name, r in results.items():
@@ -218,6 +247,8 @@ def print_table(results):
 def main(argv=None):
     args = parse_args(argv)
     out_dir = Path(args.out_dir)
+    if args.eval_only:
+        return eval_only(args, out_dir)
     check_out_dir(args, out_dir)
     t_start = time.perf_counter()
     corpus, manifest_path = load_corpus(args, out_dir)
@@ -256,8 +287,7 @@ def main(argv=None):
         "split_digest": corpus.manifest()["split_digest"],
         "splits": corpus.counts(),
         "tokens": {"train": len(train_ids), "val": len(val_ids), "test": len(test_ids)},
-        "eval": {"lines": results["model"]["n"], "max_line_tokens": args.max_line_tokens,
-                 "prompt_tokens": args.block_size - args.prompt_reserve, "seed": args.seed},
+        "eval": eval_settings(args, model, results),
         **results,
     }
     write_json(out_dir / "metrics.json", metrics)

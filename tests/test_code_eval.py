@@ -277,3 +277,8 @@ def test_a_file_mentioning_the_end_of_text_token_does_not_end_there(tok):
     pos = sample_positions([("a.py", text + "x = 1\n")], 5, np.random.default_rng(0))
     prompt = line_prompts(pos, [("a.py", text + "x = 1\n")], tok, eot, 100)[1]
     assert prompt.count(eot) == 1 and tok.decode(prompt[1:]) == text
+
+
+def test_line_prompts_bad_max_len(tok):
+    with pytest.raises(ValueError, match="max_len must be a positive integer, got 0"):
+        line_prompts([], [], tok, 0, 0)

@@ -67,9 +67,17 @@ def test_train_code_runs_end_to_end_resumes_and_refuses_a_changed_corpus(tmp_pat
     train_code.main(["--data", str(repo), "--out-dir", str(out), "--resume", *resumed])
     assert json.loads((out / "metrics.json").read_text())["iter"] == 9
 
+    train_code.main(["--data", str(repo), "--out-dir", str(out), "--eval-only", "--eval-lines", "4",
+                     "--ngram-order", "2", "--max-line-tokens", "8", "--prompt-reserve", "8"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["iter"] == 9 and metrics["eval"]["lines"] == metrics["model"]["n"] == 4
+    assert metrics["ngram"]["order"] == 2
+
     (repo / "pkg0" / "mod0.py").write_text("changed = 1\n")
     with pytest.raises(SystemExit, match=r"(?s)differs from the one this run started on.*1 edited: pkg0/mod0\.py"):
         train_code.main(["--data", str(repo), "--out-dir", str(out), "--resume", *resumed])
+    with pytest.raises(SystemExit, match=r"(?s)differs from the one this run started on"):
+        train_code.main(["--data", str(repo), "--out-dir", str(out), "--eval-only"])
 
 
 @pytest.mark.parametrize("setup, message", [

@@ -160,6 +160,8 @@ def line_prompts(positions, files, tokenizer, sep_id, max_len):
     ``max_len`` ids. Lines are encoded one by one and joined when that equals encoding the
     whole file (true for :data:`~tinyllm.code_data.CODE_SPLIT_PATTERN`, whose chunks never
     cross a newline); otherwise each prompt's text is encoded as a whole."""
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+        raise ValueError(f"line_prompts: max_len must be a positive integer, got {max_len!r}")
     text_of = dict(files)
     prefix_ids = {}  # path -> list of per-line id lists, or None when lines do not add up
     prompts = []

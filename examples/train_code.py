@@ -27,7 +27,7 @@ import numpy as np
 from tinyllm.checkpoint import CHECKPOINT_NAME, read_checkpoint_meta
 from tinyllm.code_data import (CODE_SPLIT_PATTERN, code_corpus, compare_manifests, describe_manifest_diff,
                                load_manifest, stdlib_corpus)
-from tinyllm.code_eval import (NGramLM, encode_text, line_prompts, model_line_predictions, newline_token_mask,
+from tinyllm.code_eval import (LineEnds, NGramLM, encode_text, line_prompts, model_line_predictions,
                                repeat_previous_line, sample_positions, score_lines, stream_ids, token_metrics)
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.tokenizers import AutoTokenizer, BPETokenizer
@@ -74,7 +74,9 @@ def parse_args(argv=None):
     t.add_argument("--seed", type=int, default=1337)
     t.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     e = p.add_argument_group("evaluation (line completion on the test files)")
-    e.add_argument("--eval-lines", type=int, default=1000, help="line starts sampled from the test files")
+    e.add_argument("--eval-lines", type=int, default=1500,
+                   help="non-blank line starts sampled from the test files (about 2/3 are code lines: the "
+                        "rest are comments and docstrings, scored apart)")
     e.add_argument("--max-line-tokens", type=int, default=64, help="stop a completion after this many tokens")
     e.add_argument("--prompt-reserve", type=int, default=32,
                    help="the prompt is the last block_size - this many tokens, so most lines complete "
@@ -158,53 +160,63 @@ def make_model(args, tokenizer):
     return GPT(config, seed=args.seed)
 
 
-def pick_ngram_order(train_ids, val_files, tokenizer, eot, stop_mask, args, prompt_len, orders=(4, 8, 16)):
-    """The n-gram order with the best edit similarity on lines of the val files (never the
-    test files), so the baseline is tuned as fairly as the model."""
-    positions = sample_positions(val_files, min(args.eval_lines, 500), np.random.default_rng([args.seed, 5]))
+def pick_ngram_order(train_ids, val_files, tokenizer, eot, line_ends, args, prompt_len, orders=(4, 8, 16)):
+    """The n-gram order with the best edit similarity on code lines of the val files (never
+    the test files), so the baseline is tuned as fairly as the model."""
+    positions = sample_positions(val_files, 500, np.random.default_rng([args.seed, 5]), kinds=("code",))
     prompts = line_prompts(positions, val_files, tokenizer, eot, prompt_len)
     truths = [p.truth for p in positions]
     best = None
     for order in orders:
         lm = NGramLM(train_ids, tokenizer.vocab_size, order)
-        score = score_lines(lm.line_predictions(tokenizer, prompts, stop_mask, args.max_line_tokens), truths)
-        print(f"  n-gram order {order}: val edit similarity {score['edit_similarity']:.1f}, "
+        score = score_lines(lm.line_predictions(tokenizer, prompts, line_ends, args.max_line_tokens), truths)
+        print(f"  n-gram order {order}: val code lines edit similarity {score['edit_similarity']:.1f}, "
               f"exact match {score['exact_match']:.1f}%")
         if best is None or score["edit_similarity"] > best[1]:
             best = (order, score["edit_similarity"], lm)
     return best[0], best[2]
 
 
+def line_scores(predictions, positions):
+    """Scores on the code lines (CodeXGLUE's kind: no comments, no docstrings) and on all lines."""
+    truths = [p.truth for p in positions]
+    code = [k for k, p in enumerate(positions) if p.kind == "code"]
+    out = {"all_lines": score_lines(predictions, truths)}
+    if code:
+        out["code_lines"] = score_lines([predictions[k] for k in code], [truths[k] for k in code])
+    return out
+
+
 def evaluate(args, model, tokenizer, corpus, train_ids, test_ids, out_dir):
-    """Line completion on the test files: model, n-gram and repeat-the-previous-line."""
+    """Line completion on the test files: model, n-gram and repeat-the-previous-line, on the same
+    lines; token accuracy and perplexity of the model and the n-gram on the test stream."""
     eot = tokenizer.special_tokens[EOT]
-    stop_mask = newline_token_mask(tokenizer, tokenizer.vocab_size, [eot])
+    line_ends = LineEnds.for_tokenizer(tokenizer, tokenizer.vocab_size, [eot])
+    prompt_len = model.config.block_size - args.prompt_reserve
     if not 0 <= args.prompt_reserve < model.config.block_size:
         sys.exit(f"error: --prompt-reserve {args.prompt_reserve} must be in [0, block_size = "
                  f"{model.config.block_size})")
     test_files = [(f.path, f.text) for f in corpus.split("test")]
     val_files = [(f.path, f.text) for f in corpus.split("val")]
     positions = sample_positions(test_files, args.eval_lines, np.random.default_rng([args.seed, 4]))
-    prompts = line_prompts(positions, test_files, tokenizer, eot, model.config.block_size - args.prompt_reserve)
-    truths = [p.truth for p in positions]
+    prompts = line_prompts(positions, test_files, tokenizer, eot, prompt_len)
 
     t0 = time.perf_counter()
-    model_lines = model_line_predictions(model, tokenizer, prompts, stop_mask, args.max_line_tokens)
-    model_scores = {**score_lines(model_lines, truths), **token_metrics(model, test_ids)}
+    model_lines = model_line_predictions(model, tokenizer, prompts, line_ends, args.max_line_tokens)
+    model_scores = {**line_scores(model_lines, positions), **token_metrics(model, test_ids)}
     print(f"model: {time.perf_counter() - t0:.0f} s")
 
     t0 = time.perf_counter()
     if args.ngram_order is None:
-        order, ngram = pick_ngram_order(train_ids, val_files, tokenizer, eot, stop_mask, args,
-                                        model.config.block_size - args.prompt_reserve)
+        order, ngram = pick_ngram_order(train_ids, val_files, tokenizer, eot, line_ends, args, prompt_len)
     else:
         order, ngram = args.ngram_order, NGramLM(train_ids, tokenizer.vocab_size, args.ngram_order)
-    ngram_lines = ngram.line_predictions(tokenizer, prompts, stop_mask, args.max_line_tokens)
-    ngram_scores = {**score_lines(ngram_lines, truths), **ngram.token_metrics(test_ids), "order": order}
+    ngram_lines = ngram.line_predictions(tokenizer, prompts, line_ends, args.max_line_tokens)
+    ngram_scores = {**line_scores(ngram_lines, positions), **ngram.token_metrics(test_ids), "order": order}
     print(f"n-gram baseline (order {order}): {time.perf_counter() - t0:.0f} s")
 
     repeat_lines = [repeat_previous_line(p) for p in positions]
-    repeat_scores = score_lines(repeat_lines, truths)
+    repeat_scores = line_scores(repeat_lines, positions)
 
     with open(out_dir / "completions.jsonl", "w", encoding="utf-8") as f:
         for p, a, b, c in zip(positions, model_lines, ngram_lines, repeat_lines):
@@ -231,17 +243,22 @@ def eval_only(args, out_dir):
 
 
 def eval_settings(args, model, results):
-    return {"lines": results["model"]["n"], "max_line_tokens": args.max_line_tokens,
+    return {"lines": results["model"]["all_lines"]["n"],
+            "code_lines": results["model"].get("code_lines", {}).get("n", 0),
+            "max_line_tokens": args.max_line_tokens,
             "prompt_tokens": model.config.block_size - args.prompt_reserve, "seed": args.seed}
 
 
 def print_table(results):
-    print(f"\n{'':24s}{'exact match %':>14s}{'edit sim':>10s}{'token acc %':>13s}{'perplexity':>12s}")
+    head = ("", "code lines: EM %", "edit sim", "all lines: EM %", "edit sim", "token acc %", "perplexity")
+    print("\n{:24s}{:>18s}{:>10s}{:>17s}{:>10s}{:>13s}{:>12s}".format(*head))
     for name, r in results.items():
+        code = r.get("code_lines", {"exact_match": float("nan"), "edit_similarity": float("nan")})
         acc = f"{r['token_accuracy']:.1f}" if "token_accuracy" in r else "-"
         ppl = f"{r['perplexity']:.2f}" if "perplexity" in r else "-"
         label = f"n-gram (order {r['order']})" if name == "ngram" else name
-        print(f"{label:24s}{r['exact_match']:14.1f}{r['edit_similarity']:10.1f}{acc:>13s}{ppl:>12s}")
+        print(f"{label:24s}{code['exact_match']:18.1f}{code['edit_similarity']:10.1f}"
+              f"{r['all_lines']['exact_match']:17.1f}{r['all_lines']['edit_similarity']:10.1f}{acc:>13s}{ppl:>12s}")
 
 
 def main(argv=None):

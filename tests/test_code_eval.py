@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from tinyllm.code_data import CODE_SPLIT_PATTERN
 from tinyllm.code_eval import (CompletionPosition, NGramLM, complete_lines, edit_similarity, exact_match,
-                               line_prompts, model_line_predictions, newline_token_mask, repeat_previous_line,
+                               LineEnds, line_kinds, line_prompts, line_text, model_line_predictions, repeat_previous_line,
                                sample_positions, score_lines, stream_ids, token_metrics)
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.tokenizers import BPETokenizer, GPT2_SPLIT_PATTERN
@@ -144,12 +144,64 @@ def test_stream_ids_separates_files(tok):
     assert tok.decode(ids) == "<|endoftext|>a = 1\n<|endoftext|>b\n"
 
 
-def test_newline_token_mask(tok):
+def test_line_ends_of_a_tokenizer(tok):
     eot = tok.special_tokens["<|endoftext|>"]
-    mask = newline_token_mask(tok, tok.vocab_size, [eot])
-    assert mask[eot] and mask[tok.encode("\n")[0]]
-    assert not mask[tok.encode("x")[0]]
-    assert mask.sum() == 1 + sum("\n" in tok.decode([i]) for i in range(tok.vocab_size) if i != eot)
+    ends = LineEnds.for_tokenizer(tok, tok.vocab_size, [eot])
+    nl, x, indent = tok.encode("\n")[0], tok.encode("x")[0], tok.encode("    ")[0]
+    assert ends.newline[nl] and not ends.content[nl] and not ends.end[nl]
+    assert ends.content[x] and not ends.newline[x] and not ends.content[indent]
+    assert ends.end[eot] and not ends.content[eot] and ends.end.sum() == 1
+    assert ends.newline.sum() == sum("\n" in tok.decode([i]) for i in range(tok.vocab_size))
+    # a newline ends a line that has content; before any content it is a skipped blank line
+    done = ends.done(np.array([nl, nl, x, eot]), np.array([True, False, False, False]))
+    assert done.tolist() == [True, False, False, True]
+    assert ends.done(np.array([nl]), np.array([False]), skip_blank_lines=False).tolist() == [True]
+
+
+def test_line_text():
+    class Tok:
+        def decode(self, ids):
+            return "".join(ids)
+
+    assert line_text(Tok(), ["\n", "  \n", "    x = 1", "\n", "y"]) == "    x = 1"
+    assert line_text(Tok(), ["\n", "  \n", "    x = 1"], skip_blank_lines=False) == ""
+    assert line_text(Tok(), ["a\r", "\n"]) == "a"
+    assert line_text(Tok(), ["\n", "\n"]) == "" and line_text(Tok(), []) == ""
+
+
+LINE_KIND_SOURCE = '''"""Module doc
+second line."""
+import os  # comment
+# a comment
+
+def f(x):
+    """Doc."""
+    s = """multi
+line"""
+    'bare' 'concatenated'
+    return x
+'''
+
+
+def test_line_kinds():
+    assert line_kinds(LINE_KIND_SOURCE) == ["string", "string", "code", "comment", "code", "code", "string", "code",
+                                            "string", "string", "code"]
+    assert line_kinds("def f(:\n    'x'\n") == ["code", "code"]  # a tokenize error: all code
+    assert line_kinds("x = 1\r# c\r") == ["code"]  # lone \r line ends: not split alike
+    assert line_kinds("") == []
+
+
+def test_sample_positions_by_kind():
+    files = [("a.py", LINE_KIND_SOURCE)]
+    code = sample_positions(files, 100, np.random.default_rng(0), kinds=("code",))
+    assert [p.line for p in code] == [2, 5, 7, 10] and all(p.kind == "code" for p in code)
+    every = sample_positions(files, 100, np.random.default_rng(0))
+    assert [p.kind for p in every] == ["string", "string", "code", "comment", "code", "string", "code", "string",
+                                       "string", "code"]
+    with pytest.raises(ValueError, match="kinds must be among"):
+        sample_positions(files, 5, np.random.default_rng(0), kinds=("prose",))
+    with pytest.raises(ValueError, match="no non-blank line of kind"):
+        sample_positions([("b.py", "# only\n")], 5, np.random.default_rng(0), kinds=("code",))
 
 
 # ---- the n-gram baseline ----------------------------------------------------------------------
@@ -193,10 +245,12 @@ def test_ngram_token_metrics_and_greedy_completion():
     lm = NGramLM(train, V, 3)
     m = lm.token_metrics(np.tile([0, 1, 2, 3, 5], 4))
     assert m["token_accuracy"] > 90 and m["perplexity"] < 1.5 and m["n_tokens"] == 19
-    stop = np.zeros(V, dtype=bool)
-    stop[5] = True
-    assert lm.complete([[0, 1], [5]], stop, max_new_tokens=10) == [[2, 3, 5], [0, 1, 2, 3, 5]]
-    assert lm.complete([[0, 1]], stop, max_new_tokens=2) == [[2, 3]]
+    ends = LineEnds(newline=np.arange(V) == 5, content=np.arange(V) < 5, end=np.zeros(V, dtype=bool))
+    assert lm.complete([[0, 1], [5]], ends, max_new_tokens=10) == [[2, 3, 5], [0, 1, 2, 3, 5]]
+    assert lm.complete([[0, 1]], ends, max_new_tokens=2) == [[2, 3]]
+    # after "3" comes the newline 5: a blank line is skipped unless asked not to
+    assert lm.complete([[2, 3]], ends, max_new_tokens=10) == [[5, 0, 1, 2, 3, 5]]
+    assert lm.complete([[2, 3]], ends, max_new_tokens=10, skip_blank_lines=False) == [[5]]
 
 
 def test_ngram_bad_input():
@@ -226,40 +280,44 @@ def tiny_model(V, block=16, seed=0):
     return GPT(GPTConfig(vocab_size=V, block_size=block, n_layer=1, n_head=2, n_embd=16), seed=seed)
 
 
-def greedy_ref(model, prompt, stop_mask, max_new):
+def greedy_ref(model, prompt, ends, max_new, skip_blank_lines):
     """One prompt, no cache, the whole window recomputed each step: the oracle."""
-    ids, out = list(prompt), []
+    ids, out, has_content = list(prompt), [], False
     for _ in range(max_new):
         logits, _ = model(np.asarray([ids[-model.config.block_size:]]))
         nxt = int(logits.data[0, -1].argmax())
         out.append(nxt)
         ids.append(nxt)
-        if stop_mask[nxt]:
+        if ends.end[nxt] or (ends.newline[nxt] and (has_content or ends.content[nxt] or not skip_blank_lines)):
             break
+        has_content |= bool(ends.content[nxt])
     return out
 
 
+@pytest.mark.parametrize("skip_blank_lines", [True, False])
 @pytest.mark.parametrize("block", [8, 32])  # 8: windows slide past block_size; 32: all in the KV cache
-def test_complete_lines_equals_one_at_a_time_greedy_decoding(block):
+def test_complete_lines_equals_one_at_a_time_greedy_decoding(block, skip_blank_lines):
     V = 11
-    model = tiny_model(V, block=block)
+    model = tiny_model(V, block=block, seed=2)  # a seed whose rows end at different steps
     rng = np.random.default_rng(0)
     prompts = [list(rng.integers(0, V, n)) for n in (1, 3, 3, 3, 3, 3, 6, 8, 8)]
-    stop = np.zeros(V, dtype=bool)
-    stop[[2, 7]] = True
-    got = complete_lines(model, prompts, stop, max_new_tokens=12, batch_size=4)
-    assert got == [greedy_ref(model, p, stop, 12) for p in prompts]
-    assert all(len(g) <= 12 and (stop[g[-1]] or len(g) == 12) for g in got)
+    ids = np.arange(V)
+    ends = LineEnds(newline=np.isin(ids, [2, 7]), content=~np.isin(ids, [2, 7, 4, 9]), end=ids == 9)
+    got = complete_lines(model, prompts, ends, max_new_tokens=12, batch_size=4, skip_blank_lines=skip_blank_lines)
+    assert got == [greedy_ref(model, p, ends, 12, skip_blank_lines) for p in prompts]
+    assert all(len(g) <= 12 for g in got)
     lengths = [len(g) for g in got[1:6]]  # one batch: rows leave it at different steps
     assert len(set(lengths)) > 1, lengths
+    skipped_blank = [g for g in got if len(g) > 1 and ends.newline[g[0]]]
+    assert len(skipped_blank) == (1 if skip_blank_lines else 0)
     assert model.training  # restored
 
 
 def test_model_line_predictions_and_token_metrics(tok):
     eot = tok.special_tokens["<|endoftext|>"]
     model = tiny_model(tok.vocab_size, block=32)
-    stop = newline_token_mask(tok, tok.vocab_size, [eot])
-    lines = model_line_predictions(model, tok, [[eot], tok.encode("import os\n")], stop, max_new_tokens=5)
+    ends = LineEnds.for_tokenizer(tok, tok.vocab_size, [eot])
+    lines = model_line_predictions(model, tok, [[eot], tok.encode("import os\n")], ends, max_new_tokens=5)
     assert len(lines) == 2 and all("\n" not in line for line in lines)
     ids = stream_ids([SOURCE, SOURCE], tok, eot)
     m = token_metrics(model, ids, batch_size=3)

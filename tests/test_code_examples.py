@@ -44,8 +44,11 @@ def test_train_code_runs_end_to_end_resumes_and_refuses_a_changed_corpus(tmp_pat
 
     metrics = json.loads((out / "metrics.json").read_text())
     for name in ("model", "ngram", "repeat_previous_line"):
-        assert 0 <= metrics[name]["exact_match"] <= 100 and 0 <= metrics[name]["edit_similarity"] <= 100
-        assert 5 <= metrics[name]["n"] <= 12 and metrics[name]["n"] == metrics["eval"]["lines"]
+        for subset in ("all_lines", "code_lines"):
+            scores = metrics[name][subset]
+            assert 0 <= scores["exact_match"] <= 100 and 0 <= scores["edit_similarity"] <= 100
+        assert 5 <= metrics[name]["all_lines"]["n"] <= 12 and metrics[name]["all_lines"]["n"] == metrics["eval"]["lines"]
+        assert metrics[name]["code_lines"]["n"] == metrics["eval"]["code_lines"] < metrics["eval"]["lines"]
     for name in ("model", "ngram"):
         assert metrics[name]["perplexity"] > 1 and 0 <= metrics[name]["token_accuracy"] <= 100
     assert metrics["ngram"]["order"] == 3 and metrics["iter"] == 6
@@ -70,7 +73,7 @@ def test_train_code_runs_end_to_end_resumes_and_refuses_a_changed_corpus(tmp_pat
     train_code.main(["--data", str(repo), "--out-dir", str(out), "--eval-only", "--eval-lines", "4",
                      "--ngram-order", "2", "--max-line-tokens", "8", "--prompt-reserve", "8"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["iter"] == 9 and metrics["eval"]["lines"] == metrics["model"]["n"] == 4
+    assert metrics["iter"] == 9 and metrics["eval"]["lines"] == metrics["model"]["all_lines"]["n"] == 4
     assert metrics["ngram"]["order"] == 2
 
     (repo / "pkg0" / "mod0.py").write_text("changed = 1\n")

@@ -151,7 +151,8 @@ class CodeCorpus:
 
     files: list
     skipped: dict            # reason -> sorted relative paths: "binary", "non_utf8", "empty"
-    excluded: int            # files left out by the rules (tests, tools, generated, ...)
+    excluded: int            # files left out by path patterns or as generated (files in directories
+                             # never entered, and test_*.py names, are not counted)
     info: dict               # source, roots, extensions, fractions, rules: goes to the manifest
 
     def split(self, name):

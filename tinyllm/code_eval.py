@@ -19,7 +19,9 @@ Nothing here imports a model class: a "model" is anything with ``config.block_si
 :class:`tinyllm.models.GPT`.
 """
 import difflib
+import io
 import math
+import tokenize
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,9 +38,12 @@ __all__ = [
     "edit_similarity",
     "encode_text",
     "exact_match",
+    "LINE_KINDS",
+    "LineEnds",
+    "line_kinds",
     "line_prompts",
+    "line_text",
     "model_line_predictions",
-    "newline_token_mask",
     "repeat_previous_line",
     "sample_positions",
     "score_lines",
@@ -91,36 +96,85 @@ def score_lines(predictions, truths):
 @dataclass(frozen=True)
 class CompletionPosition:
     """The start of line ``line`` (0-based) of file ``path``; ``truth`` is that line without
-    its newline, ``previous`` the last non-blank line before it ("" if none)."""
+    its newline, ``previous`` the last non-blank line before it ("" if none), ``kind`` what the
+    line holds (see :func:`line_kinds`)."""
 
     path: str
     line: int
     truth: str
     previous: str
+    kind: str = "code"
 
     def to_dict(self):
         return asdict(self)
 
 
-def sample_positions(files, n, rng):
+LINE_KINDS = ("code", "comment", "string")
+
+
+def line_kinds(text):
+    """The kind of each line of Python source ``text`` (one per :func:`split_lines` line):
+    "comment" (only a comment), "string" (inside a multi-line string, or a statement that is
+    only a string: docstrings), "code" (the rest, blank lines included). CodeXGLUE's Python
+    line completion has no comments and replaces string literals by a placeholder, so its lines
+    are of the "code" kind. Text that Python's tokenizer cannot read (another language, a
+    syntax error, a lone "\\r" line end) is all "code"."""
+    lines = split_lines(text)
+    kinds = ["code"] * len(lines)
+    if "\r" in text.replace("\r\n", ""):
+        return kinds  # tokenize would count lines differently from split_lines
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return kinds
+    skip = {tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+    first_on_row, statement = {}, []
+    for tok in tokens:
+        if tok.type in skip:
+            if tok.type == tokenize.NEWLINE:
+                if statement and all(t.type == tokenize.STRING for t in statement):
+                    _mark(kinds, statement[0].start[0], statement[-1].end[0], "string")
+                statement = []
+            continue
+        first_on_row.setdefault(tok.start[0], tok)
+        if tok.type != tokenize.COMMENT:
+            statement.append(tok)
+        if tok.type == tokenize.STRING and tok.end[0] > tok.start[0]:
+            _mark(kinds, tok.start[0] + 1, tok.end[0], "string")  # continuation lines
+    for row, tok in first_on_row.items():
+        if tok.type == tokenize.COMMENT and row <= len(kinds) and kinds[row - 1] == "code":
+            kinds[row - 1] = "comment"
+    return kinds
+
+
+def _mark(kinds, first_row, last_row, kind):
+    for row in range(first_row, min(last_row, len(kinds)) + 1):  # tokenize rows are 1-based
+        kinds[row - 1] = kind
+
+
+def sample_positions(files, n, rng, kinds=None):
     """``n`` line starts drawn uniformly without replacement from the non-blank lines of
-    ``files`` (a list of ``(path, text)``), in (file, line) order. Fewer when there are fewer."""
+    ``files`` (a list of ``(path, text)``), in (file, line) order; fewer when there are fewer.
+    ``kinds``: keep only lines of these kinds (:func:`line_kinds`), e.g. ``("code",)``."""
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"sample_positions: rng must be a np.random.Generator, got {type(rng).__name__}")
-    candidates = []  # (file index, line index)
+    if kinds is not None and not set(kinds) <= set(LINE_KINDS):
+        raise ValueError(f"sample_positions: kinds must be among {LINE_KINDS}, got {kinds}")
+    candidates = []  # (file index, line index, kind)
     for f, (_, text) in enumerate(files):
-        candidates += [(f, i) for i, line in enumerate(split_lines(text)) if line.strip()]
+        candidates += [(f, i, k) for i, (line, k) in enumerate(zip(split_lines(text), line_kinds(text)))
+                       if line.strip() and (kinds is None or k in kinds)]
     if not candidates:
-        raise ValueError("sample_positions: the files hold no non-blank line")
+        raise ValueError(f"sample_positions: the files hold no non-blank line{'' if kinds is None else f' of kind {kinds}'}")
     picks = np.sort(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False))
     positions = []
     lines_of = {}
     for k in picks:
-        f, i = candidates[k]
+        f, i, kind = candidates[k]
         path, text = files[f]
         lines = lines_of.setdefault(f, split_lines(text))
         previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
-        positions.append(CompletionPosition(path, i, _strip_newline(lines[i]), _strip_newline(previous)))
+        positions.append(CompletionPosition(path, i, _strip_newline(lines[i]), _strip_newline(previous), kind))
     return positions
 
 
@@ -180,31 +234,61 @@ def line_prompts(positions, files, tokenizer, sep_id, max_len):
     return prompts
 
 
-def newline_token_mask(tokenizer, vocab_size, stop_ids=()):
-    """bool (V,): the tokens that end a line (their text holds "\\n"), plus ``stop_ids``."""
-    mask = np.zeros(vocab_size, dtype=bool)
-    for i in range(vocab_size):
-        try:
-            mask[i] = "\n" in tokenizer.decode([i])
-        except ValueError:  # an id the tokenizer does not have (a padded vocabulary)
-            pass
-    mask[list(stop_ids)] = True
-    return mask
+@dataclass(frozen=True)
+class LineEnds:
+    """Which generated tokens end a line, as bool arrays over the vocabulary (V,):
+    ``newline`` (the token's text holds "\\n"), ``content`` (it holds a non-space character) and
+    ``end`` (it ends the text: the end-of-text token).
+
+    A row is done at an ``end`` token, or at a ``newline`` token once its line has content. With
+    ``skip_blank_lines`` (the evaluation's rule) a newline before any content does not end the
+    row: a blank line is not a prediction of a line, and CodeXGLUE's token streams have none, so
+    the model's (or n-gram's) line is the first non-blank one it writes.
+    """
+
+    newline: np.ndarray
+    content: np.ndarray
+    end: np.ndarray
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, vocab_size, end_ids=()):
+        newline = np.zeros(vocab_size, dtype=bool)
+        content = np.zeros(vocab_size, dtype=bool)
+        for i in range(vocab_size):
+            try:
+                text = tokenizer.decode([i])
+            except ValueError:  # an id the tokenizer does not have (a padded vocabulary)
+                continue
+            newline[i], content[i] = "\n" in text, bool(text.strip())
+        end = np.zeros(vocab_size, dtype=bool)
+        end[list(end_ids)] = True
+        return cls(newline, content & ~end, end)
+
+    def done(self, tokens, has_content, skip_blank_lines=True):
+        """Rows (given their new ``tokens`` and whether their line had content before) that are
+        finished now."""
+        ready = has_content | self.content[tokens] if skip_blank_lines else True
+        return self.end[tokens] | (self.newline[tokens] & ready)
 
 
-def _line_of(tokenizer, ids):
-    """Decode generated ids and keep the text before the first newline."""
-    text = tokenizer.decode(ids)
-    return _strip_newline(text.split("\n", 1)[0])
+def line_text(tokenizer, ids, skip_blank_lines=True):
+    """The generated line: decode ``ids``, drop leading blank lines (with ``skip_blank_lines``),
+    keep the text before the next newline."""
+    lines = tokenizer.decode(ids).split("\n")
+    if skip_blank_lines:
+        while len(lines) > 1 and not lines[0].strip():
+            lines.pop(0)
+    return lines[0].rstrip("\r")
 
 
 # ------------------------------------------------------------------------------------------
 # Greedy completion with a model
 # ------------------------------------------------------------------------------------------
 @no_grad()
-def complete_lines(model, prompts, stop_mask, max_new_tokens=64, batch_size=32):
-    """Greedy continuation of each prompt (a list of ids) until a token of ``stop_mask`` (kept)
-    or ``max_new_tokens``; returns the generated ids per prompt.
+def complete_lines(model, prompts, line_ends, max_new_tokens=64, batch_size=32, skip_blank_lines=True):
+    """Greedy continuation of each prompt (a list of ids) until its line ends (see
+    :class:`LineEnds`; the ending token is kept) or ``max_new_tokens``; returns the generated
+    ids per prompt.
 
     Prompts of equal length run together in batches with a KV cache; once a sequence would
     outgrow ``block_size`` the last ``block_size`` ids are recomputed each step, as
@@ -222,22 +306,23 @@ def complete_lines(model, prompts, stop_mask, max_new_tokens=64, batch_size=32):
             for s in range(0, len(rows), batch_size):
                 chunk = rows[s:s + batch_size]
                 ids = np.asarray([prompts[k] for k in chunk], dtype=np.int64)
-                for k, gen in zip(chunk, _greedy_batch(model, ids, stop_mask, max_new_tokens)):
+                for k, gen in zip(chunk, _greedy_batch(model, ids, line_ends, max_new_tokens, skip_blank_lines)):
                     out[k] = gen
     finally:
         model.train(was_training)
     return out
 
 
-def _greedy_batch(model, idx, stop_mask, max_new_tokens):
+def _greedy_batch(model, idx, line_ends, max_new_tokens, skip_blank_lines):
     """Greedy decoding of the rows of ``idx`` (B, T); a row leaves the batch (and the KV cache)
-    as soon as it has produced a stop token, so the cost follows the lines' real lengths."""
+    as soon as its line ends, so the cost follows the lines' real lengths."""
     block = model.config.block_size
     if idx.shape[1] == 0:
         raise ValueError("complete_lines: a prompt is empty; start it with the end-of-text id")
     idx = idx[:, -block:]
     generated = [[] for _ in range(idx.shape[0])]
     active = np.arange(idx.shape[0])  # batch row -> prompt
+    has_content = np.zeros(idx.shape[0], dtype=bool)
     cache, fed = None, 0
     for _ in range(max_new_tokens):
         if idx.shape[1] <= block:
@@ -250,12 +335,13 @@ def _greedy_batch(model, idx, stop_mask, max_new_tokens):
         next_ids = logits.data[:, -1, :].argmax(axis=-1)  # (rows,)
         for row, token in zip(active, next_ids):
             generated[row].append(int(token))
-        keep = ~stop_mask[next_ids]
+        keep = ~line_ends.done(next_ids, has_content, skip_blank_lines)
+        has_content |= line_ends.content[next_ids]
         if not keep.any():
             break
         idx = np.concatenate([idx, next_ids[:, None]], axis=1)
         if not keep.all():
-            active, idx = active[keep], idx[keep]
+            active, idx, has_content = active[keep], idx[keep], has_content[keep]
             if cache is not None:
                 _keep_cache_rows(cache, keep)
     return generated
@@ -267,9 +353,10 @@ def _keep_cache_rows(cache, keep):
     cache.v = np.ascontiguousarray(cache.v[:, keep])
 
 
-def model_line_predictions(model, tokenizer, prompts, stop_mask, max_new_tokens=64, batch_size=32):
-    """The predicted line (text before the first newline) for each prompt."""
-    return [_line_of(tokenizer, g) for g in complete_lines(model, prompts, stop_mask, max_new_tokens, batch_size)]
+def model_line_predictions(model, tokenizer, prompts, line_ends, max_new_tokens=64, batch_size=32):
+    """The predicted line (the first non-blank line generated) for each prompt."""
+    generated = complete_lines(model, prompts, line_ends, max_new_tokens, batch_size)
+    return [line_text(tokenizer, g) for g in generated]
 
 
 def complete_code(model, tokenizer, prefix, max_lines=1, max_line_tokens=64, prompt_reserve=16,
@@ -286,21 +373,27 @@ def complete_code(model, tokenizer, prefix, max_lines=1, max_line_tokens=64, pro
         raise ValueError(f"complete_code: prompt_reserve={prompt_reserve} must be in [0, block_size={block})")
     specials = getattr(tokenizer, "special_tokens", {})
     eot = specials.get(eos_token)
-    stop = newline_token_mask(tokenizer, model.config.vocab_size, [] if eot is None else [eot])
+    line_ends = LineEnds.for_tokenizer(tokenizer, model.config.vocab_size, [] if eot is None else [eot])
     ids = ([] if eot is None else [eot]) + list(encode_text(tokenizer, prefix))
     if not ids:
         raise ValueError("complete_code: the prefix is empty and the tokenizer has no end-of-text token to start from")
     generated = []
-    for _ in range(max_lines):
-        new = complete_lines(model, [ids[-(block - prompt_reserve):]], stop, max_line_tokens)[0]
+    for k in range(max_lines):
+        # the first line skips blank lines as the evaluation does; later ones keep the layout
+        new = complete_lines(model, [ids[-(block - prompt_reserve):]], line_ends, max_line_tokens,
+                             skip_blank_lines=k == 0)[0]
         generated += new
         ids += new
-        if not new or (eot is not None and new[-1] == eot) or not stop[new[-1]]:
+        if line_ends.end[new[-1]] or not line_ends.newline[new[-1]]:
             break  # the file ended, or the line ran past max_line_tokens
+    ended_line = line_ends.newline[generated[-1]]
     text = tokenizer.decode([i for i in generated if i != eot])
-    if generated and stop[generated[-1]] and "\n" in text:
-        text = text[:text.rfind("\n")].rstrip("\r")  # the last line's newline (and anything after it)
-    return text
+    lines = text.split("\n")
+    while len(lines) > 1 and not lines[0].strip():  # the blank lines skipped before the first line
+        lines.pop(0)
+    if ended_line and len(lines) > 1:
+        lines.pop()  # what follows the last line's newline
+    return "\n".join(line.rstrip("\r") for line in lines)
 
 
 @no_grad()
@@ -448,8 +541,8 @@ class NGramLM:
         mean = -float(logp.mean())
         return {"token_accuracy": 100.0 * correct / n, "perplexity": math.exp(mean), "loss": mean, "n_tokens": n}
 
-    def complete(self, prompts, stop_mask, max_new_tokens=64):
-        """Greedy continuation of each prompt until a ``stop_mask`` token (kept) or
+    def complete(self, prompts, line_ends, max_new_tokens=64, skip_blank_lines=True):
+        """Greedy continuation of each prompt until its line ends (:class:`LineEnds`) or
         ``max_new_tokens``; returns the generated ids per prompt (as :func:`complete_lines`)."""
         h = self.order - 1
         history = np.full((len(prompts), h), -1, dtype=np.int64)
@@ -459,6 +552,7 @@ class NGramLM:
                 history[r, h - len(tail):] = tail
         generated = [[] for _ in prompts]
         active = np.arange(len(prompts))
+        has_content = np.zeros(len(prompts), dtype=bool)
         for _ in range(max_new_tokens):
             if active.size == 0:
                 break
@@ -467,8 +561,10 @@ class NGramLM:
                 generated[r].append(int(i))
             if h:
                 history[active] = np.concatenate([history[active, 1:], nxt[:, None]], axis=1)
-            active = active[~stop_mask[nxt]]
+            keep = ~line_ends.done(nxt, has_content[active], skip_blank_lines)
+            has_content[active] |= line_ends.content[nxt]
+            active = active[keep]
         return generated
 
-    def line_predictions(self, tokenizer, prompts, stop_mask, max_new_tokens=64):
-        return [_line_of(tokenizer, g) for g in self.complete(prompts, stop_mask, max_new_tokens)]
+    def line_predictions(self, tokenizer, prompts, line_ends, max_new_tokens=64):
+        return [line_text(tokenizer, g) for g in self.complete(prompts, line_ends, max_new_tokens)]

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, lock_out_dir, read_checkpoint_meta
 from .errors import FileFormatError, OutDirLocked, RunExistsError
+from .tensor import no_grad
 from .training import Trainer, TrainConfig, TrainingDiverged, load_tokenizer_from_meta, write_json
 
 __all__ = ["TrainingRun", "add_training_args", "exit_on_error", "train_config_from_args"]
@@ -175,13 +176,18 @@ class TrainingRun:
         ``metrics.json`` and save the model (``save_pretrained``) and tokenizer into ``--out-dir``.
 
         ``get_batch``, ``evaluate``, ``sample``: as for :class:`~tinyllm.training.Trainer`.
-        ``extra_metrics``: more entries for ``metrics.json``. Returns the metrics.
+        ``extra_metrics``: more entries for ``metrics.json``: a dict, or ``extra_metrics(model) -> dict``
+        called on the trained model (in eval mode, without gradients) before anything is written,
+        e.g. BLEU on a test split, which only means something once training is over. Returns the
+        metrics.
         """
         cfg = train_config_from_args(self.args)
         trainer = Trainer(model, train_data, val_data, cfg, tokenizer, get_batch=get_batch, evaluate=evaluate,
                           sample=sample)
         result = trainer.train(resume=self.resuming, log=self.log)
         final = trainer.evaluate_split("val")
+        if callable(extra_metrics):
+            extra_metrics = _evaluate_trained(extra_metrics, model)
         metrics = {
             "iter": result["iter"],
             "train_loss": result.get("train_loss"),
@@ -214,6 +220,16 @@ class TrainingRun:
         text = trainer.sample()
         if text is not None:
             self.log(f"--- sample ---\n{text}")
+
+
+@no_grad()
+def _evaluate_trained(fn, model):
+    was_training = model.training
+    model.eval()
+    try:
+        return fn(model)
+    finally:
+        model.train(was_training)
 
 
 def _num_parameters(model):

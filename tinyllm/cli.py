@@ -175,13 +175,16 @@ class TrainingRun:
         ``metrics.json`` and save the model (``save_pretrained``) and tokenizer into ``--out-dir``.
 
         ``get_batch``, ``evaluate``, ``sample``: as for :class:`~tinyllm.training.Trainer`.
-        ``extra_metrics``: more entries for ``metrics.json``. Returns the metrics.
+        ``extra_metrics``: more entries for ``metrics.json``: a dict, or a callable
+        ``extra_metrics(model) -> dict`` run once training is done (a task's own evaluation, e.g.
+        on its test split; it may also write its own files into ``--out-dir``). Returns the metrics.
         """
         cfg = train_config_from_args(self.args)
         trainer = Trainer(model, train_data, val_data, cfg, tokenizer, get_batch=get_batch, evaluate=evaluate,
                           sample=sample)
         result = trainer.train(resume=self.resuming, log=self.log)
         final = trainer.evaluate_split("val")
+        extra = extra_metrics(model) if callable(extra_metrics) else extra_metrics
         metrics = {
             "iter": result["iter"],
             "train_loss": result.get("train_loss"),
@@ -191,7 +194,7 @@ class TrainingRun:
             "wall_s": result["wall_s"],
             "n_params": _num_parameters(model),
             "config": model.config.to_dict(),
-            **(extra_metrics or {}),
+            **(extra or {}),
         }
         write_json(self.out_dir / METRICS_NAME, metrics)
         model.save_pretrained(self.out_dir)

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import tinyllm  # noqa: F401  (before NumPy: see tinyllm/_runtime.py)
+import tinyllm  # noqa: F401  (before NumPy: it sets process options NumPy reads at import)
 
 from tinyllm.code_data import split_lines
 from tinyllm.code_eval import complete_code

@@ -178,8 +178,8 @@ class TrainingRun:
         ``get_batch``, ``evaluate``, ``sample``: as for :class:`~tinyllm.training.Trainer`.
         ``extra_metrics``: more entries for ``metrics.json``: a dict, or ``extra_metrics(model) -> dict``
         called on the trained model (in eval mode, without gradients) before anything is written,
-        e.g. BLEU on a test split, which only means something once training is over. Returns the
-        metrics.
+        e.g. BLEU on a test split, which only means something once training is over (it may also
+        write its own files into ``--out-dir``). Returns the metrics.
         """
         cfg = train_config_from_args(self.args)
         trainer = Trainer(model, train_data, val_data, cfg, tokenizer, get_batch=get_batch, evaluate=evaluate,
@@ -227,7 +227,8 @@ def _evaluate_trained(fn, model):
     was_training = model.training
     model.eval()
     try:
-        return fn(model)
+        with no_grad():
+            return fn(model)
     finally:
         model.train(was_training)
 

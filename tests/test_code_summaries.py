@@ -203,3 +203,49 @@ def test_form_feeds_and_crlf_do_not_shift_lines(tmp_path):
     path.write_bytes(b'x = 1\r\n\x0c\r\n# \x1c\x1d\xe2\x80\xa8 separators\r\ndef f():\r\n    """Doc."""\r\n    return 1\r\n')
     pairs, report = function_summaries(path)
     assert pairs == [("def f():\r\n    return 1\r\n", "Doc")]
+
+
+def test_functions_in_blocks_local_classes_and_methods_nested_in_methods(tmp_path):
+    path = tmp_path / "blocks.py"
+    path.write_text(textwrap.dedent('''\
+        import sys
+        if sys.platform:
+            def in_if():
+                """Defined under an if."""
+        try:
+            import os
+        except ImportError:
+            def in_except():
+                """Defined in an except clause."""
+        def factory():
+            """Build a class."""
+            class Local:
+                def method(self):
+                    """A method of a local class."""
+                    def helper():
+                        """Nested in a method."""
+                    return helper
+            return Local
+        '''), encoding="utf-8")
+    functions, report = extract_functions(path)
+    assert [f.qualname for f in functions] == [
+        "in_if", "in_except", "factory", "factory.<locals>.Local.method",
+        "factory.<locals>.Local.method.<locals>.helper"]
+    assert [f.summary for f in functions][-2:] == ["A method of a local class", "Nested in a method"]
+    code = {f.qualname: f.code for f in functions}
+    assert code["in_if"] == "def in_if():\n"
+    assert code["factory.<locals>.Local.method"] == "def method(self):\n    def helper():\n" \
+        '        """Nested in a method."""\n    return helper\n'
+    assert report["documented"] == report["kept"] == 5
+
+
+def test_the_word_limit_keeps_40_words_and_skips_41(tmp_path):
+    words = [f"w{i}" for i in range(41)]
+    path = tmp_path / "limit.py"
+    path.write_text(f'def forty():\n    """{" ".join(words[:40])}."""\n\n\n'
+                    f'def forty_one():\n    """{" ".join(words)}."""\n', encoding="utf-8")
+    pairs, report = function_summaries(path)
+    assert pairs == [("def forty():\n", " ".join(words[:40]))]
+    assert report["skipped_long"] == 1 and report["skipped_empty"] == 0
+    pairs, report = function_summaries(path, max_words=41)
+    assert len(pairs) == 2 and report["skipped_long"] == 0

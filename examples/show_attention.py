@@ -110,7 +110,8 @@ def plot(maps, labels, title, out_path):
     plt = import_pyplot()
     n_layer, n_head, T, _ = maps.shape
     side = 1.6 + 0.09 * T
-    fig, axes = plt.subplots(n_layer, n_head, figsize=(side * n_head + 0.6, side * n_layer + 0.6), squeeze=False)
+    fig, axes = plt.subplots(n_layer, n_head, figsize=(side * n_head + 0.6, side * n_layer + 0.8), squeeze=False,
+                             constrained_layout=True)  # room for the titles of the figure and of each map
     show_labels = T <= 48
     for layer in range(n_layer):
         for head in range(n_head):
@@ -129,7 +130,6 @@ def plot(maps, labels, title, out_path):
     fig.suptitle(title, fontsize=10)
     fig.supxlabel("key: the earlier token read", fontsize=9)
     fig.supylabel("query: the token being processed", fontsize=9)
-    fig.tight_layout()
     fig.savefig(out_path, dpi=90)
     plt.close(fig)
 
@@ -139,6 +139,7 @@ def main(argv=None):
     p.add_argument("--model-dir", type=Path, default=Path("out-shakespeare"))
     p.add_argument("--prompt", default="ROMEO:", help="the text whose attention is drawn (\\n for a newline)")
     p.add_argument("--out", type=Path, default=None, help="the PNG to write (default: MODEL_DIR/attention.png)")
+    p.add_argument("--title", default=None, help="the title above the maps (default: the model directory and prompt)")
     args = p.parse_args(argv)
     if not (args.model_dir / "config.json").is_file():
         sys.exit(f"error: {args.model_dir} holds no saved model (config.json); train one first with "
@@ -159,7 +160,7 @@ def main(argv=None):
     model.eval()
     maps = attention_maps(model, np.asarray([ids], dtype=np.int64))
     out = args.out or args.model_dir / "attention.png"
-    plot(maps, token_labels(tokenizer, ids), f"attention of {args.model_dir} over {prompt!r}", out)
+    plot(maps, token_labels(tokenizer, ids), args.title or f"attention of {args.model_dir} over {prompt!r}", out)
     print(f"wrote {out}")
     return out
 

@@ -6,13 +6,14 @@
 
 Each source is encoded as the model was trained (its ids, then </s>), translated by
 ``model.generate`` (greedy by default, beam search with --num-beams) and decoded without the
-special tokens: the Hugging Face workflow, in NumPy.
+special tokens: the Hugging Face workflow, in NumPy. Prints one translation a line, in order.
 """
 import argparse
 import sys
 
-import tinyllm  # noqa: F401  (before NumPy: see tinyllm/_runtime.py)
+import numpy as np
 
+import tinyllm
 from tinyllm import AutoModelForSeq2SeqLM, AutoTokenizer
 
 
@@ -22,28 +23,48 @@ def parse_args(argv=None):
     p.add_argument("--model-dir", required=True, help="a directory written by train_translation.py")
     p.add_argument("--num-beams", type=int, default=1, help="1: greedy; more: beam search")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: as long as the model allows")
+    p.add_argument("--batch-size", type=int, default=64, help="sources translated at once")
+    # small models run faster on one thread each kernel (see train_translation.py)
+    p.add_argument("--num-threads", type=int, default=1, help="threads for the kernels (0: tinyllm's default)")
     return p.parse_args(argv)
+
+
+def check_lengths(texts, tokenizer, model, model_dir):
+    """Encode every text; a source longer than the model reads is an error that names it."""
+    limit = model.config.max_src_len
+    encoded = []
+    for i, text in enumerate(texts, 1):
+        ids = tokenizer.encode(text)
+        if len(ids) > limit:
+            clipped = text if len(text) <= 60 else text[:60] + "..."
+            raise ValueError(f"source {i} ({clipped!r}) is {len(ids)} tokens long (with </s>), but this model reads "
+                             f"at most {limit} (max_src_len in {model_dir}/config.json); shorten or split it")
+        encoded.append(ids)
+    return encoded
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.num_threads:
+        tinyllm.set_num_threads(args.num_threads)
     texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
     if not texts:
         sys.exit("error: nothing to translate; pass sentences as arguments or on stdin")
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir)
         tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    except (FileNotFoundError, ValueError) as e:
+        encoded = check_lengths(texts, tokenizer, model, args.model_dir)
+        max_new_tokens = args.max_new_tokens or model.config.max_tgt_len
+        for start in range(0, len(texts), args.batch_size):
+            batch = encoded[start:start + args.batch_size]
+            input_ids = np.full((len(batch), max(map(len, batch))), tokenizer.pad_token_id, dtype=np.int64)
+            for row, ids in enumerate(batch):  # (B, S), padded with <pad> after each source
+                input_ids[row, :len(ids)] = ids
+            output = model.generate(input_ids, max_new_tokens=max_new_tokens, num_beams=args.num_beams)
+            for translation in tokenizer.batch_decode(output, skip_special_tokens=True):
+                print(translation, flush=True)
+    except (OSError, ValueError) as e:  # a missing or broken model directory, a source too long, a bad option
         sys.exit(f"error: {e}")
-    max_new_tokens = args.max_new_tokens or model.config.max_tgt_len - 1
-    try:
-        input_ids = tokenizer.batch_encode(texts)  # (B, S), padded with <pad>
-        output = model.generate(input_ids, max_new_tokens=max_new_tokens, num_beams=args.num_beams,
-                                early_stopping=args.num_beams > 1)
-    except ValueError as e:  # e.g. a source longer than the model's max_src_len
-        sys.exit(f"error: {e}")
-    for translation in tokenizer.batch_decode(output, skip_special_tokens=True):
-        print(translation)
 
 
 if __name__ == "__main__":

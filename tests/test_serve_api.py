@@ -5,6 +5,7 @@ Every answer that can be computed another way is: completions and chats are held
 log_softmax, streams to the non-streamed answer.
 """
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -57,6 +58,28 @@ def raw(server, path, body=None, method=None, headers=None, data=None):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def oversized(server, data):
+    """(status, parsed JSON) of a POST that declares a body too large. The server must answer 413
+    from the Content-Length alone, before reading any of it (that bounds its memory), so only the
+    headers are sent: a body it never reads would make its close a reset that can swallow the answer."""
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        try:
+            sock.sendall(head)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = b""
+        try:
+            while chunk := sock.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass
+    status_line, _, rest = reply.partition(b"\r\n")
+    body = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(body)
 
 
 # ---- models and health ----------------------------------------------------------------------------
@@ -325,7 +348,7 @@ def test_malformed_bodies_and_urls(server):
     for data in (b"{not json", b"[1, 2]", b"\xff\xfe", b""):
         status, body = raw(server, "/v1/completions", data=data)
         assert status == 400 and body["error"]["code"] == "invalid_json", (data, body)
-    status, body = raw(server, "/v1/completions", data=b'{"prompt": "' + b"a" * (1 << 20) + b'"}')
+    status, body = oversized(server, b'{"prompt": "' + b"a" * (1 << 20) + b'"}')
     assert status == 413 and body["error"]["code"] == "request_too_large"
     status, body = raw(server, "/v1/completions", body={"prompt": "ab"})
     assert status == 400 and body["error"]["param"] == "model"

@@ -572,6 +572,34 @@ def test_training_run_drives_any_model_through_the_shared_cli(tmp_path, capsys):
     assert "val loss" in capsys.readouterr().out
 
 
+def test_training_run_extra_metrics_may_be_computed_on_the_trained_model(tmp_path):
+    """A callable extra_metrics (e.g. BLEU on a test split) runs once, after training, on the trained
+    model in eval mode without gradients; what it returns lands in metrics.json."""
+    import argparse
+
+    from tinyllm import cli
+    from tinyllm.tensor import is_grad_enabled
+
+    parser = argparse.ArgumentParser()
+    cli.add_training_args(parser, out_dir=str(tmp_path / "run"), max_iters=10, eval_interval=5, batch_size=16,
+                          lr=3e-2, seed=3)
+    args = parser.parse_args(["--no-progress", "--eval-iters", "1"])
+    model, test = PairModel(PairConfig()), pair_data(32, 2)
+    calls = []
+
+    def test_accuracy(m):
+        calls.append((m is model, m.training, is_grad_enabled()))
+        return {"test_accuracy": pair_evaluate(m, test)["accuracy"]}
+
+    with cli.TrainingRun(args) as run:
+        metrics = run.train(model, pair_data(256, 0), pair_data(64, 1), get_batch=pair_batch, evaluate=pair_evaluate,
+                            extra_metrics=test_accuracy)
+    assert calls == [(True, False, False)] and model.training  # back in training mode afterwards
+    model.eval()  # no dropout: what the callable saw
+    assert metrics["test_accuracy"] == pair_evaluate(model, test)["accuracy"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+
+
 def test_grad_hooks_run_after_backward_and_before_clipping(corpus, tmp_path):
     trainer = make_trainer(corpus, tmp_path, max_iters=4, eval_interval=100)
     seen = []

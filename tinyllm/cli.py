@@ -29,14 +29,20 @@ The rules, for every script alike:
   The lock dies with its process, so a killed run never leaves the directory locked.
 * Errors a user can cause (bad data, a corrupt file, a full disk, divergence) end the program with
   ``error: ...`` and exit status 1 instead of a traceback (``TINYLLM_TRACEBACK=1`` shows it).
+* ``mpiexec -n N python script.py ...`` trains data-parallel on N ranks, the same run as one
+  process (:mod:`tinyllm.training`). Rank 0 alone takes the lock, decides about ``--out-dir``,
+  prints and writes files; the other ranks' standard output is silenced. An error on one rank
+  stops every rank, naming the rank (:mod:`tinyllm.distributed`).
 """
 import contextlib
 import os
 import sys
 from pathlib import Path
 
+from . import distributed
 from .checkpoint import CHECKPOINT_NAME, lock_out_dir, read_checkpoint_meta
 from .errors import FileFormatError, OutDirLocked, RunExistsError
+from .tensor import no_grad
 from .training import Trainer, TrainConfig, TrainingDiverged, load_tokenizer_from_meta, write_json
 
 __all__ = ["TrainingRun", "add_training_args", "exit_on_error", "train_config_from_args"]
@@ -62,6 +68,9 @@ _OPTIONS = {
     "sample_tokens": ("--sample-tokens", int, "sample_tokens", "length of the samples shown (0: no samples)"),
     "sample_prompt": ("--sample-prompt", str, "sample_prompt",
                       "text the samples start from (default: a newline, or the data's first token)"),
+    "grad_accum_steps": ("--grad-accum-steps", int, "grad_accum_steps",
+                         "cut each step's batch into this many micro-batches run one after another (less memory, "
+                         "the same run; --batch-size stays the examples per step)"),
 }
 
 
@@ -70,8 +79,8 @@ def add_training_args(parser, **defaults):
     ``defaults`` overrides :class:`TrainConfig`'s default of any of them by its dest name
     (``out_dir``, ``max_iters``, ``batch_size``, ``lr``, ``min_lr``, ``warmup_iters``,
     ``lr_decay_iters``, ``weight_decay``, ``grad_clip``, ``eval_interval``, ``eval_iters``,
-    ``seed``, ``sample_tokens``, ``sample_prompt``). Also adds ``--resume``, ``--overwrite`` and
-    ``--no-progress``. Returns the argument group."""
+    ``seed``, ``sample_tokens``, ``sample_prompt``, ``grad_accum_steps``). Also adds ``--resume``,
+    ``--overwrite`` and ``--no-progress``. Returns the argument group."""
     unknown = set(defaults) - set(_OPTIONS)
     if unknown:
         raise TypeError(f"add_training_args: unknown defaults {sorted(unknown)}; known: {sorted(_OPTIONS)}")
@@ -104,16 +113,35 @@ def exit_on_error():
     and :class:`~tinyllm.errors.DataError`), failed reads and writes (``OSError``, including
     :class:`~tinyllm.errors.CheckpointWriteError`), a busy or already used ``--out-dir``, and
     :class:`~tinyllm.training.TrainingDiverged`. Set ``TINYLLM_TRACEBACK=1`` to see the traceback.
+
+    Under ``mpiexec``: an error every rank meets at the same point (divergence, a refused
+    ``--out-dir``) is printed by rank 0 and every rank exits; any other error, or an exit, on one
+    rank is printed naming that rank and ends every rank (``MPI_Abort``), so none is left waiting.
     """
     try:
         yield
-    except (ValueError, OSError, RunExistsError, OutDirLocked, TrainingDiverged) as e:
+    except (ValueError, OSError, RunExistsError, OutDirLocked, TrainingDiverged, distributed.ErrorOnMainRank) as e:
         if os.environ.get("TINYLLM_TRACEBACK"):
             raise
         prefix = "TrainingDiverged: " if isinstance(e, TrainingDiverged) else ""
-        sys.exit(f"error: {prefix}{e}")
+        _exit(f"{prefix}{e}", getattr(e, "tinyllm_on_every_rank", False))
     except KeyboardInterrupt:
-        sys.exit("interrupted: the last checkpoint in --out-dir is intact; continue with --resume")
+        _exit("interrupted: the last checkpoint in --out-dir is intact; continue with --resume", False, prefix="")
+    except SystemExit as e:
+        world = distributed.current_world()
+        if world is None or world.size == 1 or e.code in (None, 0):
+            raise
+        world.abort(f"exited with {e.code!r}" if not isinstance(e.code, str) else e.code)
+
+
+def _exit(message, on_every_rank, prefix="error: "):
+    """Exit with ``message``; under MPI see :func:`exit_on_error`."""
+    world = distributed.current_world()
+    if world is None or world.size == 1:
+        sys.exit(f"{prefix}{message}")
+    if on_every_rank:
+        sys.exit(f"{prefix}{message}" if world.is_main else 1)
+    world.abort(message)
 
 
 class TrainingRun:
@@ -125,13 +153,29 @@ class TrainingRun:
     """
 
     def __init__(self, args, log=print):
-        self.args, self.log = args, log
+        self.args = args
+        self.world = distributed.get_world()  # under mpiexec -n N (N > 1), MPI starts here
+        self.log = log if self.world.is_main else _silent
         self.out_dir = Path(args.out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         self.resuming, self.meta = False, None
         self._lock = lock_out_dir(self.out_dir)
+        self._quiet = contextlib.ExitStack()
 
     def __enter__(self):
+        decision = self.world.on_main(self._lock_and_decide, "deciding what to do with --out-dir (rank 0)")
+        self.resuming, self.meta = decision["resuming"], decision["meta"]
+        if not self.world.is_main:  # one copy of the script's own prints: rank 0's
+            self._quiet.enter_context(contextlib.redirect_stdout(self._quiet.enter_context(open(os.devnull, "w"))))
+        return self
+
+    def __exit__(self, *exc):
+        self._quiet.close()
+        if self.world.is_main:
+            self._lock.__exit__(*exc)
+        return False
+
+    def _lock_and_decide(self):
         if self.args.resume and self.args.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: pass one of them")
         self._lock.__enter__()
@@ -140,11 +184,7 @@ class TrainingRun:
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
-        return self
-
-    def __exit__(self, *exc):
-        self._lock.__exit__(*exc)
-        return False
+        return {"resuming": self.resuming, "meta": self.meta}
 
     def _decide(self):
         ckpt = self.checkpoint_path
@@ -175,13 +215,18 @@ class TrainingRun:
         ``metrics.json`` and save the model (``save_pretrained``) and tokenizer into ``--out-dir``.
 
         ``get_batch``, ``evaluate``, ``sample``: as for :class:`~tinyllm.training.Trainer`.
-        ``extra_metrics``: more entries for ``metrics.json``. Returns the metrics.
+        ``extra_metrics``: more entries for ``metrics.json``: a dict, or ``extra_metrics(model) -> dict``
+        called on the trained model (in eval mode, without gradients) before anything is written,
+        e.g. BLEU on a test split, which only means something once training is over (it may also
+        write its own files into ``--out-dir``). Returns the metrics.
         """
         cfg = train_config_from_args(self.args)
         trainer = Trainer(model, train_data, val_data, cfg, tokenizer, get_batch=get_batch, evaluate=evaluate,
-                          sample=sample)
+                          sample=sample, world=self.world)
         result = trainer.train(resume=self.resuming, log=self.log)
-        final = trainer.evaluate_split("val")
+        final = trainer.evaluate_split("val")  # (shared out over the ranks, or rank 0's broadcast)
+        if callable(extra_metrics):
+            extra_metrics = _evaluate_trained(extra_metrics, model)
         metrics = {
             "iter": result["iter"],
             "train_loss": result.get("train_loss"),
@@ -193,6 +238,10 @@ class TrainingRun:
             "config": model.config.to_dict(),
             **(extra_metrics or {}),
         }
+        if self.world.size > 1:
+            metrics["world_size"] = self.world.size
+        if not self.world.is_main:
+            return metrics
         write_json(self.out_dir / METRICS_NAME, metrics)
         model.save_pretrained(self.out_dir)
         if tokenizer is not None:
@@ -214,6 +263,20 @@ class TrainingRun:
         text = trainer.sample()
         if text is not None:
             self.log(f"--- sample ---\n{text}")
+
+
+@no_grad()
+def _evaluate_trained(fn, model):
+    was_training = model.training
+    model.eval()
+    try:
+        return fn(model)
+    finally:
+        model.train(was_training)
+
+
+def _silent(*args, **kwargs):
+    pass
 
 
 def _num_parameters(model):

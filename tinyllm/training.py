@@ -4,10 +4,12 @@ evaluation, samples, logs, checkpoints, exact resumption and the divergence stop
     for it in range(start, max_iters):
         every eval_interval (and at the end): estimate train/val loss on eval_iters batches,
                                               show a sample, write a checkpoint
-        inputs, targets = get_batch(train_data, batch_size, batch_rng)
-        logits, loss = model(*inputs, targets=targets)    # forward
-        loss.backward()                                   # gradients
-        [grad hooks]                                      # seam: a data-parallel all-reduce goes here
+        inputs, targets = get_batch(train_data, batch_size, batch_rng)   # the whole batch
+        for each micro-batch of this rank's rows:         # (one, unless data parallel or accumulating)
+            logits, loss = model(*inputs, targets=targets)    # forward
+            (loss * its share of the target tokens).backward()  # gradients, added up
+        [all-reduce]                                      # data parallel: sum the gradients over the ranks
+        [grad hooks]                                      # yours, on the whole batch's gradients
         clip_grad_norm(params, grad_clip)                 # tame rare spikes
         optimizer.step()                                  # AdamW
 
@@ -46,17 +48,34 @@ batches from a third; all three states are in the checkpoint, so ``resume=True``
 for bit where the run stopped, and its ``log.csv`` reads row for row as the uninterrupted run's.
 Checkpoints are written atomically; a run that diverges or cannot write stops with the last good
 checkpoint untouched; ``out_dir`` is locked against a second trainer while this one runs.
+
+One batch, many ways to compute it. ``batch_size`` is always the number of examples per optimizer
+step, and the loss is the mean over all of their target tokens. ``grad_accum_steps`` cuts the batch
+into that many micro-batches, run one after another (less memory); under ``mpiexec -n N`` each of
+the N ranks (:mod:`tinyllm.distributed`) takes a contiguous share of the rows, and an all-reduce
+adds the ranks' gradients. Each micro-batch's loss is weighted by its share of the batch's target
+tokens (shares differ when targets are padded with -100), so the gradient is the one-process
+gradient whatever the split, up to float rounding (summation order): same losses, same run. Every
+rank draws the same batches and takes the same AdamW step; rank 0 alone prints, logs, samples,
+writes checkpoints and holds the lock; evaluation batches are shared out and their losses summed.
+The one difference is dropout: each rank (and each micro-batch) draws its masks for its own rows
+from its own Generator, so with ``dropout > 0`` the masks differ from one process's (same
+distribution, same expected gradient; the run is repeatable for a given number of ranks and
+micro-batches, and the checkpoint keeps every rank's dropout state).
 """
+import contextlib
 import csv
 import json
 import math
+import sys
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import optim
+from . import distributed, optim
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, lock_out_dir, restore_rng, rng_state, save_checkpoint
 from .data import get_batch as _lm_get_batch
 from .data import iter_eval_windows
@@ -99,9 +118,11 @@ class TrainConfig:
     sample_tokens: int = 200  # 0: no samples
     sample_prompt: str = None  # None: a newline if the tokenizer has one, else the data's first token
     progress: bool = True
+    grad_accum_steps: int = 1  # micro-batches per step (each rank's rows cut in this many); the same run
 
     def __post_init__(self):
-        minimum = dict(max_iters=0, batch_size=1, eval_interval=1, eval_iters=1, warmup_iters=0, sample_tokens=0)
+        minimum = dict(max_iters=0, batch_size=1, eval_interval=1, eval_iters=1, warmup_iters=0, sample_tokens=0,
+                       grad_accum_steps=1)
         for name, low in minimum.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -111,6 +132,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: need learning_rate > 0 and min_lr >= 0, got {self.learning_rate}, {self.min_lr}")
         if not self.grad_clip >= 0:
             raise ValueError(f"TrainConfig: grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
+        if self.grad_accum_steps > self.batch_size:
+            raise ValueError(f"TrainConfig: grad_accum_steps {self.grad_accum_steps} exceeds batch_size "
+                             f"{self.batch_size}: every micro-batch needs at least one example")
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.max_iters
 
@@ -141,27 +165,34 @@ def lm_batches(block_size):
 
 
 @no_grad()
-def evaluate_split(model, data, block_size=None, batch_size=32):
+def evaluate_split(model, data, block_size=None, batch_size=32, world=None):
     """Mean loss per token over the whole split, in non-overlapping ``block_size`` windows.
 
     Returns (mean loss, perplexity = e^loss). Every token of the split is predicted exactly once.
+    With ``world`` (a :class:`tinyllm.distributed.World`) of several ranks, rank r takes every
+    r-th batch of windows and the sums are added over the ranks; call it on every rank.
     """
     block_size = block_size or model.config.block_size
+    rank, size = (world.rank, world.size) if world is not None else (0, 1)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for x, y in iter_eval_windows(data, block_size, batch_size):
-        _, loss = model(x, y)
-        total += loss.item() * y.size
-        count += y.size
+    for i, (x, y) in enumerate(iter_eval_windows(data, block_size, batch_size)):
+        if i % size == rank:
+            _, loss = model(x, y)
+            total += loss.item() * y.size
+            count += y.size
     model.train(was_training)
+    if size > 1:
+        total, count = world.sum([total, count], "the whole-split evaluation")
     mean = total / count
     return mean, math.exp(mean)
 
 
-def lm_evaluate(model, data):
-    """``evaluate`` for a causal LM: ``{"loss", "perplexity"}`` over every token of ``data``."""
-    loss, perplexity = evaluate_split(model, data)
+def lm_evaluate(model, data, world=None):
+    """``evaluate`` for a causal LM: ``{"loss", "perplexity"}`` over every token of ``data``
+    (shared out over the ranks of ``world``, if given)."""
+    loss, perplexity = evaluate_split(model, data, world=world)
     return {"loss": loss, "perplexity": perplexity}
 
 
@@ -197,15 +228,23 @@ def lm_sampler(tokenizer, prompt_ids, temperature=0.8, top_k=200):
 
 
 @no_grad()
-def estimate_loss(model, get_batch, data, batch_size, eval_iters, rng):
-    """Mean loss over ``eval_iters`` random batches drawn with ``rng`` (nanoGPT's estimate)."""
+def estimate_loss(model, get_batch, data, batch_size, eval_iters, rng, world=None):
+    """Mean loss over ``eval_iters`` random batches drawn with ``rng`` (nanoGPT's estimate).
+
+    With ``world`` of several ranks, every rank draws every batch (so that ``rng`` stays the same
+    everywhere), rank r evaluates every r-th one, and the losses are summed over the ranks.
+    """
+    rank, size = (world.rank, world.size) if world is not None else (0, 1)
     was_training = model.training
     model.eval()
     losses = []
-    for _ in range(eval_iters):
+    for i in range(eval_iters):
         inputs, targets = get_batch(data, batch_size, rng)
-        losses.append(model(*inputs, targets=targets)[1].item())
+        if i % size == rank:
+            losses.append(model(*inputs, targets=targets)[1].item())
     model.train(was_training)
+    if size > 1:
+        return float(world.sum([math.fsum(losses)], "the loss estimate")[0]) / eval_iters
     return float(np.mean(losses))
 
 
@@ -218,18 +257,29 @@ class Trainer:
     docstring for what ``get_batch``, ``evaluate`` and ``sample`` are (the causal-LM versions by
     default, for 1-D token arrays).
 
-    ``grad_hooks``: callables ``hook(params)`` run after the backward pass and before clipping,
-    in order. This is the seam for data-parallel training (an all-reduce that averages every
-    ``p.grad`` over the ranks) and for gradient accumulation (see :meth:`forward_backward`).
+    ``grad_hooks``: callables ``hook(params)`` run on every rank after the gradients of the whole
+    batch are in ``p.grad`` (after the all-reduce, when data parallel) and before clipping, in order.
+
+    ``world``: the ranks of a data-parallel job (default :func:`tinyllm.distributed.get_world`: one
+    rank, unless the script was started by ``mpiexec -n N``). With several ranks, ``train``,
+    ``evaluate``, ``evaluate_split`` and ``save_checkpoint`` are collective: call them on every rank.
+    ``get_batch`` must then return arrays with the batch on axis 0 (the rows are shared out).
     """
 
     def __init__(self, model, train_data, val_data, cfg, tokenizer=None, *, get_batch=None, evaluate=None,
-                 sample=None):
+                 sample=None, world=None):
         if not isinstance(cfg, TrainConfig):
             raise TypeError(f"Trainer: cfg must be a TrainConfig, got {type(cfg).__name__}")
         if not hasattr(model, "set_dropout_rng"):
             raise TypeError(f"Trainer: {type(model).__name__} needs set_dropout_rng(rng) and dropout_rng, so that "
                             "its dropout is reproducible and saved in checkpoints")
+        self.world = world if world is not None else distributed.get_world()
+        per_rank = cfg.batch_size // self.world.size  # the smallest share of the rows
+        if per_rank < cfg.grad_accum_steps:
+            raise distributed.on_every_rank(ValueError(
+                f"Trainer: batch_size {cfg.batch_size} cannot be shared by {self.world.size} rank(s) x "
+                f"{cfg.grad_accum_steps} micro-batch(es): each needs at least one example; use a batch_size of at "
+                f"least {self.world.size * cfg.grad_accum_steps}, or fewer ranks or grad_accum_steps"))
         self.model, self.cfg, self.tokenizer = model, cfg, tokenizer
         self.train_data, self.val_data = train_data, val_data
         self.get_batch = get_batch or lm_batches(model.config.block_size)
@@ -244,7 +294,7 @@ class Trainer:
                                              cfg.lr_decay_iters)
         self.batch_rng = np.random.default_rng([cfg.seed, 0])
         self.eval_rng = np.random.default_rng([cfg.seed, 2])
-        model.set_dropout_rng(np.random.default_rng([cfg.seed, 1]))
+        model.set_dropout_rng(self._dropout_rng_of_rank())
         self.grad_hooks = []
         self.iter_num = 0
         self.history = []  # (iter, loss) of every step, for tests and plots
@@ -255,10 +305,27 @@ class Trainer:
     def checkpoint_path(self):
         return self.out_dir / CHECKPOINT_NAME
 
+    def _dropout_rng_of_rank(self, iter_num=None):
+        """Rank 0 draws dropout masks as one process does; every other rank from a stream of its own."""
+        rank = self.world.rank
+        key = [self.cfg.seed, 1] + ([rank] if rank else []) + ([iter_num] if iter_num is not None else [])
+        return np.random.default_rng(key)
+
     # --- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self):
+        """Write ``out_dir/ckpt.safetensors`` (rank 0 writes; with several ranks, call it on every
+        rank: the checkpoint keeps every rank's dropout state)."""
         rngs = {"batch": rng_state(self.batch_rng), "eval": rng_state(self.eval_rng),
                 "dropout": rng_state(self.model.dropout_rng)}
+        if self.world.size > 1:
+            rngs["dropout_by_rank"] = self.world.allgather_json(rngs["dropout"], "saving a checkpoint")
+        if self.world.is_main:
+            self._write_checkpoint(rngs)
+        self.last_checkpoint_iter = self.iter_num
+        self.world.note = (f"The last checkpoint, {self.checkpoint_path} (iter {self.iter_num}), is intact: continue "
+                           "with --resume.")
+
+    def _write_checkpoint(self, rngs):
         extra = {"train_config": asdict(self.cfg), "last_eval": self.last_eval}
         if self.tokenizer is not None:
             extra["tokenizer"] = self.tokenizer.to_dict()
@@ -271,13 +338,21 @@ class Trainer:
                 kept = "no checkpoint of this run exists yet"
             raise CheckpointWriteError(f"training stopped at iter {self.iter_num}: {e}; {kept}: free some disk space "
                                        "(or raise the file-size limit), then continue with --resume") from e
-        self.last_checkpoint_iter = self.iter_num
 
     def resume(self):
         """Continue from ``out_dir/ckpt.safetensors``: weights, moments, step, RNG states.
 
         A checkpoint of another model configuration is refused, naming the fields that differ.
+        With several ranks, rank 0 reads the file and every rank takes the same state from it
+        (so the other machines need no copy of the file).
         """
+        if self.world.size == 1:
+            return self._resume_from_file()
+        meta = self.world.on_main(self._resume_from_file, "resuming (rank 0 reads the checkpoint)")
+        self._share_state_from_main(meta)
+        return meta
+
+    def _resume_from_file(self):
         path = self.checkpoint_path
         meta, model_state, opt_state = load_checkpoint(path)
         saved, mine = meta["model_config"], self.model.config.to_dict()
@@ -289,29 +364,121 @@ class Trainer:
         try:
             self.model.load_state_dict(model_state)
             self.optimizer.load_state_dict(opt_state)
-            rngs = meta["rng_states"]
-            self.batch_rng = restore_rng(rngs["batch"], path)
-            self.eval_rng = restore_rng(rngs["eval"], path)
-            self.model.set_dropout_rng(restore_rng(rngs["dropout"], path))
+            self._restore_rngs(meta["rng_states"])
         except FileFormatError:
             raise
         except (KeyError, TypeError, ValueError) as e:
             what = f"lacks {e}" if isinstance(e, KeyError) else str(e)
             raise FileFormatError(path, f"cannot be resumed: {what}") from None
+        self._resumed(meta)
+        return meta
+
+    def _restore_rngs(self, rngs):
+        path = self.checkpoint_path
+        self.batch_rng = restore_rng(rngs["batch"], path)
+        self.eval_rng = restore_rng(rngs["eval"], path)
+        by_rank = rngs.get("dropout_by_rank")
+        if by_rank is not None and len(by_rank) == self.world.size:
+            self.model.set_dropout_rng(restore_rng(by_rank[self.world.rank], path))
+        elif self.world.rank == 0:
+            self.model.set_dropout_rng(restore_rng(rngs["dropout"], path))
+        else:  # saved by another number of ranks: this rank's stream was never saved; start one afresh
+            self.model.set_dropout_rng(self._dropout_rng_of_rank(iter_num=self.iter_num))
+
+    def _resumed(self, meta):
         self.iter_num = meta["iter"]
         self.last_eval = meta.get("last_eval") or {}
         self.last_checkpoint_iter = self.iter_num
-        return meta
+        self.world.note = (f"The last checkpoint, {self.checkpoint_path} (iter {self.iter_num}), is intact: continue "
+                           "with --resume.")
+
+    def _share_state_from_main(self, meta=None):
+        """Every rank takes rank 0's weights, as PyTorch DDP does at its start (so replicas start
+        equal even if a model's initialisation were not seeded); after rank 0 resumed (``meta``),
+        also its AdamW moments and step counts, RNG states and iteration."""
+        if self.world.size == 1:
+            return
+        for p in self.params:
+            if not p.data.flags.c_contiguous:
+                p.data = np.ascontiguousarray(p.data)
+            self.world.broadcast(p.data, "sharing rank 0's weights")
+        if meta is None:
+            return
+        opt = self.optimizer.state_dict() if self.world.is_main else None
+        layout = self.world.broadcast_json(_optimizer_layout(opt) if opt is not None else None,
+                                           "sharing rank 0's optimizer state")
+        state = {}
+        for index, entries in layout["state"].items():
+            state[int(index)] = {}
+            for name, (kind, value) in entries.items():
+                if kind == "array":
+                    array = opt["state"][int(index)][name] if opt is not None else np.empty(value[0], value[1])
+                    value = self.world.broadcast(np.ascontiguousarray(array), "sharing rank 0's optimizer state")
+                state[int(index)][name] = value
+        if not self.world.is_main:
+            groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in layout["param_groups"]]
+            self.optimizer.load_state_dict({"param_groups": groups, "state": state})
+            self._resumed(meta)
+            self._restore_rngs(meta["rng_states"])
+
+    def _check_ranks_agree(self):
+        """Stop at once if the ranks were given different training data (on several machines,
+        every machine must hold the same files): they would silently train different models."""
+        if self.world.size == 1:
+            return
+        prints = self.world.allgather_json([_fingerprint(self.train_data), _fingerprint(self.val_data)],
+                                           "comparing the ranks' data")
+        differ = [r for r, fp in enumerate(prints) if fp != prints[0]]
+        if differ:
+            raise distributed.on_every_rank(ValueError(
+                f"the ranks do not hold the same data (rank {differ[0]}: {prints[differ[0]]}; rank 0: {prints[0]}, "
+                "as [train, val] sizes and checksums): every rank must read the same files (on several machines, "
+                "copy them to each) with the same options"))
+
+    def _check_replicas_agree(self):
+        """Every rank must hold bit-identical weights (each took the same AdamW step from the same
+        summed gradients); a checksum compared at each evaluation proves it, cheaply."""
+        if self.world.size == 1:
+            return
+        crc = 0
+        for p in self.params:
+            crc = zlib.crc32(np.ascontiguousarray(p.data), crc)
+        crcs = self.world.allgather_json(crc, "comparing the ranks' weights")
+        differ = [r for r, c in enumerate(crcs) if c != crcs[0]]
+        if differ:
+            raise distributed.on_every_rank(RuntimeError(
+                f"after step {self.iter_num} the weights of rank {differ[0]} differ from rank 0's: the ranks no "
+                "longer train one model (did the all-reduce give them different sums?); please report this"))
 
     # --- one step -----------------------------------------------------------------------------
     def train_step(self):
-        """One optimizer step on one batch; returns (loss, grad_norm, lr, n_tokens)."""
+        """One optimizer step on one batch; returns (loss, grad_norm, lr, n_tokens) of the whole batch
+        (all ranks and micro-batches together)."""
         cfg = self.cfg
         lr = self.schedule.set_step(self.iter_num)
-        inputs, targets = self.get_batch(self.train_data, cfg.batch_size, self.batch_rng)
+        inputs, targets = self.get_batch(self.train_data, cfg.batch_size, self.batch_rng)  # the same on every rank
+        targets = np.asarray(targets)
+        n_tokens = _count_targets(targets)
+        if n_tokens == 0:
+            raise distributed.on_every_rank(ValueError(
+                f"the batch of iter {self.iter_num} has no target to learn from (every target is -100): check the "
+                "data and get_batch"))
         self.optimizer.zero_grad()
-        loss, n_tokens = self.forward_backward(inputs, targets, lr)
-        for hook in self.grad_hooks:  # e.g. average the gradients over data-parallel ranks
+        loss = 0.0
+        for start, stop in self._micro_batches(len(targets)):
+            part = _rows(targets, start, stop, len(targets))
+            share = _count_targets(part) / n_tokens  # the loss is a mean over tokens: weigh by tokens, not rows
+            if share == 0:
+                continue  # only ignored targets: no loss and no gradient to add
+            part_loss, _ = self.forward_backward(_rows(inputs, start, stop, len(targets)), part, lr, scale=share)
+            loss += part_loss * share
+            if not math.isfinite(part_loss):
+                break  # (data parallel) the NaN reaches every rank in the summed loss below; all stop together
+        # over the ranks: the whole batch's loss and gradients
+        loss = self.world.reduce_gradients(self.params, loss, f"the gradient all-reduce of iter {self.iter_num}")
+        if not math.isfinite(loss):
+            self._diverged(f"the loss is {loss}", lr)
+        for hook in self.grad_hooks:
             hook(self.params)
         # With grad_clip 0 the norm is still measured (max_norm inf scales nothing): NaN is caught either way.
         grad_norm = optim.clip_grad_norm(self.params, cfg.grad_clip or math.inf)
@@ -321,18 +488,28 @@ class Trainer:
         self.iter_num += 1
         return loss, grad_norm, lr, n_tokens
 
-    def forward_backward(self, inputs, targets, lr=float("nan")):
-        """Loss and gradients of one batch (added into ``p.grad``); returns (loss, targets counted).
+    def _micro_batches(self, n_rows):
+        """This rank's (start, stop) row ranges of a batch of ``n_rows``: its contiguous share of the
+        rows, cut into ``grad_accum_steps`` pieces."""
+        start, stop = distributed.split_rows(n_rows, self.world.size)[self.world.rank]
+        return [(start + a, start + b) for a, b in distributed.split_rows(stop - start, self.cfg.grad_accum_steps)]
 
-        Gradient accumulation would call this on several micro-batches before the hooks, each
-        loss scaled by 1 / their number; a NaN loss stops here, before its backward pass.
+    def forward_backward(self, inputs, targets, lr=float("nan"), scale=1.0):
+        """Loss of one (micro-)batch, and the gradients of ``scale * loss`` added into ``p.grad``;
+        returns (loss, targets counted). ``scale``: the micro-batch's share of the step's target
+        tokens, so that the added-up gradients are those of the mean over all of them.
+
+        A NaN loss stops here, before its backward pass; with several ranks it returns instead
+        (every rank must reach the all-reduce, which carries the NaN to all, and all stop together).
         """
         _, loss = self.model(*inputs, targets=targets)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            self._diverged(f"the loss is {loss_value}", lr)
-        loss.backward()
-        return loss_value, int(np.count_nonzero(np.asarray(targets) != -100))
+            if self.world.size == 1:
+                self._diverged(f"the loss is {loss_value}", lr)
+        else:
+            (loss if scale == 1.0 else loss * scale).backward()
+        return loss_value, _count_targets(targets)
 
     def _diverged(self, what, lr):
         path = self.checkpoint_path
@@ -343,11 +520,13 @@ class Trainer:
             where = f"no checkpoint of this run was written yet ({path} still holds the earlier run's)"
         else:
             where = "no checkpoint was written yet"
-        raise TrainingDiverged(f"training stopped at iter {self.iter_num}: {what} (lr {lr:.3g}); {where}")
+        # every rank gets here at the same step: the loss, gradient norm and evaluation are the summed ones
+        raise distributed.on_every_rank(
+            TrainingDiverged(f"training stopped at iter {self.iter_num}: {what} (lr {lr:.3g}); {where}"))
 
     # --- evaluation and samples ---------------------------------------------------------------
     def evaluate(self):
-        """Estimate train and val loss on ``eval_iters`` random batches each.
+        """Estimate train and val loss on ``eval_iters`` random batches each (shared out over the ranks).
 
         At a multiple of ``eval_interval`` the batches come from the run's evaluation Generator;
         an evaluation anywhere else (the end of a run that stops between intervals) draws from a
@@ -357,25 +536,38 @@ class Trainer:
         cfg = self.cfg
         on_schedule = self.iter_num % cfg.eval_interval == 0
         rng = self.eval_rng if on_schedule else np.random.default_rng([cfg.seed, 3, self.iter_num])
-        losses = {split: estimate_loss(self.model, self.get_batch, data, cfg.batch_size, cfg.eval_iters, rng)
+        losses = {split: estimate_loss(self.model, self.get_batch, data, cfg.batch_size, cfg.eval_iters, rng,
+                                       world=self.world)
                   for split, data in (("train", self.train_data), ("val", self.val_data))}
         self.last_eval = {"iter": self.iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
         return self.last_eval
 
     @no_grad()
     def evaluate_split(self, split="val"):
-        """``evaluate(model, data)`` over a whole split: the final numbers of a run."""
+        """``evaluate(model, data)`` over a whole split: the final numbers of a run.
+
+        With several ranks the causal-LM default shares the windows out; a task's own ``evaluate``
+        runs on rank 0 alone (a metric such as BLEU is not a sum over examples), and every rank
+        gets its result.
+        """
         was_training = self.model.training
         self.model.eval()
+        data = self.val_data if split == "val" else self.train_data
         try:
-            return self.evaluate_fn(self.model, self.val_data if split == "val" else self.train_data)
+            if self.world.size == 1:
+                return self.evaluate_fn(self.model, data)
+            if self.evaluate_fn is lm_evaluate:
+                return lm_evaluate(self.model, data, world=self.world)
+            return self.world.on_main(lambda: self.evaluate_fn(self.model, data),
+                                      f"the final evaluation of the {split} split (rank 0 runs the task's evaluate)",
+                                      timeout=None)
         finally:
             self.model.train(was_training)
 
     def sample(self, max_new_tokens=None, seed=None):
-        """A sample from the model (None without a sampler or with ``sample_tokens`` 0)."""
+        """A sample from the model (None without a sampler, with ``sample_tokens`` 0, or on ranks other than 0)."""
         n = self.cfg.sample_tokens if max_new_tokens is None else max_new_tokens
-        if self.sample_fn is None or not n:
+        if self.sample_fn is None or not n or not self.world.is_main:
             return None
         return self.sample_fn(self.model, n, self.cfg.seed if seed is None else seed)
 
@@ -384,23 +576,34 @@ class Trainer:
         """Run to ``max_iters``; returns the last evaluation and throughput figures.
 
         ``resume=True`` continues from the checkpoint in ``out_dir`` (which must exist). The output
-        directory is locked while this runs: a second trainer on it fails with
-        :class:`~tinyllm.errors.OutDirLocked`, naming this process.
+        directory is locked while this runs (by rank 0, the only rank that writes): a second
+        trainer on it fails with :class:`~tinyllm.errors.OutDirLocked`, naming this process.
         """
-        with lock_out_dir(self.out_dir):
-            return self._train(resume, log)
+        lock = lock_out_dir(self.out_dir) if self.world.is_main else contextlib.nullcontext()
+        with lock:
+            return self._train(resume, log if self.world.is_main else _silent)
 
     def _train(self, resume, log):
         cfg = self.cfg
+        if self.world.size > 1:
+            log(self.world.describe())  # mpiexec names a rank that was killed by its pid: this maps it
+            sys.stdout.flush()
+        self._check_ranks_agree()
         if resume:
             meta = self.resume()
             log(f"resumed from {self.checkpoint_path} at iter {meta['iter']}")
+        else:
+            self._share_state_from_main()
+            self.world.note = "No checkpoint of this run was written yet."
         # An evaluation the previous run made at its stopping point, off the eval_interval grid, is
         # not part of the uninterrupted run: its log row goes if this run continues past it.
         off_grid = self.iter_num % cfg.eval_interval != 0 and self.iter_num < cfg.max_iters
-        logger = _CsvLog(self.out_dir / LOG_NAME, keep_through=self.iter_num if resume else None,
-                         drop_eval_at=self.iter_num if off_grid else None)
-        bar = _progress(cfg, self.iter_num)
+        if self.world.is_main:
+            logger = _CsvLog(self.out_dir / LOG_NAME, keep_through=self.iter_num if resume else None,
+                             drop_eval_at=self.iter_num if off_grid else None)
+            bar = _progress(cfg, self.iter_num)
+        else:
+            logger, bar = _NoLog(), None
         start, step_time, tokens_timed = time.perf_counter(), 0.0, 0
         try:
             while True:
@@ -440,8 +643,59 @@ class Trainer:
         if text is not None:
             msg += "\n--- sample ---\n" + text + "\n--------------"
         (bar.write if bar is not None else log)(msg)
+        self._check_replicas_agree()
         if self.iter_num > 0:
             self.save_checkpoint()
+
+
+def _count_targets(targets):
+    """Target positions that count in the loss (-100 marks one to ignore, as in PyTorch)."""
+    return int(np.count_nonzero(np.asarray(targets) != -100))
+
+
+def _rows(arrays, start, stop, n_rows):
+    """Rows ``start:stop`` of every array in ``arrays`` (one array, or a tuple) whose first axis is
+    the batch (``n_rows`` long); anything else passes unchanged. The whole batch is returned as is."""
+    if (start, stop) == (0, n_rows):
+        return arrays
+    if isinstance(arrays, tuple):
+        return tuple(_rows(a, start, stop, n_rows) for a in arrays)
+    if isinstance(arrays, np.ndarray) and arrays.ndim and arrays.shape[0] == n_rows:
+        return arrays[start:stop]
+    return arrays
+
+
+def _optimizer_layout(opt_state):
+    """An optimizer state dict as JSON: arrays as ("array", [shape, dtype]), numbers as ("value", x)."""
+    state = {str(i): {k: (("array", [list(v.shape), v.dtype.str]) if isinstance(v, np.ndarray) else ("value", v))
+                      for k, v in s.items()}
+             for i, s in opt_state["state"].items()}
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt_state["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _fingerprint(data):
+    """A split's size and, for an array, a checksum of its bytes: what must agree across ranks."""
+    if isinstance(data, np.ndarray):
+        return [int(data.size), zlib.crc32(np.ascontiguousarray(data))]
+    try:
+        return [len(data)]
+    except TypeError:
+        return [type(data).__name__]
+
+
+def _silent(*args, **kwargs):
+    pass
+
+
+class _NoLog:
+    """The log of ranks other than 0: they write nothing."""
+
+    def write(self, **row):
+        pass
+
+    def close(self):
+        pass
 
 
 def _is_token_array(data):

@@ -13,6 +13,8 @@ from .pairs import (  # noqa: F401
     collate_pairs,
     group_by_source,
     pad_sequences,
+    pair_batches,
+    pair_evaluator,
     read_tsv_pairs,
     reference_streams,
     split_pairs,

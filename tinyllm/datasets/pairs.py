@@ -18,13 +18,14 @@ Batches, for targets ``y`` that end with EOS (the tokenizer appends it)::
 so ``tgt_out[:, t]`` is the token after ``tgt_in[:, t]`` ("teacher forcing"), and the padded
 positions add nothing to the loss (``F.cross_entropy`` skips ``ignore_index``, as PyTorch's).
 """
+import math
 import random
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IGNORE_INDEX", "PairDataset", "collate_pairs", "group_by_source", "pad_sequences",
-           "read_tsv_pairs", "reference_streams", "split_pairs"]
+__all__ = ["IGNORE_INDEX", "PairDataset", "collate_pairs", "group_by_source", "pad_sequences", "pair_batches",
+           "pair_evaluator", "read_tsv_pairs", "reference_streams", "split_pairs"]
 
 IGNORE_INDEX = -100
 
@@ -227,3 +228,52 @@ class PairDataset:
             raise ValueError(f"PairDataset.iter_batches: batch_size must be >= 1, got {batch_size}")
         for start in range(0, len(self), batch_size):
             yield self.batch(range(start, min(start + batch_size, len(self))))
+
+
+# ---- what the shared training loop asks of a seq2seq task (tinyllm.training.Trainer) -----------
+def pair_batches(length_buckets=1):
+    """``get_batch(dataset, batch_size, rng) -> ((src_ids, tgt_in), tgt_out)`` for the shared
+    training loop, drawing from a :class:`PairDataset`.
+
+    ``length_buckets=1``: ``batch_size`` pairs uniformly with replacement
+    (:meth:`PairDataset.get_batch`). ``length_buckets=k > 1``: ``k * batch_size`` pairs are drawn
+    the same way, sorted by source length and cut into ``k`` batches, and one of them (chosen by
+    ``rng``) is returned. Each pair is still drawn with the same probability (every pair of the
+    pool lands in exactly one of the ``k`` batches, each as likely as the others), but a batch
+    holds sources of similar length, so far less padding is computed when the lengths vary a
+    lot (code: a few tokens to hundreds). Only ``rng`` decides, so a resumed run draws the same
+    batches.
+    """
+    if isinstance(length_buckets, bool) or not isinstance(length_buckets, int) or length_buckets < 1:
+        raise ValueError(f"pair_batches: length_buckets must be an integer >= 1, got {length_buckets!r}")
+
+    def get_batch(dataset, batch_size, rng):
+        if length_buckets == 1:
+            src, tgt_in, tgt_out = dataset.get_batch(batch_size, rng)
+        else:
+            pool = rng.integers(0, len(dataset), size=length_buckets * batch_size)
+            # stable sort by (source length, draw order): ties never depend on the sort algorithm
+            pool = pool[np.argsort([len(dataset.src_ids[i]) for i in pool], kind="stable")]
+            k = int(rng.integers(0, length_buckets))
+            src, tgt_in, tgt_out = dataset.batch(pool[k * batch_size:(k + 1) * batch_size])
+        return (src, tgt_in), tgt_out
+
+    return get_batch
+
+
+def pair_evaluator(batch_size=64):
+    """``evaluate(model, dataset) -> {"loss", "perplexity", "n_tokens"}`` for the shared loop:
+    the mean cross-entropy per target token over every pair of a :class:`PairDataset` (eval
+    mode: no dropout, no label smoothing), in batches of similar source length."""
+
+    def evaluate(model, dataset):
+        order = sorted(range(len(dataset)), key=lambda i: len(dataset.src_ids[i]))
+        total, count = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            src, tgt_in, tgt_out = dataset.batch(order[start:start + batch_size])
+            r = model.evaluate(src, tgt_in, tgt_out, batch_size=batch_size)
+            total, count = total + r["loss"] * r["n_tokens"], count + r["n_tokens"]
+        loss = total / count
+        return {"loss": loss, "perplexity": math.exp(loss), "n_tokens": count}
+
+    return evaluate

@@ -47,7 +47,7 @@ from .matmul import gemm_tile_loops
 
 # The tile products: one single-threaded BLAS call per product (NumPy's OpenBLAS, called from
 # the numba thread, see blas.py), or its plain twin in numba loops where no BLAS can be called.
-# Fixed when the kernels compile; _jit.py keys the numba cache on which one it is.
+# Fixed when the kernels compile; systems/jit.py keys the numba cache on which one it is.
 _tile_product = _blas.gemm_tile if _blas.available() else gemm_tile_loops
 
 # Tile sizes: 64 x 64 float32 tiles (16 KiB each) stay in the L1 cache, and larger ones were no

@@ -11,9 +11,9 @@ then any OpenAI client talks to it::
 The layers, top down: ``cli.py`` (the command), ``app.py`` (HTTP: Starlette routes, streaming,
 authentication), ``protocol.py`` (OpenAI's request fields and response objects, no framework),
 ``engine.py`` (one worker thread that owns the model and steps every request a token at a time),
-``backend.py`` (what the engine needs from a model: a decoder-only GPT today). Only ``app.py``
-and ``cli.py``'s server start need the extra; the rest is plain tinyllm. Nothing in tinyllm
-imports this package.
+``backend.py`` (what the engine needs from a model: a GPT, or an encoder-decoder such as
+examples/train_translation.py's, whose prompt is the source). Only ``app.py`` and ``cli.py``'s
+server start need the extra; the rest is plain tinyllm. Nothing in tinyllm imports this package.
 """
 __all__ = ["create_app", "main"]
 

@@ -1,22 +1,28 @@
 """Model adapters: what the server needs from a model, whatever kind of model it is.
 
-A backend turns a prompt into a stream of tokens. The engine (engine.py) knows only this protocol::
+A backend turns a prompt into a stream of tokens. The engine (engine.py) and the request checks
+(protocol.py) know only this protocol::
 
-    backend.context_length          how many tokens the prompt and the completion may hold together
-    backend.vocab_size              ids run over range(vocab_size)
+    backend.context_length          the longest prompt, plus (causal LM) the completion after it
+    backend.vocab_size              a prompt's ids run over range(vocab_size)
     backend.supports_logprobs       True if steps() yields each step's logits
+    backend.is_encoder_decoder      True: the prompt is a source, not the beginning of the text
+    backend.length_error(n_prompt, max_tokens)
+        -> None if a prompt of n_prompt tokens and a completion of max_tokens fit the model, else
+           the message that refuses the request
+    backend.max_completion_tokens(n_prompt)  the most a completion may hold after such a prompt
     backend.steps(prompt_ids, sampling, rng)
         -> an iterator of (token_id, logits) pairs, one per new token, without end (the engine
            stops asking); logits (V,) are the scores the token was drawn from, or None
-    backend.prompt_logits(prompt_ids) -> (T, V) logits at every prompt position (for echo + logprobs)
+    backend.prompt_logits(prompt_ids) -> (T, V) logits at every prompt position (for echo +
+           logprobs, which protocol.py refuses for an encoder-decoder: it does not predict its source)
 
 :class:`CausalLMBackend` serves a decoder-only model (tinyllm's GPT, a GPT-2 directory): the
 prompt is the beginning of the text, and each step runs ``model.forward`` on the new token with
-the KV cache. An encoder-decoder (``AutoModelForSeq2SeqLM``) would be a second class here: the
-prompt is the source, the encoder runs once, the decoder steps from its start token (or, until
-the model offers a step function, ``model.generate(src_ids, ...)`` yields its tokens at the
-end, with ``supports_logprobs = False``); :func:`load_backend` would pick it from config.json's
-``model_type``. Nothing else in the server changes.
+the KV cache. :class:`Seq2SeqLMBackend` serves an encoder-decoder (``AutoModelForSeq2SeqLM``,
+e.g. examples/train_translation.py's): the prompt is the source, the encoder reads it once, and
+the decoder steps from its start token with its own KV cache; the completion is the target.
+:func:`load_backend` picks the class from config.json's ``model_type``.
 """
 import json
 from dataclasses import dataclass
@@ -25,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from ..generation import sample_from_logits
-from ..models import AutoModelForCausalLM
+from ..models import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from ..tokenizers import AutoTokenizer
 
-__all__ = ["SamplingParams", "CausalLMBackend", "load_backend"]
+__all__ = ["SamplingParams", "CausalLMBackend", "Seq2SeqLMBackend", "load_backend"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +63,24 @@ class CausalLMBackend:
     ``config.block_size`` and ``config.vocab_size``."""
 
     supports_logprobs = True
+    is_encoder_decoder = False
 
     def __init__(self, model):
         self.model = model
         model.eval()  # dropout off; the server never trains
         self.context_length = int(model.config.block_size)
         self.vocab_size = int(model.config.vocab_size)
+
+    def length_error(self, n_prompt, max_tokens):
+        limit = self.context_length
+        if n_prompt + max_tokens <= limit:
+            return None
+        return (f"This model's maximum context length is {limit} tokens, however you requested "
+                f"{n_prompt + max_tokens} tokens ({n_prompt} in your prompt; {max_tokens} for the "
+                "completion). Please reduce your prompt; or completion length.")
+
+    def max_completion_tokens(self, n_prompt):
+        return self.context_length - n_prompt
 
     def steps(self, prompt_ids, sampling, rng):
         """Yield (token_id, logits) for ever.
@@ -89,8 +107,73 @@ class CausalLMBackend:
         return logits.data[0]
 
 
+class Seq2SeqLMBackend:
+    """An encoder-decoder: ``encode(src_ids)``, ``decode(tgt_ids, memory, memory_mask, kv_cache=...,
+    last_only=True)``, ``new_kv_cache(B)``, ``source_mask(src_ids)`` and a config with
+    ``max_src_len``, ``max_tgt_len``, the vocabulary sizes and ``bos_token_id``.
+
+    The prompt is the source (its ids as the tokenizer encodes them, EOS included), the completion
+    the target the decoder writes after its start token. A source may hold ``max_src_len`` tokens
+    and a completion ``max_tgt_len`` (the decoder reads BOS and every token but the last); the two
+    limits are separate, as the encoder and decoder have their own positions.
+    """
+
+    supports_logprobs = True
+    is_encoder_decoder = True
+
+    def __init__(self, model):
+        self.model = model
+        model.eval()
+        c = model.config
+        self.context_length = int(c.max_src_len)  # the longest prompt (GET /v1/models' max_model_len)
+        self.max_target_length = int(c.max_tgt_len)
+        self.vocab_size = int(c.src_vocab_size)  # the prompt is a source
+        self.target_vocab_size = int(c.tgt_vocab_size)
+
+    def length_error(self, n_prompt, max_tokens):
+        if n_prompt > self.context_length:
+            return (f"This model reads sources of at most {self.context_length} tokens, however your prompt (the "
+                    f"source) has {n_prompt} tokens. Please shorten it, or split it into sentences.")
+        if max_tokens > self.max_target_length:
+            return (f"This model writes at most {self.max_target_length} tokens, however you requested "
+                    f"{max_tokens} for the completion. Please reduce the completion length.")
+        return None
+
+    def max_completion_tokens(self, n_prompt):
+        return self.max_target_length
+
+    def steps(self, prompt_ids, sampling, rng):
+        """Yield (token_id, logits) for ever: the encoder once, then the decoder token by token.
+
+        The same calls and sampling helper as ``model.generate(src_ids, do_sample=..., seed=...)``
+        for one source (its greedy or sampled path), so the tokens are the same bit for bit.
+        """
+        model = self.model
+        do_sample = sampling.temperature > 0
+        src_ids = np.asarray(prompt_ids, dtype=np.int64)[None, :]  # (1, S)
+        memory = model.encode(src_ids)  # (1, S, C), once
+        memory_mask = model.source_mask(src_ids)
+        cache = model.new_kv_cache(1)
+        ids = np.full((1, 1), model.config.bos_token_id, dtype=np.int64)  # BOS, then (1, 1) per step
+        while True:
+            logits = model.decode(ids, memory, memory_mask, kv_cache=cache, last_only=True)
+            last = logits.data[:, -1, :]  # (1, V)
+            next_ids = sample_from_logits(last, rng, do_sample, sampling.temperature, sampling.top_k, sampling.top_p)
+            yield int(next_ids[0]), last[0]
+            ids = next_ids[:, None].astype(np.int64)
+
+    def prompt_logits(self, prompt_ids):
+        raise ValueError("an encoder-decoder reads its source without predicting it: the prompt's tokens have no "
+                         "log-probabilities (the server refuses echo with logprobs for this model)")
+
+
+_CAUSAL_TYPES = (None, "tinyllm-gpt", "gpt2")
+_SEQ2SEQ_TYPES = ("tinyllm-encoder-decoder",)
+
+
 def load_backend(model_dir):
-    """(backend, tokenizer) for a model directory: tinyllm's save_pretrained or a GPT-2 directory.
+    """(backend, tokenizer) for a model directory: tinyllm's save_pretrained (GPT or encoder-decoder) or a
+    GPT-2 directory.
 
     Raises ValueError / FileNotFoundError with a message for the command line.
     """
@@ -101,17 +184,20 @@ def load_backend(model_dir):
                                 "save_pretrained (e.g. by examples/train_shakespeare.py) or a GPT-2 directory")
     with open(config_path, encoding="utf-8") as f:
         model_type = json.load(f).get("model_type")
-    if model_type not in (None, "tinyllm-gpt", "gpt2"):
-        raise ValueError(f"{config_path}: model_type {model_type!r} cannot be served yet "
-                         "(served: tinyllm's GPT and GPT-2 directories)")
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if model_type in _SEQ2SEQ_TYPES:
+        backend = Seq2SeqLMBackend(AutoModelForSeq2SeqLM.from_pretrained(model_dir))
+    elif model_type in _CAUSAL_TYPES:
+        backend = CausalLMBackend(AutoModelForCausalLM.from_pretrained(model_dir))
+    else:
+        raise ValueError(f"{config_path}: model_type {model_type!r} cannot be served yet (served: tinyllm's GPT, "
+                         "GPT-2 directories and tinyllm's encoder-decoder)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{model_dir} holds a model but no tokenizer: save one next to it with "
                                 f"tokenizer.save_pretrained(dir) ({e})") from None
-    backend = CausalLMBackend(model)
-    if tokenizer.vocab_size > backend.vocab_size:
+    model_ids = min(backend.vocab_size, getattr(backend, "target_vocab_size", backend.vocab_size))
+    if tokenizer.vocab_size > model_ids:
         raise ValueError(f"{model_dir}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
-                         f"{backend.vocab_size}: they do not belong together")
+                         f"{model_ids}: they do not belong together")
     return backend, tokenizer

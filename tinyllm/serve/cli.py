@@ -74,7 +74,12 @@ def serve_main(argv=None, prog="tinyllm serve"):
     app = create_app(backend, tokenizer, name, api_key=api_key, max_active=args.max_active,
                      max_waiting=args.max_waiting, num_threads=args.num_threads)
     chat = "with" if tokenizer.chat_template is not None else "without"
-    print(f"tinyllm: serving {name!r} ({chat} a chat template, context {backend.context_length} tokens) at "
+    if backend.is_encoder_decoder:
+        what = (f"an encoder-decoder {chat} a chat template, sources up to {backend.context_length} tokens, "
+                f"completions up to {backend.max_target_length}")
+    else:
+        what = f"{chat} a chat template, context {backend.context_length} tokens"
+    print(f"tinyllm: serving {name!r} ({what}) at "
           f"http://{args.host}:{args.port}/v1{' (API key required)' if api_key else ''}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 

@@ -191,12 +191,9 @@ def _max_tokens(body, name):
 
 
 def _check_context(served, n_prompt, max_tokens, param):
-    limit = served.backend.context_length
-    if n_prompt + max_tokens > limit:
-        raise APIError(400, f"This model's maximum context length is {limit} tokens, however you requested "
-                            f"{n_prompt + max_tokens} tokens ({n_prompt} in your prompt; {max_tokens} for the "
-                            "completion). Please reduce your prompt; or completion length.",
-                       param=param, code="context_length_exceeded")
+    message = served.backend.length_error(n_prompt, max_tokens)
+    if message is not None:
+        raise APIError(400, message, param=param, code="context_length_exceeded")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,6 +253,10 @@ def parse_completion(body, served):
     echo = _get(body, "echo", ("boolean",), False)
     logprobs = _in_range("logprobs", _get(body, "logprobs", ("integer",)), 0, MAX_LOGPROBS)
     _check_logprobs_supported(served, logprobs is not None, "logprobs")
+    if echo and logprobs is not None and served.backend.is_encoder_decoder:
+        raise _invalid("echo", f"The model `{served.name}` is an encoder-decoder: it reads the prompt as its source "
+                               "without predicting it, so the prompt's tokens have no log-probabilities. Drop 'echo' "
+                               "or 'logprobs'.", code="unsupported_parameter")
     max_tokens = _max_tokens(body, "max_tokens") or DEFAULT_COMPLETION_TOKENS
     prompts = _prompts(body, served)
     if len(prompts) * n > MAX_SEQUENCES:
@@ -329,6 +330,8 @@ def _render_chat(messages, served, template_kwargs):
                                               "chat_template", "conversation"})
     if reserved:
         raise _invalid("chat_template_kwargs", f"'chat_template_kwargs' cannot set {reserved[0]!r}.")
+    if tokenizer.chat_template is None and served.backend.is_encoder_decoder:
+        return _last_user_message(messages, served)
     if tokenizer.chat_template is None:
         raise APIError(400, f"The model `{served.name}` has no chat template (its tokenizer config holds no "
                             "'chat_template'), so it cannot hold a chat: use /v1/completions, or attach a template "
@@ -339,6 +342,17 @@ def _render_chat(messages, served, template_kwargs):
     except Exception as e:  # noqa: BLE001  (jinja2's TemplateError, raise_exception in the template, ...)
         raise _invalid("messages", f"The chat template could not render these messages: {e}") from None
     return text, _encode(tokenizer, text, "messages")
+
+
+def _last_user_message(messages, served):
+    """An encoder-decoder without a chat template (a translator) translates the last user message:
+    the conversation before it is not part of its source."""
+    users = [m for m in messages if m["role"] == "user"]
+    if not users:
+        raise _invalid("messages", f"The model `{served.name}` reads the last user message as its source, and "
+                                   "'messages' holds none: add one with role 'user'.")
+    text = users[-1]["content"]
+    return text, _encode(served.tokenizer, text, "messages")
 
 
 def parse_chat(body, served):
@@ -356,7 +370,7 @@ def parse_chat(body, served):
         max_tokens, param = _max_tokens(body, "max_tokens"), "max_tokens"
     text, ids = _render_chat(_messages(body), served, _get(body, "chat_template_kwargs", ("object",), {}))
     if max_tokens is None:  # as vLLM: whatever room the context leaves
-        max_tokens = max(served.backend.context_length - len(ids), 1)
+        max_tokens = max(served.backend.max_completion_tokens(len(ids)), 1)
     _check_context(served, len(ids), max_tokens, param)
     stop = common.pop("stop")  # the request's, then where the template says a turn ends
     stop += tuple(s for s in served.tokenizer.chat_stop_strings if s not in stop)

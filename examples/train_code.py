@@ -1,0 +1,275 @@
+"""Train a small GPT to complete Python code, on the Python standard library's own source.
+
+    python examples/train_code.py                        # the standard library, under 15 minutes on 2 cores
+    python examples/train_code.py --data ~/my_repo       # any folder of code (the same by-file split)
+    python examples/train_code.py --resume               # continue the run in --out-dir
+    python examples/train_code.py --eval-only --eval-lines 3000   # score the finished run again
+
+Files are split into train / val / test by a hash of their path (tinyllm.code_data), so the
+test files are never seen in training. A byte-level BPE is trained on the training files, a GPT
+on their tokens; then, on sampled line starts of the test files, the model completes each line
+greedily and is scored as CodeXGLUE scores line completion (exact match, edit similarity),
+beside two baselines on the same lines: "repeat the previous non-blank line" and an n-gram
+model of the same tokens (tinyllm.code_eval).
+
+Writes into --out-dir: manifest.json (every file with its sha256 and split), and what every
+training script writes (ckpt.safetensors for --resume, log.csv, the model and tokenizer for
+examples/complete_code.py and `tinyllm serve`, metrics.json, which here also holds the line
+completion scores of the model and both baselines), and completions.jsonl (every scored line
+with each system's prediction). The loop, checkpoints, resuming and the shared options are
+tinyllm.training and tinyllm.cli; this file holds the code corpus and its evaluation.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import tinyllm
+import numpy as np
+
+from tinyllm import cli
+from tinyllm.checkpoint import lock_out_dir
+from tinyllm.code_data import (CODE_SPLIT_PATTERN, code_corpus, compare_manifests, describe_manifest_diff,
+                               load_manifest, stdlib_corpus)
+from tinyllm.code_eval import (LineEnds, NGramLM, encode_text, line_prompts, model_line_predictions,
+                               repeat_previous_line, sample_positions, score_lines, stream_ids, token_metrics)
+from tinyllm.models import GPT, GPTConfig
+from tinyllm.tokenizers import AutoTokenizer, BPETokenizer
+from tinyllm.training import write_json
+
+EOT = "<|endoftext|>"
+MANIFEST_NAME = "manifest.json"
+COMPLETIONS_NAME = "completions.jsonl"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("data and tokenizer")
+    d.add_argument("--data", type=Path, default=None,
+                   help="a directory of code to train on (default: this Python's standard library)")
+    d.add_argument("--ext", nargs="+", default=[".py"], help="file name endings to read with --data")
+    d.add_argument("--include-tests", action="store_true", help="with --data: keep test files and directories")
+    d.add_argument("--val-fraction", type=float, default=0.05)
+    d.add_argument("--test-fraction", type=float, default=0.05)
+    d.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size, the end-of-text token included")
+    m = p.add_argument_group("model")
+    m.add_argument("--n-layer", type=int, default=4)
+    m.add_argument("--n-head", type=int, default=4)
+    m.add_argument("--n-embd", type=int, default=128)
+    m.add_argument("--block-size", type=int, default=128)
+    m.add_argument("--dropout", type=float, default=0.0)
+    # One numba thread by default. Measured on this 2-core machine shared with other jobs (load
+    # average 7-10): a step of the default model ran 2.5x faster on one thread than on two, since
+    # numba's workers spin waiting for a core at every parallel kernel. On a quiet machine two
+    # threads win (see the README); pass --num-threads 2 there.
+    m.add_argument("--num-threads", type=int, default=1, help="numba threads for the kernels")
+    cli.add_training_args(p, out_dir="out-code", max_iters=2000, batch_size=16, lr=2e-3, min_lr=2e-4,
+                          warmup_iters=100, eval_interval=500, eval_iters=10, sample_tokens=100, sample_prompt=EOT)
+    e = p.add_argument_group("evaluation (line completion on the test files)")
+    e.add_argument("--eval-only", action="store_true",
+                   help="no training: score the model saved in --out-dir again (e.g. with other --eval-lines)")
+    e.add_argument("--eval-lines", type=int, default=1500,
+                   help="non-blank line starts sampled from the test files (about 2/3 are code lines: the "
+                        "rest are comments and docstrings, scored apart)")
+    e.add_argument("--max-line-tokens", type=int, default=64, help="stop a completion after this many tokens")
+    e.add_argument("--prompt-reserve", type=int, default=32,
+                   help="the prompt is the last block_size - this many tokens, so most lines complete "
+                        "inside one window with the KV cache")
+    e.add_argument("--ngram-order", type=int, default=None,
+                   help="order of the n-gram baseline (default: the best of 4, 8, 16 on the val files)")
+    return p.parse_args(argv)
+
+
+# ---- data ------------------------------------------------------------------------------------
+def load_corpus(args):
+    """The files, split by a hash of their path; bad input (an empty folder, a single file) is a
+    ValueError naming it, raised before anything in --out-dir is touched."""
+    if args.data is None:
+        corpus = stdlib_corpus(args.val_fraction, args.test_fraction)
+    else:
+        corpus = code_corpus(args.data, extensions=args.ext, exclude_tests=not args.include_tests,
+                             val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    skipped = ", ".join(f"{len(v)} {k}" for k, v in corpus.skipped.items() if v) or "none"
+    print(f"{len(corpus.files)} files ({corpus.info['source']}): "
+          + ", ".join(f"{s} {c['files']} ({c['bytes'] / 1e6:.2f} MB)" for s, c in corpus.counts().items())
+          + f"; skipped (binary, non-UTF-8, empty): {skipped}; left out by the rules: {corpus.excluded}")
+    return corpus
+
+
+def check_manifest(corpus, out_dir):
+    """The files a run trained on must be the ones it continues (or is scored) on."""
+    path = Path(out_dir) / MANIFEST_NAME
+    diff = compare_manifests(load_manifest(path), corpus)
+    if any(diff.values()):
+        raise ValueError(f"the corpus differs from the one this run started on ({path}):\n"
+                         f"{describe_manifest_diff(diff)}\nstart a new run in another --out-dir, or restore the files")
+
+
+def train_tokenizer(args, corpus):
+    t0 = time.perf_counter()
+    text = "".join(f.text for f in corpus.split("train"))
+    tok = BPETokenizer.train(text, args.vocab_size, pattern=CODE_SPLIT_PATTERN, special_tokens=[EOT])
+    print(f"trained a BPE tokenizer of {tok.vocab_size} tokens on the training files in "
+          f"{time.perf_counter() - t0:.1f} s")
+    return tok
+
+
+def token_streams(tokenizer, corpus):
+    """{split: ids}: each file preceded by the end-of-text id; decode(encode(x)) == x is checked
+    for every file (on the whole stream: one decode per split)."""
+    eot = tokenizer.special_tokens[EOT]
+    streams = {}
+    for split in ("train", "val", "test"):
+        files = corpus.split(split)
+        ids = stream_ids([f.text for f in files], tokenizer, eot)
+        if tokenizer.decode(ids) != "".join(EOT + f.text for f in files):
+            bad = next(f.path for f in files if tokenizer.decode(encode_text(tokenizer, f.text)) != f.text)
+            raise ValueError(f"the tokenizer does not give back {bad} exactly (decode(encode(x)) != x); "
+                             "train a new one with --overwrite")
+        streams[split] = ids
+    return streams
+
+
+# ---- evaluation: line completion on the test files --------------------------------------------
+def pick_ngram_order(train_ids, val_files, tokenizer, line_ends, args, prompt_len, orders=(4, 8, 16)):
+    """The n-gram order with the best edit similarity on code lines of the val files (never
+    the test files), so the baseline is tuned as fairly as the model."""
+    eot = tokenizer.special_tokens[EOT]
+    positions = sample_positions(val_files, 500, np.random.default_rng([args.seed, 5]), kinds=("code",))
+    prompts = line_prompts(positions, val_files, tokenizer, eot, prompt_len)
+    truths = [p.truth for p in positions]
+    best = None
+    for order in orders:
+        lm = NGramLM(train_ids, tokenizer.vocab_size, order)
+        score = score_lines(lm.line_predictions(tokenizer, prompts, line_ends, args.max_line_tokens), truths)
+        print(f"  n-gram order {order}: val code lines edit similarity {score['edit_similarity']:.1f}, "
+              f"exact match {score['exact_match']:.1f}%")
+        if best is None or score["edit_similarity"] > best[1]:
+            best = (order, score["edit_similarity"], lm)
+    return best[0], best[2]
+
+
+def line_scores(predictions, positions):
+    """Scores on the code lines (CodeXGLUE's kind: no comments, no docstrings) and on all lines."""
+    truths = [p.truth for p in positions]
+    code = [k for k, p in enumerate(positions) if p.kind == "code"]
+    out = {"all_lines": score_lines(predictions, truths)}
+    if code:
+        out["code_lines"] = score_lines([predictions[k] for k in code], [truths[k] for k in code])
+    return out
+
+
+def evaluate_completion(args, model, tokenizer, corpus, streams, out_dir):
+    """Line completion on the test files by the model, the n-gram and repeat-the-previous-line, on
+    the same lines (every prediction to completions.jsonl); token accuracy and perplexity of the
+    model and the n-gram on the test stream. Returns the metrics.json entries."""
+    block = model.config.block_size
+    if not 0 <= args.prompt_reserve < block:
+        raise ValueError(f"--prompt-reserve {args.prompt_reserve} must be in [0, block_size = {block})")
+    prompt_len = block - args.prompt_reserve
+    eot = tokenizer.special_tokens[EOT]
+    line_ends = LineEnds.for_tokenizer(tokenizer, tokenizer.vocab_size, [eot])
+    test_files = [(f.path, f.text) for f in corpus.split("test")]
+    positions = sample_positions(test_files, args.eval_lines, np.random.default_rng([args.seed, 4]))
+    prompts = line_prompts(positions, test_files, tokenizer, eot, prompt_len)
+
+    t0 = time.perf_counter()
+    model_lines = model_line_predictions(model, tokenizer, prompts, line_ends, args.max_line_tokens)
+    model_scores = {**line_scores(model_lines, positions), **token_metrics(model, streams["test"])}
+    print(f"\nscoring the model on {len(positions)} test lines: {time.perf_counter() - t0:.0f} s")
+
+    t0 = time.perf_counter()
+    if args.ngram_order is None:
+        val_files = [(f.path, f.text) for f in corpus.split("val")]
+        order, ngram = pick_ngram_order(streams["train"], val_files, tokenizer, line_ends, args, prompt_len)
+    else:
+        order, ngram = args.ngram_order, NGramLM(streams["train"], tokenizer.vocab_size, args.ngram_order)
+    ngram_lines = ngram.line_predictions(tokenizer, prompts, line_ends, args.max_line_tokens)
+    ngram_scores = {**line_scores(ngram_lines, positions), **ngram.token_metrics(streams["test"]), "order": order}
+    print(f"the n-gram baseline (order {order}): {time.perf_counter() - t0:.0f} s")
+
+    repeat_lines = [repeat_previous_line(p) for p in positions]
+    with open(Path(out_dir) / COMPLETIONS_NAME, "w", encoding="utf-8") as f:
+        for p, a, b, c in zip(positions, model_lines, ngram_lines, repeat_lines):
+            f.write(json.dumps({**p.to_dict(), "model": a, "ngram": b, "repeat_previous_line": c}) + "\n")
+    return {
+        "model": model_scores,
+        "ngram": ngram_scores,
+        "repeat_previous_line": line_scores(repeat_lines, positions),
+        "eval": {"lines": len(positions), "code_lines": model_scores.get("code_lines", {}).get("n", 0),
+                 "max_line_tokens": args.max_line_tokens, "prompt_tokens": prompt_len, "seed": args.seed},
+    }
+
+
+def print_table(results):
+    head = ("", "code lines: EM %", "edit sim", "all lines: EM %", "edit sim", "token acc %", "perplexity")
+    print("\n{:24s}{:>18s}{:>10s}{:>17s}{:>10s}{:>13s}{:>12s}".format(*head))
+    for name in ("model", "ngram", "repeat_previous_line"):
+        r = results[name]
+        code = r.get("code_lines", {"exact_match": float("nan"), "edit_similarity": float("nan")})
+        acc = f"{r['token_accuracy']:.1f}" if "token_accuracy" in r else "-"
+        ppl = f"{r['perplexity']:.2f}" if "perplexity" in r else "-"
+        label = f"n-gram (order {r['order']})" if name == "ngram" else name
+        print(f"{label:24s}{code['exact_match']:18.1f}{code['edit_similarity']:10.1f}"
+              f"{r['all_lines']['exact_match']:17.1f}{r['all_lines']['edit_similarity']:10.1f}{acc:>13s}{ppl:>12s}")
+
+
+# ---- the two commands --------------------------------------------------------------------------
+def train(args):
+    t_start = time.perf_counter()
+    with cli.TrainingRun(args) as run:
+        corpus = load_corpus(args)  # an error here touches nothing saved
+        if run.resuming and (run.out_dir / MANIFEST_NAME).is_file():
+            check_manifest(corpus, run.out_dir)
+        tokenizer = run.saved_tokenizer() or train_tokenizer(args, corpus)
+        t0 = time.perf_counter()
+        streams = token_streams(tokenizer, corpus)
+        print("tokens: " + ", ".join(f"{s} {len(ids):,}" for s, ids in streams.items())
+              + f" ({time.perf_counter() - t0:.1f} s)")
+        config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
+        model = GPT(config, seed=args.seed)
+        print(f"GPT: {model.num_parameters():,} parameters")
+        corpus.save_manifest(run.out_dir / MANIFEST_NAME)  # the run starts: it says what it trains on
+
+        def evaluate(model):  # once training is done: the test files (metrics.json's extra entries)
+            scores = evaluate_completion(args, model, tokenizer, corpus, streams, run.out_dir)
+            return {**scores, "manifest": MANIFEST_NAME, "split_digest": corpus.manifest()["split_digest"],
+                    "splits": corpus.counts(), "tokens": {s: len(ids) for s, ids in streams.items()},
+                    "total_wall_s": time.perf_counter() - t_start}
+
+        metrics = run.train(model, streams["train"], streams["val"], tokenizer, extra_metrics=evaluate)
+    print_table(metrics)
+    print(f"\n{time.perf_counter() - t_start:.0f} s in all; {COMPLETIONS_NAME} and {MANIFEST_NAME} in {run.out_dir}/")
+    return metrics
+
+
+def eval_only(args):
+    """Score the finished run in --out-dir again, on the same files (the manifest must match)."""
+    out_dir = Path(args.out_dir)
+    if not (out_dir / "config.json").is_file() or not (out_dir / MANIFEST_NAME).is_file():
+        raise ValueError(f"--eval-only, but {out_dir} holds no finished run (config.json and {MANIFEST_NAME})")
+    with lock_out_dir(out_dir):
+        corpus = load_corpus(args)
+        check_manifest(corpus, out_dir)
+        model = GPT.from_pretrained(out_dir)
+        tokenizer = AutoTokenizer.from_pretrained(out_dir)
+        streams = token_streams(tokenizer, corpus)
+        results = evaluate_completion(args, model, tokenizer, corpus, streams, out_dir)
+        metrics_path = out_dir / cli.METRICS_NAME
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+        metrics.update(results)
+        write_json(metrics_path, metrics)
+    print_table(results)
+    return metrics
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with cli.exit_on_error():
+        tinyllm.set_num_threads(args.num_threads)
+        return eval_only(args) if args.eval_only else train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -46,7 +46,7 @@ MAX_ROWS = 16
 # Below this many multiply-adds one thread does the whole product.
 SERIAL_WORK = 1 << 18
 _ROWS_PER_BLOCK = 64  # rows layout: weight rows per parallel work item
-_COLS_ACC = 4096  # columns layout: floats of the per-block output buffer (16 KiB in float32)
+_COLS_ACC = 8192  # columns layout: floats of the per-block output buffer (32 KiB in float32, the L1 cache)
 
 
 def gemv_ref(x, w, bias=None):
@@ -105,25 +105,45 @@ def _rows_parallel(x, w, bias, has_bias, y, block):
 
 
 @njit(fastmath={"contract"})
+def _axpy8(acc, a, wt, k, lo):
+    """acc[j] += sum_{i < 8} a[k + i] wt[k + i, lo + j] over a contiguous block, in one fixed
+    order: eight weight rows per pass, so acc is loaded and stored once per eight products."""
+    a0, a1, a2, a3, a4, a5, a6, a7 = a[k], a[k + 1], a[k + 2], a[k + 3], a[k + 4], a[k + 5], a[k + 6], a[k + 7]
+    hi = lo + acc.shape[0]
+    w0, w1, w2, w3 = wt[k, lo:hi], wt[k + 1, lo:hi], wt[k + 2, lo:hi], wt[k + 3, lo:hi]
+    w4, w5, w6, w7 = wt[k + 4, lo:hi], wt[k + 5, lo:hi], wt[k + 6, lo:hi], wt[k + 7, lo:hi]
+    for j in range(acc.shape[0]):
+        acc[j] += (((a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j]))
+                   + ((a4 * w4[j] + a5 * w5[j]) + (a6 * w6[j] + a7 * w7[j])))
+
+
+@njit(fastmath={"contract"})
 def _axpy(acc, a, row):
-    """acc[j] += a * row[j] over a contiguous block (vector code; each acc[j] one add per call)."""
+    """acc[j] += a * row[j] over a contiguous block (the last K % 8 weight rows)."""
     for j in range(acc.shape[0]):
         acc[j] += a * row[j]
 
 
 @njit
 def _cols_block(x, wt, bias, has_bias, y, lo, hi, acc):
-    """y[:, lo:hi] = x @ wt[:, lo:hi] (+ bias[lo:hi]): every weight row's slice lo:hi is read
-    once and added into all M rows of the output block, kept in ``acc`` (M, >= hi - lo)."""
+    """y[:, lo:hi] = x @ wt[:, lo:hi] (+ bias[lo:hi]): the weight rows' slices lo:hi are read
+    once, eight at a time, and added into all M rows of the output block, kept in ``acc``
+    (M, >= hi - lo). Every output sums over k in the same groups of eight whatever lo and hi are."""
     m_rows, depth = x.shape
     width = hi - lo
     for m in range(m_rows):
         for j in range(width):
             acc[m, j] = 0
-    for k in range(depth):
+    k = 0
+    while k + 8 <= depth:
+        for m in range(m_rows):
+            _axpy8(acc[m, :width], x[m], wt, k, lo)
+        k += 8
+    while k < depth:
         row = wt[k, lo:hi]
         for m in range(m_rows):
             _axpy(acc[m, :width], x[m, k], row)
+        k += 1
     for m in range(m_rows):
         for j in range(width):
             y[m, lo + j] = acc[m, j] + bias[lo + j] if has_bias else acc[m, j]
@@ -176,8 +196,10 @@ def gemv_checked(x, w, bias):
     threads = get_num_threads()
     serial = m * n * x.shape[1] < SERIAL_WORK or threads == 1
     if not w.flags.c_contiguous and w.T.flags.c_contiguous:
-        # output blocks of at most _COLS_ACC numbers (kept in the L1 cache), at least two per thread
-        block = max(16, min(_COLS_ACC // m, -(-n // (2 * threads))))
+        # output blocks of at most _COLS_ACC numbers (kept in the L1 cache); in parallel, at least
+        # two per thread. Wider blocks read the weight in longer runs (one stream when serial).
+        block = _COLS_ACC // m if serial else min(_COLS_ACC // m, -(-n // (2 * threads)))
+        block = max(16, block)
         (_cols_serial if serial else _cols_parallel)(x, w.T, bias, has_bias, y, block)
         return y
     w = np.ascontiguousarray(w)

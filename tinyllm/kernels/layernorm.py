@@ -125,7 +125,8 @@ def _layernorm_row(x, i, weight, bias, eps, y, mean, rstd):
 def _layernorm_forward_kernel(x, weight, bias, eps, y, mean, rstd):
     """_layernorm_row for each row i (parallel)."""
     for i in prange(x.shape[0]):
-        _layernorm_row(x, i, weight, bias, eps, y, mean, rstd)
+        # prange's index is unsigned: as int64 the serial kernel's call reuses this compilation
+        _layernorm_row(x, np.int64(i), weight, bias, eps, y, mean, rstd)
 
 
 @njit

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from kernel_helpers import run_with_jit_disabled
 from test_kernels_matmul import assert_matmul_close, definition, operand
-from tinyllm.kernels import blas, gemv
+from tinyllm.kernels import blas
 from tinyllm.kernels.systems import openblas as _openblas
 from tinyllm.kernels import matmul as M
 
@@ -121,7 +121,6 @@ def test_matmul_and_linear_take_the_threaded_kernels_on_small_shapes_when_small_
     a, b = operand(rng, lead + (m, k), dtype, a_t), operand(rng, lead + (k, n), dtype, b_t)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(blas, "SMALL", 0)
-        mp.setattr(gemv, "MAX_ROWS", 0)  # a few rows would take the decoding kernels (test_kernels_gemv.py)
         calls = spy(mp, blas, "_gemm_batch" if batch else "_gemm_blocks")
         got = M.matmul(a, b)
         assert calls, "matmul did not reach the threaded kernel"
@@ -174,7 +173,6 @@ def test_gradients_through_the_threaded_kernels_on_small_shapes(monkeypatch):
 
     monkeypatch.setattr(blas, "SMALL", 0)
     monkeypatch.setattr(E, "SMALL", 0)
-    monkeypatch.setattr(gemv, "MAX_ROWS", 0)  # not the decoding kernels, which have no backward
     kernels = ("_gemm_blocks", "_gemm_batch", "_linear_forward_blocks", "_linear_backward_tasks")
     calls = {name: spy(monkeypatch, blas, name) for name in kernels}
     calls["_add_kernel"] = spy(monkeypatch, E, "_add_kernel")

@@ -81,7 +81,7 @@ def test_extreme_values_stay_finite_and_other_layouts_are_copied():
     assert_close(G.gemv(transposed_x, w), G.gemv_ref(transposed_x, w), 1e-5)
 
 
-def test_linear_forward_takes_gemv_for_few_rows_only(monkeypatch):
+def test_linear_forward_takes_gemv_for_few_rows_in_inference_only(monkeypatch):
     calls = []
     real = G.gemv_checked
     monkeypatch.setattr(G, "gemv_checked", lambda *a: calls.append(a[0].shape) or real(*a))
@@ -89,8 +89,24 @@ def test_linear_forward_takes_gemv_for_few_rows_only(monkeypatch):
     w, bias = rng.standard_normal((50, 30)).astype(np.float32), rng.standard_normal(50).astype(np.float32)
     for m in (1, G.MAX_ROWS, G.MAX_ROWS + 1):
         x = rng.standard_normal((m, 30)).astype(np.float32)
-        assert_close(blas.linear_forward(x, w, bias), blas.linear_forward_ref(x, w, bias), 1e-5)
+        for inference in (False, True):
+            assert_close(blas.linear_forward(x, w, bias, inference=inference), blas.linear_forward_ref(x, w, bias), 1e-5)
     assert calls == [(1, 30), (G.MAX_ROWS, 30)]
+
+
+def test_training_never_takes_gemv_and_generation_does(monkeypatch):
+    from tinyllm import Tensor, no_grad, nn
+
+    calls = []
+    real = G.gemv_checked
+    monkeypatch.setattr(G, "gemv_checked", lambda *a: calls.append(a[0].shape) or real(*a))
+    lin = nn.Linear(8, 4, rng=np.random.default_rng(0))
+    x = Tensor(np.ones((2, 8), np.float32))
+    lin(x).sum().backward()
+    assert calls == []
+    with no_grad():
+        lin(x)
+    assert calls == [(2, 8)]
 
 
 @pytest.mark.parametrize("bad", [

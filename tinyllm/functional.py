@@ -242,7 +242,8 @@ class Linear(Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         rows = x.reshape(-1, x.shape[-1])  # (..., in) -> (N, in)
-        out = _blas.linear_forward(rows, weight, None if bias is None else bias.astype(rows.dtype, copy=False))
+        out = _blas.linear_forward(rows, weight, None if bias is None else bias.astype(rows.dtype, copy=False),
+                                   inference=not is_grad_enabled())
         ctx.save_for_backward(rows, weight)
         ctx.in_shape, ctx.has_bias = x.shape, bias is not None
         return out.reshape(*x.shape[:-1], weight.shape[0])  # (N, out) -> (..., out)

@@ -205,8 +205,9 @@ def _split_by_rows(a, w):
             and a.shape[0] >= min(256, max(w.shape)) and a.shape[0] * w.size >= SMALL)
 
 
-def linear_forward_ref(x, w, bias):
-    """``x @ w.T + bias`` (bias may be None) for x (M, K), w (N, K) -> (M, N), in NumPy."""
+def linear_forward_ref(x, w, bias, inference=False):
+    """``x @ w.T + bias`` (bias may be None) for x (M, K), w (N, K) -> (M, N), in NumPy.
+    (``inference`` only steers the fast kernel's choice; the result is the same product.)"""
     y = np.matmul(x, w.T)
     return y if bias is None else y + bias
 
@@ -229,11 +230,13 @@ def _few_rows(x, w, bias):
             and (w.flags.c_contiguous or w.T.flags.c_contiguous))
 
 
-def linear_forward(x, w, bias):
-    """``x @ w.T + bias`` (bias may be None) for x (M, K), w (N, K): for a few rows of x (decoding)
-    :func:`.gemv.gemv`, which reads each weight once; else on numba's threads, the bias written
-    first and the product added to it, where possible; else :func:`matmul` and NumPy's add."""
-    if _few_rows(x, w, bias):
+def linear_forward(x, w, bias, inference=False):
+    """``x @ w.T + bias`` (bias may be None) for x (M, K), w (N, K): with ``inference=True`` (no
+    gradient will be taken: generating text) and a few rows of x, :func:`.gemv.gemv`, which reads
+    each weight once; else on numba's threads, the bias written first and the product added to
+    it, where possible; else :func:`matmul` and NumPy's add. (Training never takes gemv, so its
+    numbers do not depend on how many rows a batch has.)"""
+    if inference and _few_rows(x, w, bias):
         return _gemv.gemv_checked(np.ascontiguousarray(x), w, bias)
     if bias is None or bias.dtype != x.dtype or not _split_by_rows(x, w):
         y = matmul(x, w.T)

@@ -50,11 +50,18 @@ def _page_id(page):
     return str(page.relative_to(ROOT))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+PAGES_WITH_CODE = [page for page in PAGES if _python_blocks(page)[0]]
+
+
+def test_the_pages_that_teach_with_code_have_code_that_runs():
+    """The walk-through and the idea pages teach with runnable blocks (an index page need not)."""
+    names = {page.name for page in PAGES_WITH_CODE}
+    assert "walkthrough.md" in names and "README.md" in names and len(names) >= 8, sorted(names)
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=_page_id)
 def test_the_python_blocks_of_a_page_run(page, tmp_path, monkeypatch):
     runnable, _ = _python_blocks(page)
-    if not runnable:
-        pytest.skip(f"{_page_id(page)} has no python blocks to run")
     monkeypatch.chdir(tmp_path)  # a block that saves a model writes here
     namespace = {"__name__": f"docs_{page.stem}"}
     mode = tinyllm.is_reference()

@@ -222,7 +222,9 @@ def linear_backward_ref(g, x, w, need_dx=True, need_dw=True, need_db=True):
 
 def _few_rows(x, w, bias):
     """Whether :func:`.gemv.gemv` takes x @ w.T + bias: at most MAX_ROWS rows of x (decoding), one
-    float dtype, w contiguous or the transpose of a contiguous array, compiled kernels on."""
+    float dtype, w contiguous or the transpose of a contiguous array, compiled kernels on (with
+    the JIT disabled its loops would run in the interpreter, a GPT-2 token in minutes: NumPy's
+    matmul instead)."""
     return (x.ndim == 2 and x.shape[0] <= _gemv.MAX_ROWS and w.ndim == 2 and x.dtype == w.dtype
             and x.dtype in (np.float32, np.float64) and x.shape[1] == w.shape[1] and x.shape[1] > 0
             and (bias is None or (bias.dtype == x.dtype and bias.shape == (w.shape[0],)))

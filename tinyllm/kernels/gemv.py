@@ -20,9 +20,10 @@ Two memory layouts of W, both read in place:
   rows; ``fastmath={"reassoc"}`` on the dot-product helper lets LLVM keep its partial sums in
   vector lanes (and the rows of W are read in order, one sequential stream for the prefetcher).
 * **columns**: W^T (K, N) C-contiguous, i.e. W is the transpose of a contiguous array, as GPT-2's
-  ``Conv1D`` weights are when a Hugging Face file is memory-mapped (``models/io.py``). Each
-  weight row k is added, scaled by x[m, k], into a block of outputs kept in the cache: plain
-  vector code, every output summed over k in order.
+  ``Conv1D`` weights are when a Hugging Face file is memory-mapped (``models/io.py``). The
+  weight rows are added, eight at a time and scaled by x[m, k], into a block of outputs kept in
+  the L1 cache (the whole width when one thread does it all, so the weight is read as one
+  stream): plain vector code, every output summed over k in the same groups of eight.
 
 Every output element is computed by the same code in the same order whichever block or thread
 computes it, so the results do not depend on the thread count or on M (a sequence gets the

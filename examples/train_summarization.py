@@ -53,9 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--include-tests", action="store_true", help="with --data: keep test files and directories")
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of files for validation")
     p.add_argument("--test-fraction", type=float, default=0.05, help="share of files held out for the test")
-    # Threads: see the measurement in docs/summarization.md. This model spends its time in many
-    # small kernel calls, and numba's thread pool on a 2-core machine shared with other jobs made
-    # a step 2-4x slower than one thread (0.57-0.67 s against 1.8-2.1 s a step at load 7-12).
+    # Threads: this model spends its time in many small kernel calls, where numba's thread pool
+    # costs more than it gains on a 2-core machine shared with other jobs; measured by
+    # `python benchmarks/bench_translation_threads.py --preset summarization`.
     p.add_argument("--num-threads", type=int, default=1,
                    help="threads for the kernels (default: %(default)s; 0: tinyllm's default, all cores)")
     d = p.add_argument_group("data")

@@ -13,7 +13,7 @@ from tinyllm.code_data import CODE_SPLIT_PATTERN, extract_functions
 from tinyllm.datasets import PairDataset, pair_batches, pair_evaluator
 from tinyllm.metrics import rouge
 from tinyllm.models import EncoderDecoderConfig, EncoderDecoderTransformer
-from tinyllm.summarization import (baseline_summaries, first_body_line, functions_in_file, model_source,
+from tinyllm.summarization import (baseline_summaries, first_body_line, functions_in_file, model_source, name_line,
                                    name_to_words, qualname_to_words, score_summaries, summarize, truncate_code)
 from tinyllm.tokenizers import GPT2_SPLIT_PATTERN, Seq2SeqTokenizer
 
@@ -167,31 +167,45 @@ def test_qualname_to_words(qualname, words):
     assert qualname_to_words(qualname) == words
 
 
+@pytest.mark.parametrize("qualname, line", [
+    ("get_user_name", "Get user name"),
+    ("Chunk.get_size", "Get size chunk"),
+    ("ProcessPoolExecutor.__init__", "Init process pool executor"),
+    ("_make_relax_case.<locals>._relax_case", "Relax case make relax case"),
+    ("Outer.Inner.isOpen", "Is open outer inner"),
+    ("A.__", "a"),                      # no words of its own: only the class's
+    ("é_x", "É x"),
+])
+def test_name_line(qualname, line):
+    assert name_line(qualname) == line
+
+
 def test_model_source_formats():
     code = "def get_size(self):\n    return self._size\n"
-    assert model_source("Chunk.get_size", code) == " chunk get size\n" + code  # "name+code" is the default
-    assert model_source("Chunk.get_size", code, "name+code") == " chunk get size\n" + code
+    assert model_source("Chunk.get_size", code) == "Get size chunk\n" + code  # "name+code" is the default
+    assert model_source("Chunk.get_size", code, "name+code") == "Get size chunk\n" + code
     assert model_source("Chunk.get_size", code, "code") == code
     with pytest.raises(ValueError, match="unknown source_format 'words'"):
         model_source("f", code, "words")
 
 
 def test_model_source_gives_the_name_the_tokens_of_a_sentence():
-    tok = Seq2SeqTokenizer.train(["Return the size of the chunk", "def get_size(self):\n    return 1\n"] * 3,
+    tok = Seq2SeqTokenizer.train(["Get the size of the chunk", "def get_size(self):\n    return 1\n"] * 3,
                                  vocab_size=300, pattern=CODE_SPLIT_PATTERN)
     code = "def get_size(self):\n    return 1\n"
     def contains(ids, part):
         return any(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
 
-    word = tok.encode(" size", add_special_tokens=False)
-    assert contains(tok.encode("Return the size of the chunk", add_special_tokens=False), word)
-    assert contains(tok.encode(model_source("Chunk.get_size", code), add_special_tokens=False), word)
-    assert not contains(tok.encode(code, add_special_tokens=False), word)  # the code alone spells it "_size"
+    summary = tok.encode("Get the size of the chunk", add_special_tokens=False)
+    source = tok.encode(model_source("Chunk.get_size", code), add_special_tokens=False)
+    for word in ("Get", " size", " chunk"):  # the code alone spells them "get", "_size" and not at all
+        ids = tok.encode(word, add_special_tokens=False)
+        assert contains(summary, ids) and contains(source, ids) and not contains(tok.encode(code), ids), word
 
 
 def test_truncate_code_keeps_the_name_line(tokenizer):
     text, ids = truncate_code(model_source("Long.long_function", LONG_CODE), tokenizer, 60)
-    assert text.startswith(" long long function\ndef long_function(alpha, beta):\n") and len(ids) <= 60
+    assert text.startswith("Long function long\ndef long_function(alpha, beta):\n") and len(ids) <= 60
 
 
 # ---- every function of a file ------------------------------------------------------------------

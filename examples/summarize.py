@@ -28,7 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--model-dir", required=True, help="a directory written by train_summarization.py")
     p.add_argument("--file", required=True, help="the Python file whose functions to summarize")
     p.add_argument("--num-beams", type=int, default=1, help="1: greedy; more: beam search")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length ** this")
+    p.add_argument("--length-penalty", type=float, default=2.0,
+                   help="beam search: score / length ** this (default: %(default)s, as train_summarization.py)")
     p.add_argument("--docstrings", action="store_true", help="also print each function's own docstring summary")
     p.add_argument("--num-threads", type=int, default=1,
                    help="threads for the kernels (default: %(default)s, fastest for small models on a busy machine)")

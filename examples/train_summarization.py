@@ -9,17 +9,22 @@ The pairs are real and written by people: every documented function and method o
 standard library, its code (docstring removed) as the source and its docstring's first sentence
 as the target (tinyllm.code_data.extract_functions; CodeXGLUE's code-to-text task). Files are
 split into train / val / test by a hash of their path, so no function of a test file is ever
-trained on. One BPE serves code and summaries; a code longer than --max-src-len tokens is cut at
-a line boundary, keeping its signature and first lines (tinyllm.summarization.truncate_code).
+trained on. The encoder reads the function's name in words on a first line ("Get size chunk"
+for Chunk.get_size: the tokens a summary is written in, to copy), then its code
+(tinyllm.summarization.model_source; --source-format code for the code alone). One BPE serves
+code and summaries; a source longer than --max-src-len tokens is cut at a line boundary, keeping
+the name line, the signature and the first lines (tinyllm.summarization.truncate_code).
 
-After training, every function of the test files is summarized, greedily and with beam search,
+After training, every function of the test files (--eval-split val: the validation files, to
+choose settings without looking at the test) is summarized, greedily and with beam search,
 and scored with ROUGE-1/2/L F-measure (rouge-score's definition) and corpus BLEU (sacrebleu's),
 beside two baselines on the same functions: the function's name split into words, and the first
 line of its body.
 
 Writes into --out-dir: manifest.json (every file, its sha256 and split), ckpt.safetensors (for
---resume), log.csv, the model and tokenizer (for examples/summarize.py), metrics.json (model and
-baselines) and test_summaries.jsonl (every test function with each system's summary). The loop,
+--resume), log.csv, the model and tokenizer and summarization.json (the source format; all three
+for examples/summarize.py), metrics.json (model and baselines) and test_summaries.jsonl (every
+test function with each system's summary; val_summaries.jsonl with --eval-split val). The loop,
 checkpoints, resuming and the shared options are tinyllm.training and tinyllm.cli.
 """
 import argparse
@@ -63,7 +68,7 @@ def parse_args(argv=None):
     d.add_argument("--source-format", choices=sorted(SOURCE_FORMATS), default="name+code",
                    help="what the encoder reads: " + "; ".join(f"{k}: {v}" for k, v in SOURCE_FORMATS.items())
                    + " (default: %(default)s)")
-    d.add_argument("--max-src-len", type=int, default=128,
+    d.add_argument("--max-src-len", type=int, default=64,
                    help="source tokens (EOS included); a longer function keeps its first lines that fit")
     d.add_argument("--max-tgt-len", type=int, default=48,
                    help="summary tokens (EOS included); longer summaries are not trained on (but are scored)")
@@ -82,10 +87,12 @@ def parse_args(argv=None):
                    help="the files summarized and scored at the end: choose settings on val, report test "
                         "(default: %(default)s)")
     e.add_argument("--num-beams", type=int, default=4, help="beams for the beam-search scores")
-    e.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length ** this")
+    e.add_argument("--length-penalty", type=float, default=2.0,
+                   help="beam search: score / length ** this (default: %(default)s, chosen on val: 1.0 made "
+                        "summaries too short)")
     e.add_argument("--eval-batch-size", type=int, default=64, help="functions decoded at once")
     e.add_argument("--n-examples", type=int, default=12, help="test functions shown at the end")
-    cli.add_training_args(p, out_dir="out-summarization", max_iters=1500, batch_size=32, lr=1e-3, min_lr=1e-4,
+    cli.add_training_args(p, out_dir="out-summarization", max_iters=3000, batch_size=32, lr=1e-3, min_lr=1e-4,
                           warmup_iters=100, weight_decay=0.1, eval_interval=250, eval_iters=10, sample_tokens=32)
     return p.parse_args(argv)
 

@@ -3,6 +3,7 @@
     python benchmarks/bench_kernels.py                 # table on stdout
     python benchmarks/bench_kernels.py --json out.json # and every number as JSON
     python benchmarks/bench_kernels.py --quick         # fewer repeats, no compile-time runs
+    python benchmarks/bench_kernels.py --masked-only --cpu-time   # one thread, CPU clock (busy machine)
 
 Two configurations (float32):
 
@@ -80,6 +81,10 @@ def load(module):
 # Idle OpenBLAS threads spin for ~0.1 s after each BLAS call (OPENBLAS_THREAD_TIMEOUT, 2**28
 # cycles by default) and meanwhile slow any parallel numba kernel by 30-70% on 2 cores.
 SETTLE_SECONDS = 0.2
+# The clock of time_pair. --cpu-time switches to the CPU time of this thread, with one thread for
+# numba and OpenBLAS: on a machine shared with other jobs, wall time also counts the waits for a
+# core, which land on either column at random; the CPU time of the one working thread does not.
+CLOCK = time.perf_counter
 
 
 def time_pair(ref, fast, repeats, max_seconds, block=5):
@@ -100,9 +105,9 @@ def time_pair(ref, fast, repeats, max_seconds, block=5):
         for fn, bucket in zip((ref, fast), times):
             time.sleep(SETTLE_SECONDS)
             for _ in range(block):
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 fn()
-                bucket.append(time.perf_counter() - t0)
+                bucket.append(CLOCK() - t0)
     return float(np.median(times[0])), float(np.median(times[1]))
 
 
@@ -433,6 +438,16 @@ def print_table(rows):
               f"{gflops[1]:>13}")
 
 
+def use_one_thread_cpu_clock():
+    global CLOCK
+    from tinyllm.kernels.systems.openblas import OPENBLAS
+
+    numba.set_num_threads(1)
+    if OPENBLAS is not None:
+        OPENBLAS.set_num_threads(1)
+    CLOCK = time.thread_time
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
@@ -445,12 +460,18 @@ def main(argv=None):
     parser.add_argument("--tiles", action="store_true",
                         help="also time the fused attention at other tile sizes (the 'NumPy' "
                              "column is then the default tile size)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one thread for numba and OpenBLAS, timed by this thread's CPU time "
+                             "(steady on a busy machine; compares the kernels' work, not parallelism)")
     args = parser.parse_args(argv)
+    if args.cpu_time:
+        use_one_thread_cpu_clock()
     timing = dict(repeats=args.repeats or (5 if args.quick else 20),
                   max_seconds=0.5 if args.quick else 3.0)
 
+    clock = "CPU time of the working thread" if CLOCK is time.thread_time else "wall time"
     print(f"numpy {np.__version__}, numba {numba.__version__}, {os.cpu_count()} CPUs, "
-          f"{numba.get_num_threads()} numba threads, float32, medians of alternating timings")
+          f"{numba.get_num_threads()} numba threads, float32, medians of alternating timings ({clock})")
     print("OPENBLAS_NUM_THREADS=" + os.environ.get("OPENBLAS_NUM_THREADS", "(unset)") +
           ", OPENBLAS_THREAD_TIMEOUT=" + os.environ.get("OPENBLAS_THREAD_TIMEOUT", "(unset)"))
     rng = np.random.default_rng(0)

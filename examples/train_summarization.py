@@ -9,17 +9,22 @@ The pairs are real and written by people: every documented function and method o
 standard library, its code (docstring removed) as the source and its docstring's first sentence
 as the target (tinyllm.code_data.extract_functions; CodeXGLUE's code-to-text task). Files are
 split into train / val / test by a hash of their path, so no function of a test file is ever
-trained on. One BPE serves code and summaries; a code longer than --max-src-len tokens is cut at
-a line boundary, keeping its signature and first lines (tinyllm.summarization.truncate_code).
+trained on. The encoder reads the function's name in words on a first line ("Get size chunk"
+for Chunk.get_size: the tokens a summary is written in, to copy), then its code
+(tinyllm.summarization.model_source; --source-format code for the code alone). One BPE serves
+code and summaries; a source longer than --max-src-len tokens is cut at a line boundary, keeping
+the name line, the signature and the first lines (tinyllm.summarization.truncate_code).
 
-After training, every function of the test files is summarized, greedily and with beam search,
+After training, every function of the test files (--eval-split val: the validation files, to
+choose settings without looking at the test) is summarized, greedily and with beam search,
 and scored with ROUGE-1/2/L F-measure (rouge-score's definition) and corpus BLEU (sacrebleu's),
 beside two baselines on the same functions: the function's name split into words, and the first
 line of its body.
 
 Writes into --out-dir: manifest.json (every file, its sha256 and split), ckpt.safetensors (for
---resume), log.csv, the model and tokenizer (for examples/summarize.py), metrics.json (model and
-baselines) and test_summaries.jsonl (every test function with each system's summary). The loop,
+--resume), log.csv, the model and tokenizer and summarization.json (the source format; all three
+for examples/summarize.py), metrics.json (model and baselines) and test_summaries.jsonl (every
+test function with each system's summary; val_summaries.jsonl with --eval-split val). The loop,
 checkpoints, resuming and the shared options are tinyllm.training and tinyllm.cli.
 """
 import argparse
@@ -35,12 +40,15 @@ from tinyllm.code_data import CODE_SPLIT_PATTERN, code_corpus, extract_functions
 from tinyllm.datasets import PairDataset, pair_batches, pair_evaluator
 from tinyllm.metrics import rouge
 from tinyllm.models import EncoderDecoderConfig, EncoderDecoderTransformer
-from tinyllm.summarization import baseline_summaries, score_summaries, summarize, truncate_code
+from tinyllm.summarization import (SOURCE_FORMATS, baseline_summaries, model_source, score_summaries, summarize,
+                                   truncate_code)
 from tinyllm.tokenizers import Seq2SeqTokenizer
 from tinyllm.training import write_json
 
 MANIFEST_NAME = "manifest.json"
-PREDICTIONS_NAME = "test_summaries.jsonl"
+PREDICTIONS_NAME = "{split}_summaries.jsonl"
+# What examples/summarize.py must know to read a function as training did.
+SOURCE_CONFIG_NAME = "summarization.json"
 
 
 def parse_args(argv=None):
@@ -50,14 +58,17 @@ def parse_args(argv=None):
     p.add_argument("--include-tests", action="store_true", help="with --data: keep test files and directories")
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of files for validation")
     p.add_argument("--test-fraction", type=float, default=0.05, help="share of files held out for the test")
-    # Threads: see the measurement in docs/summarization.md. This model spends its time in many
-    # small kernel calls, and numba's thread pool on a 2-core machine shared with other jobs made
-    # a step 2-4x slower than one thread (0.57-0.67 s against 1.8-2.1 s a step at load 7-12).
+    # Threads: this model spends its time in many small kernel calls, where numba's thread pool
+    # costs more than it gains on a 2-core machine shared with other jobs; measured by
+    # `python benchmarks/bench_translation_threads.py --preset summarization`.
     p.add_argument("--num-threads", type=int, default=1,
                    help="threads for the kernels (default: %(default)s; 0: tinyllm's default, all cores)")
     d = p.add_argument_group("data")
     d.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary (code and summaries, 3 special ids)")
-    d.add_argument("--max-src-len", type=int, default=128,
+    d.add_argument("--source-format", choices=sorted(SOURCE_FORMATS), default="name+code",
+                   help="what the encoder reads: " + "; ".join(f"{k}: {v}" for k, v in SOURCE_FORMATS.items())
+                   + " (default: %(default)s)")
+    d.add_argument("--max-src-len", type=int, default=64,
                    help="source tokens (EOS included); a longer function keeps its first lines that fit")
     d.add_argument("--max-tgt-len", type=int, default=48,
                    help="summary tokens (EOS included); longer summaries are not trained on (but are scored)")
@@ -72,11 +83,16 @@ def parse_args(argv=None):
     m.add_argument("--dropout", type=float, default=0.1)
     m.add_argument("--label-smoothing", type=float, default=0.0)
     e = p.add_argument_group("evaluation (every function of the test files)")
+    e.add_argument("--eval-split", choices=("test", "val"), default="test",
+                   help="the files summarized and scored at the end: choose settings on val, report test "
+                        "(default: %(default)s)")
     e.add_argument("--num-beams", type=int, default=4, help="beams for the beam-search scores")
-    e.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length ** this")
+    e.add_argument("--length-penalty", type=float, default=2.0,
+                   help="beam search: score / length ** this (default: %(default)s, chosen on val: 1.0 made "
+                        "summaries too short)")
     e.add_argument("--eval-batch-size", type=int, default=64, help="functions decoded at once")
     e.add_argument("--n-examples", type=int, default=12, help="test functions shown at the end")
-    cli.add_training_args(p, out_dir="out-summarization", max_iters=1500, batch_size=32, lr=1e-3, min_lr=1e-4,
+    cli.add_training_args(p, out_dir="out-summarization", max_iters=3000, batch_size=32, lr=1e-3, min_lr=1e-4,
                           warmup_iters=100, weight_decay=0.1, eval_interval=250, eval_iters=10, sample_tokens=32)
     return p.parse_args(argv)
 
@@ -122,16 +138,18 @@ def build_tokenizer(args, train_functions, run):
                              "Seq2SeqTokenizer of a summarization run; choose another --out-dir")
         return saved
     t0 = time.perf_counter()
-    texts = [f.code for f in train_functions] + [f.summary for f in train_functions]
+    texts = [model_source(f.qualname, f.code, args.source_format) for f in train_functions] + \
+        [f.summary for f in train_functions]
     # CODE_SPLIT_PATTERN: every line starts on a token boundary, so truncate_code can count lines.
     tok = Seq2SeqTokenizer.train(texts, vocab_size=args.vocab_size, pattern=CODE_SPLIT_PATTERN)
     print(f"trained a BPE tokenizer of {tok.vocab_size} ids on code and summaries in {time.perf_counter() - t0:.1f} s")
     return tok
 
 
-def sources(functions, tokenizer, max_src_len):
-    """(texts, ids) of each function's code cut to the model's source length."""
-    cut = [truncate_code(f.code, tokenizer, max_src_len) for f in functions]
+def sources(functions, tokenizer, args):
+    """(texts, ids) of what the encoder reads of each function, cut to the model's source length."""
+    cut = [truncate_code(model_source(f.qualname, f.code, args.source_format), tokenizer, args.max_src_len)
+           for f in functions]
     return [t for t, _ in cut], [i for _, i in cut]
 
 
@@ -185,8 +203,8 @@ def write_predictions(path, functions, outputs):
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def print_table(scores, n):
-    print(f"\ntest files: {n} functions; ROUGE F-measure (x100), corpus BLEU")
+def print_table(scores, n, split="test"):
+    print(f"\n{split} files: {n} functions; ROUGE F-measure (x100), corpus BLEU")
     print(f"{'system':<24}{'ROUGE-1':>9}{'ROUGE-2':>9}{'ROUGE-L':>9}{'BLEU':>8}")
     names = {"greedy": "model, greedy", "beam": "model, beam search", "name_words": "baseline: name words",
              "first_line": "baseline: first line"}
@@ -209,8 +227,9 @@ def main(argv=None):
               f"val, {counts['test']:,} test (skipped: {skipped['skipped_empty']} empty and "
               f"{skipped['skipped_long']} over-long summaries, {len(skipped['syntax_errors'])} unparsable files)")
         tokenizer = build_tokenizer(args, functions["train"], run)
-        src = {s: sources(functions[s], tokenizer, args.max_src_len) for s in functions}
-        n_cut = {s: sum(t != f.code for t, f in zip(src[s][0], functions[s])) for s in functions}
+        src = {s: sources(functions[s], tokenizer, args) for s in functions}
+        n_cut = {s: sum(t != model_source(f.qualname, f.code, args.source_format)
+                        for t, f in zip(src[s][0], functions[s])) for s in functions}
         train_ds = PairDataset(list(zip(src["train"][0], (f.summary for f in functions["train"]))), tokenizer,
                                args.max_src_len, args.max_tgt_len)
         val_ds = PairDataset(list(zip(src["val"][0], (f.summary for f in functions["val"]))), tokenizer,
@@ -220,30 +239,35 @@ def main(argv=None):
         model = build_model(args, tokenizer)
         print(f"EncoderDecoderTransformer: {model.num_parameters():,} parameters")
         corpus.save_manifest(run.out_dir / MANIFEST_NAME)
+        write_json(run.out_dir / SOURCE_CONFIG_NAME, {"source_format": args.source_format})
         metrics = run.train(model, train_ds, val_ds, tokenizer, get_batch=pair_batches(args.length_buckets),
                             evaluate=pair_evaluator(args.eval_batch_size),
                             sample=sampler(tokenizer, functions["val"] or functions["train"],
                                            src["val"][1] or src["train"][1]))
         t0 = time.perf_counter()
-        outputs, scores, timing = evaluate_test(model, tokenizer, functions["test"], src["test"][1], args)
-        write_predictions(run.out_dir / PREDICTIONS_NAME, functions["test"], outputs)
+        split = args.eval_split
+        if not functions[split]:
+            raise ValueError(f"--eval-split {split}: the {split} files hold no documented function")
+        outputs, scores, timing = evaluate_test(model, tokenizer, functions[split], src[split][1], args)
+        write_predictions(run.out_dir / PREDICTIONS_NAME.format(split=split), functions[split], outputs)
         metrics.update({
             "task": "summarize Python functions (docstring first sentence)",
             "data": str(args.data) if args.data else "stdlib",
             "functions": counts, "sources_cut": n_cut, "skipped": {k: v if isinstance(v, int) else len(v)
                                                                    for k, v in skipped.items()},
-            "test": {"n_functions": counts["test"], **scores, "num_beams": args.num_beams,
+            "source_format": args.source_format,
+            split: {"n_functions": counts[split], **scores, "num_beams": args.num_beams,
                      "length_penalty": args.length_penalty, "decode_s": timing, "eval_s": time.perf_counter() - t0},
             "baselines": {"name_words": "the function's name split into words (get_user_name -> 'get user name')",
                           "first_line": "the first line of the function's body"},
             "examples": [{"qualname": f.qualname, "path": f.path, "summary": f.summary,
                           **{k: outputs[k][i] for k in outputs}}
-                         for i, f in enumerate(functions["test"][:args.n_examples])],
+                         for i, f in enumerate(functions[split][:args.n_examples])],
             "num_threads": tinyllm.get_num_threads(),
             "total_s": time.perf_counter() - t_start,
         })
         write_json(run.out_dir / cli.METRICS_NAME, metrics)
-    print_table(scores, counts["test"])
+    print_table(scores, counts[split], split)
     for ex in metrics["examples"]:
         print(f"  {ex['qualname']}: {ex['greedy']!r}\n    docstring: {ex['summary']!r}")
     print(f"{metrics['total_s']:.0f} s in all; summarize a file with: python examples/summarize.py "

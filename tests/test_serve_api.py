@@ -411,16 +411,19 @@ def test_disconnect_mid_stream_frees_the_slot(tmp_path):
 
 
 def test_disconnect_while_waiting_for_a_whole_answer(tmp_path):
-    # 8000 tokens asked for: the tiny model decodes a few thousand tokens a second, so in the
-    # 0.5 s timeout plus the server's disconnect poll it makes well under half of them
-    model_dir = save_char_model(tmp_path, block_size=8192)
+    # A long answer: how far generation gets before the server notices the client left depends on
+    # the machine's load (it polls the connection every DISCONNECT_POLL_S), so the check is only
+    # that it stopped, far from the end, not at which token.
+    max_tokens = 4000
+    model_dir = save_char_model(tmp_path, block_size=max_tokens + 8)
     with ServerThread(model_dir) as s:
         s.client().completions.create(model="tiny", prompt="ab", max_tokens=2)  # warm: kernels loaded
         before = s.engine.stats()["tokens_generated"]
         with pytest.raises(openai.APITimeoutError):
-            s.client(timeout=0.5).completions.create(model="tiny", prompt="ab", max_tokens=8000, seed=0)
+            s.client(timeout=0.5).completions.create(model="tiny", prompt="ab", max_tokens=max_tokens, seed=0)
         stats = s.wait_idle(timeout=60)
-        assert stats["tokens_generated"] - before < 4000, stats  # the client left: the rest was never generated
+        # the client left: the rest was never generated
+        assert stats["tokens_generated"] - before < max_tokens * 3 // 4, stats
 
 
 # ---- a GPT-2 directory with a byte-level BPE ---------------------------------------------------------

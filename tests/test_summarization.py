@@ -13,8 +13,8 @@ from tinyllm.code_data import CODE_SPLIT_PATTERN, extract_functions
 from tinyllm.datasets import PairDataset, pair_batches, pair_evaluator
 from tinyllm.metrics import rouge
 from tinyllm.models import EncoderDecoderConfig, EncoderDecoderTransformer
-from tinyllm.summarization import (baseline_summaries, first_body_line, functions_in_file, name_to_words,
-                                   score_summaries, summarize, truncate_code)
+from tinyllm.summarization import (baseline_summaries, first_body_line, functions_in_file, model_source, name_line,
+                                   name_to_words, qualname_to_words, score_summaries, summarize, truncate_code)
 from tinyllm.tokenizers import GPT2_SPLIT_PATTERN, Seq2SeqTokenizer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -152,6 +152,60 @@ def test_truncate_code_cuts_a_first_line_too_long_alone(tokenizer):
     assert len(tokenizer.encode(code[:len(text) + 1])) > 12  # the longest beginning that fits
     with pytest.raises(ValueError, match="max_tokens must be >= 2"):
         truncate_code(code, tokenizer, 1)
+
+
+# ---- what the encoder reads ----------------------------------------------------------------------
+@pytest.mark.parametrize("qualname, words", [
+    ("get_user_name", "get user name"),
+    ("Chunk.getSize", "chunk get size"),
+    ("ProcessPoolExecutor.__init__", "process pool executor init"),
+    ("_make_relax_case.<locals>._relax_case", "make relax case relax case"),
+    ("A.__", "a"),                      # an empty part leaves no double space
+    ("HTTPServer.handle_GET", "http server handle get"),
+])
+def test_qualname_to_words(qualname, words):
+    assert qualname_to_words(qualname) == words
+
+
+@pytest.mark.parametrize("qualname, line", [
+    ("get_user_name", "Get user name"),
+    ("Chunk.get_size", "Get size chunk"),
+    ("ProcessPoolExecutor.__init__", "Init process pool executor"),
+    ("_make_relax_case.<locals>._relax_case", "Relax case make relax case"),
+    ("Outer.Inner.isOpen", "Is open outer inner"),
+    ("A.__", "a"),                      # no words of its own: only the class's
+    ("é_x", "É x"),
+])
+def test_name_line(qualname, line):
+    assert name_line(qualname) == line
+
+
+def test_model_source_formats():
+    code = "def get_size(self):\n    return self._size\n"
+    assert model_source("Chunk.get_size", code) == "Get size chunk\n" + code  # "name+code" is the default
+    assert model_source("Chunk.get_size", code, "name+code") == "Get size chunk\n" + code
+    assert model_source("Chunk.get_size", code, "code") == code
+    with pytest.raises(ValueError, match="unknown source_format 'words'"):
+        model_source("f", code, "words")
+
+
+def test_model_source_gives_the_name_the_tokens_of_a_sentence():
+    tok = Seq2SeqTokenizer.train(["Get the size of the chunk", "def get_size(self):\n    return 1\n"] * 3,
+                                 vocab_size=300, pattern=CODE_SPLIT_PATTERN)
+    code = "def get_size(self):\n    return 1\n"
+    def contains(ids, part):
+        return any(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
+
+    summary = tok.encode("Get the size of the chunk", add_special_tokens=False)
+    source = tok.encode(model_source("Chunk.get_size", code), add_special_tokens=False)
+    for word in ("Get", " size", " chunk"):  # the code alone spells them "get", "_size" and not at all
+        ids = tok.encode(word, add_special_tokens=False)
+        assert contains(summary, ids) and contains(source, ids) and not contains(tok.encode(code), ids), word
+
+
+def test_truncate_code_keeps_the_name_line(tokenizer):
+    text, ids = truncate_code(model_source("Long.long_function", LONG_CODE), tokenizer, 60)
+    assert text.startswith("Long function long\ndef long_function(alpha, beta):\n") and len(ids) <= 60
 
 
 # ---- every function of a file ------------------------------------------------------------------
@@ -333,6 +387,52 @@ def test_train_resume_and_summarize_end_to_end(tmp_path, capsys):
     assert [q for q, _ in printed] == names and len(lines) == 2 * len(names)
     assert lines[0].startswith("get_name: ") and lines[1] == "    docstring: Return the name of the object"
     assert lines[5] == "    docstring: (none)"  # _check_name has no docstring, and is summarized too
+    assert json.loads((out / "summarization.json").read_text()) == {"source_format": "name+code"}
+
+
+@pytest.mark.parametrize("fmt", ["name+code", "code", None])
+def test_summarize_reads_a_function_as_training_did(tmp_path, monkeypatch, fmt):
+    data = tmp_path / "src"
+    data.mkdir()
+    write_sources(data)
+    out = tmp_path / "out"
+    args = ["--data", str(data), "--out-dir", str(out), "--max-iters", "1", *TINY]
+    load_example("train_summarization").main(args + (["--source-format", fmt] if fmt else []))
+    if fmt is None:  # a model directory from before summarization.json: the code alone
+        (out / "summarization.json").unlink()
+    summarize_example = load_example("summarize")
+    seen = {}
+    monkeypatch.setattr(summarize_example, "summarize", lambda model, tok, src_ids, **kw: seen.setdefault(
+        "src", src_ids) and ["x"] * len(src_ids))
+    target = data / "mod_0.py"
+    summarize_example.main(["--model-dir", str(out), "--file", str(target)])
+    tok = Seq2SeqTokenizer.from_pretrained(out)
+    expected = [truncate_code(model_source(f.qualname, f.code, fmt or "code"), tok, 24)[1]
+                for f in functions_in_file(target)]
+    assert seen["src"] == expected
+
+
+def test_summarize_rejects_a_bad_summarization_json(tmp_path):
+    data = tmp_path / "src"
+    data.mkdir()
+    write_sources(data)
+    out = tmp_path / "out"
+    load_example("train_summarization").main(["--data", str(data), "--out-dir", str(out), "--max-iters", "1", *TINY])
+    (out / "summarization.json").write_text('{"source_format": "tokens"}')
+    with pytest.raises(SystemExit, match="unknown source_format 'tokens'"):
+        load_example("summarize").main(["--model-dir", str(out), "--file", str(data / "mod_0.py")])
+
+
+def test_train_scores_the_validation_split_when_asked(tmp_path):
+    data = tmp_path / "src"
+    data.mkdir()
+    write_sources(data)
+    out = tmp_path / "out"
+    metrics = load_example("train_summarization").main(
+        ["--data", str(data), "--out-dir", str(out), "--max-iters", "1", "--eval-split", "val", *TINY])
+    assert "test" not in metrics and metrics["val"]["n_functions"] == metrics["functions"]["val"] > 0
+    rows = (out / "val_summaries.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == metrics["functions"]["val"] and not (out / "test_summaries.jsonl").exists()
 
 
 def test_summarize_reports_a_file_that_does_not_parse(tmp_path):

@@ -1,6 +1,14 @@
 """Summarizing Python functions (CodeXGLUE's code-to-text): what the model reads, the two
 baselines it must beat, and the scores.
 
+* :func:`model_source`: the text the encoder reads. By default (``"name+code"``) the function's
+  name in words on a first line, written as a summary starts (first word capitalized), then the
+  words of the names around it (its class), then its code: ``Chunk.get_size`` ->
+  ``"Get size chunk\ndef get_size(self): ..."``. Summaries are English words, and the name is
+  the strongest hint of what they say, but the code spells it ``get_size`` (BPE pieces ``get``,
+  ``_``, ``size``), which share no token with "Get" opening a sentence or `` size`` inside one;
+  the words line hands the model the very tokens a summary uses, to copy. (CodeXGLUE's
+  baselines split identifiers into subtokens for the same reason.) ``"code"`` is the code alone.
 * :func:`truncate_code`: a function's code cut to at most ``max_tokens`` ids (EOS included) at a
   line boundary, so a long function keeps its signature and first lines (what names it and
   what it does first) and loses its tail. A single line too long alone is cut inside.
@@ -24,8 +32,9 @@ import regex
 from .code_data import _PY_LINE, _code_without_docstring, _functions, docstring_summary, split_lines
 from .metrics import corpus_bleu, rouge
 
-__all__ = ["BASELINES", "FunctionSource", "baseline_summaries", "first_body_line", "functions_in_file", "name_to_words",
-           "score_summaries", "summarize", "truncate_code"]
+__all__ = ["BASELINES", "SOURCE_FORMATS", "FunctionSource", "baseline_summaries", "first_body_line",
+           "functions_in_file", "model_source", "name_line", "name_to_words", "qualname_to_words", "score_summaries",
+           "summarize", "truncate_code"]
 
 
 # ---- every function of a file, documented or not ----------------------------------------------
@@ -70,6 +79,40 @@ def functions_in_file(path):
 
 
 # ---- what the model reads --------------------------------------------------------------------
+SOURCE_FORMATS = {
+    "name+code": "the function's name in words, as a sentence starts, then its class's, on a first line; then its code",
+    "code": "the function's code alone",
+}
+
+
+def model_source(qualname, code, source_format="name+code"):
+    """The text the encoder reads for a function (see the module docstring and
+    :data:`SOURCE_FORMATS`). ``"name+code"``: ``name_line(qualname) + "\n" + code``;
+    ``"code"``: ``code``. Training and summarizing must use the same format."""
+    if source_format == "code":
+        return code
+    if source_format == "name+code":
+        return f"{name_line(qualname)}\n{code}"
+    raise ValueError(f"model_source: unknown source_format {source_format!r}; choose one of {sorted(SOURCE_FORMATS)}")
+
+
+def name_line(qualname):
+    """The words of a function's own name with the first one capitalized, as a summary opens
+    ("Get size"), then those of the names it is defined in, outermost first and lowercase:
+    ``Chunk.get_size`` -> "Get size chunk", ``outer.<locals>.inner`` -> "Inner outer",
+    ``__init__`` -> "Init"."""
+    parts = [part for part in qualname.split(".") if part != "<locals>"]
+    own = name_to_words(parts[-1])
+    return " ".join(w for w in (own[:1].upper() + own[1:], qualname_to_words(".".join(parts[:-1]))) if w)
+
+
+def qualname_to_words(qualname):
+    """A qualified name in words, outermost first, ``<locals>`` left out: ``Chunk.getSize`` ->
+    "chunk get size", ``outer.<locals>._inner`` -> "outer inner"."""
+    words = (name_to_words(part) for part in qualname.split(".") if part != "<locals>")
+    return " ".join(w for w in words if w)
+
+
 def truncate_code(code, tokenizer, max_tokens):
     """``(text, ids)``: ``code`` encoded by ``tokenizer`` (ids ending with EOS) in at most
     ``max_tokens`` ids. A code that fits is returned whole. Otherwise whole lines are kept from

@@ -194,9 +194,10 @@ def evaluate_completion(args, model, tokenizer, corpus, streams, out_dir):
     print(f"the n-gram baseline (order {order}): {time.perf_counter() - t0:.0f} s")
 
     repeat_lines = [repeat_previous_line(p) for p in positions]
-    with open(Path(out_dir) / COMPLETIONS_NAME, "w", encoding="utf-8") as f:
-        for p, a, b, c in zip(positions, model_lines, ngram_lines, repeat_lines):
-            f.write(json.dumps({**p.to_dict(), "model": a, "ngram": b, "repeat_previous_line": c}) + "\n")
+    if out_dir is not None:  # None: an MPI rank other than 0, which writes nothing
+        with open(Path(out_dir) / COMPLETIONS_NAME, "w", encoding="utf-8") as f:
+            for p, a, b, c in zip(positions, model_lines, ngram_lines, repeat_lines):
+                f.write(json.dumps({**p.to_dict(), "model": a, "ngram": b, "repeat_previous_line": c}) + "\n")
     return {
         "model": model_scores,
         "ngram": ngram_scores,
@@ -235,17 +236,19 @@ def train(args):
                            n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
         model = GPT(config, seed=args.seed)
         print(f"GPT: {model.num_parameters():,} parameters")
-        corpus.save_manifest(run.out_dir / MANIFEST_NAME)  # the run starts: it says what it trains on
+        if run.is_main:  # (under mpiexec, rank 0 alone writes)
+            corpus.save_manifest(run.out_dir / MANIFEST_NAME)  # the run starts: it says what it trains on
 
         def evaluate(model):  # once training is done: the test files (metrics.json's extra entries)
-            scores = evaluate_completion(args, model, tokenizer, corpus, streams, run.out_dir)
+            scores = evaluate_completion(args, model, tokenizer, corpus, streams,
+                                         run.out_dir if run.is_main else None)
             return {**scores, "manifest": MANIFEST_NAME, "split_digest": corpus.manifest()["split_digest"],
                     "splits": corpus.counts(), "tokens": {s: len(ids) for s, ids in streams.items()},
                     "total_wall_s": time.perf_counter() - t_start}
 
         metrics = run.train(model, streams["train"], streams["val"], tokenizer, extra_metrics=evaluate)
-    print_table(metrics)
-    print(f"\n{time.perf_counter() - t_start:.0f} s in all; {COMPLETIONS_NAME} and {MANIFEST_NAME} in {run.out_dir}/")
+        print_table(metrics)
+        print(f"\n{time.perf_counter() - t_start:.0f} s in all; {COMPLETIONS_NAME} and {MANIFEST_NAME} in {run.out_dir}/")
     return metrics
 
 

@@ -238,8 +238,9 @@ def main(argv=None):
               f"summaries over {args.max_tgt_len} tokens left out of training: {train_ds.n_skipped}")
         model = build_model(args, tokenizer)
         print(f"EncoderDecoderTransformer: {model.num_parameters():,} parameters")
-        corpus.save_manifest(run.out_dir / MANIFEST_NAME)
-        write_json(run.out_dir / SOURCE_CONFIG_NAME, {"source_format": args.source_format})
+        if run.is_main:  # (under mpiexec, rank 0 alone writes)
+            corpus.save_manifest(run.out_dir / MANIFEST_NAME)
+            write_json(run.out_dir / SOURCE_CONFIG_NAME, {"source_format": args.source_format})
         metrics = run.train(model, train_ds, val_ds, tokenizer, get_batch=pair_batches(args.length_buckets),
                             evaluate=pair_evaluator(args.eval_batch_size),
                             sample=sampler(tokenizer, functions["val"] or functions["train"],
@@ -249,7 +250,8 @@ def main(argv=None):
         if not functions[split]:
             raise ValueError(f"--eval-split {split}: the {split} files hold no documented function")
         outputs, scores, timing = evaluate_test(model, tokenizer, functions[split], src[split][1], args)
-        write_predictions(run.out_dir / PREDICTIONS_NAME.format(split=split), functions[split], outputs)
+        if run.is_main:
+            write_predictions(run.out_dir / PREDICTIONS_NAME.format(split=split), functions[split], outputs)
         metrics.update({
             "task": "summarize Python functions (docstring first sentence)",
             "data": str(args.data) if args.data else "stdlib",
@@ -266,12 +268,13 @@ def main(argv=None):
             "num_threads": tinyllm.get_num_threads(),
             "total_s": time.perf_counter() - t_start,
         })
-        write_json(run.out_dir / cli.METRICS_NAME, metrics)
-    print_table(scores, counts[split], split)
-    for ex in metrics["examples"]:
-        print(f"  {ex['qualname']}: {ex['greedy']!r}\n    docstring: {ex['summary']!r}")
-    print(f"{metrics['total_s']:.0f} s in all; summarize a file with: python examples/summarize.py "
-          f"--model-dir {args.out_dir} --file some_module.py")
+        if run.is_main:
+            write_json(run.out_dir / cli.METRICS_NAME, metrics)
+        print_table(scores, counts[split], split)
+        for ex in metrics["examples"]:
+            print(f"  {ex['qualname']}: {ex['greedy']!r}\n    docstring: {ex['summary']!r}")
+        print(f"{metrics['total_s']:.0f} s in all; summarize a file with: python examples/summarize.py "
+              f"--model-dir {args.out_dir} --file some_module.py")
     return metrics
 
 

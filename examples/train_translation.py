@@ -230,8 +230,8 @@ def main(argv=None):
         metrics = run.train(model, train_ds, val_ds, tokenizer, get_batch=get_batch,
                             evaluate=evaluator(args.eval_batch_size), sample=sampler(tokenizer, val_ds.pairs),
                             extra_metrics=bleu_scorer(tokenizer, test_pairs, args, t_start))
-    print(f"{time.perf_counter() - t_start:.0f} s in all; translate with: python examples/translate.py "
-          f"--model-dir {args.out_dir} \"{test_pairs[0][0] if test_pairs else 'three hundred five'}\"")
+        print(f"{time.perf_counter() - t_start:.0f} s in all; translate with: python examples/translate.py "
+              f"--model-dir {args.out_dir} \"{test_pairs[0][0] if test_pairs else 'three hundred five'}\"")
     return metrics
 
 

@@ -252,3 +252,21 @@ def test_a_refused_out_dir_is_one_message_and_a_clean_exit(corpus, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.count("error:") == 1 and "already holds a training run" in proc.stderr
     assert "MPI_Abort" not in proc.stderr
+
+
+def test_the_translation_example_under_mpi_writes_once_and_prints_once(tmp_path):
+    """Every example runs under mpiexec, not only train_shakespeare.py: the translation example (its
+    own test-set BLEU after training, its own prints) follows one process, and rank 0 alone prints
+    and writes."""
+    script = ROOT / "examples" / "train_translation.py"
+    args = ["--max-iters", "12", "--n-train", "600", "--n-val", "40", "--n-test", "30", "--batch-size", "16",
+            "--eval-interval", "6", "--eval-iters", "2", "--d-model", "32", "--n-head", "2", "--d-ff", "64",
+            "--vocab-size", "300", "--no-progress"]
+    one = ok(run_one([*args, "--out-dir", tmp_path / "one"], script=script))
+    two = ok(run_mpi([*args, "--out-dir", tmp_path / "two"], script=script))
+    assert two.stdout.count(" s in all; translate with") == 1, two.stdout
+    assert one.stdout.count(" s in all; translate with") == 1
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert m2["world_size"] == 2 and "world_size" not in m1
+    np.testing.assert_allclose(step_losses(tmp_path / "two"), step_losses(tmp_path / "one"), rtol=1e-5, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

@@ -162,6 +162,13 @@ class TrainingRun:
         self._lock = lock_out_dir(self.out_dir)
         self._quiet = contextlib.ExitStack()
 
+    @property
+    def is_main(self):
+        """True on the process that writes (rank 0 under mpiexec; always, run without it). A script's
+        own files in ``--out-dir`` are written ``if run.is_main``: ranks writing one file together
+        would race."""
+        return self.world.is_main
+
     def __enter__(self):
         decision = self.world.on_main(self._lock_and_decide, "deciding what to do with --out-dir (rank 0)")
         self.resuming, self.meta = decision["resuming"], decision["meta"]

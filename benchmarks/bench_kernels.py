@@ -4,6 +4,7 @@
     python benchmarks/bench_kernels.py --json out.json # and every number as JSON
     python benchmarks/bench_kernels.py --quick         # fewer repeats, no compile-time runs
     python benchmarks/bench_kernels.py --masked-only --cpu-time   # one thread, CPU clock (busy machine)
+    python benchmarks/bench_kernels.py --masked-only --settle 0   # no pause between blocks (pool awake)
 
 Two configurations (float32):
 
@@ -460,10 +461,16 @@ def main(argv=None):
     parser.add_argument("--tiles", action="store_true",
                         help="also time the fused attention at other tile sizes (the 'NumPy' "
                              "column is then the default tile size)")
+    parser.add_argument("--settle", type=float, default=SETTLE_SECONDS, metavar="SECONDS",
+                        help="sleep before each block of timed calls (default %(default)s: OpenBLAS's "
+                             "spinning threads settle; 0 keeps numba's pool awake, as in a training loop)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread for numba and OpenBLAS, timed by this thread's CPU time "
                              "(steady on a busy machine; compares the kernels' work, not parallelism)")
     args = parser.parse_args(argv)
+    if args.settle < 0:
+        parser.error(f"--settle must be >= 0 seconds, got {args.settle}")
+    globals()["SETTLE_SECONDS"] = args.settle
     if args.cpu_time:
         use_one_thread_cpu_clock()
     timing = dict(repeats=args.repeats or (5 if args.quick else 20),

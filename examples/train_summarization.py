@@ -39,7 +39,6 @@ from tinyllm import cli
 from tinyllm.code_data import CODE_SPLIT_PATTERN, code_corpus, extract_functions, stdlib_corpus
 from tinyllm.datasets import PairDataset, pair_batches, pair_evaluator
 from tinyllm.metrics import rouge
-from tinyllm.models import EncoderDecoderConfig, EncoderDecoderTransformer
 from tinyllm.summarization import (SOURCE_FORMATS, baseline_summaries, model_source, score_summaries, summarize,
                                    truncate_code)
 from tinyllm.tokenizers import Seq2SeqTokenizer
@@ -74,14 +73,7 @@ def parse_args(argv=None):
                    help="summary tokens (EOS included); longer summaries are not trained on (but are scored)")
     d.add_argument("--length-buckets", type=int, default=8,
                    help="a batch holds sources of similar length, from a pool this many batches large (1: none)")
-    m = p.add_argument_group("model")
-    m.add_argument("--n-encoder-layers", type=int, default=2)
-    m.add_argument("--n-decoder-layers", type=int, default=2)
-    m.add_argument("--n-head", type=int, default=4)
-    m.add_argument("--d-model", type=int, default=128)
-    m.add_argument("--d-ff", type=int, default=512)
-    m.add_argument("--dropout", type=float, default=0.1)
-    m.add_argument("--label-smoothing", type=float, default=0.0)
+    cli.add_encoder_decoder_args(p, dropout=0.1)
     e = p.add_argument_group("evaluation (every function of the test files)")
     e.add_argument("--eval-split", choices=("test", "val"), default="test",
                    help="the files summarized and scored at the end: choose settings on val, report test "
@@ -154,14 +146,7 @@ def sources(functions, tokenizer, args):
 
 
 def build_model(args, tokenizer):
-    config = EncoderDecoderConfig(
-        src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size,
-        max_src_len=args.max_src_len, max_tgt_len=args.max_tgt_len,
-        n_encoder_layers=args.n_encoder_layers, n_decoder_layers=args.n_decoder_layers, n_head=args.n_head,
-        d_model=args.d_model, d_ff=args.d_ff, dropout=args.dropout, label_smoothing=args.label_smoothing,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, share_embeddings=True)
-    return EncoderDecoderTransformer(config, seed=args.seed)
+    return cli.encoder_decoder_from_args(args, tokenizer, args.max_src_len, args.max_tgt_len)
 
 
 def sampler(tokenizer, functions, src_ids, n=3):

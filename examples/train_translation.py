@@ -35,7 +35,6 @@ from tinyllm.datasets import (
     split_pairs,
 )
 from tinyllm.metrics import corpus_bleu
-from tinyllm.models import EncoderDecoderConfig, EncoderDecoderTransformer
 from tinyllm.tokenizers import Seq2SeqTokenizer
 
 
@@ -61,17 +60,7 @@ def parse_args(argv=None):
                    help="longest source / target in tokens (EOS included); longer pairs are left out")
     d.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size (both languages, 3 special ids)")
     d.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split")
-    m = p.add_argument_group("model")
-    m.add_argument("--n-encoder-layers", type=int, default=2)
-    m.add_argument("--n-decoder-layers", type=int, default=2)
-    m.add_argument("--n-head", type=int, default=4)
-    m.add_argument("--d-model", type=int, default=128)
-    m.add_argument("--d-ff", type=int, default=512)
-    m.add_argument("--dropout", type=float, default=0.0)
-    m.add_argument("--label-smoothing", type=float, default=0.0)
-    m.add_argument("--pos-encoding", choices=["sinusoidal", "learned"], default="sinusoidal")
-    m.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=True,
-                   help="pre-LN (default, trains without care) or the paper's post-LN")
+    cli.add_encoder_decoder_args(p, dropout=0.0)
     e = p.add_argument_group("evaluation")
     e.add_argument("--num-beams", type=int, default=4, help="beams for the beam-search BLEU")
     e.add_argument("--eval-batch-size", type=int, default=256, help="sources decoded at once")
@@ -111,15 +100,7 @@ def build_tokenizer(args, train_pairs, run):
 
 def build_model(args, tokenizer, train_ds):
     # max_tgt_len counts the decoder's positions: BOS plus every token generated before EOS
-    config = EncoderDecoderConfig(
-        src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size,
-        max_src_len=train_ds.max_src_len, max_tgt_len=train_ds.max_tgt_len + 1,
-        n_encoder_layers=args.n_encoder_layers, n_decoder_layers=args.n_decoder_layers, n_head=args.n_head,
-        d_model=args.d_model, d_ff=args.d_ff, dropout=args.dropout, label_smoothing=args.label_smoothing,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, norm_first=args.norm_first,
-        pos_encoding=args.pos_encoding, share_embeddings=True)
-    return EncoderDecoderTransformer(config, seed=args.seed)
+    return cli.encoder_decoder_from_args(args, tokenizer, train_ds.max_src_len, train_ds.max_tgt_len + 1)
 
 
 # ---- what the shared loop asks of a task (see tinyllm/training.py) ---------------------------

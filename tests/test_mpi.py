@@ -171,14 +171,13 @@ def assert_checkpoint_intact(out_dir, every=25):
 
 
 def test_a_rank_that_raises_ends_the_job_at_once_naming_it(corpus, tmp_path):
-    t0 = time.monotonic()
     proc = run_mpi(["--fault", "raise", "--rank", 1, "--at-step", 40, "--",
-                    *example_args(corpus, tmp_path / "run", 1000)], script=DRIVER, timeout=120)
-    elapsed = time.monotonic() - t0
+                    *example_args(corpus, tmp_path / "run", 1000)], script=DRIVER, timeout=120)  # a hang times out
     assert proc.returncode != 0
     assert "error: rank 1 of 2" in proc.stderr and "RuntimeError: injected fault on rank 1" in proc.stderr
     assert "iter 25), is intact: continue with --resume" in proc.stderr
-    assert elapsed < 60  # (a hang would run into the timeout above; 1000 steps would take longer)
+    # at once: rank 0 took no step past the failed one (it would log up to iter 1000 otherwise)
+    assert max(int(r["iter"]) for r in log_rows(tmp_path / "run")) <= 40
     assert assert_checkpoint_intact(tmp_path / "run") == 25
 
 
@@ -227,10 +226,10 @@ def test_a_killed_rank_ends_the_job_within_seconds_and_the_checkpoint_resumes(co
 
 
 def test_a_hung_rank_is_named_after_the_timeout_and_the_job_ends(corpus, tmp_path):
-    t0 = time.monotonic()
+    # (TINYLLM_MPI_TIMEOUT=2: the hang is named after 2 s, as the message says; a job that hung for
+    # good would run into run_mpi's timeout)
     proc = run_mpi(["--fault", "hang", "--rank", 1, "--at-step", 30, "--",
                     *example_args(corpus, tmp_path / "run", 1000)], script=DRIVER, timeout=120, TINYLLM_MPI_TIMEOUT=2)
-    assert time.monotonic() - t0 < 100
     assert proc.returncode != 0
     assert "error: rank 0 of 2" in proc.stderr
     assert "no word from rank 1 for 2 s at the gradient all-reduce" in proc.stderr

@@ -34,6 +34,7 @@ The rules, for every script alike:
   prints and writes files; the other ranks' standard output is silenced. An error on one rank
   stops every rank, naming the rank (:mod:`tinyllm.distributed`).
 """
+import argparse
 import contextlib
 import os
 import sys
@@ -95,6 +96,39 @@ def add_training_args(parser, **defaults):
         group.add_argument(flag, dest=dest, type=kind, default=default, help=f"{help_text} (default: %(default)s)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. when logging to a file)")
     return group
+
+
+def add_encoder_decoder_args(parser, dropout=0.1):
+    """The options of an :class:`~tinyllm.models.EncoderDecoderTransformer` shared by the
+    sequence-to-sequence examples (sizes, dropout, label smoothing, positions, pre- or post-LN)."""
+    m = parser.add_argument_group("model")
+    m.add_argument("--n-encoder-layers", type=int, default=2)
+    m.add_argument("--n-decoder-layers", type=int, default=2)
+    m.add_argument("--n-head", type=int, default=4)
+    m.add_argument("--d-model", type=int, default=128)
+    m.add_argument("--d-ff", type=int, default=512)
+    m.add_argument("--dropout", type=float, default=dropout)
+    m.add_argument("--label-smoothing", type=float, default=0.0)
+    m.add_argument("--pos-encoding", choices=["sinusoidal", "learned"], default="sinusoidal")
+    m.add_argument("--norm-first", action=argparse.BooleanOptionalAction, default=True,
+                   help="pre-LN (default, trains without care) or the paper's post-LN")
+    return m
+
+
+def encoder_decoder_from_args(args, tokenizer, max_src_len, max_tgt_len):
+    """The model those options describe, over ``tokenizer``'s shared vocabulary (one embedding
+    for sources and targets, tied to the output layer), seeded by ``--seed``."""
+    from .models import EncoderDecoderConfig, EncoderDecoderTransformer
+
+    config = EncoderDecoderConfig(
+        src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size,
+        max_src_len=max_src_len, max_tgt_len=max_tgt_len,
+        n_encoder_layers=args.n_encoder_layers, n_decoder_layers=args.n_decoder_layers, n_head=args.n_head,
+        d_model=args.d_model, d_ff=args.d_ff, dropout=args.dropout, label_smoothing=args.label_smoothing,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True, norm_first=args.norm_first,
+        pos_encoding=args.pos_encoding, share_embeddings=True)
+    return EncoderDecoderTransformer(config, seed=args.seed)
 
 
 def train_config_from_args(args, **overrides):

@@ -45,6 +45,7 @@ __all__ = [
     "docstring_summary",
     "extract_functions",
     "file_split",
+    "is_generated",
     "function_summaries",
     "load_manifest",
     "split_digest",
@@ -76,7 +77,7 @@ _SKIPPED_DIRS = {"__pycache__", "site-packages", "dist-packages", "node_modules"
 _TEST_DIRS = {"test", "tests", "idle_test"}
 _TEST_FILES = ("test_*.py", "*_test.py", "conftest.py")
 # The standard library's tools, test fixtures and generated data, by relative path (fnmatch).
-# Content-generated files (gencodec's character tables) are recognized by their header instead.
+# Content-generated files (gencodec's character tables) are recognized by their content instead.
 STDLIB_EXCLUDED = (
     "idlelib/*",          # the IDLE application
     "lib2to3/*",          # a tool, with Python 2 grammar fixtures
@@ -89,6 +90,20 @@ STDLIB_EXCLUDED = (
     "__hello__.py",
 )
 _GENERATED_MARKERS = ("with gencodec.py",)  # encodings/cp037.py etc.: 65 generated charmap tables
+# A character table: a line per code point with gencodec's comment ("0x00b3 -> BOX DRAWINGS ...").
+# Some tables were made by gencodec and edited by hand without its header (encodings/cp858.py,
+# "modified from cp850"; cp1125, cp720, koi8_t, palmos): 256-line tables that a model would
+# learn to copy and an n-gram would recite, nothing a learner writes.
+_TABLE_LINE = re.compile(r"#\s+0x[0-9A-Fa-f]{2,6}\s+->\s")
+_TABLE_MIN_LINES = 128
+
+
+def is_generated(text):
+    """True for the standard library's generated character tables: gencodec's header in the
+    first 1000 characters, or at least 128 lines of gencodec's ``#  0xNN -> NAME`` comments."""
+    if any(m in text[:1000] for m in _GENERATED_MARKERS):
+        return True
+    return len(_TABLE_LINE.findall(text)) >= _TABLE_MIN_LINES
 
 
 def split_lines(text):
@@ -265,7 +280,7 @@ def _gather(roots, extensions, exclude, exclude_tests, val_fraction, test_fracti
                 skipped[reason].append(rel)
                 continue
             text = data.decode("utf-8")
-            if stdlib and any(m in text[:1000] for m in _GENERATED_MARKERS):
+            if stdlib and is_generated(text):
                 excluded += 1
                 continue
             found[rel] = (data, text)
@@ -345,7 +360,8 @@ def _rules_text(exclude, exclude_tests, stdlib):
         rules.append(f"tests: directories {', '.join(sorted(_TEST_DIRS))}; files {', '.join(_TEST_FILES)}")
     rules += [f"path matches {p}" for p in exclude]
     if stdlib:
-        rules.append(f"generated: header holds {' or '.join(map(repr, _GENERATED_MARKERS))}")
+        rules.append(f"generated: header holds {' or '.join(map(repr, _GENERATED_MARKERS))}, or a character "
+                     f"table of at least {_TABLE_MIN_LINES} lines with gencodec's '#  0xNN -> ' comments")
     return rules
 
 

@@ -72,9 +72,19 @@ def test_a_run_writes_the_harness_outputs_and_the_completion_scores(trained):
     test_files = {f["path"] for f in manifest["files"] if f["split"] == "test"}
     rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == n and {r["path"] for r in rows} <= test_files
+    train_lines = {line.strip() for f in manifest["files"] if f["split"] == "train"
+                   for line in (repo / f["path"]).read_text().splitlines()}
     for r in rows:
         truth = (repo / r["path"]).read_text().split("\n")[r["line"]]
         assert r["truth"] == truth and "\n" not in r["model"] + r["ngram"]
+        assert r["seen_in_training"] == (truth.strip() in train_lines)
+    seen = sum(r["seen_in_training"] for r in rows)
+    assert metrics["eval"]["seen_in_training_lines"] == seen
+    for name in ("model", "ngram", "repeat_previous_line"):  # the two parts of all lines, scored apart
+        parts = [metrics[name].get(k, {"n": 0, "exact_match": 0.0}) for k in ("seen_in_training", "novel_lines")]
+        assert parts[0]["n"] == seen and parts[0]["n"] + parts[1]["n"] == n
+        hits = sum(p["exact_match"] * p["n"] for p in parts) / n
+        assert hits == pytest.approx(metrics[name]["all_lines"]["exact_match"])
     assert "model" in printed and "n-gram (order 3)" in printed and "repeat_previous_line" in printed
 
 

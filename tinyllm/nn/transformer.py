@@ -139,8 +139,10 @@ class Block(Module):
         self.ln_2 = LayerNorm(n_embd, eps=eps, bias=bias)
         self.mlp = FeedForward(n_embd, bias, dropout, activation, rng=rng)
 
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x, kv_cache=None, attn_mask=None):
+        """x (B, T, C); ``attn_mask`` (e.g. (B, 1, 1, past + T) bool, False at padded keys) is
+        applied on top of the causal mask (None: causal only, the fast path)."""
+        x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 

@@ -22,8 +22,8 @@ def check_attention_mask(attention_mask, shape, fn):
         raise ValueError(f"{fn}: attention_mask must have shape {tuple(shape)} (batch, past + new tokens), got "
                          f"{mask.shape}")
     if mask.dtype != bool:
-        if mask.dtype.kind not in "iuf" or not np.isin(mask, (0, 1)).all():
-            bad = mask.dtype if mask.dtype.kind not in "iuf" else mask[~np.isin(mask, (0, 1))].flat[0].item()
+        if mask.dtype.kind not in "iuf" or not ((mask == 0) | (mask == 1)).all():
+            bad = mask.dtype if mask.dtype.kind not in "iuf" else mask[(mask != 0) & (mask != 1)].flat[0].item()
             raise ValueError(f"{fn}: attention_mask must hold 0 (padding) and 1 (token) only, got {bad!r}")
         mask = mask == 1
     return mask

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyllm.generation import (min_length_processor, min_new_tokens_processor, no_repeat_ngram_processor,
+from tinyllm.generation import (left_pad, min_length_processor, min_new_tokens_processor, no_repeat_ngram_processor,
                                 repetition_penalty_processor)
 from tinyllm.models.gpt import GPT, GPTConfig
 
@@ -42,15 +42,18 @@ def prompts(batch=3, length=6, seed=0):
 
 
 def left_padded(lengths, seed=1):
-    """A left-padded batch (ids, attention_mask) of prompts of the given lengths."""
+    """A left-padded batch (ids, attention_mask) of random prompts of the given lengths."""
     rng = np.random.default_rng(seed)
-    width = max(lengths)
-    ids = np.full((len(lengths), width), PAD, dtype=np.int64)
-    mask = np.zeros((len(lengths), width), dtype=np.int64)
-    for row, n in enumerate(lengths):
-        ids[row, width - n:] = rng.integers(4, V, n)
-        mask[row, width - n:] = 1
-    return ids, mask
+    return left_pad([rng.integers(4, V, n) for n in lengths], PAD)
+
+
+def test_left_pad():
+    ids, mask = left_pad([[5, 6, 7], [8], np.array([9, 10])], pad_token_id=0)
+    np.testing.assert_array_equal(ids, [[5, 6, 7], [0, 0, 8], [0, 9, 10]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 0, 1], [0, 1, 1]])
+    assert ids.dtype == mask.dtype == np.int64
+    with pytest.raises(ValueError, match="no empty prompt"):
+        left_pad([[1], []], 0)
 
 
 def hf_generate(hf, ids, attention_mask=None, **kwargs):

@@ -17,8 +17,25 @@ import inspect
 
 import numpy as np
 
-__all__ = ["generate", "apply_top_k", "apply_top_p", "sample_from_logits", "repetition_penalty_processor",
+__all__ = ["generate", "left_pad", "apply_top_k", "apply_top_p", "sample_from_logits", "repetition_penalty_processor",
            "no_repeat_ngram_processor", "min_length_processor", "min_new_tokens_processor"]
+
+
+def left_pad(sequences, pad_token_id):
+    """Prompts of different lengths as one batch for ``generate``: ``(input_ids, attention_mask)``,
+    each (B, longest) int64, the prompts right-aligned after ``pad_token_id`` and the mask 1 at
+    their tokens, 0 at the padding (what a Hugging Face tokenizer gives with
+    ``padding_side="left"``). ``sequences``: a list of lists (or 1-D arrays) of token ids."""
+    sequences = [np.asarray(seq, dtype=np.int64).reshape(-1) for seq in sequences]
+    if not sequences or min(len(seq) for seq in sequences) == 0:
+        raise ValueError("left_pad: needs at least one prompt, and no empty prompt")
+    width = max(len(seq) for seq in sequences)
+    input_ids = np.full((len(sequences), width), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        input_ids[row, width - len(seq):] = seq
+        attention_mask[row, width - len(seq):] = 1
+    return input_ids, attention_mask
 
 
 def apply_top_k(logits, k):

@@ -457,3 +457,20 @@ def test_the_knobs_run_without_jit(tmp_path):
     for line, kw in zip(lines, calls):
         expected = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, **kw)
         np.testing.assert_array_equal(np.array(json.loads(line)), expected, err_msg=str(kw))
+
+
+def test_reference_mode_gives_the_same_tokens():
+    """The NumPy reference kernels (tinyllm.use_reference) through beams, processors and padding."""
+    import tinyllm
+
+    model = small_model(5)
+    ids, mask = left_pad([[1, 2, 3, 4, 5], [6, 7], [8]], 0)
+    kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, num_beams=2, repetition_penalty=1.2)
+    fast = model.generate(ids, **kw)
+    mode = tinyllm.is_reference()
+    tinyllm.use_reference(True)
+    try:
+        reference = model.generate(ids, **kw)
+    finally:
+        tinyllm.use_reference(mode)
+    np.testing.assert_array_equal(fast, reference)

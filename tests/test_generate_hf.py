@@ -384,6 +384,7 @@ def test_masked_forward_trains():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_beams=0), "num_beams must be an integer >= 1, got 0"),
     (dict(num_beams=2.0), "num_beams must be an integer >= 1, got 2.0"),
+    (dict(num_beams="3"), "num_beams must be an integer >= 1, got '3'"),
     (dict(repetition_penalty=0.0), "repetition_penalty must be a finite number > 0.*got 0.0"),
     (dict(repetition_penalty=-1.2), "repetition_penalty .*got -1.2"),
     (dict(num_beams=2, num_return_sequences=3, do_sample=False), "num_return_sequences=3 must be <= num_beams=2"),

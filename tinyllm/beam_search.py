@@ -49,7 +49,7 @@ def _take(a, idx):
 
 
 def beam_search(step, input_ids, num_beams, max_length, eos_token_id, pad_token_id=None, length_penalty=1.0,
-                early_stopping=False, num_return_sequences=1):
+                early_stopping=False, num_return_sequences=1, logits_processor=None):
     """Beam search over a next-token model. Returns ``(sequences, scores)``.
 
     step(sequences, parents) -> logits (B * num_beams, V) for the next token of each flat row of
@@ -58,6 +58,9 @@ def beam_search(step, input_ids, num_beams, max_length, eos_token_id, pad_token_
         (None at the first step), so a model with a KV cache can reorder it.
     input_ids (B, P): the prompt of each source (for an encoder-decoder: the start token).
     max_length: the longest sequence, prompt included.
+    logits_processor(sequences, log_probs) -> log_probs (B * num_beams, V), optional: applied to
+        the log-probabilities of each step before they are added to the beams' scores, as Hugging
+        Face applies its logits processors in beam search (e.g. a repetition penalty).
     Returns sequences (B * num_return_sequences, L) int64 with L <= max_length, source b's
     hypotheses in rows b * num_return_sequences ..., best first, and their scores (same rows).
     """
@@ -83,9 +86,13 @@ def beam_search(step, input_ids, num_beams, max_length, eos_token_id, pad_token_
     improvable = np.ones((batch, 1), dtype=bool)  # can a source's finished set still improve?
     parents, cur_len = None, prompt_len
     while True:
-        logits = step(running[:, :, :cur_len].reshape(batch * nb, cur_len), parents)
+        flat = running[:, :, :cur_len].reshape(batch * nb, cur_len)
+        logits = step(flat, parents)
         vocab = logits.shape[-1]
-        scores = log_softmax(logits).reshape(batch, nb, vocab) + running_scores[:, :, None]
+        log_probs = log_softmax(logits)
+        if logits_processor is not None:
+            log_probs = logits_processor(flat, log_probs)
+        scores = log_probs.reshape(batch, nb, vocab) + running_scores[:, :, None]
         scores = scores.reshape(batch, nb * vocab)
 
         # the 2 * num_beams best continuations over all beams of a source

@@ -26,7 +26,7 @@ _ln = dispatch("layernorm")
 __all__ = [
     "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "embedding", "dropout",
     "concatenate", "cat", "stack", "where", "scaled_dot_product_attention", "self_attention", "linear",
-    "attention_composed", "key_lengths_from_mask", "cached_self_attention",
+    "attention_composed", "key_lengths_from_mask", "key_starts_from_mask", "cached_self_attention",
 ]
 
 
@@ -394,6 +394,23 @@ def key_lengths_from_mask(mask, batch_shape, tq, tk):
     return lengths.reshape(-1).astype(np.int64)
 
 
+def key_starts_from_mask(mask, batch, tk):
+    """The first real key of each sequence ``(B,)`` if ``mask`` (bool, (B, 1, 1, Tk) or (B, Tk))
+    is a left-padding mask, else None.
+
+    A left-padding mask hides keys ``0 .. S-1`` of a row from every query and shows the rest:
+    ``False ... False True ... True``, what a left-padded batch (``attention_mask == 1``) gives.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape not in ((batch, 1, 1, tk), (batch, tk)):
+        return None
+    keys = mask.reshape(batch, tk)
+    starts = tk - keys.sum(axis=1)  # (B,)
+    if not (keys == (np.arange(tk) >= starts[:, None])).all():  # a real key before a padded one
+        return None
+    return starts.astype(np.int64)
+
+
 def attention_composed(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, rng=None):
     """softmax(q k^T * scale + mask) v, composed from Tensor operations (stores the (Tq, Tk) matrix).
 
@@ -568,8 +585,12 @@ class CachedSelfAttention(Function):
     """
 
     @staticmethod
-    def forward(ctx, qkv, k_cache, v_cache, start, n_head, scale):
-        out, lse = _attn.cached_attention_forward(qkv, k_cache, v_cache, start, n_head, scale=scale)
+    def forward(ctx, qkv, k_cache, v_cache, start, n_head, scale, key_starts=None):
+        out, lse = _attn.cached_attention_forward(qkv, k_cache, v_cache, start, n_head, scale=scale,
+                                                  key_starts=key_starts)
+        if key_starts is not None and key_starts.any() and is_grad_enabled():
+            raise NotImplementedError("cached_self_attention: no backward through a left-padded KV cache; run it "
+                                      "under no_grad() (MultiHeadAttention takes the composed path otherwise)")
         if is_grad_enabled():  # later steps may reorder the cache (beam search): keep what backward reads
             stop = start + qkv.shape[1]
             ctx.save_for_backward(qkv, k_cache[:, :, :stop].copy(), v_cache[:, :, :stop].copy(), out, lse)
@@ -592,12 +613,14 @@ class CachedSelfAttention(Function):
         return dqkv, None, None
 
 
-def cached_self_attention(qkv, k_cache, v_cache, start, n_head, scale=None):
+def cached_self_attention(qkv, k_cache, v_cache, start, n_head, scale=None, key_starts=None):
     """Causal self-attention of T new positions whose q|k|v projection is ``qkv`` (B, T, 3C) over
     a KV cache ``k_cache``, ``v_cache`` (B, n_head, L, head_dim) (ndarrays, written in place)
     that holds ``start`` earlier positions: the new keys and values are stored at positions
     start .. start + T - 1, and query t attends to keys 0 .. start + t. Returns (B, T, C), the
-    same as :func:`self_attention` of the whole sequence would give at those positions."""
+    same as :func:`self_attention` of the whole sequence would give at those positions.
+    ``key_starts`` (B,) (left padding, see :func:`key_starts_from_mask`): sequence b attends
+    from key ``key_starts[b]`` on; a query that sees no key gets zeros (forward only)."""
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head) != 0:
         raise ValueError(f"cached_self_attention: qkv must be (B, T, 3 * n_head * head_dim); got shape "
                          f"{qkv.shape} with n_head={n_head}")
@@ -605,4 +628,5 @@ def cached_self_attention(qkv, k_cache, v_cache, start, n_head, scale=None):
         raise ValueError(f"KVCache: {start + qkv.shape[1]} positions exceed the cache's max_len {k_cache.shape[2]}")
     head_dim = qkv.shape[-1] // (3 * n_head)
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-    return CachedSelfAttention.apply(qkv, k_cache, v_cache, start=start, n_head=n_head, scale=scale)
+    return CachedSelfAttention.apply(qkv, k_cache, v_cache, start=start, n_head=n_head, scale=scale,
+                                     key_starts=key_starts)

@@ -5,14 +5,37 @@ One step of generation turns the logits of the last position into the next token
     logits --/ temperature--> --top-k--> --top-p--> softmax --sample--> token
                                                       \\--argmax (greedy)--> token
 
+Before that, Hugging Face's logits processors change the logits when their knobs ask for it, in
+Hugging Face's order: ``repetition_penalty``, ``no_repeat_ngram_size``, ``min_length``,
+``min_new_tokens``. ``num_beams > 1`` runs beam search (:mod:`tinyllm.beam_search`) instead, with
+the processors applied to each step's log-probabilities, as Hugging Face does.
+
 The model is anything with ``forward(idx, kv_cache=..., last_only=True)``, ``new_kv_cache(B)``
-and ``config.block_size``.
+and ``config.block_size`` (and ``attention_mask=`` in forward, for padded prompts).
 """
 import inspect
 
 import numpy as np
 
-__all__ = ["generate", "apply_top_k", "apply_top_p", "sample_from_logits"]
+__all__ = ["generate", "left_pad", "apply_top_k", "apply_top_p", "sample_from_logits", "repetition_penalty_processor",
+           "no_repeat_ngram_processor", "min_length_processor", "min_new_tokens_processor"]
+
+
+def left_pad(sequences, pad_token_id):
+    """Prompts of different lengths as one batch for ``generate``: ``(input_ids, attention_mask)``,
+    each (B, longest) int64, the prompts right-aligned after ``pad_token_id`` and the mask 1 at
+    their tokens, 0 at the padding (what a Hugging Face tokenizer gives with
+    ``padding_side="left"``). ``sequences``: a list of lists (or 1-D arrays) of token ids."""
+    sequences = [np.asarray(seq, dtype=np.int64).reshape(-1) for seq in sequences]
+    if not sequences or min(len(seq) for seq in sequences) == 0:
+        raise ValueError("left_pad: needs at least one prompt, and no empty prompt")
+    width = max(len(seq) for seq in sequences)
+    input_ids = np.full((len(sequences), width), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        input_ids[row, width - len(seq):] = seq
+        attention_mask[row, width - len(seq):] = 1
+    return input_ids, attention_mask
 
 
 def apply_top_k(logits, k):
@@ -97,26 +120,97 @@ def _check_args(idx, max_new_tokens, max_length, temperature, top_k, top_p, voca
         raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_hf_args(num_beams, length_penalty, early_stopping, num_return_sequences, repetition_penalty,
+                   no_repeat_ngram_size, min_length, min_new_tokens, sampling):
+    if not _is_int(num_beams) or num_beams < 1:
+        raise ValueError(f"generate: num_beams must be an integer >= 1, got {num_beams!r}")
+    if not _is_int(num_return_sequences) or num_return_sequences < 1:
+        raise ValueError(f"generate: num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
+    if num_beams > 1 and sampling:
+        raise ValueError("generate: beam sampling (num_beams > 1 with do_sample=True) is not supported; "
+                         "pass do_sample=False for beam search, or num_beams=1 to sample")
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise ValueError(f"generate: num_return_sequences={num_return_sequences} must be <= num_beams={num_beams} "
+                         f"(beam search returns the best of its num_beams hypotheses)")
+    if num_beams == 1 and not sampling and num_return_sequences != 1:
+        raise ValueError(f"generate: greedy decoding gives one sequence per prompt; num_return_sequences="
+                         f"{num_return_sequences} needs do_sample=True or num_beams >= {num_return_sequences}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
+            or not np.isfinite(length_penalty):
+        raise ValueError(f"generate: length_penalty must be a finite number, got {length_penalty!r}")
+    if not any(early_stopping is v for v in (True, False)) and early_stopping != "never":
+        raise ValueError(f"generate: early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)) \
+            or not (np.isfinite(repetition_penalty) and repetition_penalty > 0):
+        raise ValueError(f"generate: repetition_penalty must be a finite number > 0 (1.0: no penalty), "
+                         f"got {repetition_penalty!r}")
+    for name, value in (("no_repeat_ngram_size", no_repeat_ngram_size), ("min_length", min_length),
+                        ("min_new_tokens", min_new_tokens)):
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"generate: {name} must be an integer >= 0, got {value!r}")
+
+
+def _prompt_attention_mask(idx, attention_mask):
+    """The prompt's attention mask (B, T) as int64, or None when there is no padding (the fast path).
+
+    Unlike Hugging Face, a ``pad_token_id`` in a prompt without a mask is taken as a token: the
+    padding is what ``attention_mask`` says, never guessed from the ids."""
+    if attention_mask is None:
+        return None
+    from .models.gpt import check_attention_mask
+
+    mask = check_attention_mask(attention_mask, idx.shape, "generate")
+    return None if mask.all() else mask.astype(np.int64)
+
+
 def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, temperature=1.0, top_k=None,
-             top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None):
+             top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None, num_beams=1,
+             length_penalty=1.0, early_stopping=False, num_return_sequences=1, repetition_penalty=1.0,
+             no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, attention_mask=None):
     """Prompt (B, T) or (T,) -> prompt + new tokens, see ``GPT.generate``."""
     idx = np.asarray(idx)
     one_d = idx.ndim == 1
     if one_d:
         idx = idx[None, :]
     _check_args(idx, max_new_tokens, max_length, temperature, top_k, top_p, model.config.vocab_size)
+    sampling = bool(do_sample) and temperature != 0
+    _check_hf_args(num_beams, length_penalty, early_stopping, num_return_sequences, repetition_penalty,
+                   no_repeat_ngram_size, min_length, min_new_tokens, sampling)
     if max_new_tokens is None:
         max_new_tokens = max((max_length if max_length is not None else 20) - idx.shape[1], 0)
+    attention_mask = _prompt_attention_mask(idx, attention_mask)
+    if attention_mask is not None and idx.shape[1] + max_new_tokens > model.config.block_size:
+        raise ValueError(f"generate: with padding in attention_mask, prompt ({idx.shape[1]}) + max_new_tokens "
+                         f"({max_new_tokens}) must fit in block_size {model.config.block_size}")
     rng = np.random.default_rng(seed)
     pad = eos_token_id if pad_token_id is None else pad_token_id
+    idx = idx.astype(np.int64)
+    # as Hugging Face: each prompt repeated for its beams, or for its samples, next to each other
+    copies = num_beams if num_beams > 1 else num_return_sequences
+    if copies > 1:
+        idx = np.repeat(idx, copies, axis=0)
+        attention_mask = None if attention_mask is None else np.repeat(attention_mask, copies, axis=0)
+    processors = _logits_processors(idx.shape[1], attention_mask, eos_token_id, repetition_penalty,
+                                    no_repeat_ngram_size, min_length, min_new_tokens)
     was_training = model.training
     model.eval()
     try:
-        out = _generate_loop(model, idx.astype(np.int64), max_new_tokens, rng, do_sample, temperature, top_k, top_p,
-                             eos_token_id, pad, use_cache)
+        if num_beams > 1:
+            out = _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_tokens, eos_token_id,
+                                 pad, length_penalty, early_stopping, num_return_sequences, use_cache)
+        elif processors or attention_mask is not None:
+            out = _generate_processed(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample,
+                                      temperature, top_k, top_p, eos_token_id, pad, use_cache)
+        else:
+            out = _generate_loop(model, idx, max_new_tokens, rng, do_sample, temperature, top_k, top_p,
+                                 eos_token_id, pad, use_cache)
     finally:
         model.train(was_training)
-    return out[0] if one_d else out
+    return out[0] if one_d and out.shape[0] == 1 else out
 
 
 def _generate_loop(model, idx, max_new_tokens, rng, do_sample, temperature, top_k, top_p, eos, pad, use_cache):
@@ -152,3 +246,164 @@ def _new_cache(model, batch, max_len):
     if "max_len" in inspect.signature(model.new_kv_cache).parameters:
         return model.new_kv_cache(batch, max_len=max_len)
     return model.new_kv_cache(batch)
+
+
+# --- logits processors: Hugging Face's, in its order ---------------------------------------------
+# Each is processor(input_ids (N, L), scores (N, V)) -> scores, where input_ids is every token so
+# far (prompt included) and scores the next token's logits (or, in beam search, log-probabilities).
+
+
+def repetition_penalty_processor(penalty, prompt_ignore_lengths=None):
+    """Hugging Face's ``RepetitionPenaltyLogitsProcessor``: a token already in the sequence gets
+    ``score * penalty`` if its score is < 0, else ``score / penalty`` (penalty > 1 makes repeats
+    less likely). ``prompt_ignore_lengths`` (N,): the first positions of each row not to count
+    (its left padding)."""
+
+    def process(input_ids, scores):
+        seen = np.zeros(scores.shape, dtype=bool)  # (N, V): token v occurs in row n
+        counted = np.ones(input_ids.shape, dtype=bool)
+        if prompt_ignore_lengths is not None:
+            counted = np.arange(input_ids.shape[1]) >= prompt_ignore_lengths[:, None]
+        rows = np.broadcast_to(np.arange(input_ids.shape[0])[:, None], input_ids.shape)
+        seen[rows[counted], input_ids[counted]] = True
+        penalized = np.where(scores < 0, scores * penalty, scores / penalty).astype(scores.dtype)
+        return np.where(seen, penalized, scores)
+
+    return process
+
+
+def no_repeat_ngram_processor(ngram_size):
+    """Hugging Face's ``NoRepeatNGramLogitsProcessor``: a token that would complete an n-gram
+    (n = ``ngram_size``) already present in the sequence gets -inf."""
+
+    def process(input_ids, scores):
+        length = input_ids.shape[1]
+        if length < ngram_size:  # no complete n-gram yet
+            return scores
+        prefix = input_ids[:, length + 1 - ngram_size:]  # (N, n - 1): what the next token would extend
+        windows = np.lib.stride_tricks.sliding_window_view(input_ids, ngram_size, axis=1)  # (N, L - n + 1, n)
+        matches = (windows[:, :, :-1] == prefix[:, None, :]).all(axis=-1)  # window starts like the prefix
+        rows, starts = np.nonzero(matches)
+        scores = scores.copy()
+        scores[rows, windows[rows, starts, -1]] = -np.inf  # the token that followed it is banned
+        return scores
+
+    return process
+
+
+def min_length_processor(min_length, eos_token_id):
+    """Hugging Face's ``MinLengthLogitsProcessor``: EOS gets -inf while the sequence (prompt
+    included) is shorter than ``min_length``."""
+
+    def process(input_ids, scores):
+        if input_ids.shape[1] >= min_length:
+            return scores
+        scores = scores.copy()
+        scores[:, eos_token_id] = -np.inf
+        return scores
+
+    return process
+
+
+def min_new_tokens_processor(prompt_len, min_new_tokens, eos_token_id):
+    """Hugging Face's ``MinNewTokensLengthLogitsProcessor``: EOS gets -inf until ``min_new_tokens``
+    tokens follow the prompt."""
+    return min_length_processor(prompt_len + min_new_tokens, eos_token_id)
+
+
+def _logits_processors(prompt_len, attention_mask, eos_token_id, repetition_penalty, no_repeat_ngram_size,
+                       min_length, min_new_tokens):
+    """The processors the knobs ask for, in Hugging Face's order (``_get_logits_processor``); each
+    knob at its neutral value (penalty 1.0, sizes and lengths 0) adds nothing, and the lengths
+    need an EOS to act on."""
+    processors = []
+    if repetition_penalty != 1.0:
+        # HF skips each row's left padding: the index of its first real token
+        ignore = None if attention_mask is None else (attention_mask != 0).argmax(axis=1)
+        processors.append(repetition_penalty_processor(float(repetition_penalty), ignore))
+    if no_repeat_ngram_size > 0:
+        processors.append(no_repeat_ngram_processor(no_repeat_ngram_size))
+    if eos_token_id is not None and min_length > 0:
+        processors.append(min_length_processor(min_length, eos_token_id))
+    if eos_token_id is not None and min_new_tokens > 0:
+        processors.append(min_new_tokens_processor(prompt_len, min_new_tokens, eos_token_id))
+    return processors
+
+
+def _apply(processors, input_ids, scores):
+    for process in processors:
+        scores = process(input_ids, scores)
+    return scores
+
+
+# --- the paths taken when a knob beyond greedy / sampling is used ---------------------------------
+
+
+def _model_step(model, rows, total_len, use_cache, attention_mask=None):
+    """step(sequences (N, t), parents (N,) or None) -> next-token logits (N, V), for ``rows``
+    sequences that grow to ``total_len`` tokens.
+
+    With the cache, only the tokens it has not seen are fed; ``parents[i]``, the row of the
+    previous step that row i continues (beam search), reorders the cached keys and values first.
+    Past block_size the window is recomputed, as in :func:`_generate_loop`. ``attention_mask``
+    (N, P) covers the prompt; every generated token is real (1)."""
+    block = model.config.block_size
+    full_mask = None
+    if attention_mask is not None:
+        full_mask = np.concatenate([attention_mask, np.ones((rows, total_len - attention_mask.shape[1]),
+                                                            attention_mask.dtype)], axis=1)
+    state = {"cache": None}
+
+    def step(sequences, parents=None):
+        length = sequences.shape[1]
+        kwargs = {} if full_mask is None else {"attention_mask": full_mask[:, :length]}
+        if use_cache and length <= block:
+            cache = state["cache"]
+            if cache is None:
+                cache = state["cache"] = _new_cache(model, rows, min(block, total_len))
+            elif parents is not None:
+                cache.reorder(parents)
+            logits, _ = model(sequences[:, cache.length:], kv_cache=cache, last_only=True, **kwargs)
+        else:  # (with a mask, generate keeps total_len <= block_size)
+            logits, _ = model(sequences[:, max(0, length - block):], last_only=True, **kwargs)
+        return logits.data[:, -1, :]
+
+    return step
+
+
+def _generate_processed(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample, temperature,
+                        top_k, top_p, eos, pad, use_cache):
+    """Greedy or sampling as :func:`_generate_loop`, with logits processors and/or a padded prompt."""
+    batch, prompt_len = idx.shape
+    out = np.empty((batch, prompt_len + max_new_tokens), np.int64)
+    out[:, :prompt_len] = idx
+    step = _model_step(model, batch, prompt_len + max_new_tokens, use_cache, attention_mask)
+    done = np.zeros(batch, dtype=bool)
+    for length in range(prompt_len, prompt_len + max_new_tokens):
+        logits = _apply(processors, out[:, :length], step(out[:, :length]))  # (B, V)
+        next_ids = sample_from_logits(logits, rng, do_sample, temperature, top_k, top_p)
+        if eos is not None:
+            next_ids = np.where(done, pad, next_ids)
+            done |= next_ids == eos
+        out[:, length] = next_ids
+        if eos is not None and done.all():
+            return out[:, :length + 1]
+    return out
+
+
+def _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_tokens, eos, pad, length_penalty,
+                   early_stopping, num_return_sequences, use_cache):
+    """Beam search (see :mod:`tinyllm.beam_search`) over prompts already repeated num_beams times:
+    idx (B * num_beams, P) -> (B * num_return_sequences, L), prompts included, best first."""
+    from .beam_search import beam_search
+
+    rows, prompt_len = idx.shape
+    prompts = idx[::num_beams]  # (B, P)
+    if max_new_tokens == 0:
+        return np.repeat(prompts, num_return_sequences, axis=0)
+    step = _model_step(model, rows, prompt_len + max_new_tokens, use_cache, attention_mask)
+    process = (lambda ids, scores: _apply(processors, ids, scores)) if processors else None
+    out, _ = beam_search(step, prompts, num_beams, max_length=prompt_len + max_new_tokens, eos_token_id=eos,
+                         pad_token_id=pad, length_penalty=length_penalty, early_stopping=early_stopping,
+                         num_return_sequences=num_return_sequences, logits_processor=process)
+    return out

@@ -618,24 +618,56 @@ def _check_cache(fn, qkv, k_cache, v_cache, start, n_head):
     return np.ascontiguousarray(qkv).reshape(B, T, 3, H, D)
 
 
-def cached_attention_forward_ref(qkv, k_cache, v_cache, start, n_head, scale=None):
+def _checked_key_starts(fn, key_starts, batch, stop):
+    """key_starts (B,) integers in [0, start + T] as int64, or all 0 (no left padding) when None."""
+    if key_starts is None:
+        return np.zeros(batch, np.int64)
+    starts = np.asarray(key_starts)
+    if starts.shape != (batch,) or starts.dtype.kind not in "iu":
+        raise ValueError(f"{fn}: key_starts must be {batch} integers (one per sequence), got {starts.dtype} "
+                         f"{starts.shape}")
+    if starts.size and (starts.min() < 0 or starts.max() > stop):
+        bad = starts.min() if starts.min() < 0 else starts.max()
+        raise ValueError(f"{fn}: key_starts must lie in [0, start + T = {stop}], got {int(bad)}")
+    return np.ascontiguousarray(starts, dtype=np.int64)
+
+
+def cached_attention_forward_ref(qkv, k_cache, v_cache, start, n_head, scale=None, key_starts=None):
     """Attention of T new positions over a KV cache, in NumPy.
 
     qkv (B, T, 3C) as for :func:`self_attention_forward`; k_cache, v_cache (B, H, L, D) of one
     layer, holding ``start`` positions. Writes the new keys and values into positions
     start .. start + T - 1, then returns ``out (B, T, C)`` and ``lse (B, H, T)`` of the new
     queries over keys 0 .. start + T - 1 (causal, bottom-right aligned).
+
+    ``key_starts (B,)``: sequence b's keys before ``key_starts[b]`` are (left) padding and take
+    no part; a query that then sees no key gets out 0 and lse -inf.
     """
     heads = _check_cache("cached_attention_forward_ref", qkv, k_cache, v_cache, start, n_head)
     B, T, _, H, D = heads.shape
     stop = start + T
+    key_starts = _checked_key_starts("cached_attention_forward_ref", key_starts, B, stop)
     k_cache[:, :, start:stop] = heads[:, :, 1].transpose(0, 2, 1, 3)  # (B, T, H, D) -> (B, H, T, D)
     v_cache[:, :, start:stop] = heads[:, :, 2].transpose(0, 2, 1, 3)
     q = _split_heads(heads[:, :, 0])  # (B*H, T, D)
     k = k_cache[:, :, :stop].reshape(B * H, stop, D)
     v = v_cache[:, :, :stop].reshape(B * H, stop, D)
-    out, lse = attention_forward_ref(q, k, v, causal=True, scale=scale)
-    return _merge_heads(out, B), lse.reshape(B, H, T)
+    if not key_starts.any():
+        out, lse = attention_forward_ref(q, k, v, causal=True, scale=scale)
+        return _merge_heads(out, B), lse.reshape(B, H, T)
+    # left padding: mask the scores of the padded keys too, then each row's softmax
+    scale = _checked_scale("cached_attention_forward_ref", scale, D, q.dtype)
+    scores = (q @ k.transpose(0, 2, 1)) * scale  # (B*H, T, stop)
+    allowed = causal_mask(T, stop) & (np.arange(stop) >= np.repeat(key_starts, H)[:, None, None])
+    scores = np.where(allowed, scores, -np.inf)
+    row_max = scores.max(axis=-1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0).astype(q.dtype)  # fully masked: exp(-inf) = 0
+    unnorm = np.exp(scores - row_max)
+    row_sum = unnorm.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        probs = np.where(row_sum != 0, unnorm / row_sum, 0)
+        lse = (row_max + np.log(row_sum))[..., 0]
+    return _merge_heads((probs @ v).astype(q.dtype), B), lse.astype(q.dtype).reshape(B, H, T)
 
 
 @njit(fastmath={"reassoc", "contract"})
@@ -684,6 +716,11 @@ def _cached_head(q, k, v, start, scale, out, lse, scores, q_row, acc):
     inner loops are unit-stride vector code."""
     for t in range(q.shape[0]):
         n_keys = start + t + 1
+        if n_keys <= 0:  # (left padding) this query sees no key: zeros, not 0 / 0
+            for d in range(acc.shape[0]):
+                out[t, d] = 0
+            lse[t] = -np.inf
+            continue
         q_row[:] = q[t]
         m = scores.dtype.type(-np.inf)
         for j in range(n_keys):
@@ -706,8 +743,10 @@ def _cached_head(q, k, v, start, scale, out, lse, scores, q_row, acc):
 
 
 @njit
-def _cached_pairs(heads, k_cache, v_cache, start, scale, out, lse, first, stop):
-    """Pairs first .. stop - 1 of (sequence b, head h): store the new keys and values, attend."""
+def _cached_pairs(heads, k_cache, v_cache, start, scale, out, lse, first, stop, key_starts):
+    """Pairs first .. stop - 1 of (sequence b, head h): store the new keys and values, attend
+    over keys key_starts[b] .. (the cache seen from its first real key on: start - key_starts[b]
+    earlier positions, possibly < 0 for queries that are padding themselves)."""
     T, n_head, head_dim = heads.shape[1], heads.shape[3], heads.shape[4]
     scores = np.empty(start + T, heads.dtype)
     q_row = np.empty(head_dim, heads.dtype)
@@ -717,22 +756,24 @@ def _cached_pairs(heads, k_cache, v_cache, start, scale, out, lse, first, stop):
         for t in range(T):
             k_cache[b, h, start + t, :] = heads[b, t, 1, h, :]
             v_cache[b, h, start + t, :] = heads[b, t, 2, h, :]
-        _cached_head(heads[b, :, 0, h], k_cache[b, h], v_cache[b, h], start, scale, out[b, :, h], lse[b, h],
-                     scores, q_row, acc)
+        first_key = key_starts[b]
+        _cached_head(heads[b, :, 0, h], k_cache[b, h, first_key:], v_cache[b, h, first_key:], start - first_key,
+                     scale, out[b, :, h], lse[b, h], scores, q_row, acc)
 
 
 @njit(parallel=True)
-def _cached_parallel(heads, k_cache, v_cache, start, scale, out, lse):
+def _cached_parallel(heads, k_cache, v_cache, start, scale, out, lse, key_starts):
     """prange over (sequence, head) pairs; each writes its own cache rows and outputs."""
     n_pairs = heads.shape[0] * heads.shape[3]
     for item in prange(n_pairs):
-        _cached_pairs(heads, k_cache, v_cache, start, scale, out, lse, item, item + 1)
+        _cached_pairs(heads, k_cache, v_cache, start, scale, out, lse, item, item + 1, key_starts)
 
 
-def cached_attention_forward(qkv, k_cache, v_cache, start, n_head, scale=None):
+def cached_attention_forward(qkv, k_cache, v_cache, start, n_head, scale=None, key_starts=None):
     """Same contract as :func:`cached_attention_forward_ref` (numba). Every query's result is
     computed by one thread in one order, so it does not depend on the thread count."""
     heads = _check_cache("cached_attention_forward", qkv, k_cache, v_cache, start, n_head)
+    key_starts = _checked_key_starts("cached_attention_forward", key_starts, heads.shape[0], start + heads.shape[1])
     if not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
         raise ValueError("cached_attention_forward: k_cache and v_cache must be C-contiguous (they are written in place)")
     B, T, _, H, D = heads.shape
@@ -740,7 +781,7 @@ def cached_attention_forward(qkv, k_cache, v_cache, start, n_head, scale=None):
     out = np.empty((B, T, H, D), heads.dtype)
     lse = np.empty((B, H, T), heads.dtype)
     if B * H * T * (start + T) * D < CACHED_SERIAL_WORK or get_num_threads() == 1:
-        _cached_pairs(heads, k_cache, v_cache, start, scale, out, lse, 0, B * H)
+        _cached_pairs(heads, k_cache, v_cache, start, scale, out, lse, 0, B * H, key_starts)
     else:
-        _cached_parallel(heads, k_cache, v_cache, start, scale, out, lse)
+        _cached_parallel(heads, k_cache, v_cache, start, scale, out, lse, key_starts)
     return out.reshape(B, T, H * D), lse

@@ -11,7 +11,23 @@ from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
 
-__all__ = ["GPTConfig", "GPT"]
+__all__ = ["GPTConfig", "GPT", "check_attention_mask"]
+
+
+def check_attention_mask(attention_mask, shape, fn):
+    """An attention mask of 0/1 (or bool) values and shape ``shape`` as a bool array; a clear
+    ValueError naming what is wrong otherwise."""
+    mask = np.asarray(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{fn}: attention_mask must have shape {tuple(shape)} (batch, past + new tokens), got "
+                         f"{mask.shape}")
+    if mask.dtype != bool:
+        if mask.dtype.kind not in "iuf" or not ((mask == 0) | (mask == 1)).all():
+            bad = mask.dtype if mask.dtype.kind not in "iuf" else mask[(mask != 0) & (mask != 1)].flat[0].item()
+            raise ValueError(f"{fn}: attention_mask must hold 0 (padding) and 1 (token) only, got {bad!r}")
+        mask = mask == 1
+    return mask
+
 
 @dataclass
 class GPTConfig:
@@ -54,6 +70,16 @@ class GPTConfig:
         if unknown:
             raise ValueError(f"GPTConfig: unknown keys {unknown} in the config")
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# generate()'s defaults for a tinyllm model (a GPT-2 directory's come from Hugging Face's, in io.py)
+GENERATION_DEFAULTS = dict(max_length=20, do_sample=True, temperature=1.0, top_k=None, top_p=None, eos_token_id=None,
+                           pad_token_id=None, num_beams=1, length_penalty=1.0, early_stopping=False,
+                           num_return_sequences=1, repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
+                           min_new_tokens=0)
+_GENERATE_ARGS = ("idx, max_new_tokens, max_length, min_length, min_new_tokens, do_sample, temperature, top_k, "
+                  "top_p, num_beams, length_penalty, early_stopping, num_return_sequences, repetition_penalty, "
+                  "no_repeat_ngram_size, eos_token_id, pad_token_id, attention_mask, seed, use_cache")
 
 
 class _Placeholders:
@@ -108,8 +134,7 @@ class GPT(nn.Module):
         self.set_dropout_rng(np.random.default_rng([seed, 1]))
         # generate()'s defaults, as a Hugging Face model's generation_config: an argument left as
         # None takes its value from here (a GPT-2 directory's generation_config.json fills it in).
-        self.generation_config = dict(max_length=20, do_sample=True, temperature=1.0, top_k=None, top_p=None,
-                                      eos_token_id=None, pad_token_id=None)
+        self.generation_config = dict(GENERATION_DEFAULTS)
 
     def _init_weights(self, rng):
         """GPT-2 init: every Linear and Embedding weight ~ N(0, 0.02), biases 0, and the projections
@@ -156,22 +181,30 @@ class GPT(nn.Module):
             )
         return idx
 
-    def forward(self, idx, targets=None, kv_cache=None, last_only=False):
+    def forward(self, idx, targets=None, kv_cache=None, last_only=False, attention_mask=None, position_ids=None):
         """idx (B, T) int -> (logits (B, T, V), loss or None).
 
         ``targets`` (B, T) int gives the mean cross-entropy (positions equal to -100 ignored).
         ``kv_cache`` (a :class:`~tinyllm.nn.KVCache`) continues a sequence whose first
         ``kv_cache.length`` positions were already processed. ``last_only`` computes logits for
         the last position only (what generation needs).
+
+        ``attention_mask`` (B, past + T) of 0/1, as Hugging Face's: 1 at real tokens, 0 at padding
+        (past + T: it covers the cached positions too). Padded keys take part in no attention, and
+        unless ``position_ids`` (B, T) are given, positions count real tokens only, GPT-2's
+        ``cumsum(attention_mask) - 1`` (0 at padding): a left-padded prompt then gets the same
+        logits at its real tokens as the unpadded prompt. A query that sees no real key (a padded
+        position of a left-padded row) gets zeros from attention, never NaN; its logits mean
+        nothing. Without a mask (or with one of all ones) nothing of this is built.
         """
         past = kv_cache.length if kv_cache is not None else 0
         idx = self._check_ids(idx, past)
         T = idx.shape[1]
         tr = self.transformer
-        pos = np.arange(past, past + T)
-        x = tr.drop(tr.wte(idx) + tr.wpe(pos))  # (B, T, C) + (T, C)
+        pos, attn_mask = self._positions_and_mask(idx.shape, past, attention_mask, position_ids)
+        x = tr.drop(tr.wte(idx) + tr.wpe(pos))  # (B, T, C) + (T, C) or (B, T, C)
         for block in tr.h:
-            x = block(x, kv_cache)
+            x = block(x, kv_cache, attn_mask)
         if kv_cache is not None:
             kv_cache.advance(T)
         x = tr.ln_f(x)
@@ -183,6 +216,29 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits, targets)
         return logits, loss
 
+    def _positions_and_mask(self, shape, past, attention_mask, position_ids):
+        """Positions (T,) or (B, T) and the attention mask (B, 1, 1, past + T) bool or None."""
+        B, T = shape
+        keys = None
+        if attention_mask is not None:
+            keys = check_attention_mask(attention_mask, (B, past + T), "GPT")
+            if keys.all():
+                keys = None  # no padding: the unmasked (fast) path gives the same logits
+        if position_ids is not None:
+            pos = np.asarray(position_ids.data if isinstance(position_ids, Tensor) else position_ids)
+            if pos.dtype.kind not in "iu" or pos.shape not in ((T,), (B, T)):
+                raise ValueError(f"GPT: position_ids must be integers of shape ({B}, {T}) or ({T},), got "
+                                 f"{pos.dtype} {pos.shape}")
+            if pos.size and (pos.min() < 0 or pos.max() >= self.config.block_size):
+                bad = pos.min() if pos.min() < 0 else pos.max()
+                raise ValueError(f"GPT: position id {int(bad)} is outside 0..{self.config.block_size - 1} "
+                                 f"(block_size {self.config.block_size})")
+        elif keys is not None:
+            pos = np.where(keys, np.cumsum(keys, axis=1) - 1, 0)[:, past:]  # (B, T): real tokens counted
+        else:
+            pos = np.arange(past, past + T)
+        return pos, (None if keys is None else keys[:, None, None, :])
+
     def new_kv_cache(self, batch_size, max_len=None, dtype=None):
         c = self.config
         dtype = dtype or self.transformer.wte.weight.dtype
@@ -190,27 +246,60 @@ class GPT(nn.Module):
 
     @no_grad()
     def generate(self, idx, max_new_tokens=None, max_length=None, do_sample=None, temperature=None, top_k=None,
-                 top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None):
+                 top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None, attention_mask=None,
+                 num_beams=None, length_penalty=None, early_stopping=None, num_return_sequences=None,
+                 repetition_penalty=None, no_repeat_ngram_size=None, min_length=None, min_new_tokens=None,
+                 **unknown):
         """Continue ``idx`` (B, T) token by token; returns prompt + new tokens, as Hugging Face's.
 
-        ``max_length`` counts the prompt, ``max_new_tokens`` does not (it wins when both are given).
-        ``do_sample=False`` or ``temperature=0`` picks the most likely token (greedy); otherwise
-        logits / temperature are filtered by ``top_k`` then ``top_p`` and sampled with a Generator
-        seeded by ``seed``. A sequence that produced ``eos_token_id`` is padded with it (or with
-        ``pad_token_id``) until all are done. ``use_cache`` changes speed only, never the output.
+        Length: ``max_length`` counts the prompt, ``max_new_tokens`` does not (it wins when both
+        are given). ``min_length`` (prompt counted) / ``min_new_tokens`` (not counted): EOS is
+        forbidden (logit -inf) until the sequence is that long.
 
-        Arguments left as None take their value from ``self.generation_config`` (for a tinyllm model:
-        sampling at temperature 1, max_length 20; for a GPT-2 directory: Hugging Face's defaults,
-        greedy, with GPT-2's end-of-text token).
+        Decoding: ``do_sample=False`` or ``temperature=0`` picks the most likely token (greedy);
+        otherwise logits / temperature are filtered by ``top_k`` then ``top_p`` and sampled with a
+        Generator seeded by ``seed``. ``num_beams > 1`` (with ``do_sample=False``, which is then the
+        default) runs beam search: the hypotheses are ranked by sum of log-probabilities /
+        (new tokens) ** ``length_penalty`` (> 0 favours longer ones), and ``early_stopping``
+        (True, False or "never", Hugging Face's meanings) says when a prompt's search ends.
+        ``num_return_sequences``: rows per prompt (the best beams, best first; or independent
+        samples), prompt b's rows next to each other.
+
+        Logits processors, in Hugging Face's order: ``repetition_penalty`` (a token already in the
+        sequence, prompt included, gets logit * penalty if its logit < 0, else logit / penalty;
+        1.0: none), ``no_repeat_ngram_size`` n (a token that would repeat an n-gram of the
+        sequence gets -inf), then the minimum lengths above.
+
+        Batches of prompts of different lengths: pad them on the LEFT and pass ``attention_mask``
+        (B, T), 1 at tokens and 0 at padding (``tokenizer.padding_side = "left"``); each row then
+        generates what it would alone. (Unlike Hugging Face, padding is never guessed from
+        ``pad_token_id`` occurring in a prompt without a mask.)
+
+        A sequence that produced ``eos_token_id`` is padded with it (or with ``pad_token_id``)
+        until all are done. ``use_cache`` changes speed only, never the output. Arguments left as
+        None take their value from ``self.generation_config`` (for a tinyllm model: sampling at
+        temperature 1, max_length 20; for a GPT-2 directory: Hugging Face's defaults, greedy, with
+        GPT-2's end-of-text token). An argument generate does not know is an error.
         """
         from ..generation import generate
 
+        if unknown:
+            raise TypeError(f"GPT.generate: unknown argument(s) {sorted(unknown)}; it takes {_GENERATE_ARGS}")
         given = dict(max_length=max_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                     eos_token_id=eos_token_id, pad_token_id=pad_token_id)
-        args = {k: (self.generation_config.get(k) if v is None else v) for k, v in given.items()}
+                     eos_token_id=eos_token_id, pad_token_id=pad_token_id, num_beams=num_beams,
+                     length_penalty=length_penalty, early_stopping=early_stopping,
+                     num_return_sequences=num_return_sequences, repetition_penalty=repetition_penalty,
+                     no_repeat_ngram_size=no_repeat_ngram_size, min_length=min_length, min_new_tokens=min_new_tokens)
+        config = {**GENERATION_DEFAULTS, **self.generation_config}
+        args = {k: (config.get(k) if v is None else v) for k, v in given.items()}
         if max_new_tokens is not None and max_length is None:
             args["max_length"] = None  # max_new_tokens wins over a default max_length
-        return generate(self, idx, max_new_tokens=max_new_tokens, seed=seed, use_cache=use_cache, **args)
+        if do_sample is None and isinstance(args["num_beams"], (int, np.integer)) and args["num_beams"] > 1:
+            args["do_sample"] = False  # asking for beams means beam search, whatever the default
+        if args["min_new_tokens"] is None:
+            args["min_new_tokens"] = 0
+        return generate(self, idx, max_new_tokens=max_new_tokens, seed=seed, use_cache=use_cache,
+                        attention_mask=attention_mask, **args)
 
     # --- saving and loading --------------------------------------------------------------------------
     def save_pretrained(self, save_directory, format="tinyllm"):

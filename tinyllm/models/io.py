@@ -429,7 +429,9 @@ def _hf_generation_config(raw, directory):
     """Hugging Face's generation defaults (greedy, max_length 20), then the model's own
     ``generation_config.json`` (or, failing that, the token ids in ``config.json``)."""
     gen = dict(max_length=20, do_sample=False, temperature=1.0, top_k=50, top_p=1.0,
-               eos_token_id=raw.get("eos_token_id"), pad_token_id=raw.get("pad_token_id"))
+               eos_token_id=raw.get("eos_token_id"), pad_token_id=raw.get("pad_token_id"), num_beams=1,
+               length_penalty=1.0, early_stopping=False, num_return_sequences=1, repetition_penalty=1.0,
+               no_repeat_ngram_size=0, min_length=0, min_new_tokens=0)
     path = directory / "generation_config.json"
     if path.is_file():
         saved = read_json_file(path, "generation config")

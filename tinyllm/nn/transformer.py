@@ -4,7 +4,7 @@ decoder layers of the original encoder-decoder Transformer (pre- or post-LayerNo
 import numpy as np
 
 from .. import functional as F
-from ..tensor import Tensor
+from ..tensor import Tensor, is_grad_enabled
 from .layers import Dropout, LayerNorm, Linear
 from .module import Module
 
@@ -85,10 +85,13 @@ class MultiHeadAttention(Module):
         if kv_cache is None and p == 0.0:  # the common case: split, attend, merge in one Function
             y = F.self_attention(qkv, H, is_causal=self.causal, attn_mask=attn_mask)
             return self.resid_dropout(self.c_proj(y))
-        if kv_cache is not None and p == 0.0 and attn_mask is None and self.causal:
+        key_starts = None  # a left-padded batch's first real key per sequence, if attn_mask is just that
+        if kv_cache is not None and attn_mask is not None and not is_grad_enabled():  # (no backward with key_starts)
+            key_starts = F.key_starts_from_mask(attn_mask, B, kv_cache.length + T)
+        if kv_cache is not None and p == 0.0 and (attn_mask is None or key_starts is not None) and self.causal:
             # decoding: store the new keys and values in the cache and attend over it, in one Function
             y = F.cached_self_attention(qkv, kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx],
-                                        kv_cache.length, H)
+                                        kv_cache.length, H, key_starts=key_starts)
             return self.resid_dropout(self.c_proj(y))
         qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, D)
@@ -139,8 +142,10 @@ class Block(Module):
         self.ln_2 = LayerNorm(n_embd, eps=eps, bias=bias)
         self.mlp = FeedForward(n_embd, bias, dropout, activation, rng=rng)
 
-    def forward(self, x, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(self, x, kv_cache=None, attn_mask=None):
+        """x (B, T, C); ``attn_mask`` (e.g. (B, 1, 1, past + T) bool, False at padded keys) is
+        applied on top of the causal mask (None: causal only, the fast path)."""
+        x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run(code, **env):
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("OPENBLAS_THREAD_TIMEOUT", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                             "MALLOC_MMAP_MAX_", "TINYLLM_TUNE_RUNTIME")}
+                             "MALLOC_MMAP_MAX_", "TINYLLM_TUNE_RUNTIME", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     full_env.update(env, PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, check=True)
     return out.stdout.strip()
@@ -34,3 +34,12 @@ def test_the_users_own_settings_win_and_the_tuning_can_be_switched_off():
                OPENBLAS_THREAD_TIMEOUT="20", MALLOC_MMAP_THRESHOLD_="65536") == "20 False"
     assert run("import tinyllm, os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), tinyllm.kernels.systems.runtime.applied)",
                TINYLLM_TUNE_RUNTIME="0") == "None {}"
+
+
+def test_numba_threads_spin_briefly_unless_the_user_chose_a_wait_policy():
+    """libgomp's threads spin 10,000 times, not 300,000, waiting for the next kernel (systems/jit.py:
+    on a busy machine the long spin made 2 threads 4x slower than 1); a user's own setting wins."""
+    code = "import tinyllm, os; print(os.environ.get('GOMP_SPINCOUNT'))"
+    assert run(code) == "10000"
+    assert run(code, GOMP_SPINCOUNT="300000") == "300000"
+    assert run(code, OMP_WAIT_POLICY="ACTIVE") == "None"

@@ -25,6 +25,15 @@ from .openblas import OPENBLAS  # noqa: E402
 # may wait for a core; docs/performance.md.)
 if OPENBLAS is None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How long is "a while": libgomp's default is 300,000 spins. When other programs keep the cores
+# busy, a thread that finished its share spins that long at every kernel's end waiting for a
+# partner the OS has descheduled, and a step of the code model (examples/train_code.py) on 2
+# threads took 1.5-2.3 s instead of 0.1 s (load 3-7). 10,000 spins keep the idle machine's speed
+# (28-32 ms vs 28-32 ms a step of the small config, 93-101 vs 102-127 ms for the code model) and
+# under that load cut it to 0.4-0.8 s, as fast as one thread (PASSIVE: 0.24-0.45 s there, but
+# 12-30% slower on an idle machine). Measured with alternating runs, docs/performance.md.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import numba  # noqa: E402
 from numba import njit as _numba_njit  # noqa: E402

@@ -262,6 +262,9 @@ def test_mangled_char_tokenizer_file(tmp_path, mangle, fragment):
     (lambda d: {**d, "vocab": list(d["vocab"])}, "is not a valid BPETokenizer"),
     (lambda d: {k: v for k, v in d.items() if k != "merges"}, "lacks the field 'merges'"),
     (lambda d: {**d, "pattern": "(unclosed"}, "does not compile"),
+    # one id of 10**12: the model's embedding table would need 10**12 rows (refused, not allocated)
+    (lambda d: {**d, "vocab": {**d["vocab"], "Ġlow": 10**12}}, "far past the"),
+    (lambda d: {**d, "special_tokens": {"<|x|>": -3}}, "not a non-negative integer"),
 ])
 def test_mangled_bpe_tokenizer_file(tmp_path, bpe, mangle, fragment):
     path = tmp_path / "tok.json"

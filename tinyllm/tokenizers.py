@@ -486,10 +486,24 @@ class BPETokenizer(Tokenizer):
                                  f"ordinary token {vocab[i]!r}")
         if len(set(self.special_tokens.values())) != len(self.special_tokens):
             raise ValueError(f"BPETokenizer: two special tokens share an id: {self.special_tokens}")
+        self._validate_id_range()
         try:
             regex.compile(self.pattern)
         except regex.error as e:
             raise ValueError(f"BPETokenizer: pattern {self.pattern!r} does not compile: {e}") from None
+
+    def _validate_id_range(self):
+        """Ids are the rows of the model's embedding table (vocab_size = largest id + 1), so gaps
+        are allowed (tiktoken's special tokens sit past a gap) but not a table that would be
+        mostly rows no token uses: a file with one id of 10**12 is corrupt, not a vocabulary."""
+        ids = list(self._vocab) + list(self.special_tokens.values())
+        bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0), None)
+        if bad is not None:
+            raise ValueError(f"BPETokenizer: token id {bad!r} is not a non-negative integer")
+        largest = max(ids)
+        if largest + 1 > 2 * len(ids) + 1024:
+            raise ValueError(f"BPETokenizer: token id {largest} is far past the {len(ids)} tokens: the model's "
+                             f"embedding table would have {largest + 1:,} rows, most of them unused")
 
     @staticmethod
     def _compile_special_re(specials):

@@ -388,6 +388,8 @@ def test_positional_encoding_has_no_parameters_and_checks_positions():
     assert not out.requires_grad
     with pytest.raises(ValueError, match="position 8 is beyond max_len 8"):
         pe(np.arange(9))
+    with pytest.raises(ValueError, match="max_len 1,000,000,000 x d_model 128 "):
+        nn.PositionalEncoding(10**9, 128)  # refused before the 1 TB table is allocated
 
 
 def test_learned_positional_embedding_names_block_size_on_overflow():

@@ -119,8 +119,13 @@ class PositionalEncoding(Module):
     No parameters: the table is a non-persistent buffer, rebuilt from (max_len, d_model).
     """
 
+    MAX_ENTRIES = 2**28  # 1 GiB of float32 (the table is built in float64 first: 2 GiB)
+
     def __init__(self, max_len, d_model, dtype=np.float32):
         super().__init__()
+        if max_len * d_model > self.MAX_ENTRIES:  # a typo'd or hostile config: refuse before allocating
+            raise ValueError(f"PositionalEncoding: max_len {max_len:,} x d_model {d_model:,} would make a table of "
+                             f"{max_len * d_model:,} numbers (more than {self.MAX_ENTRIES:,}); is the block size right?")
         self.max_len, self.d_model = max_len, d_model
         self.register_buffer("table", sinusoidal_table(max_len, d_model, dtype), persistent=False)
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from .systems.jit import get_num_threads, njit, prange
 
-__all__ = ["gemv_ref", "gemv", "MAX_ROWS", "SERIAL_WORK"]
+__all__ = ["gemv_ref", "gemv", "gemv_into", "MAX_ROWS", "SERIAL_WORK"]
 
 # x with at most this many rows takes these kernels (blas.linear_forward); more rows are BLAS's
 # strength (benchmarks/bench_kernels.py --gemv, docs/performance.md).
@@ -190,22 +190,35 @@ def gemv(x, w, bias=None):
 
 def gemv_checked(x, w, bias):
     """:func:`gemv` for arguments already checked (``blas.linear_forward``): x C-contiguous."""
-    m, n = x.shape[0], w.shape[0]
-    y = np.empty((m, n), x.dtype)
+    y = np.empty((x.shape[0], w.shape[0]), x.dtype)
     has_bias = bias is not None
     bias = np.ascontiguousarray(bias) if has_bias else y[0, :0]  # (an unused empty array of the dtype)
-    threads = get_num_threads()
-    serial = m * n * x.shape[1] < SERIAL_WORK or threads == 1
-    if not w.flags.c_contiguous and w.T.flags.c_contiguous:
+    columns = not w.flags.c_contiguous and w.T.flags.c_contiguous
+    stored = w.T if columns else np.ascontiguousarray(w)
+    gemv_into(x, stored, columns, bias, has_bias, y, get_num_threads(), SERIAL_WORK)
+    return y
+
+
+@njit
+def gemv_into(x, stored, columns, bias, has_bias, y, threads, serial_work):
+    """y (M, N) = x (M, K) @ W^T (+ bias) with W as it lies in memory: ``stored`` is W (N, K)
+    C-contiguous (rows layout) or, with ``columns``, W^T (K, N) C-contiguous. One thread does it
+    all below ``serial_work`` multiply-adds or with ``threads`` 1, else numba's threads share
+    it; either way every output gets the same bits. (Compiled, so that a fused decoding step,
+    ``kernels/decode.py``, calls it without leaving compiled code.)"""
+    m, depth = x.shape
+    n = stored.shape[1] if columns else stored.shape[0]
+    serial = m * n * depth < serial_work or threads == 1
+    if columns:
         # output blocks of at most _COLS_ACC numbers (kept in the L1 cache); in parallel, at least
         # two per thread. Wider blocks read the weight in longer runs (one stream when serial).
         block = _COLS_ACC // m if serial else min(_COLS_ACC // m, -(-n // (2 * threads)))
         block = max(16, block)
-        (_cols_serial if serial else _cols_parallel)(x, w.T, bias, has_bias, y, block)
-        return y
-    w = np.ascontiguousarray(w)
-    if serial:
-        _rows_block(x, w, bias, has_bias, y, 0, n)
+        if serial:
+            _cols_serial(x, stored, bias, has_bias, y, block)
+        else:
+            _cols_parallel(x, stored, bias, has_bias, y, block)
+    elif serial:
+        _rows_block(x, stored, bias, has_bias, y, 0, n)
     else:
-        _rows_parallel(x, w, bias, has_bias, y, _ROWS_PER_BLOCK)
-    return y
+        _rows_parallel(x, stored, bias, has_bias, y, _ROWS_PER_BLOCK)

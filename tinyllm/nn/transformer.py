@@ -140,8 +140,31 @@ class Block(Module):
         self.mlp = FeedForward(n_embd, bias, dropout, activation, rng=rng)
 
     def forward(self, x, kv_cache=None):
+        if kv_cache is not None and x.shape[1] == 1 and not self._dropout_active():
+            # generating: one new position per sequence, usually under no_grad: one kernel call
+            # for the whole block (None where it does not apply; then the lines below)
+            y = self._decode_step(x, kv_cache)
+            if y is not None:
+                return y
         x = x + self.attn(self.ln_1(x), kv_cache)
         return x + self.mlp(self.ln_2(x))
+
+    def _dropout_active(self):
+        return self.training and (self.attn.dropout > 0 or self.attn.resid_dropout.p > 0 or self.mlp.dropout.p > 0)
+
+    def _decode_step(self, x, kv_cache):
+        """forward's two lines for x (B, 1, C) with a KV cache, by F.transformer_block_step, or None."""
+        attn, mlp = self.attn, self.mlp
+        if mlp.approximate is None or self.ln_1.eps != self.ln_2.eps:
+            return None
+        pair = lambda layer: (layer.weight, layer.bias)  # noqa: E731
+        layer = attn.layer_idx
+        return F.transformer_block_step(
+            x, kv_cache.k[layer], kv_cache.v[layer], kv_cache.length, attn.n_head,
+            norms=dict(ln_1=pair(self.ln_1), ln_2=pair(self.ln_2)),
+            linears=dict(attn=pair(attn.c_attn), attn_proj=pair(attn.c_proj), fc=pair(mlp.c_fc),
+                         mlp_proj=pair(mlp.c_proj)),
+            eps=self.ln_1.eps, approximate=mlp.approximate)
 
 
 class CrossAttention(Module):

@@ -613,6 +613,10 @@ def cached_self_attention(qkv, k_cache, v_cache, start, n_head, scale=None):
 # a whole block for one new position, for generation
 
 
+def _array(t):
+    return t.data if isinstance(t, Tensor) else (None if t is None else np.asarray(t))
+
+
 def transformer_block_step(x, k_cache, v_cache, start, n_head, norms, linears, eps=1e-5, approximate="tanh"):
     """A pre-LayerNorm Transformer block (:class:`tinyllm.nn.Block`) on x (B, 1, C), one new
     position per sequence attending over a KV cache (k_cache, v_cache (B, n_head, L, head_dim)
@@ -626,10 +630,9 @@ def transformer_block_step(x, k_cache, v_cache, start, n_head, norms, linears, e
     (grad mode on) or where the kernel does not apply (``kernels.decode.block_step_applies``)."""
     if is_grad_enabled() or x.ndim != 3 or x.shape[1] != 1:
         return None
-    data = lambda t: None if t is None else (t.data if isinstance(t, Tensor) else np.asarray(t))  # noqa: E731
-    norms = {k: (data(w), data(b)) for k, (w, b) in norms.items()}
-    linears = {k: (data(w), data(b)) for k, (w, b) in linears.items()}
-    rows = data(x).reshape(x.shape[0], x.shape[2])  # (B, 1, C) -> (B, C)
+    norms = {k: (_array(w), _array(b)) for k, (w, b) in norms.items()}
+    linears = {k: (_array(w), _array(b)) for k, (w, b) in linears.items()}
+    rows = _array(x).reshape(x.shape[0], x.shape[2])  # (B, 1, C) -> (B, C)
     if not _decode.block_step_applies(rows, k_cache, start, norms, linears):
         return None
     out = _decode.block_step(rows, k_cache, v_cache, start, n_head, norms, linears, eps, approximate)

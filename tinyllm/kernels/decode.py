@@ -47,24 +47,25 @@ def _check(x, k_cache, v_cache, start, n_head, norms, linears, approximate):
                          f"got {x.dtype} {x.shape}")
     B, C = x.shape
     H, D = n_head, C // n_head
+    dt = x.dtype
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if cache.shape[:2] != (B, H) or cache.ndim != 4 or cache.shape[3] != D or cache.dtype != x.dtype:
+        if cache.ndim != 4 or cache.shape[:2] != (B, H) or cache.shape[3] != D or cache.dtype != dt:
             raise ValueError(f"{fn}: {name} must be {x.dtype} (B, H, L, D) = ({B}, {H}, L, {D}), "
                              f"got {cache.dtype} {cache.shape}")
     if not 0 <= start < k_cache.shape[2]:
         raise ValueError(f"KVCache: {start + 1} positions exceed the cache's max_len {k_cache.shape[2]}")
     if approximate not in ("tanh", "none"):
         raise ValueError(f"{fn}: approximate={approximate!r} is not 'tanh' or 'none'")
-    shapes = dict(attn=(3 * C, C), attn_proj=(C, C), fc=(None, C), mlp_proj=(C, None))
     inner = linears["fc"][0].shape[0]
-    for name, (w, b) in linears.items():
-        want = tuple(inner if s is None else s for s in shapes[name])
-        if w.shape != want or w.dtype != x.dtype or (b is not None and (b.shape != (want[0],) or b.dtype != x.dtype)):
-            raise ValueError(f"{fn}: {name} weight must be {x.dtype} {want} (bias {want[0]},), got {w.dtype} {w.shape}"
+    for name, want in zip(LINEAR_NAMES, ((3 * C, C), (C, C), (inner, C), (C, inner))):
+        w, b = linears[name]
+        if w.shape != want or w.dtype != dt or (b is not None and (b.shape != want[:1] or b.dtype != dt)):
+            raise ValueError(f"{fn}: {name} weight must be {dt} {want} (bias {want[0]},), got {w.dtype} {w.shape}"
                              + ("" if b is None else f" (bias {b.dtype} {b.shape})"))
-    for name, (w, b) in norms.items():
-        if w.shape != (C,) or w.dtype != x.dtype or (b is not None and (b.shape != (C,) or b.dtype != x.dtype)):
-            raise ValueError(f"{fn}: {name} weight and bias must be {x.dtype} ({C},)")
+    for name in ("ln_1", "ln_2"):
+        w, b = norms[name]
+        if w.shape != (C,) or w.dtype != dt or (b is not None and (b.shape != (C,) or b.dtype != dt)):
+            raise ValueError(f"{fn}: {name} weight and bias must be {dt} ({C},)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,11 +184,17 @@ def block_step_applies(x, k_cache, start, norms, linears):
     rows or columns layout, and compiled kernels on (with the JIT disabled its loops would run
     in the interpreter: the separate layers run on NumPy instead, as ``blas.linear_forward`` does)."""
     dt = x.dtype
-    return (not numba.config.DISABLE_JIT and x.ndim == 2 and 1 <= x.shape[0] <= _gemv.MAX_ROWS
-            and dt in (np.float32, np.float64) and k_cache.dtype == dt and 0 <= start < k_cache.shape[2]
-            and all(w.dtype == dt and (b is None or b.dtype == dt) for w, b in norms.values())
-            and all(w.dtype == dt and w.ndim == 2 and stored_layout(w) is not None and (b is None or b.dtype == dt)
-                    for w, b in linears.values()))
+    if (numba.config.DISABLE_JIT or x.ndim != 2 or not 1 <= x.shape[0] <= _gemv.MAX_ROWS
+            or dt not in (np.float32, np.float64) or k_cache.dtype != dt or not 0 <= start < k_cache.shape[2]):
+        return False
+    for w, b in norms.values():
+        if w.dtype != dt or (b is not None and b.dtype != dt):
+            return False
+    for w, b in linears.values():
+        if w.dtype != dt or w.ndim != 2 or (b is not None and b.dtype != dt) or not (
+                w.flags.c_contiguous or w.T.flags.c_contiguous):
+            return False
+    return True
 
 
 def block_step(x, k_cache, v_cache, start, n_head, norms, linears, eps=1e-5, approximate="tanh", scale=None):

@@ -154,17 +154,16 @@ class Block(Module):
 
     def _decode_step(self, x, kv_cache):
         """forward's two lines for x (B, 1, C) with a KV cache, by F.transformer_block_step, or None."""
-        attn, mlp = self.attn, self.mlp
-        if mlp.approximate is None or self.ln_1.eps != self.ln_2.eps:
+        attn, mlp, ln_1, ln_2 = self.attn, self.mlp, self.ln_1, self.ln_2
+        if mlp.approximate is None or ln_1.eps != ln_2.eps:
             return None
-        pair = lambda layer: (layer.weight, layer.bias)  # noqa: E731
         layer = attn.layer_idx
         return F.transformer_block_step(
             x, kv_cache.k[layer], kv_cache.v[layer], kv_cache.length, attn.n_head,
-            norms=dict(ln_1=pair(self.ln_1), ln_2=pair(self.ln_2)),
-            linears=dict(attn=pair(attn.c_attn), attn_proj=pair(attn.c_proj), fc=pair(mlp.c_fc),
-                         mlp_proj=pair(mlp.c_proj)),
-            eps=self.ln_1.eps, approximate=mlp.approximate)
+            norms={"ln_1": (ln_1.weight, ln_1.bias), "ln_2": (ln_2.weight, ln_2.bias)},
+            linears={"attn": (attn.c_attn.weight, attn.c_attn.bias), "attn_proj": (attn.c_proj.weight, attn.c_proj.bias),
+                     "fc": (mlp.c_fc.weight, mlp.c_fc.bias), "mlp_proj": (mlp.c_proj.weight, mlp.c_proj.bias)},
+            eps=ln_1.eps, approximate=mlp.approximate)
 
 
 class CrossAttention(Module):

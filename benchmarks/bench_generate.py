@@ -258,8 +258,18 @@ def bandwidth_worker(args):
         # the fastest pass: the least disturbed by other processes
         best[name] = w.nbytes / min(t[0] for t in times) / 1e9
         best_cpu[name] = w.nbytes / max(min(t[1] for t in times), 1e-9) / 1e9
+    # The same rows-layout GEMV over a matrix of the model's size (4 x 154 MB). A token's decode
+    # cycles through ~495 MB, of which the 32 MB L3 cache keeps next to nothing; passes over one
+    # 154 MB matrix find part of it still cached from the pass before. Reported beside the
+    # limit above, which stays the issue's definition.
+    del w, w_rows
+    big = rng.standard_normal((4 * 50257, 768), dtype=np.float32)
+    gemv(x, big)
+    times = [_timed(gemv, x, big)[1:] for _ in range(5)]
     return dict(gbytes_per_s=max(best.values()), by_layout=best,
-                cpu_gbytes_per_s=max(best_cpu.values()), cpu_by_layout=best_cpu)
+                cpu_gbytes_per_s=max(best_cpu.values()), cpu_by_layout=best_cpu,
+                model_size_gbytes_per_s=big.nbytes / min(t[0] for t in times) / 1e9,
+                model_size_cpu_gbytes_per_s=big.nbytes / max(min(t[1] for t in times), 1e-9) / 1e9)
 
 
 def _timed(f, *args):
@@ -362,6 +372,12 @@ def gpt2_summary(results):
     out = dict(bandwidth_gbytes_per_s=bandwidth, streamed_mbytes_per_token=streamed_bytes_per_token(config) / 1e6,
                limit_ms_per_token=limit_s * 1e3, cpu_bandwidth_gbytes_per_s=cpu_bandwidth,
                cpu_limit_ms_per_token=cpu_limit_s * 1e3)
+    if all("model_size_gbytes_per_s" in r for r in results["bandwidth"]):
+        for key in ("model_size_gbytes_per_s", "model_size_cpu_gbytes_per_s"):
+            out[key] = med("bandwidth", key)
+        out["model_size_limit_ms_per_token"] = streamed_bytes_per_token(config) / out["model_size_gbytes_per_s"] / 1e6
+        out["model_size_cpu_limit_ms_per_token"] = (streamed_bytes_per_token(config)
+                                                    / out["model_size_cpu_gbytes_per_s"] / 1e6)
     for side in ("hf", "tinyllm"):
         out[side] = {k: med(side, k) for k in ("load_s", "generate_s", "decode_s_per_token", "sampled_s",
                                                "sampled_new_tokens", "peak_rss_mb", "load_cpu_s", "generate_cpu_s",
@@ -374,6 +390,10 @@ def gpt2_summary(results):
     out["decode_over_limit"] = ours["decode_s_per_token"] / limit_s
     out["sampled_ratio"] = ours["sampled_tokens_per_s"] / hf["sampled_tokens_per_s"]
     out["round_generate_speedups"] = [a["generate_s"] / b["generate_s"] for a, b in zip(results["hf"], results["tinyllm"])]
+    if "model_size_limit_ms_per_token" in out:
+        out["decode_over_model_size_limit"] = ours["decode_s_per_token"] * 1e3 / out["model_size_limit_ms_per_token"]
+        out["cpu_decode_over_model_size_limit"] = (ours["decode_cpu_s_per_token"] * 1e3
+                                                   / out["model_size_cpu_limit_ms_per_token"])
     out["cpu"] = dict(generate_speedup=hf["generate_cpu_s"] / ours["generate_cpu_s"],
                       decode_speedup=hf["decode_cpu_s_per_token"] / ours["decode_cpu_s_per_token"],
                       sampled_ratio=hf["sampled_cpu_s"] / ours["sampled_cpu_s"],
@@ -420,6 +440,11 @@ def print_gpt2(summary, args):
     print(f"  in CPU time: {s['cpu_bandwidth_gbytes_per_s']:.1f} GB/s = {s['cpu_limit_ms_per_token']:.1f} ms per token; "
           f"tinyllm's decode is {cpu['decode_over_limit']:.2f}x that, transformers' "
           f"{hf['decode_cpu_s_per_token'] * 1e3 / s['cpu_limit_ms_per_token']:.2f}x")
+    if "model_size_limit_ms_per_token" in s:
+        print(f"  over a working set of the model's size (one 618 MB matrix, which the L3 cache cannot hold): "
+              f"{s['model_size_gbytes_per_s']:.1f} GB/s = {s['model_size_limit_ms_per_token']:.1f} ms per token "
+              f"(decode {s['decode_over_model_size_limit']:.2f}x); CPU time {s['model_size_cpu_gbytes_per_s']:.1f} "
+              f"GB/s = {s['model_size_cpu_limit_ms_per_token']:.1f} ms (decode {s['cpu_decode_over_model_size_limit']:.2f}x)")
     print("round by round, transformers / tinyllm generate time: "
           + " ".join(f"{r:.2f}" for r in s["round_generate_speedups"])
           + "  (CPU time: " + " ".join(f"{r:.2f}" for r in cpu["round_generate_speedups"]) + ")")

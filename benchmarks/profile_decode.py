@@ -1,68 +1,127 @@
-"""Where a GPT-2 decoding step's time goes: process CPU time per generated token spent in the
-weight products (tinyllm's gemv, by weight layout), the cached attention, and everything else
-(Python, LayerNorm, GELU, adds, argmax), one thread.
+"""Where a GPT-2 decoding step's time goes: process CPU time per forward pass spent in the fused
+block steps (kernels/decode.py: each block's four weight products, LayerNorms, cached
+attention, GELU and adds in one call), the lm_head's gemv, and everything else (Python,
+embedding, ln_f, argmax), one thread; then, in the same process, what the weight products
+alone cost and what merely reading the same weights costs (the floor for them).
 
     python benchmarks/profile_decode.py GPT2_DIR      # a directory bench_generate.py --gpt2 can build
 
 A profile, not a comparison: pair it with ``bench_generate.py --gpt2``, which measures the
 bandwidth limit and transformers in the same run. The kernels are wrapped with
 ``time.process_time()`` (the time this process really ran, less inflated by a busy machine than
-wall time); the best of three ``generate(ids, max_length=50)`` calls on 10 random prompt ids is
-reported, divided by the 40 forward passes (the prompt's included).
+wall time); the best of ``--repeats`` ``generate(ids, max_length=50)`` calls on 10 random prompt
+ids is reported, divided by the 40 forward passes (the prompt's included: it runs the layers
+one by one, as a prompt of several positions does). The weight-product and streaming-read
+figures are the median of ``--repeats`` passes over all of the model's matrices in decoding order.
 """
 import argparse
 import time
 
 import tinyllm
+import numba
 import numpy as np
 from tinyllm.kernels import attention as A
+from tinyllm.kernels import decode as D
 from tinyllm.kernels import gemv as G
 
-PARTS = ("gemv, rows layout (lm_head)", "gemv, columns layout (GPT-2 Conv1D)", "cached attention")
+PARTS = ("blocks, fused step (kernels/decode.py)", "gemv, lm_head", "layers of the prompt's pass")
 
 
-def wrap(spent):
-    real_gemv, real_attn = G.gemv_checked, A.cached_attention_forward
+def wrap(spent, lm_head_weight):
+    real_step, real_gemv, real_attn = D.block_step, G.gemv_checked, A.cached_attention_forward
 
-    def gemv(x, w, bias):
-        c0 = time.process_time()
-        y = real_gemv(x, w, bias)
-        spent[PARTS[0] if w.flags.c_contiguous else PARTS[1]] += time.process_time() - c0
-        return y
+    def timed(key, f):
+        def call(*args, **kwargs):
+            c0 = time.process_time()
+            out = f(*args, **kwargs)
+            spent[key(*args) if callable(key) else key] += time.process_time() - c0
+            return out
+        return call
 
-    def attention(*args, **kwargs):
-        c0 = time.process_time()
-        out = real_attn(*args, **kwargs)
-        spent[PARTS[2]] += time.process_time() - c0
-        return out
-
-    G.gemv_checked, A.cached_attention_forward = gemv, attention
+    D.block_step = timed(PARTS[0], real_step)
+    G.gemv_checked = timed(lambda x, w, bias: PARTS[1] if w is lm_head_weight else PARTS[2], real_gemv)
+    A.cached_attention_forward = timed(PARTS[2], real_attn)
     tinyllm.use_reference(tinyllm.is_reference())  # the dispatchers look the kernels up again
+
+
+@numba.njit(fastmath=True)
+def _read(a):
+    """A sum of every element: one streaming read of a C-contiguous 2-D array."""
+    total = np.float32(0)
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            total += a[i, j]
+    return total
+
+
+def weight_passes(model, repeats):
+    """CPU ms of one pass of the weight products alone (gemv_into, as the fused step calls it,
+    and the lm_head's) and of one streaming read of the same arrays, medians of ``repeats``."""
+    mats = []
+    for block in model.transformer.h:
+        for lin in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+            stored, columns = D.stored_layout(lin.weight.data)
+            mats.append((stored, columns, lin.bias.data))
+    mats.append((model.lm_head.weight.data, False, None))
+    rng = np.random.default_rng(0)
+    jobs = []
+    for stored, columns, bias in mats:
+        k, n = stored.shape if columns else stored.shape[::-1]
+        x = rng.standard_normal((1, k)).astype(stored.dtype)
+        y = np.empty((1, n), stored.dtype)
+        b = bias if bias is not None else y[0, :0]
+        jobs.append((x, stored, columns, b, bias is not None, y))
+    nbytes = sum(m[0].nbytes for m in mats)
+
+    def products():
+        for x, stored, columns, b, has_bias, y in jobs:
+            G.gemv_into(x, stored, columns, b, has_bias, y, 1, 0)
+
+    def reads():
+        for stored, _, _ in mats:
+            _read(stored)
+
+    products(), reads()
+    times = {"products": [], "reads": []}
+    for _ in range(repeats):
+        for key, f in (("products", products), ("reads", reads)):
+            c0 = time.process_time()
+            f()
+            times[key].append(time.process_time() - c0)
+    return {k: float(np.median(v)) for k, v in times.items()}, nbytes
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("gpt2_dir")
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     tinyllm.set_num_threads(1)
     spent = dict.fromkeys(PARTS, 0.0)
-    wrap(spent)
     model = tinyllm.AutoModelForCausalLM.from_pretrained(args.gpt2_dir)
+    wrap(spent, model.lm_head.weight.data)
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, 10))
     model.generate(ids, max_length=12)  # compile / load the kernels
     best = None
-    for _ in range(3):
+    for _ in range(args.repeats):
         for k in spent:
             spent[k] = 0.0
         c0 = time.process_time()
         model.generate(ids, max_length=50)
         row = dict(spent, total=time.process_time() - c0)
         best = row if best is None or row["total"] < best["total"] else best
+    passes, nbytes = weight_passes(model, args.repeats)
     print("process CPU ms per forward pass (40: the prompt's and 39 decoding steps), one thread")
     for k in PARTS:
-        print(f"  {k:38s} {best[k] / 40 * 1e3:6.2f}")
-    print(f"  {'everything else':38s} {(best['total'] - sum(best[k] for k in PARTS)) / 40 * 1e3:6.2f}")
-    print(f"  {'total':38s} {best['total'] / 40 * 1e3:6.2f}")
+        print(f"  {k:44s} {best[k] / 40 * 1e3:6.2f}")
+    print(f"  {'everything else':44s} {(best['total'] - sum(best[k] for k in PARTS)) / 40 * 1e3:6.2f}")
+    print(f"  {'total':44s} {best['total'] / 40 * 1e3:6.2f}")
+    print(f"\nthe same process, every weight matrix once ({nbytes / 1e6:.0f} MB, in decoding order), CPU ms, "
+          f"median of {args.repeats}:")
+    print(f"  {'weight products alone (gemv_into)':44s} {passes['products'] * 1e3:6.2f}  "
+          f"({nbytes / passes['products'] / 1e9:.1f} GB/s)")
+    print(f"  {'streaming read of the same arrays (a sum)':44s} {passes['reads'] * 1e3:6.2f}  "
+          f"({nbytes / passes['reads'] / 1e9:.1f} GB/s)")
 
 
 if __name__ == "__main__":

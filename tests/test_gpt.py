@@ -275,7 +275,7 @@ import json
 import numba
 import numpy as np
 from tinyllm import optim
-from tinyllm.kernels import attention as A, blas
+from tinyllm.kernels import attention as A, blas, decode
 from tinyllm.models import GPT, GPTConfig
 
 calls = {}
@@ -295,6 +295,7 @@ for name in ("self_attention_forward", "self_attention_backward", "cached_attent
     count(A, name)
 for name in ("linear_forward", "linear_backward"):  # F.Linear: x @ W^T + b as one Function
     count(blas, name)
+count(decode, "block_step")  # a whole block for one new position (compiled kernels only)
 
 model = GPT(GPTConfig(vocab_size=23, block_size=8, n_layer=2, n_head=2, n_embd=16), seed=0)
 rng = np.random.default_rng(0)
@@ -330,6 +331,12 @@ def test_a_whole_gpt_step_and_generate_run_with_the_jit_disabled_and_agree_with_
     assert plain["step_calls"] == {"self_attention_forward": 2, "self_attention_backward": 2,
                                    "linear_forward": n_linear, "linear_backward": n_linear}
     assert plain["calls"]["cached_attention_forward"] > 0
+    # with compiled kernels a generation step runs each block as one call (kernels/decode.py) in
+    # place of its 4 Linears and its cached attention; with the JIT disabled, the layers
+    fused = compiled["calls"].pop("block_step", 0)
+    assert fused == 2 * 4 * 2 and "block_step" not in plain["calls"]  # 2 blocks, 4 steps, 2 generate calls
+    compiled["calls"]["linear_forward"] += 4 * fused
+    compiled["calls"]["cached_attention_forward"] += fused
     assert plain["calls"] == compiled["calls"]
     # the same numbers up to float32 rounding (plain loops vs BLAS and compiled kernels)
     for key in ("loss", "norm", "loss_after"):

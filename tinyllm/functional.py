@@ -19,6 +19,7 @@ from .tensor import Function, Tensor, is_grad_enabled, unbroadcast
 _attn = dispatch("attention")
 _blas = dispatch("blas")
 _ce = dispatch("cross_entropy")
+_decode = dispatch("decode")
 _emb = dispatch("embedding")
 _gelu = dispatch("gelu")
 _ln = dispatch("layernorm")
@@ -27,6 +28,7 @@ __all__ = [
     "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "embedding", "dropout",
     "concatenate", "cat", "stack", "where", "scaled_dot_product_attention", "self_attention", "linear",
     "attention_composed", "key_lengths_from_mask", "key_starts_from_mask", "cached_self_attention",
+    "transformer_block_step",
 ]
 
 
@@ -630,3 +632,33 @@ def cached_self_attention(qkv, k_cache, v_cache, start, n_head, scale=None, key_
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     return CachedSelfAttention.apply(qkv, k_cache, v_cache, start=start, n_head=n_head, scale=scale,
                                      key_starts=key_starts)
+
+
+# ----------------------------------------------------------------------------------------------
+# a whole block for one new position, for generation
+
+
+def _array(t):
+    return t.data if isinstance(t, Tensor) else (None if t is None else np.asarray(t))
+
+
+def transformer_block_step(x, k_cache, v_cache, start, n_head, norms, linears, eps=1e-5, approximate="tanh"):
+    """A pre-LayerNorm Transformer block (:class:`tinyllm.nn.Block`) on x (B, 1, C), one new
+    position per sequence attending over a KV cache (k_cache, v_cache (B, n_head, L, head_dim)
+    ndarrays holding ``start`` positions; the new keys and values are written at ``start``), in
+    one kernel call (:mod:`tinyllm.kernels.decode`); the same numbers as the block's layers run
+    one by one. ``norms``: {"ln_1", "ln_2"} -> (weight, bias); ``linears``: {"attn",
+    "attn_proj", "fc", "mlp_proj"} -> (weight (out, in), bias), Tensors or arrays, bias may be
+    None; ``approximate``: GELU's, "tanh" or "none".
+
+    Inference only: returns None, and the caller runs the layers, where a gradient may be taken
+    (grad mode on) or where the kernel does not apply (``kernels.decode.block_step_applies``)."""
+    if is_grad_enabled() or x.ndim != 3 or x.shape[1] != 1:
+        return None
+    norms = {k: (_array(w), _array(b)) for k, (w, b) in norms.items()}
+    linears = {k: (_array(w), _array(b)) for k, (w, b) in linears.items()}
+    rows = _array(x).reshape(x.shape[0], x.shape[2])  # (B, 1, C) -> (B, C)
+    if not _decode.block_step_applies(rows, k_cache, start, norms, linears):
+        return None
+    out = _decode.block_step(rows, k_cache, v_cache, start, n_head, norms, linears, eps, approximate)
+    return Tensor._wrap(out.reshape(x.shape))

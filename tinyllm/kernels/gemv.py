@@ -21,9 +21,11 @@ Two memory layouts of W, both read in place:
   vector lanes (and the rows of W are read in order, one sequential stream for the prefetcher).
 * **columns**: W^T (K, N) C-contiguous, i.e. W is the transpose of a contiguous array, as GPT-2's
   ``Conv1D`` weights are when a Hugging Face file is memory-mapped (``models/io.py``). The
-  weight rows are added, eight at a time and scaled by x[m, k], into a block of outputs kept in
+  weight rows are added, four at a time and scaled by x[m, k], into a block of outputs kept in
   the L1 cache (the whole width when one thread does it all, so the weight is read as one
-  stream): plain vector code, every output summed over k in the same groups of eight.
+  stream): plain vector code, every output summed over k in the same groups of four. (Four
+  rows a pass streamed GPT-2's weights faster than eight, two or sixteen: fewer concurrent
+  streams than eight, fewer loads and stores of the outputs than two; docs/performance.md.)
 
 Every output element is computed by the same code in the same order whichever block or thread
 computes it, so the results do not depend on the thread count or on M (a sequence gets the
@@ -39,7 +41,7 @@ import numpy as np
 
 from .systems.jit import get_num_threads, njit, prange
 
-__all__ = ["gemv_ref", "gemv", "MAX_ROWS", "SERIAL_WORK"]
+__all__ = ["gemv_ref", "gemv", "gemv_into", "MAX_ROWS", "SERIAL_WORK"]
 
 # x with at most this many rows takes these kernels (blas.linear_forward); more rows are BLAS's
 # strength (benchmarks/bench_kernels.py --gemv, docs/performance.md).
@@ -106,21 +108,19 @@ def _rows_parallel(x, w, bias, has_bias, y, block):
 
 
 @njit(fastmath={"contract"})
-def _axpy8(acc, a, wt, k, lo):
-    """acc[j] += sum_{i < 8} a[k + i] wt[k + i, lo + j] over a contiguous block, in one fixed
-    order: eight weight rows per pass, so acc is loaded and stored once per eight products."""
-    a0, a1, a2, a3, a4, a5, a6, a7 = a[k], a[k + 1], a[k + 2], a[k + 3], a[k + 4], a[k + 5], a[k + 6], a[k + 7]
+def _axpy4(acc, a, wt, k, lo):
+    """acc[j] += sum_{i < 4} a[k + i] wt[k + i, lo + j] over a contiguous block, in one fixed
+    order: four weight rows per pass, so acc is loaded and stored once per four products."""
+    a0, a1, a2, a3 = a[k], a[k + 1], a[k + 2], a[k + 3]
     hi = lo + acc.shape[0]
     w0, w1, w2, w3 = wt[k, lo:hi], wt[k + 1, lo:hi], wt[k + 2, lo:hi], wt[k + 3, lo:hi]
-    w4, w5, w6, w7 = wt[k + 4, lo:hi], wt[k + 5, lo:hi], wt[k + 6, lo:hi], wt[k + 7, lo:hi]
     for j in range(acc.shape[0]):
-        acc[j] += (((a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j]))
-                   + ((a4 * w4[j] + a5 * w5[j]) + (a6 * w6[j] + a7 * w7[j])))
+        acc[j] += (a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j])
 
 
 @njit(fastmath={"contract"})
 def _axpy(acc, a, row):
-    """acc[j] += a * row[j] over a contiguous block (the last K % 8 weight rows)."""
+    """acc[j] += a * row[j] over a contiguous block (the last K % 4 weight rows)."""
     for j in range(acc.shape[0]):
         acc[j] += a * row[j]
 
@@ -128,18 +128,23 @@ def _axpy(acc, a, row):
 @njit
 def _cols_block(x, wt, bias, has_bias, y, lo, hi, acc):
     """y[:, lo:hi] = x @ wt[:, lo:hi] (+ bias[lo:hi]): the weight rows' slices lo:hi are read
-    once, eight at a time, and added into all M rows of the output block, kept in ``acc``
-    (M, >= hi - lo). Every output sums over k in the same groups of eight whatever lo and hi are."""
+    once, four at a time, and added into all M rows of the output block, kept in ``acc``
+    (M, >= hi - lo). Every output sums over k in the same groups of four whatever lo and hi are."""
     m_rows, depth = x.shape
     width = hi - lo
     for m in range(m_rows):
         for j in range(width):
             acc[m, j] = 0
     k = 0
-    while k + 8 <= depth:
+    if m_rows == 1:  # (one sequence: the loop without the loop over rows, which LLVM compiles better)
+        acc0, x0 = acc[0, :width], x[0]
+        while k + 4 <= depth:
+            _axpy4(acc0, x0, wt, k, lo)
+            k += 4
+    while k + 4 <= depth:
         for m in range(m_rows):
-            _axpy8(acc[m, :width], x[m], wt, k, lo)
-        k += 8
+            _axpy4(acc[m, :width], x[m], wt, k, lo)
+        k += 4
     while k < depth:
         row = wt[k, lo:hi]
         for m in range(m_rows):
@@ -190,22 +195,35 @@ def gemv(x, w, bias=None):
 
 def gemv_checked(x, w, bias):
     """:func:`gemv` for arguments already checked (``blas.linear_forward``): x C-contiguous."""
-    m, n = x.shape[0], w.shape[0]
-    y = np.empty((m, n), x.dtype)
+    y = np.empty((x.shape[0], w.shape[0]), x.dtype)
     has_bias = bias is not None
     bias = np.ascontiguousarray(bias) if has_bias else y[0, :0]  # (an unused empty array of the dtype)
-    threads = get_num_threads()
-    serial = m * n * x.shape[1] < SERIAL_WORK or threads == 1
-    if not w.flags.c_contiguous and w.T.flags.c_contiguous:
+    columns = not w.flags.c_contiguous and w.T.flags.c_contiguous
+    stored = w.T if columns else np.ascontiguousarray(w)
+    gemv_into(x, stored, columns, bias, has_bias, y, get_num_threads(), SERIAL_WORK)
+    return y
+
+
+@njit
+def gemv_into(x, stored, columns, bias, has_bias, y, threads, serial_work):
+    """y (M, N) = x (M, K) @ W^T (+ bias) with W as it lies in memory: ``stored`` is W (N, K)
+    C-contiguous (rows layout) or, with ``columns``, W^T (K, N) C-contiguous. One thread does it
+    all below ``serial_work`` multiply-adds or with ``threads`` 1, else numba's threads share
+    it; either way every output gets the same bits. (Compiled, so that a fused decoding step,
+    ``kernels/decode.py``, calls it without leaving compiled code.)"""
+    m, depth = x.shape
+    n = stored.shape[1] if columns else stored.shape[0]
+    serial = m * n * depth < serial_work or threads == 1
+    if columns:
         # output blocks of at most _COLS_ACC numbers (kept in the L1 cache); in parallel, at least
         # two per thread. Wider blocks read the weight in longer runs (one stream when serial).
         block = _COLS_ACC // m if serial else min(_COLS_ACC // m, -(-n // (2 * threads)))
         block = max(16, block)
-        (_cols_serial if serial else _cols_parallel)(x, w.T, bias, has_bias, y, block)
-        return y
-    w = np.ascontiguousarray(w)
-    if serial:
-        _rows_block(x, w, bias, has_bias, y, 0, n)
+        if serial:
+            _cols_serial(x, stored, bias, has_bias, y, block)
+        else:
+            _cols_parallel(x, stored, bias, has_bias, y, block)
+    elif serial:
+        _rows_block(x, stored, bias, has_bias, y, 0, n)
     else:
-        _rows_parallel(x, w, bias, has_bias, y, _ROWS_PER_BLOCK)
-    return y
+        _rows_parallel(x, stored, bias, has_bias, y, _ROWS_PER_BLOCK)

@@ -145,8 +145,30 @@ class Block(Module):
     def forward(self, x, kv_cache=None, attn_mask=None):
         """x (B, T, C); ``attn_mask`` (e.g. (B, 1, 1, past + T) bool, False at padded keys) is
         applied on top of the causal mask (None: causal only, the fast path)."""
+        if kv_cache is not None and attn_mask is None and x.shape[1] == 1 and not self._dropout_active():
+            # generating: one new position per sequence, usually under no_grad: one kernel call
+            # for the whole block (None where it does not apply; then the lines below)
+            y = self._decode_step(x, kv_cache)
+            if y is not None:
+                return y
         x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)
         return x + self.mlp(self.ln_2(x))
+
+    def _dropout_active(self):
+        return self.training and (self.attn.dropout > 0 or self.attn.resid_dropout.p > 0 or self.mlp.dropout.p > 0)
+
+    def _decode_step(self, x, kv_cache):
+        """forward's two lines for x (B, 1, C) with a KV cache, by F.transformer_block_step, or None."""
+        attn, mlp, ln_1, ln_2 = self.attn, self.mlp, self.ln_1, self.ln_2
+        if mlp.approximate is None or ln_1.eps != ln_2.eps:
+            return None
+        layer = attn.layer_idx
+        return F.transformer_block_step(
+            x, kv_cache.k[layer], kv_cache.v[layer], kv_cache.length, attn.n_head,
+            norms={"ln_1": (ln_1.weight, ln_1.bias), "ln_2": (ln_2.weight, ln_2.bias)},
+            linears={"attn": (attn.c_attn.weight, attn.c_attn.bias), "attn_proj": (attn.c_proj.weight, attn.c_proj.bias),
+                     "fc": (mlp.c_fc.weight, mlp.c_fc.bias), "mlp_proj": (mlp.c_proj.weight, mlp.c_proj.bias)},
+            eps=ln_1.eps, approximate=mlp.approximate)
 
 
 class CrossAttention(Module):

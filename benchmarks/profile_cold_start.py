@@ -1,20 +1,29 @@
 """Where the first training step's time goes when numba's cache is empty: every compilation, timed.
 
-    python benchmarks/profile_cold_start.py                     # small config, one thread
-    python benchmarks/profile_cold_start.py --passes            # also the compiler passes, summed
+    python benchmarks/profile_cold_start.py                     # small config, one thread, 1 round
+    python benchmarks/profile_cold_start.py --rounds 3 --passes # also compiler passes and LLVM stages
     python benchmarks/profile_cold_start.py --json cold.json
 
-A fresh subprocess with an empty ``NUMBA_CACHE_DIR`` imports tinyllm, builds the small GPT and
-runs the first training step of ``bench_train.py`` (forward, backward, clip_grad_norm, AdamW),
-while a listener on numba's ``numba:compile`` events records, for each compilation, the
-dispatcher, the argument types and the *thread CPU time* it took (the machine is shared: wall
-time says how busy the neighbours were, CPU time what the compiler did). A kernel that calls
-another njit function compiles that one inside its own compilation; "self" is the time without
-such nested compilations, "total" with them. A second subprocess then runs the same step with the
-cache now filled (warm).
+Each round runs three fresh subprocesses that import tinyllm, build the small GPT and run the
+first training steps of ``bench_train.py`` (forward, backward, clip_grad_norm, AdamW):
 
-Printed: the phases of the cold and the warm start (wall and process CPU seconds), the compilations
-sorted by self CPU time, and every dispatcher with more than one specialisation.
+1. cold, compile ahead off: an empty ``NUMBA_CACHE_DIR`` and ``TINYLLM_COMPILE_WORKERS=0``, so
+   every kernel compiles in the process on its first call (numba's own way; the reference);
+2. cold, compile ahead on: another empty cache, the default (the training step's kernels compile
+   in one worker process per core, ``tinyllm/kernels/systems/precompile.py``);
+3. warm: the same step again on the cache that run 2 filled.
+
+Times are process start -> end of step 1, in wall seconds and in CPU seconds (the machine is
+shared: wall time says how busy the neighbours were, CPU time what the compiler did, although a
+loaded machine inflates CPU time too). With compile ahead on, the "critical path" is this
+process's CPU plus the busiest worker's (what the wall time would be on an idle machine with a
+core per worker).
+
+For run 1 a listener on numba's ``numba:compile`` events records each compilation: the
+dispatcher, the argument types and its *thread CPU time*. A kernel that calls another njit
+function compiles that one inside its own compilation; "self" is the time without such nested
+compilations, "total" with them. ``--passes`` adds the CPU time per numba compiler pass and per
+LLVM stage (function passes, module passes, machine code) of each code library.
 """
 import argparse
 import json
@@ -182,30 +191,44 @@ def run(args, env):
     return result
 
 
+def critical_path_cpu(run):
+    """CPU seconds from process start to the end of step 1 along the longest chain: this process,
+    plus the busiest compile-ahead worker it waited for (on an idle machine with a core per
+    worker, the wall time)."""
+    ahead = run.get("compile_ahead") or {}
+    return run["cpu_to_first_step_end"] + max(ahead.get("worker_cpu_s") or [0.0])
+
+
+def summary_row(label, run):
+    ahead = run.get("compile_ahead") or {}
+    workers = ", ".join(f"{c:.2f}" for c in ahead.get("worker_cpu_s", [])) or "-"
+    return [label, C.fmt(run["wall_to_first_step_end"], ".2f"), C.fmt(run["cpu_to_first_step_end"], ".2f"),
+            workers, C.fmt(critical_path_cpu(run), ".2f"), C.fmt(run["child_cpu"], ".2f")]
+
+
+def report_rounds(rounds):
+    print("process start -> end of training step 1 (small config); CPU = user + system seconds")
+    rows = []
+    for i, r in enumerate(rounds, 1):
+        rows += [summary_row(f"{i}: cold, compile ahead off", r["off"]), summary_row(f"{i}: cold, compile ahead on", r["on"]),
+                 summary_row(f"{i}: warm", r["warm"])]
+    C.print_table(["round: numba cache", "wall s", "main CPU s", "workers' CPU s", "critical path CPU s",
+                   "all CPU s"], rows)
+    crit = [critical_path_cpu(r["on"]) / critical_path_cpu(r["off"]) for r in rounds]
+    wall = [r["on"]["wall_to_first_step_end"] / r["off"]["wall_to_first_step_end"] for r in rounds]
+    total = [r["on"]["child_cpu"] / r["off"]["child_cpu"] for r in rounds]
+    print(f"on / off, per round: critical path CPU {', '.join(f'{x:.2f}' for x in crit)}; wall "
+          f"{', '.join(f'{x:.2f}' for x in wall)}; all CPU {', '.join(f'{x:.2f}' for x in total)}")
+    losses = [run["losses"] for r in rounds for run in r.values()]
+    print(f"losses of all {len(losses)} runs: {'identical' if all(x == losses[0] for x in losses) else 'DIFFERENT'} "
+          f"{losses[0]}\n")
+
+
 def report(cold, warm, passes):
-    print("phase                      cold: wall s   CPU s   |  warm: wall s   CPU s")
-    print(f"import tinyllm                  {'':>6}  {cold['import_cpu']:7.2f}   |  {'':>12}  {warm['import_cpu']:6.2f}")
-    print(f"build model                     {'':>6}  {cold['build_cpu']:7.2f}   |  {'':>12}  {warm['build_cpu']:6.2f}")
-    print(f"first step                     {cold['step_wall'][0]:7.2f}  {cold['step_cpu'][0]:7.2f}   |  "
-          f"{warm['step_wall'][0]:12.2f}  {warm['step_cpu'][0]:6.2f}")
-    if len(cold["step_cpu"]) > 1:
-        print(f"second step                    {cold['step_wall'][1]:7.2f}  {cold['step_cpu'][1]:7.2f}   |  "
-              f"{warm['step_wall'][1]:12.2f}  {warm['step_cpu'][1]:6.2f}")
-    print(f"process start -> step 1 end    {cold['wall_to_first_step_end']:7.2f}  {'':>7}   |  "
-          f"{warm['wall_to_first_step_end']:12.2f}")
-    print(f"process start -> step 1 end, CPU {'':>7}  {cold['cpu_to_first_step_end']:7.2f}   |  "
-          f"{'':>12}  {warm['cpu_to_first_step_end']:6.2f}")
-    print(f"whole child process CPU        {'':>7}  {cold['child_cpu']:7.2f}   |  {'':>12}  {warm['child_cpu']:6.2f}")
-    ahead = cold.get("compile_ahead")
-    if ahead:
-        print(f"compiled ahead by {ahead['workers']} worker processes in {ahead['wall_s']:.2f} s wall; "
-              f"their CPU s {', '.join(f'{c:.2f}' for c in ahead['worker_cpu_s'])} (each: Python start, "
-              f"imports and its share of the kernels); exit codes {ahead['exit_codes']}")
-        critical = cold["cpu_to_first_step_end"] + max(ahead["worker_cpu_s"], default=0.0)
-        print(f"critical path in CPU s (this process to step 1 end + the busiest worker): {critical:.2f} "
-              "(the wall time on an otherwise idle machine with a core per worker)")
-    else:
-        print("no compiling ahead (off, one core, or the kernels were cached)")
+    """The compilations of one cold start (compile ahead off: every kernel compiles in this process)."""
+    print(f"the compilations of round 1's cold start with compile ahead off (process CPU to step 1 end "
+          f"{cold['cpu_to_first_step_end']:.2f} s: import {cold['import_cpu']:.2f}, build {cold['build_cpu']:.2f}, "
+          f"first step {cold['step_cpu'][0]:.2f}; warm first step {warm['step_cpu'][0]:.2f})")
     top = [r for r in cold["compiles"]]
     total_self = sum(r["self_cpu"] for r in top)
     print(f"\n{len(top)} compilations, {total_self:.2f} s CPU in numba:compile events "
@@ -235,13 +258,12 @@ def report(cold, warm, passes):
         for name, sec in sorted(libs.items(), key=lambda kv: -kv[1])[:15]:
             parts = ", ".join(f"{st} {s:.2f}" for n, st, s in cold["llvm"] if n == name)
             print(f"{sec:8.2f}  {name[:90]}  ({parts})")
-    print(f"\nlosses cold {cold['losses']} warm {warm['losses']}: "
-          f"{'identical' if cold['losses'] == warm['losses'] else 'DIFFERENT'}")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="numba threads of the training step (default 1)")
+    p.add_argument("--rounds", type=int, default=1, help="alternating rounds of cold off / cold on / warm")
     p.add_argument("--steps", type=int, default=2, help="steps per worker (the first is the one profiled)")
     p.add_argument("--passes", action="store_true", help="also sum CPU time per numba compiler pass")
     p.add_argument("--json", metavar="PATH")
@@ -249,16 +271,27 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
-    cache_dir = tempfile.mkdtemp(prefix="tinyllm-numba-cache-")
-    try:
-        env = C.worker_env(args.threads, NUMBA_CACHE_DIR=cache_dir)
-        cold = run(args, env)
-        warm = run(args, env)
-    finally:
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    report(cold, warm, args.passes)
+    rounds = []
+    for _ in range(args.rounds):
+        result = {}
+        for mode, workers in (("off", "0"), ("on", None)):  # None: the default, one worker per core
+            cache_dir = tempfile.mkdtemp(prefix="tinyllm-numba-cache-")
+            try:
+                extra = dict(NUMBA_CACHE_DIR=cache_dir)
+                env = C.worker_env(args.threads, **extra)
+                env.pop("TINYLLM_COMPILE_WORKERS", None)
+                if workers is not None:
+                    env["TINYLLM_COMPILE_WORKERS"] = workers
+                result[mode] = run(args, env)
+                if mode == "on":
+                    result["warm"] = run(args, env)
+            finally:
+                shutil.rmtree(cache_dir, ignore_errors=True)
+        rounds.append(result)
+    report_rounds(rounds)
+    report(rounds[0]["off"], rounds[0]["warm"], args.passes)
     if args.json:
-        C.write_json(args.json, dict(cold=cold, warm=warm))
+        C.write_json(args.json, rounds)
 
 
 if __name__ == "__main__":

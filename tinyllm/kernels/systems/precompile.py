@@ -7,7 +7,9 @@ processes can, and numba's on-disk cache (``cache=True``, ``systems/jit.py``) is
 where their results meet. So:
 
 * :data:`TRAINING_STEP` lists the kernels a float32 training step of the GPT calls from Python,
-  each with the argument types it is called with.
+  each with the argument types it is called with (for models from a few rows, which take the
+  serial LayerNorm and GELU, to ``bench_train.py``'s configs; ``tests/test_precompile.py`` holds
+  the list to what such steps call).
 * :func:`watch` (applied by ``jit.njit`` to every kernel) makes numba's cache lookup of a listed
   kernel notice a miss on a listed signature. The first such miss in a process starts
   :func:`compile_ahead`: one worker process per available core, each taking the next uncompiled
@@ -58,6 +60,9 @@ TRAINING_STEP = [
     ("gelu", "_gelu_tanh_forward_f32", "float32[::1], float32[::1], float32[::1]"),
     ("adamw", "_sums_of_squares_kernel", "int64[::1], int64[::1], float32[:, ::1], float64[::1]"),
     ("adamw", "_scale_kernel", "int64[::1], int64[::1], float32[:, ::1], float32"),
+    ("layernorm", "_layernorm_forward_serial", "float32[:, ::1], float32[::1], float32[::1], float64, float32[:, ::1], "
+                                               "float32[::1], float32[::1]"),
+    ("gelu", "_gelu_tanh_chunk_f32", "float32[::1], float32[::1], float32[::1]"),
     ("elementwise", "_add_kernel", "float32[::1], float32[::1], float32[::1]"),
     ("embedding", "_scatter_add_rows", "int64[::1], float32[:, ::1], float32[:, ::1]"),
 ]
@@ -114,6 +119,8 @@ def watch(dispatcher):
     its cache lookups watched (see the module docstring). Returns the dispatcher."""
     from numba.core.caching import NullCache
 
+    if not hasattr(dispatcher, "_cache"):  # NUMBA_DISABLE_JIT=1: numba returned the plain function
+        return dispatcher
     key = (dispatcher.py_func.__module__, dispatcher.py_func.__name__)
     if key in _LISTED and not isinstance(dispatcher._cache, NullCache) and not os.environ.get(_WORKER_FLAG):
         dispatcher._cache = _WatchedCache(dispatcher._cache, key)
@@ -135,12 +142,13 @@ def _worker_count():
     return min(cores, len(TRAINING_STEP))
 
 
-def compile_ahead(timeout=900):
-    """Compile every kernel of :data:`TRAINING_STEP` into numba's on-disk cache, in parallel worker
-    processes, and wait for them. Once per process; does nothing with fewer than two workers.
-    Returns the number of workers that ran."""
+def compile_ahead(workers=None, timeout=900):
+    """Compile every kernel of :data:`TRAINING_STEP` into numba's on-disk cache, in ``workers``
+    parallel processes (default: one per available core, at most ``TINYLLM_COMPILE_WORKERS``), and
+    wait for them. A kernel already in the cache is only loaded. Does nothing with fewer than two
+    workers; afterwards, a cache miss no longer starts it. Returns the number of workers that ran."""
     _State.attempted = True
-    workers = _worker_count()
+    workers = _worker_count() if workers is None else workers
     if workers < 2:  # one worker is no faster than compiling here, in the order of first use
         return 0
     started = time.perf_counter()

@@ -146,7 +146,7 @@ def compile_ahead(workers=None, timeout=900):
     """Compile every kernel of :data:`TRAINING_STEP` into numba's on-disk cache, in ``workers``
     parallel processes (default: one per available core, at most ``TINYLLM_COMPILE_WORKERS``), and
     wait for them. A kernel already in the cache is only loaded. Does nothing with fewer than two
-    workers; afterwards, a cache miss no longer starts it. Returns the number of workers that ran."""
+    workers; afterwards, a cache miss no longer starts it. Returns the number of workers started."""
     _State.attempted = True
     workers = _worker_count() if workers is None else workers
     if workers < 2:  # one worker is no faster than compiling here, in the order of first use
@@ -157,8 +157,13 @@ def compile_ahead(workers=None, timeout=900):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory(prefix="tinyllm-compile-") as claims:
         command = [sys.executable, "-c", f"from {__name__} import _work; _work({claims!r})"]
-        procs = [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL) for _ in range(workers)]
+        procs = []
+        for _ in range(workers):
+            try:
+                procs.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            except OSError:  # no interpreter to start (an embedded Python): compile here, as before
+                break
         for proc in procs:
             try:
                 proc.wait(timeout=timeout)
@@ -166,9 +171,9 @@ def compile_ahead(workers=None, timeout=900):
                 proc.kill()
                 proc.wait()
         cpu = [float(Path(claims, f).read_text()) for f in os.listdir(claims) if f.startswith("cpu-")]
-    _State.report = dict(workers=workers, wall_s=time.perf_counter() - started, worker_cpu_s=cpu,
+    _State.report = dict(workers=len(procs), wall_s=time.perf_counter() - started, worker_cpu_s=cpu,
                          exit_codes=[proc.returncode for proc in procs])
-    return workers
+    return len(procs)
 
 
 def _work(claims):

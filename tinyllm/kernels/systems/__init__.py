@@ -10,6 +10,8 @@ it. What each file does:
                  and glibc's malloc thresholds (``TINYLLM_TUNE_RUNTIME=0`` turns them off)
 ``jit``          the one place that calls numba's compiler: ``njit`` (on-disk cache, numpy
                  error model), the thread count, and clearing the cache when a source changes
+``precompile``   with an empty cache, compiling a training step's kernels in parallel worker
+                 processes (one per core) instead of one after the other
 ``openblas``     finding the gemm functions of NumPy's own OpenBLAS in this process (ctypes)
 ``cblas``        calling those gemms from compiled numba code, by address, one thread each
 ``address``      many arrays handed to one kernel by their data addresses (the gradients of

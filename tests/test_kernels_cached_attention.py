@@ -7,18 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel_helpers import assert_close
+from kernel_helpers import assert_close, kv_caches
 from tinyllm import Tensor, gradcheck
 from tinyllm import functional as F
 from tinyllm.kernels import attention as A
-
-
-def caches(rng, B, H, L, D, start, dtype):
-    """k_cache, v_cache (B, H, L, D) with ``start`` filled positions and garbage after them."""
-    k = rng.standard_normal((B, H, L, D)).astype(dtype)
-    v = rng.standard_normal((B, H, L, D)).astype(dtype)
-    k[:, :, start:] = v[:, :, start:] = 1e30  # never read before written
-    return k, v
 
 
 @settings(deadline=None, max_examples=60)
@@ -29,7 +21,7 @@ def test_kernel_matches_reference(B, H, D, start, T, spare, dtype, extreme, para
     rng = np.random.default_rng(seed)
     L = start + T + spare
     qkv = rng.standard_normal((B, T, 3 * H * D)).astype(dtype) * (100 if extreme else 1)
-    k_ref, v_ref = caches(rng, B, H, L, D, start, dtype)
+    k_ref, v_ref = kv_caches(rng, B, H, L, D, start, dtype)
     k, v = k_ref.copy(), v_ref.copy()
     out_ref, lse_ref = A.cached_attention_forward_ref(qkv, k_ref, v_ref, start, H)
     old = A.CACHED_SERIAL_WORK
@@ -66,7 +58,7 @@ def test_a_row_gets_the_same_bits_alone_in_a_batch_serial_or_parallel(monkeypatc
     rng = np.random.default_rng(1)
     B, H, D, start = 4, 3, 16, 300
     qkv = rng.standard_normal((B, 1, 3 * H * D)).astype(np.float32)
-    k0, v0 = caches(rng, B, H, start + 1, D, start, np.float32)
+    k0, v0 = kv_caches(rng, B, H, start + 1, D, start, np.float32)
     monkeypatch.setattr(A, "CACHED_SERIAL_WORK", 1 << 62)
     serial, _ = A.cached_attention_forward(qkv, k0.copy(), v0.copy(), start, H)
     alone = np.concatenate([A.cached_attention_forward(qkv[b:b + 1], k0[b:b + 1].copy(), v0[b:b + 1].copy(),

@@ -7,18 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel_helpers import assert_close
+from kernel_helpers import assert_close, kv_caches
 from tinyllm import Tensor, no_grad
 from tinyllm import functional as F
 from tinyllm.kernels import attention as A
 from tinyllm.models.gpt import GPT, GPTConfig
-
-
-def caches(rng, B, H, L, D, start, dtype):
-    k = rng.standard_normal((B, H, L, D)).astype(dtype)
-    v = rng.standard_normal((B, H, L, D)).astype(dtype)
-    k[:, :, start:] = v[:, :, start:] = 1e30  # never read before written
-    return k, v
 
 
 @settings(deadline=None, max_examples=60)
@@ -30,7 +23,7 @@ def test_kernel_with_key_starts_matches_reference(B, H, D, start, T, dtype, extr
     L = start + T + 1
     key_starts = np.array(data.draw(st.lists(st.integers(0, start + T), min_size=B, max_size=B)))
     qkv = rng.standard_normal((B, T, 3 * H * D)).astype(dtype) * (100 if extreme else 1)
-    k_ref, v_ref = caches(rng, B, H, L, D, start, dtype)
+    k_ref, v_ref = kv_caches(rng, B, H, L, D, start, dtype)
     k, v = k_ref.copy(), v_ref.copy()
     out_ref, lse_ref = A.cached_attention_forward_ref(qkv, k_ref, v_ref, start, H, key_starts=key_starts)
     old = A.CACHED_SERIAL_WORK
@@ -55,7 +48,7 @@ def test_reference_equals_composed_attention_with_the_explicit_mask():
     B, H, D, start, T = 3, 2, 4, 5, 3
     key_starts = np.array([0, 2, 7])  # the last sequence: its first 7 positions are padding
     qkv = rng.standard_normal((B, T, 3 * H * D))
-    k, v = caches(rng, B, H, start + T, D, start, np.float64)
+    k, v = kv_caches(rng, B, H, start + T, D, start, np.float64)
     out, _ = A.cached_attention_forward_ref(qkv, k, v, start, H, key_starts=key_starts)
     q = qkv[:, :, :H * D].reshape(B, T, H, D).transpose(0, 2, 1, 3)
     mask = (np.arange(start + T) >= key_starts[:, None])[:, None, None, :]  # (B, 1, 1, Tk)
@@ -67,7 +60,7 @@ def test_reference_equals_composed_attention_with_the_explicit_mask():
 def test_zero_key_starts_are_bit_identical_to_none():
     rng = np.random.default_rng(1)
     qkv = rng.standard_normal((2, 3, 24)).astype(np.float32)
-    k, v = caches(rng, 2, 2, 9, 4, 4, np.float32)
+    k, v = kv_caches(rng, 2, 2, 9, 4, 4, np.float32)
     a, la = A.cached_attention_forward(qkv, k.copy(), v.copy(), 4, 2)
     b, lb = A.cached_attention_forward(qkv, k.copy(), v.copy(), 4, 2, key_starts=np.zeros(2, np.int64))
     np.testing.assert_array_equal(a, b)

@@ -44,6 +44,7 @@ from .fastmath import exp_f32_inplace as _exp_f32_inplace
 from . import blas as _blas
 from .systems.cblas import blas_one_thread, restore_blas_threads
 from .matmul import gemm_tile_loops
+from .gemv import _dot  # sum_d a[d] b[d] of two contiguous rows
 
 # The tile products: one single-threaded BLAS call per product (NumPy's OpenBLAS, called from
 # the numba thread, see blas.py), or its plain twin in numba loops where no BLAS can be called.
@@ -119,16 +120,21 @@ def _check_saved(fn, q, v, out, lse, dout):
 
 def _checked_key_lengths(fn, key_lengths, n, tk):
     """key_lengths (N,) integers in [0, Tk] as int64, or all Tk (no padding) when None."""
-    if key_lengths is None:
-        return np.full(n, tk, np.int64)
-    lengths = np.asarray(key_lengths)
-    if lengths.shape != (n,) or lengths.dtype.kind not in "iu":
-        raise ValueError(f"{fn}: key_lengths must be {n} integers (one per head, N = {n}), "
-                         f"got {lengths.dtype} {lengths.shape}")
-    if lengths.size and (lengths.min() < 0 or lengths.max() > tk):
-        bad = lengths.min() if lengths.min() < 0 else lengths.max()
-        raise ValueError(f"{fn}: key_lengths must lie in [0, Tk = {tk}], got {int(bad)}")
-    return np.ascontiguousarray(lengths, dtype=np.int64)
+    return _checked_counts(fn, "key_lengths", key_lengths, n, tk, tk, f"one per head, N = {n}", "Tk")
+
+
+def _checked_counts(fn, name, values, n, top, default, per, top_name):
+    """``values`` (n,) integers in [0, top] as C-contiguous int64, or all ``default`` when None;
+    a ValueError naming ``fn``, ``name`` and the offending value otherwise."""
+    if values is None:
+        return np.full(n, default, np.int64)
+    counts = np.asarray(values)
+    if counts.shape != (n,) or counts.dtype.kind not in "iu":
+        raise ValueError(f"{fn}: {name} must be {n} integers ({per}), got {counts.dtype} {counts.shape}")
+    if counts.size and (counts.min() < 0 or counts.max() > top):
+        bad = counts.min() if counts.min() < 0 else counts.max()
+        raise ValueError(f"{fn}: {name} must lie in [0, {top_name} = {top}], got {int(bad)}")
+    return np.ascontiguousarray(counts, dtype=np.int64)
 
 
 def causal_mask(tq, tk):
@@ -620,16 +626,7 @@ def _check_cache(fn, qkv, k_cache, v_cache, start, n_head):
 
 def _checked_key_starts(fn, key_starts, batch, stop):
     """key_starts (B,) integers in [0, start + T] as int64, or all 0 (no left padding) when None."""
-    if key_starts is None:
-        return np.zeros(batch, np.int64)
-    starts = np.asarray(key_starts)
-    if starts.shape != (batch,) or starts.dtype.kind not in "iu":
-        raise ValueError(f"{fn}: key_starts must be {batch} integers (one per sequence), got {starts.dtype} "
-                         f"{starts.shape}")
-    if starts.size and (starts.min() < 0 or starts.max() > stop):
-        bad = starts.min() if starts.min() < 0 else starts.max()
-        raise ValueError(f"{fn}: key_starts must lie in [0, start + T = {stop}], got {int(bad)}")
-    return np.ascontiguousarray(starts, dtype=np.int64)
+    return _checked_counts(fn, "key_starts", key_starts, batch, stop, 0, "one per sequence", "start + T")
 
 
 def cached_attention_forward_ref(qkv, k_cache, v_cache, start, n_head, scale=None, key_starts=None):
@@ -668,15 +665,6 @@ def cached_attention_forward_ref(qkv, k_cache, v_cache, start, n_head, scale=Non
         probs = np.where(row_sum != 0, unnorm / row_sum, 0)
         lse = (row_max + np.log(row_sum))[..., 0]
     return _merge_heads((probs @ v).astype(q.dtype), B), lse.astype(q.dtype).reshape(B, H, T)
-
-
-@njit(fastmath={"reassoc", "contract"})
-def _dot_d(a, b):
-    """sum_d a[d] b[d] over one head's dimension (contiguous rows)."""
-    total = a.dtype.type(0)
-    for d in range(a.shape[0]):
-        total += a[d] * b[d]
-    return total
 
 
 @njit(fastmath={"contract"})
@@ -724,7 +712,7 @@ def _cached_head(q, k, v, start, scale, out, lse, scores, q_row, acc):
         q_row[:] = q[t]
         m = scores.dtype.type(-np.inf)
         for j in range(n_keys):
-            s = _dot_d(q_row, k[j]) * scale
+            s = _dot(q_row, k[j]) * scale
             scores[j] = s
             m = max(m, s)
         for j in range(n_keys):

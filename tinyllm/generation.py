@@ -17,7 +17,7 @@ import inspect
 
 import numpy as np
 
-__all__ = ["generate", "left_pad", "apply_top_k", "apply_top_p", "sample_from_logits", "repetition_penalty_processor",
+__all__ = ["generate", "check_decoding_strategy", "left_pad", "apply_top_k", "apply_top_p", "sample_from_logits", "repetition_penalty_processor",
            "no_repeat_ngram_processor", "min_length_processor", "min_new_tokens_processor"]
 
 
@@ -130,15 +130,7 @@ def _check_hf_args(num_beams, length_penalty, early_stopping, num_return_sequenc
         raise ValueError(f"generate: num_beams must be an integer >= 1, got {num_beams!r}")
     if not _is_int(num_return_sequences) or num_return_sequences < 1:
         raise ValueError(f"generate: num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
-    if num_beams > 1 and sampling:
-        raise ValueError("generate: beam sampling (num_beams > 1 with do_sample=True) is not supported; "
-                         "pass do_sample=False for beam search, or num_beams=1 to sample")
-    if num_beams > 1 and num_return_sequences > num_beams:
-        raise ValueError(f"generate: num_return_sequences={num_return_sequences} must be <= num_beams={num_beams} "
-                         f"(beam search returns the best of its num_beams hypotheses)")
-    if num_beams == 1 and not sampling and num_return_sequences != 1:
-        raise ValueError(f"generate: greedy decoding gives one sequence per prompt; num_return_sequences="
-                         f"{num_return_sequences} needs do_sample=True or num_beams >= {num_return_sequences}")
+    check_decoding_strategy(num_beams, num_return_sequences, sampling, "prompt")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
             or not np.isfinite(length_penalty):
         raise ValueError(f"generate: length_penalty must be a finite number, got {length_penalty!r}")
@@ -152,6 +144,20 @@ def _check_hf_args(num_beams, length_penalty, early_stopping, num_return_sequenc
                         ("min_new_tokens", min_new_tokens)):
         if not _is_int(value) or value < 0:
             raise ValueError(f"generate: {name} must be an integer >= 0, got {value!r}")
+
+
+def check_decoding_strategy(num_beams, num_return_sequences, sampling, per):
+    """The combinations generate refuses (decoder-only and encoder-decoder alike), for integers
+    num_beams, num_return_sequences >= 1; ``per``: what one input is called ("prompt", "source")."""
+    if num_beams > 1 and sampling:
+        raise ValueError("generate: beam sampling (num_beams > 1 with do_sample=True) is not supported; "
+                         "pass do_sample=False for beam search, or num_beams=1 to sample")
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise ValueError(f"generate: num_return_sequences={num_return_sequences} must be <= num_beams={num_beams} "
+                         f"(beam search returns the best of its num_beams hypotheses)")
+    if num_beams == 1 and not sampling and num_return_sequences != 1:
+        raise ValueError(f"generate: greedy decoding gives one sequence per {per}; num_return_sequences="
+                         f"{num_return_sequences} needs do_sample=True or num_beams >= {num_return_sequences}")
 
 
 def _prompt_attention_mask(idx, attention_mask):

@@ -406,6 +406,8 @@ class EncoderDecoderTransformer(nn.Module):
     def _check_generate_args(self, max_new_tokens, max_length, num_beams, length_penalty, early_stopping,
                              do_sample, temperature, top_k, top_p, num_return_sequences):
         """Validate generate's arguments; return max_new_tokens."""
+        from ..generation import check_decoding_strategy
+
         c = self.config
 
         def positive_int(name, value, low=1):
@@ -422,15 +424,7 @@ class EncoderDecoderTransformer(nn.Module):
                              f"decoder reads at most {c.max_tgt_len} positions (BOS and the tokens before the last)")
         positive_int("num_beams", num_beams)
         positive_int("num_return_sequences", num_return_sequences)
-        if num_beams > 1 and do_sample:
-            raise ValueError("generate: beam sampling (num_beams > 1 with do_sample=True) is not supported; "
-                             "use num_beams=1 to sample or do_sample=False for beam search")
-        if num_beams > 1 and num_return_sequences > num_beams:
-            raise ValueError(f"generate: num_return_sequences={num_return_sequences} must be <= num_beams="
-                             f"{num_beams}")
-        if num_beams == 1 and not do_sample and num_return_sequences != 1:
-            raise ValueError("generate: greedy decoding gives one sequence per source; num_return_sequences > 1 "
-                             "needs do_sample=True or num_beams > 1")
+        check_decoding_strategy(num_beams, num_return_sequences, do_sample, "source")
         if early_stopping not in (True, False, "never"):
             raise ValueError(f"generate: early_stopping must be True, False or 'never', got {early_stopping!r}")
         if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \

@@ -346,6 +346,9 @@ class Tokenizer:
                           "please use `truncation=True` to explicitly truncate examples to max length. "
                           "Defaulting to truncation.", stacklevel=3)
             truncate = True
+        if padding is True and max_length is not None and not truncate:
+            warnings.warn("`max_length` is ignored when `padding`=`True` and there is no truncation strategy. "
+                          "To pad to max length, use `padding='max_length'`.", stacklevel=3)
         if max_length is None and (pad_mode == "max_length" or truncate):
             limit = _check_length(self.model_max_length, "model_max_length", who)
             if limit is None:

@@ -485,7 +485,7 @@ def test_generate_takes_the_prompt_once(char_model):
         model.generate(max_new_tokens=1)
 
 
-def test_the_hugging_face_snippet_runs_unchanged_and_equals_transformers(tmp_path):
+def test_the_hugging_face_snippet_runs_unchanged_and_equals_transformers(tmp_path, capsys):
     """The snippet a Hugging Face user writes, with tinyllm's AutoTokenizer and GPT on a GPT-2
     directory (GPT-2's real vocabulary, random weights): transformers' tokens and texts."""
     torch = pytest.importorskip("torch")
@@ -507,3 +507,19 @@ def test_the_hugging_face_snippet_runs_unchanged_and_equals_transformers(tmp_pat
     mine = run(AutoTokenizer, GPT.from_pretrained(tmp_path), "pt")
     np.testing.assert_array_equal(mine[0], theirs[0])
     assert mine[1] == theirs[1]
+    # examples/generate_gpt2.py with several --prompt does the same
+    example = _load_example("generate_gpt2")
+    argv = ["--model-dir", str(tmp_path), "--max-length", str(mine[0].shape[1])]
+    example.main(argv + [arg for prompt in prompts for arg in ("--prompt", prompt)])
+    printed = capsys.readouterr().out.split("\n---\n")
+    assert [text.strip() for text in printed] == [text.strip() for text in mine[1]]
+
+
+def _load_example(name):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -109,6 +109,25 @@ def test_the_call_equals_transformers(ours, hf, padding):
     assert compared > 400 and (ragged > 0) == (padding in (False, "do_not_pad", "max_length"))
 
 
+def test_model_max_length_is_the_default_max_length_as_in_transformers(ours, hf):
+    for tok in (ours, hf):
+        _configure(tok, EOT, "left", "right")
+        tok.model_max_length = 6
+    try:
+        for padding, truncation, tensors in itertools.product([False, True, "max_length"], [None, False, True],
+                                                              [None, "np"]):
+            kwargs = dict(padding=padding, truncation=truncation, return_tensors=tensors)
+            theirs = _call(hf, BATCH, kwargs)
+            if theirs[0] == "ok" and tensors == "np" and theirs[1]["input_ids"].dtype == object:
+                assert _call(ours, BATCH, kwargs) == ("error", ValueError)
+                continue
+            _assert_same(_call(ours, BATCH, kwargs), theirs, kwargs)
+        lengths = sorted(map(len, ours(BATCH, padding="max_length").input_ids))
+        assert lengths[0] == 6 < lengths[-1]  # padded to 6, and padding alone did not truncate
+    finally:
+        ours.model_max_length, hf.model_max_length = None, int(1e30)
+
+
 @pytest.mark.filterwarnings("ignore:`max_length` is ignored")
 def test_the_padding_error_equals_transformers(ours, hf):
     for tok in (ours, hf):

@@ -350,18 +350,9 @@ class Tokenizer:
             warnings.warn("`max_length` is ignored when `padding`=`True` and there is no truncation strategy. "
                           "To pad to max length, use `padding='max_length'`.", stacklevel=3)
         if max_length is None and (pad_mode == "max_length" or truncate):
-            limit = _check_length(self.model_max_length, "model_max_length", who)
-            if limit is None:
-                what = "pad to max_length" if pad_mode == "max_length" else "truncate"
-                warnings.warn(f"{who}: asked to {what} but max_length is not given and the tokenizer has no "
-                              "model_max_length: no padding to max_length / no truncation. Pass max_length=...",
-                              stacklevel=3)
-                pad_mode = None if pad_mode == "max_length" else pad_mode
-                truncate = False
-            max_length = limit
+            pad_mode, truncate, max_length = self._model_max_length_default(pad_mode, truncate, who)
         if pad_mode is not None and self.pad_token_id is None:
-            hint = self.eos_token if self.eos_token is not None else self._id_to_token(0)
-            how = "tokenizer.eos_token" if self.eos_token is not None else repr(hint)
+            how = "tokenizer.eos_token" if self.eos_token is not None else repr(self._id_to_token(0))
             raise ValueError(f"{who}: asking to pad (padding={padding!r}) but the tokenizer has no pad token: set "
                              f"one of its tokens as pad_token, e.g. `tokenizer.pad_token = {how}` (and, to "
                              "generate from the batch with a decoder-only model, `tokenizer.padding_side = 'left'`)")
@@ -370,6 +361,19 @@ class Tokenizer:
             raise ValueError(f"{who}: truncation and padding are both on, but the truncation length ({max_length}) "
                              f"is not a multiple of pad_to_multiple_of ({pad_to_multiple_of})")
         return pad_mode, max_length, (max_length if truncate else None), pad_to_multiple_of, side
+
+    def _model_max_length_default(self, pad_mode, truncate, who):
+        """Padding to max_length or truncation without a max_length: :attr:`model_max_length`, or,
+        when unknown, a warning and neither (as transformers, whose limit is then 1e30).
+        -> (pad_mode, truncate, max_length)."""
+        limit = _check_length(self.model_max_length, "model_max_length", who)
+        if limit is not None:
+            return pad_mode, truncate, limit
+        what = "pad to max_length" if pad_mode == "max_length" else "truncate"
+        warnings.warn(f"{who}: asked to {what} but max_length is not given and the tokenizer has no "
+                      "model_max_length: no padding to max_length / no truncation. Pass max_length=...",
+                      stacklevel=4)
+        return (None if pad_mode == "max_length" else pad_mode), False, None
 
     def _encode_for_call(self, text, add_special_tokens, truncate_to, who):
         """One text's ids for :meth:`__call__`: cut to ``truncate_to`` ids counting the special

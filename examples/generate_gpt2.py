@@ -2,6 +2,7 @@
 model.safetensors + vocab.json + merges.txt), or any directory tinyllm's save_pretrained wrote.
 
     python examples/generate_gpt2.py --model-dir ./gpt2 --prompt "The quick brown fox" --max-length 50
+    python examples/generate_gpt2.py --model-dir ./gpt2 --prompt "Hello, my dog" --prompt "The"   # a batch
 
 tinyllm never downloads: get a GPT-2 directory once on a machine with internet, e.g.
     huggingface-cli download gpt2 --local-dir gpt2
@@ -17,7 +18,7 @@ from tinyllm.models import resolve_pretrained
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True, help="a GPT-2 format directory (or a model name in the HF cache)")
-    p.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog.")
+    p.add_argument("--prompt", action="append", help="the text to continue; repeat for a batch (padded on the left)")
     p.add_argument("--max-length", type=int, default=50, help="total length, prompt included (as Hugging Face)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -36,10 +37,18 @@ def main(argv=None):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    input_ids = tokenizer.encode(args.prompt, return_tensors="np")
+    prompts = args.prompt or ["The quick brown fox jumps over the lazy dog."]
+    if len(prompts) > 1:  # a batch, as Hugging Face users make it: EOS pads, on the left (see docs/generate.md)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+    try:
+        inputs = tokenizer(prompts, return_tensors="np", padding=len(prompts) > 1)
+    except ValueError as e:  # e.g. a batch with a tokenizer that has no token to pad with
+        sys.exit(f"error: {e}")
     t0 = time.perf_counter()
     try:
-        output = model.generate(input_ids, max_length=args.max_length, do_sample=args.do_sample,
+        output = model.generate(**inputs, max_length=args.max_length, do_sample=args.do_sample,
                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                 num_beams=args.num_beams, num_return_sequences=args.num_return_sequences,
                                 repetition_penalty=args.repetition_penalty,
@@ -50,7 +59,7 @@ def main(argv=None):
     dt = time.perf_counter() - t0
     for i, row in enumerate(output):
         print(("" if i == 0 else "\n---\n") + tokenizer.decode(row, skip_special_tokens=True))
-    new = output.shape[1] - input_ids.shape[1]
+    new = output.shape[1] - inputs["input_ids"].shape[1]
     print(f"\n[{len(output)} x {new} new tokens in {dt:.2f} s]", file=sys.stderr)
 
 

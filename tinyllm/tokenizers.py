@@ -16,6 +16,14 @@ The interface follows Hugging Face habits::
 tinyllm has no torch, so ``return_tensors="pt"`` gives the same int64 ndarray as ``"np"``: the
 Hugging Face example then runs unchanged with tinyllm's models, which take ndarrays.
 
+Batches: calling the tokenizer
+------------------------------
+``tokenizer(texts, padding=True, truncation=True, max_length=..., return_tensors="np")`` gives a
+:class:`BatchEncoding` (``input_ids`` + ``attention_mask``) with Hugging Face's meanings, so
+``model.generate(**tokenizer(prompts, return_tensors="np", padding=True))`` runs a batch of
+prompts of different lengths once ``tokenizer.pad_token`` is set and ``tokenizer.padding_side``
+is ``"left"`` (see :meth:`Tokenizer.__call__`).
+
 Files
 -----
 ``save(path)`` / ``load(path)`` use tinyllm's own JSON (a ``"type"`` field names the class).
@@ -37,6 +45,7 @@ list of ``{"role", "content"}`` messages as the text the model continues
 import json
 import operator
 import os
+import warnings
 from collections import Counter, OrderedDict
 from heapq import heapify, heappop, heappush
 from itertools import repeat
@@ -52,6 +61,7 @@ __all__ = [
     "TOKENIZER_FILE",
     "AutoTokenizer",
     "BPETokenizer",
+    "BatchEncoding",
     "CharTokenizer",
     "Seq2SeqTokenizer",
     "Tokenizer",
@@ -146,6 +156,97 @@ def _check_text(text, who):
         raise TypeError(f"{who}: expected a str, got {type(text).__name__}")
 
 
+# ------------------------------------------------------------------------------------------
+# Calling a tokenizer: batches with padding and truncation, as Hugging Face's
+# ------------------------------------------------------------------------------------------
+_SIDES = ("left", "right")
+_PADDING = {False: None, None: None, "do_not_pad": None, True: "longest", "longest": "longest",
+            "max_length": "max_length"}
+_TRUNCATION = {False: False, None: False, "do_not_truncate": False, True: True, "longest_first": True,
+               "only_first": True}
+_NO_LIMIT = 10 ** 20  # transformers' VERY_LARGE_INTEGER (1e30) in a tokenizer_config.json means "no limit"
+
+
+class BatchEncoding(dict):
+    """What calling a tokenizer returns, as Hugging Face's: a dict of ``input_ids`` and
+    ``attention_mask`` (so ``model.generate(**enc)`` works) whose keys also read as attributes
+    (``enc.input_ids``)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"BatchEncoding has no {name!r} (it holds {sorted(self)})") from None
+
+
+def _strategy(table, value, name, who, options):
+    """``table[value]``, or a ValueError naming ``value`` and the ``options``."""
+    try:
+        return table[value]
+    except (KeyError, TypeError):  # TypeError: an unhashable value, e.g. a list
+        raise ValueError(f"{who}: {name}={value!r} is not supported: use {options}") from None
+
+
+def _check_return_tensors(return_tensors):
+    if return_tensors not in _RETURN_TENSORS:
+        raise ValueError(
+            f"return_tensors={return_tensors!r} is not supported: use None (lists), 'np' or 'pt' (both give "
+            "int64 ndarrays; tinyllm has no torch)"
+        )
+
+
+def _check_side(value, name):
+    if value not in _SIDES:
+        raise ValueError(f"{name}={value!r} is not supported: use 'left' or 'right'")
+    return value
+
+
+def _check_call_texts(text, who):
+    """The texts of a call, and whether a batch (a list or tuple of str) was given."""
+    if isinstance(text, str):
+        return [text], False
+    if not isinstance(text, (list, tuple)):
+        raise TypeError(f"{who}: expected a str or a list of str, got {type(text).__name__}")
+    for i, t in enumerate(text):
+        if not isinstance(t, str):
+            raise TypeError(f"{who}: text[{i}] must be a str, got {type(t).__name__} (pre-split words, "
+                            "is_split_into_words, are not supported: join them into one str)")
+    return list(text), True
+
+
+def _check_length(value, name, who):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+        raise ValueError(f"{who}: {name} must be a non-negative int or None, got {value!r}")
+    return None if value is None else int(value)
+
+
+def _pad_rows(seqs, width, pad_id, side):
+    """Pad each id list to ``width`` on ``side``; rows already as long stay as they are.
+    -> (input_ids, attention_mask) as lists of lists."""
+    ids, masks = [], []
+    for seq in seqs:
+        n = max(width - len(seq), 0)
+        if side == "left":
+            ids.append([pad_id] * n + seq)
+            masks.append([0] * n + [1] * len(seq))
+        else:
+            ids.append(seq + [pad_id] * n)
+            masks.append([1] * len(seq) + [0] * n)
+    return ids, masks
+
+
+def _stack(rows, who):
+    """Equal-length id lists -> an int64 array (B, T); rows of different lengths are an error."""
+    lengths = sorted({len(r) for r in rows})
+    if len(lengths) > 1:
+        raise ValueError(
+            f"{who}: the texts give sequences of different lengths ({lengths[0]} to {lengths[-1]} tokens), "
+            "which cannot be one array: pass padding=True (and truncation=True, max_length=...) to make "
+            "them equal, or return_tensors=None for lists"
+        )
+    return np.asarray(rows, dtype=np.int64).reshape(len(rows), lengths[0] if lengths else 0)
+
+
 class Tokenizer:
     """The interface every tokenizer implements.
 
@@ -174,6 +275,219 @@ class Tokenizer:
     def batch_decode(self, sequences, skip_special_tokens=False):
         """Decode each row of a 2-D array (or each list in a list) -> list of str."""
         return [self.decode(seq, skip_special_tokens=skip_special_tokens) for seq in sequences]
+
+    # ---- calling the tokenizer: batches ----------------------------------------------------
+    model_max_length = None  # the longest input the model takes, if known (truncation=True's default)
+
+    def __call__(self, text, padding=False, truncation=None, max_length=None, pad_to_multiple_of=None,
+                 return_tensors=None, return_attention_mask=True, padding_side=None, add_special_tokens=True,
+                 **unknown):
+        """Encode a text or a batch of texts, as a Hugging Face tokenizer's call does.
+
+        ``text``: a str (-> flat lists of ids, or arrays (1, T) with ``return_tensors``) or a list
+        of str (-> a list of lists, or arrays (B, T)). Returns a :class:`BatchEncoding` holding
+        ``input_ids`` and (unless ``return_attention_mask=False``) ``attention_mask``: 1 at the
+        text's tokens, 0 at padding.
+
+        ``padding``: ``False`` / ``"do_not_pad"`` (none), ``True`` / ``"longest"`` (to the longest
+        sequence of the batch) or ``"max_length"`` (to ``max_length``), then up to a multiple of
+        ``pad_to_multiple_of`` if given; with :attr:`pad_token_id`, on ``padding_side`` (default
+        :attr:`padding_side`, ``"right"`` unless set: a decoder-only model generating from a batch
+        needs ``"left"``). ``truncation=True`` keeps ``max_length`` tokens (special ones included),
+        dropping the rest on :attr:`truncation_side`'s side. Without ``max_length`` both use
+        :attr:`model_max_length` (none known: a warning, and no padding / truncation, as
+        transformers); ``max_length`` with neither padding nor truncation asked truncates, with
+        transformers' warning. ``return_tensors``: ``None`` (lists), ``"np"`` or ``"pt"`` (int64
+        ndarrays; tinyllm has no torch); sequences of different lengths are then an error.
+        ``add_special_tokens``: the tokens the tokenizer adds to each text (only
+        :class:`Seq2SeqTokenizer` adds one, the EOS).
+        """
+        who = f"{type(self).__name__}(...)"
+        if unknown:
+            raise TypeError(f"{who}: unknown argument(s) {sorted(unknown)}; it takes text, padding, truncation, "
+                            "max_length, pad_to_multiple_of, return_tensors, return_attention_mask, padding_side, "
+                            "add_special_tokens")
+        texts, batched = _check_call_texts(text, who)
+        _check_return_tensors(return_tensors)
+        pad_mode, max_length, truncate_to, pad_to_multiple_of, side = self._padding_and_truncation(
+            padding, truncation, max_length, pad_to_multiple_of, padding_side, who)
+        seqs = [self._encode_for_call(t, add_special_tokens, truncate_to, who) for t in texts]
+        masks = [[1] * len(seq) for seq in seqs]
+        if pad_mode is not None:
+            width = max(map(len, seqs), default=0) if pad_mode == "longest" else max_length
+            if pad_to_multiple_of is not None:
+                width = -(-width // pad_to_multiple_of) * pad_to_multiple_of  # round up
+            seqs, masks = _pad_rows(seqs, width, self.pad_token_id, side)
+        enc = {"input_ids": seqs}
+        if return_attention_mask or return_attention_mask is None:
+            enc["attention_mask"] = masks
+        if return_tensors is not None:
+            enc = {name: _stack(rows, who) for name, rows in enc.items()}  # (B, T); (1, T) for one str
+        elif not batched:
+            enc = {name: rows[0] for name, rows in enc.items()}
+        return BatchEncoding(enc)
+
+    def _padding_and_truncation(self, padding, truncation, max_length, pad_to_multiple_of, padding_side, who):
+        """transformers' ``_get_padding_truncation_strategies``: -> (None / "longest" / "max_length",
+        max_length (model_max_length if not given), the length to truncate to or None,
+        pad_to_multiple_of, the padding side)."""
+        pad_mode = _strategy(_PADDING, padding, "padding", who,
+                             "True, False, 'longest', 'max_length' or 'do_not_pad'")
+        truncate = _strategy(_TRUNCATION, truncation, "truncation", who,
+                             "True, False, 'longest_first', 'only_first' or 'do_not_truncate' ('only_second' "
+                             "needs pairs of texts, which tinyllm's tokenizers do not take)")
+        max_length = _check_length(max_length, "max_length", who)
+        pad_to_multiple_of = _check_length(pad_to_multiple_of, "pad_to_multiple_of", who)
+        if pad_to_multiple_of == 0:
+            raise ValueError(f"{who}: pad_to_multiple_of must be positive, got 0")
+        side = self.padding_side if padding_side is None else _check_side(padding_side, "padding_side")
+        if max_length is not None and padding in (False, None) and truncation is None:
+            warnings.warn("Truncation was not explicitly activated but `max_length` is provided a specific value, "
+                          "please use `truncation=True` to explicitly truncate examples to max length. "
+                          "Defaulting to truncation.", stacklevel=3)
+            truncate = True
+        if padding is True and max_length is not None and not truncate:
+            warnings.warn("`max_length` is ignored when `padding`=`True` and there is no truncation strategy. "
+                          "To pad to max length, use `padding='max_length'`.", stacklevel=3)
+        if max_length is None and (pad_mode == "max_length" or truncate):
+            pad_mode, truncate, max_length = self._model_max_length_default(pad_mode, truncate, who)
+        if pad_mode is not None and self.pad_token_id is None:
+            how = "tokenizer.eos_token" if self.eos_token is not None else repr(self._id_to_token(0))
+            raise ValueError(f"{who}: asking to pad (padding={padding!r}) but the tokenizer has no pad token: set "
+                             f"one of its tokens as pad_token, e.g. `tokenizer.pad_token = {how}` (and, to "
+                             "generate from the batch with a decoder-only model, `tokenizer.padding_side = 'left'`)")
+        if (pad_mode is not None and truncate and pad_to_multiple_of is not None and max_length is not None
+                and max_length % pad_to_multiple_of):
+            raise ValueError(f"{who}: truncation and padding are both on, but the truncation length ({max_length}) "
+                             f"is not a multiple of pad_to_multiple_of ({pad_to_multiple_of})")
+        return pad_mode, max_length, (max_length if truncate else None), pad_to_multiple_of, side
+
+    def _model_max_length_default(self, pad_mode, truncate, who):
+        """Padding to max_length or truncation without a max_length: :attr:`model_max_length`, or,
+        when unknown, a warning and neither (as transformers, whose limit is then 1e30).
+        -> (pad_mode, truncate, max_length)."""
+        limit = _check_length(self.model_max_length, "model_max_length", who)
+        if limit is not None:
+            return pad_mode, truncate, limit
+        what = "pad to max_length" if pad_mode == "max_length" else "truncate"
+        warnings.warn(f"{who}: asked to {what} but max_length is not given and the tokenizer has no "
+                      "model_max_length: no padding to max_length / no truncation. Pass max_length=...",
+                      stacklevel=4)
+        return (None if pad_mode == "max_length" else pad_mode), False, None
+
+    def _encode_for_call(self, text, add_special_tokens, truncate_to, who):
+        """One text's ids for :meth:`__call__`: cut to ``truncate_to`` ids counting the special
+        tokens (which are kept, as transformers does), then the special tokens added."""
+        ids = self._encode_plain(text)
+        n_special = len(self._with_special_tokens([])) if add_special_tokens else 0
+        if truncate_to is not None:
+            keep = truncate_to - n_special
+            if keep < 0:
+                raise ValueError(f"{who}: max_length={truncate_to} leaves no room for the {n_special} special "
+                                 "token(s) that add_special_tokens=True adds")
+            if len(ids) > keep:
+                ids = ids[len(ids) - keep:] if self.truncation_side == "left" else ids[:keep]
+        return self._with_special_tokens(ids) if add_special_tokens else ids
+
+    def _encode_plain(self, text):
+        """``text``'s ids without the special tokens the tokenizer adds (see :meth:`_with_special_tokens`)."""
+        return self.encode(text)
+
+    def _with_special_tokens(self, ids):
+        """The ids with the special tokens the tokenizer adds around a text: none by default (as GPT-2)."""
+        return list(ids)
+
+    @property
+    def padding_side(self):
+        """Where :meth:`__call__` pads: ``"right"`` (the default, GPT-2's) or ``"left"`` (what a
+        decoder-only model generating from a batch needs)."""
+        return self.__dict__.get("_padding_side", "right")
+
+    @padding_side.setter
+    def padding_side(self, value):
+        self._padding_side = _check_side(value, "padding_side")
+
+    @property
+    def truncation_side(self):
+        """Which end ``truncation=True`` cuts: ``"right"`` (the default, keeps the start) or ``"left"``."""
+        return self.__dict__.get("_truncation_side", "right")
+
+    @truncation_side.setter
+    def truncation_side(self, value):
+        self._truncation_side = _check_side(value, "truncation_side")
+
+    @property
+    def pad_token(self):
+        """The token that pads a batch (None by default: padding is then an error). Set it to one of
+        the tokenizer's tokens, e.g. ``tokenizer.pad_token = tokenizer.eos_token``; that also sets
+        :attr:`pad_token_id`. A string that is not a token is an error: a new token would need a new
+        row in the model's embedding table."""
+        return self.__dict__.get("_pad_token")
+
+    @pad_token.setter
+    def pad_token(self, value):
+        if value is None:
+            self._pad_token = self._pad_token_id = None
+            return
+        if not isinstance(value, str):
+            raise TypeError(f"{type(self).__name__}: pad_token must be a str (one of the tokenizer's tokens) or None, "
+                            f"got {type(value).__name__}")
+        token_id = self._token_to_id(value)
+        if token_id is None:
+            raise ValueError(f"{type(self).__name__}: pad_token {value!r} is not a token of this tokenizer (a new "
+                             "token would need a new row in the model's embedding table); use one it has, e.g. "
+                             "tokenizer.pad_token = tokenizer.eos_token")
+        self._pad_token, self._pad_token_id = value, token_id
+
+    @property
+    def pad_token_id(self):
+        """The id of :attr:`pad_token` (None when there is none). Setting it sets :attr:`pad_token`."""
+        return self.__dict__.get("_pad_token_id")
+
+    @pad_token_id.setter
+    def pad_token_id(self, value):
+        if value is None:
+            self._pad_token = self._pad_token_id = None
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{type(self).__name__}: pad_token_id must be an int or None, got {value!r}")
+        token = self._id_to_token(int(value))
+        if token is None:
+            raise ValueError(f"{type(self).__name__}: pad_token_id {value} is not an id of this tokenizer "
+                             f"(vocab_size {self.vocab_size})")
+        self._pad_token, self._pad_token_id = token, int(value)
+
+    def _token_to_id(self, token):
+        """The id of a token written as the vocabulary writes it, or None."""
+        raise NotImplementedError
+
+    def _id_to_token(self, token_id):
+        """The token of an id as the vocabulary writes it, or None for an id it lacks."""
+        raise NotImplementedError
+
+    def _padding_fields(self):
+        """The padding settings that differ from the defaults, as saved in tinyllm's JSON."""
+        fields = {}
+        if self.pad_token is not None:
+            fields["pad_token"] = self.pad_token
+        for name in ("padding_side", "truncation_side"):
+            if getattr(self, name) != "right":
+                fields[name] = getattr(self, name)
+        if self.model_max_length is not None:
+            fields["model_max_length"] = self.model_max_length
+        return fields
+
+    def _set_padding_fields(self, d):
+        """Inverse of :meth:`_padding_fields` (a bad value raises ValueError / TypeError)."""
+        for name in ("pad_token", "padding_side", "truncation_side"):
+            if d.get(name) is not None:
+                setattr(self, name, d[name])
+        limit = d.get("model_max_length")
+        if isinstance(limit, float) and limit.is_integer():
+            limit = int(limit)
+        self.model_max_length = _check_length(limit if limit is None or limit < _NO_LIMIT else None,
+                                              "model_max_length", type(self).__name__)
+        return self
 
     # ---- chat ----------------------------------------------------------------------------
     eos_token = eos_token_id = None  # a BPE with an end-of-text token sets its own
@@ -256,6 +570,7 @@ class Tokenizer:
         d = {"type": type(self).__name__, "format_version": _FORMAT_VERSION, **self._to_dict()}
         if self.chat_template is not None:
             d.update(chat_template=self.chat_template, chat_stop_strings=list(self.chat_stop_strings))
+        d.update(self._padding_fields())
         return d
 
     @classmethod
@@ -280,7 +595,7 @@ class Tokenizer:
         if cls is not Tokenizer and not issubclass(target, cls):
             raise ValueError(f"{source} holds a {kind}, not a {cls.__name__}")
         try:
-            tok = target._from_dict(d)
+            tok = target._from_dict(d)._set_padding_fields(d)
             if d.get("chat_template") is not None:
                 tok.set_chat_template(d["chat_template"], d.get("chat_stop_strings", ()), check=False)
             return tok
@@ -402,6 +717,12 @@ class CharTokenizer(Tokenizer):
             raise ValueError(f"CharTokenizer.decode: id {bad} is out of range for vocab_size {n}")
         chars = self.chars
         return "".join([chars[i] for i in ids])
+
+    def _token_to_id(self, token):
+        return self._stoi.get(token)
+
+    def _id_to_token(self, token_id):
+        return self.chars[token_id] if 0 <= token_id < len(self.chars) else None
 
     def _to_dict(self):
         return {"chars": self.chars}
@@ -534,6 +855,18 @@ class BPETokenizer(Tokenizer):
             if i == token_id:
                 return s
         return self._vocab[token_id]
+
+    def _token_to_id(self, token):
+        """A special token's text, or an ordinary token in GPT-2's spelling (``"Ġthe"``), as in vocab.json."""
+        if token in self.special_tokens:
+            return self.special_tokens[token]
+        token_bytes = _str_to_token(token)
+        return None if token_bytes is None else self._token_id.get(token_bytes)
+
+    def _id_to_token(self, token_id):
+        if token_id in self._special_ids:
+            return next(s for s, i in self.special_tokens.items() if i == token_id)
+        return _token_to_str(self._vocab[token_id]) if token_id in self._vocab else None
 
     # ---- encode --------------------------------------------------------------------------
     def encode(self, text, return_tensors=None, allowed_special="all"):
@@ -816,6 +1149,8 @@ class BPETokenizer(Tokenizer):
             # GPT-2 uses its one special token as bos, eos and unk alike.
             special_map = {"bos_token": self.eos_token, "eos_token": self.eos_token,
                            "unk_token": self.eos_token}
+        if self.pad_token is not None:
+            special_map["pad_token"] = self.pad_token
         added = {
             str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                      "single_word": False, "special": True}
@@ -829,7 +1164,11 @@ class BPETokenizer(Tokenizer):
             "errors": "replace",
             "added_tokens_decoder": added,
             **special_map,
+            "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side,
         }
+        if self.model_max_length is not None:
+            config["model_max_length"] = self.model_max_length
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
         config_path = save_directory / "tokenizer_config.json"
@@ -850,7 +1189,8 @@ class BPETokenizer(Tokenizer):
         vocab_path, merges_path = path / "vocab.json", path / "merges.txt"
         if not (vocab_path.is_file() and merges_path.is_file()):
             if (path / "tokenizer.json").is_file():
-                return _with_hf_chat_template(cls._from_hf_tokenizer_json(path / "tokenizer.json"), path)
+                tok = cls._from_hf_tokenizer_json(path / "tokenizer.json")
+                return _with_hf_padding(_with_hf_chat_template(tok, path), path)
             raise FileNotFoundError(f"BPETokenizer.from_pretrained: {path} holds neither "
                                     f"vocab.json + merges.txt nor tokenizer.json")
         encoder = _read_json(vocab_path, dict)
@@ -860,7 +1200,7 @@ class BPETokenizer(Tokenizer):
                 encoder.setdefault(s, i)
             tok = cls._from_gpt2_vocab(encoder, _read_merges(merges_path), specials,
                                        eos_token=_hf_eos_token(path, specials), source=str(vocab_path))
-        return _with_hf_chat_template(tok, path)
+        return _with_hf_padding(_with_hf_chat_template(tok, path), path)
 
     @classmethod
     def _from_hf_tokenizer_json(cls, path):
@@ -1003,6 +1343,21 @@ def _hf_eos_token(directory, specials):
     if isinstance(eos, dict):
         eos = eos.get("content")
     return eos if eos in specials else None
+
+
+def _with_hf_padding(tokenizer, directory):
+    """The padding settings of a Hugging Face directory's ``tokenizer_config.json`` (or
+    ``special_tokens_map.json`` for the pad token): ``pad_token``, ``padding_side``,
+    ``truncation_side``, ``model_max_length`` (transformers' 1e30 meaning "no limit" -> None)."""
+    directory = Path(directory)
+    config = _read_json_if_exists(directory / "tokenizer_config.json")
+    settings = {name: config.get(name) for name in ("pad_token", "padding_side", "truncation_side", "model_max_length")}
+    if settings["pad_token"] is None:
+        settings["pad_token"] = _read_json_if_exists(directory / "special_tokens_map.json").get("pad_token")
+    if isinstance(settings["pad_token"], dict):  # an AddedToken written out
+        settings["pad_token"] = settings["pad_token"].get("content")
+    with _names_file(directory):
+        return tokenizer._set_padding_fields(settings)
 
 
 def _read_json_if_exists(path):
@@ -1231,10 +1586,10 @@ class Seq2SeqTokenizer(Tokenizer):
         if len(set(names)) != 3 or not all(isinstance(s, str) and s for s in names):
             raise ValueError(f"Seq2SeqTokenizer: pad, bos and eos tokens must be 3 distinct non-empty str, got {names}")
         self.base = base
-        self.pad_token, self.bos_token, self.eos_token = names
         first = base.vocab_size
-        self.pad_token_id, self.bos_token_id, self.eos_token_id = first, first + 1, first + 2
         self._special = {first: pad_token, first + 1: bos_token, first + 2: eos_token}
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.bos_token_id, self.eos_token_id = first + 1, first + 2
 
     @classmethod
     def train(cls, texts, vocab_size=1024, pattern=GPT2_SPLIT_PATTERN, **special_tokens):
@@ -1258,6 +1613,40 @@ class Seq2SeqTokenizer(Tokenizer):
     def all_special_ids(self):
         return [self.pad_token_id, self.bos_token_id, self.eos_token_id]
 
+    @property
+    def pad_token(self):
+        """The ``<pad>`` special token, the one the model ignores; fixed (setting another is an error)."""
+        return self._special[self.base.vocab_size]
+
+    @pad_token.setter
+    def pad_token(self, value):
+        if value != self.pad_token:
+            raise ValueError(f"Seq2SeqTokenizer: the pad token is the special token {self.pad_token!r} (id "
+                             f"{self.pad_token_id}), the one the model learned to ignore; it cannot become {value!r}")
+
+    @property
+    def pad_token_id(self):
+        return self.base.vocab_size
+
+    @pad_token_id.setter
+    def pad_token_id(self, value):
+        if value != self.pad_token_id:
+            raise ValueError(f"Seq2SeqTokenizer: pad_token_id is {self.pad_token_id}, the id of the special token "
+                             f"{self.pad_token!r} the model learned to ignore; it cannot become {value!r}")
+
+    def _token_to_id(self, token):
+        special = next((i for i, s in self._special.items() if s == token), None)
+        return special if special is not None else self.base._token_to_id(token)
+
+    def _id_to_token(self, token_id):
+        return self._special.get(token_id) or self.base._id_to_token(token_id)
+
+    def _encode_plain(self, text):
+        return self.encode(text, add_special_tokens=False)
+
+    def _with_special_tokens(self, ids):
+        return list(ids) + [self.eos_token_id]  # as encode: the text, then EOS
+
     def encode(self, text, return_tensors=None, add_special_tokens=True):
         """``text`` -> its ids followed by EOS (without it if ``add_special_tokens=False``)."""
         _check_text(text, "Seq2SeqTokenizer.encode")
@@ -1275,11 +1664,7 @@ class Seq2SeqTokenizer(Tokenizer):
         ``pad_token_id``: a batch of sources for ``model.generate``."""
         if isinstance(texts, str):
             texts = [texts]
-        seqs = [self.encode(t) for t in texts]
-        out = np.full((len(seqs), max(map(len, seqs), default=0)), self.pad_token_id, dtype=np.int64)
-        for i, seq in enumerate(seqs):
-            out[i, :len(seq)] = seq
-        return out
+        return self(list(texts), padding=True, padding_side="right", return_tensors="np")["input_ids"]
 
     def _decode(self, ids, skip_special_tokens):
         n = self.vocab_size

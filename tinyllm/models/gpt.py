@@ -3,6 +3,7 @@
     idx (B, T) --wte--> + wpe --> [Block] x n_layer --> ln_f --> lm_head (tied to wte) --> logits (B, T, V)
 """
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -77,7 +78,10 @@ GENERATION_DEFAULTS = dict(max_length=20, do_sample=True, temperature=1.0, top_k
                            pad_token_id=None, num_beams=1, length_penalty=1.0, early_stopping=False,
                            num_return_sequences=1, repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
                            min_new_tokens=0)
-_GENERATE_ARGS = ("idx, max_new_tokens, max_length, min_length, min_new_tokens, do_sample, temperature, top_k, "
+# transformers' words, so that a user searching for them finds the same fix
+RIGHT_PADDING_WARNING = ("A decoder-only architecture is being used, but right-padding was detected! For correct "
+                         "generation results, please set `padding_side='left'` when initializing the tokenizer.")
+_GENERATE_ARGS = ("idx (or input_ids), max_new_tokens, max_length, min_length, min_new_tokens, do_sample, temperature, top_k, "
                   "top_p, num_beams, length_penalty, early_stopping, num_return_sequences, repetition_penalty, "
                   "no_repeat_ngram_size, eos_token_id, pad_token_id, attention_mask, seed, use_cache")
 
@@ -245,11 +249,11 @@ class GPT(nn.Module):
         return nn.KVCache(c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.n_embd // c.n_head, dtype)
 
     @no_grad()
-    def generate(self, idx, max_new_tokens=None, max_length=None, do_sample=None, temperature=None, top_k=None,
+    def generate(self, idx=None, max_new_tokens=None, max_length=None, do_sample=None, temperature=None, top_k=None,
                  top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None, attention_mask=None,
                  num_beams=None, length_penalty=None, early_stopping=None, num_return_sequences=None,
                  repetition_penalty=None, no_repeat_ngram_size=None, min_length=None, min_new_tokens=None,
-                 **unknown):
+                 input_ids=None, **unknown):
         """Continue ``idx`` (B, T) token by token; returns prompt + new tokens, as Hugging Face's.
 
         Length: ``max_length`` counts the prompt, ``max_new_tokens`` does not (it wins when both
@@ -273,7 +277,10 @@ class GPT(nn.Module):
         Batches of prompts of different lengths: pad them on the LEFT and pass ``attention_mask``
         (B, T), 1 at tokens and 0 at padding (``tokenizer.padding_side = "left"``); each row then
         generates what it would alone. (Unlike Hugging Face, padding is never guessed from
-        ``pad_token_id`` occurring in a prompt without a mask.)
+        ``pad_token_id`` occurring in a prompt without a mask.) ``input_ids`` is another name for
+        ``idx``, so ``model.generate(**tokenizer(prompts, return_tensors="np", padding=True))`` works;
+        a mask with padding in its last column (right padding: generation would continue after
+        the padding) gives transformers' warning.
 
         A sequence that produced ``eos_token_id`` is padded with it (or with ``pad_token_id``)
         until all are done. ``use_cache`` changes speed only, never the output. Arguments left as
@@ -285,6 +292,12 @@ class GPT(nn.Module):
 
         if unknown:
             raise TypeError(f"GPT.generate: unknown argument(s) {sorted(unknown)}; it takes {_GENERATE_ARGS}")
+        if (idx is None) == (input_ids is None):
+            raise TypeError("GPT.generate: pass the prompt once, as idx (positional) or input_ids=, got "
+                            + ("both" if idx is not None else "neither"))
+        idx = idx if input_ids is None else input_ids
+        if attention_mask is not None:
+            _warn_if_right_padded(attention_mask)
         given = dict(max_length=max_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                      eos_token_id=eos_token_id, pad_token_id=pad_token_id, num_beams=num_beams,
                      length_penalty=length_penalty, early_stopping=early_stopping,
@@ -318,3 +331,10 @@ class GPT(nn.Module):
 
         return load_model(cls, directory)
 
+
+def _warn_if_right_padded(attention_mask):
+    """transformers' warning when a prompt's last position is padding: a decoder-only model would
+    continue each row after its padding instead of after its text."""
+    mask = np.asarray(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
+    if mask.ndim == 2 and mask.shape[1] and (mask[:, -1] == 0).any():
+        warnings.warn(RIGHT_PADDING_WARNING, UserWarning, stacklevel=4)  # user -> no_grad -> generate -> here

@@ -504,6 +504,23 @@ def test_generate_takes_the_prompt_once(char_model):
         model.generate(max_new_tokens=1)
 
 
+def test_forward_takes_the_tokenizers_output(char_model):
+    """model(**inputs): input_ids is idx's other name, the mask goes through; a left-padded row's
+    last logits equal those of its prompt alone."""
+    tok, model = char_model
+    tok.pad_token, tok.padding_side = " ", "left"
+    inputs = tok(PROMPTS, return_tensors="np", padding=True)
+    logits, loss = model(**inputs)
+    assert loss is None and logits.shape[:2] == inputs.input_ids.shape
+    for row, prompt in enumerate(PROMPTS):
+        alone, _ = model(tok(prompt, return_tensors="np").input_ids)
+        np.testing.assert_allclose(logits.data[row, -1], alone.data[0, -1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="GPT.forward: .* got both"):
+        model(inputs.input_ids, input_ids=inputs.input_ids)
+    with pytest.raises(TypeError, match="got neither"):
+        model()
+
+
 def test_the_hugging_face_snippet_runs_unchanged_and_equals_transformers(tmp_path, capsys):
     """The snippet a Hugging Face user writes, with tinyllm's AutoTokenizer and GPT on a GPT-2
     directory (GPT-2's real vocabulary, random weights): transformers' tokens and texts."""

@@ -185,8 +185,10 @@ class GPT(nn.Module):
             )
         return idx
 
-    def forward(self, idx, targets=None, kv_cache=None, last_only=False, attention_mask=None, position_ids=None):
-        """idx (B, T) int -> (logits (B, T, V), loss or None).
+    def forward(self, idx=None, targets=None, kv_cache=None, last_only=False, attention_mask=None, position_ids=None,
+                input_ids=None):
+        """idx (B, T) int -> (logits (B, T, V), loss or None), nanoGPT's pair. ``input_ids`` is another
+        name for ``idx``, so ``model(**tokenizer(texts, return_tensors="np", padding=True))`` works.
 
         ``targets`` (B, T) int gives the mean cross-entropy (positions equal to -100 ignored).
         ``kv_cache`` (a :class:`~tinyllm.nn.KVCache`) continues a sequence whose first
@@ -201,6 +203,7 @@ class GPT(nn.Module):
         position of a left-padded row) gets zeros from attention, never NaN; its logits mean
         nothing. Without a mask (or with one of all ones) nothing of this is built.
         """
+        idx = _one_prompt("forward", idx, input_ids)
         past = kv_cache.length if kv_cache is not None else 0
         idx = self._check_ids(idx, past)
         T = idx.shape[1]
@@ -292,10 +295,7 @@ class GPT(nn.Module):
 
         if unknown:
             raise TypeError(f"GPT.generate: unknown argument(s) {sorted(unknown)}; it takes {_GENERATE_ARGS}")
-        if (idx is None) == (input_ids is None):
-            raise TypeError("GPT.generate: pass the prompt once, as idx (positional) or input_ids=, got "
-                            + ("both" if idx is not None else "neither"))
-        idx = idx if input_ids is None else input_ids
+        idx = _one_prompt("generate", idx, input_ids)
         if attention_mask is not None:
             _warn_if_right_padded(attention_mask)
         given = dict(max_length=max_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -330,6 +330,14 @@ class GPT(nn.Module):
         from .io import load_model
 
         return load_model(cls, directory)
+
+
+def _one_prompt(method, idx, input_ids):
+    """The ids given as ``idx`` or as Hugging Face's ``input_ids``: exactly one of the two."""
+    if (idx is None) == (input_ids is None):
+        raise TypeError(f"GPT.{method}: pass the ids once, as idx (positional) or input_ids=, got "
+                        + ("both" if idx is not None else "neither"))
+    return idx if input_ids is None else input_ids
 
 
 def _warn_if_right_padded(attention_mask):

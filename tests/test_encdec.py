@@ -428,6 +428,25 @@ def test_batched_sources_of_different_lengths_equal_one_by_one(case):
         assert (row[len(alone):] == PAD).all()
 
 
+def test_generate_takes_hugging_face_names_and_checks_the_mask():
+    """generate(input_ids=..., attention_mask=...) as a tokenizer's output gives it: the same
+    tokens as src_ids; a mask that disagrees with the pad ids, or ids given twice, is an error."""
+    model = trained_ish_model(seed=9)
+    src, _, _ = batch(np.random.default_rng(9), model.config, B=3, S=6, src_lengths=(6, 2, 4), tgt_lengths=(1,) * 3)
+    mask = (src != PAD).astype(np.int64)
+    np.testing.assert_array_equal(model.generate(input_ids=src, attention_mask=mask), model.generate(src))
+    wrong = mask.copy()
+    wrong[1, 3] = 1  # row 1 has 2 real tokens: position 3 is padding
+    with pytest.raises(ValueError, match="attention_mask row 1 .*pad_token_id=0"):
+        model.generate(src, attention_mask=wrong)
+    with pytest.raises(ValueError, match=r"shape \(3, 5\)"):
+        model.generate(src, attention_mask=mask[:, :5])
+    with pytest.raises(TypeError, match="got both"):
+        model.generate(src, input_ids=src)
+    with pytest.raises(TypeError, match="got neither"):
+        model.generate()
+
+
 def test_greedy_output_format_and_equals_step_by_step_argmax():
     """Starts with BOS, stops at EOS, pads finished rows; each token is the argmax of the
     decoder's logits given the tokens before it (no cache involved)."""

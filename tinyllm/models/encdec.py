@@ -349,9 +349,9 @@ class EncoderDecoderTransformer(nn.Module):
 
     # --- generation --------------------------------------------------------------------------------
     @no_grad()
-    def generate(self, src_ids, max_new_tokens=None, num_beams=1, length_penalty=1.0, early_stopping=False,
+    def generate(self, src_ids=None, max_new_tokens=None, num_beams=1, length_penalty=1.0, early_stopping=False,
                  do_sample=False, temperature=1.0, top_k=None, top_p=None, seed=None, num_return_sequences=1,
-                 max_length=None, use_cache=True):
+                 max_length=None, use_cache=True, input_ids=None, attention_mask=None):
         """Translate: target ids (B * num_return_sequences, L) for source ids (B, S) (rows padded
         with pad_token_id), as Hugging Face's ``generate`` for an encoder-decoder model.
 
@@ -373,11 +373,20 @@ class EncoderDecoderTransformer(nn.Module):
           ``num_return_sequences`` best per source, best first.
 
         A 1-D ``src_ids`` (one source) gives a 1-D result when ``num_return_sequences`` is 1.
+        ``input_ids`` is another name for ``src_ids`` and ``attention_mask`` may come along, so
+        ``model.generate(**tokenizer(sources, padding=True, return_tensors="np"))`` works; the mask
+        must mark the same padding as the ids (this model reads padding from ``pad_token_id``).
         """
         from ..beam_search import beam_search
 
         c = self.config
+        if (src_ids is None) == (input_ids is None):
+            raise TypeError("generate: pass the source ids once, as src_ids (positional) or input_ids=, got "
+                            + ("both" if src_ids is not None else "neither"))
+        src_ids = src_ids if input_ids is None else input_ids
         src_ids = np.asarray(src_ids.data if isinstance(src_ids, Tensor) else src_ids)
+        if attention_mask is not None:
+            self._check_source_mask(src_ids, attention_mask)
         one_d = src_ids.ndim == 1
         src_ids = self._check_src(src_ids[None, :] if one_d else src_ids)
         max_new_tokens = self._check_generate_args(max_new_tokens, max_length, num_beams, length_penalty,
@@ -402,6 +411,17 @@ class EncoderDecoderTransformer(nn.Module):
         finally:
             self.train(was_training)
         return out[0] if one_d and out.shape[0] == 1 else out
+
+    def _check_source_mask(self, src_ids, attention_mask):
+        """An attention_mask given with the sources must say what pad_token_id says."""
+        mask = np.asarray(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
+        if mask.shape != src_ids.shape:
+            raise ValueError(f"generate: attention_mask has shape {mask.shape}, the source ids {src_ids.shape}")
+        if not np.array_equal(mask.astype(bool), self.source_mask(src_ids)):
+            row = int(np.argwhere((mask.astype(bool) != self.source_mask(src_ids)).any(axis=-1).reshape(-1))[0, 0])
+            raise ValueError(f"generate: attention_mask row {row} marks other positions as padding than the ids do; "
+                             f"this model reads padding from pad_token_id={self.config.pad_token_id} (pad the "
+                             "sources with it, e.g. with the Seq2SeqTokenizer's call)")
 
     def _check_generate_args(self, max_new_tokens, max_length, num_beams, length_penalty, early_stopping,
                              do_sample, temperature, top_k, top_p, num_return_sequences):

@@ -510,8 +510,9 @@ def test_forward_takes_the_tokenizers_output(char_model):
     tok, model = char_model
     tok.pad_token, tok.padding_side = " ", "left"
     inputs = tok(PROMPTS, return_tensors="np", padding=True)
-    logits, loss = model(**inputs)
-    assert loss is None and logits.shape[:2] == inputs.input_ids.shape
+    out = model(**inputs)
+    logits, loss = out  # nanoGPT's pair, with Hugging Face's names as attributes
+    assert out.logits is logits and out.loss is None is loss and logits.shape[:2] == inputs.input_ids.shape
     for row, prompt in enumerate(PROMPTS):
         alone, _ = model(tok(prompt, return_tensors="np").input_ids)
         np.testing.assert_allclose(logits.data[row, -1], alone.data[0, -1], rtol=1e-5, atol=1e-6)

@@ -22,6 +22,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
+from .outputs import LMOutput
 
 __all__ = ["EncoderDecoderConfig", "EncoderDecoderTransformer"]
 
@@ -285,7 +286,7 @@ class EncoderDecoderTransformer(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits, self._loss_targets(targets, logits.shape[:2]), ignore_index=-100,
                                    label_smoothing=self.config.label_smoothing)
-        return logits, loss
+        return LMOutput(logits, loss)
 
     def _loss_targets(self, targets, shape):
         """targets with pad_token_id replaced by -100 (ignored); checked against ``shape`` (B, T)."""

@@ -11,6 +11,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
+from .outputs import LMOutput
 
 __all__ = ["GPTConfig", "GPT", "check_attention_mask"]
 
@@ -187,8 +188,9 @@ class GPT(nn.Module):
 
     def forward(self, idx=None, targets=None, kv_cache=None, last_only=False, attention_mask=None, position_ids=None,
                 input_ids=None):
-        """idx (B, T) int -> (logits (B, T, V), loss or None), nanoGPT's pair. ``input_ids`` is another
-        name for ``idx``, so ``model(**tokenizer(texts, return_tensors="np", padding=True))`` works.
+        """idx (B, T) int -> (logits (B, T, V), loss or None), nanoGPT's pair, as an :class:`LMOutput`
+        (also ``.logits``, ``.loss``). ``input_ids`` is another name for ``idx``, so
+        ``model(**tokenizer(texts, return_tensors="np", padding=True)).logits`` works.
 
         ``targets`` (B, T) int gives the mean cross-entropy (positions equal to -100 ignored).
         ``kv_cache`` (a :class:`~tinyllm.nn.KVCache`) continues a sequence whose first
@@ -221,7 +223,7 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits, targets)
-        return logits, loss
+        return LMOutput(logits, loss)
 
     def _positions_and_mask(self, shape, past, attention_mask, position_ids):
         """Positions (T,) or (B, T) and the attention mask (B, 1, 1, past + T) bool or None."""

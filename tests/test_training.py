@@ -178,6 +178,8 @@ def test_evaluate_split_is_the_mean_loss_over_every_token(corpus):
     (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
     (dict(eval_interval=2.5), "eval_interval.*2.5"),
     (dict(learning_rate=0.0), "learning_rate > 0"),
+    (dict(weight_decay=-1.0), "weight_decay must be >= 0, got -1.0"),
+    (dict(weight_decay=float("nan")), "weight_decay must be >= 0, got nan"),
 ])
 def test_train_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -30,6 +30,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     with exit_on_error():
+        if args.num_samples < 1:
+            raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
         if not (args.model_dir / "config.json").is_file():
             sys.exit(f"error: {args.model_dir} holds no saved model (config.json); train one first with "
                      "`python examples/train_shakespeare.py --out-dir DIR`, or pass --model-dir")

@@ -468,6 +468,16 @@ def test_sample_example_without_a_model_is_a_clear_error(examples, tmp_path):
     assert "holds no saved model" in str(err.value.code)
 
 
+def test_sample_example_refuses_num_samples_below_one(examples, tmp_path):
+    _, sample = examples
+    GPT(GPTConfig(vocab_size=len(set(TEXT)), block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0).save_pretrained(tmp_path)
+    CharTokenizer.from_text(TEXT).save_pretrained(tmp_path)
+    for bad in ("0", "-2"):
+        with pytest.raises(SystemExit) as err:
+            sample.main(["--model-dir", str(tmp_path), "--num-samples", bad])
+        assert str(err.value.code) == f"error: --num-samples must be at least 1, got {bad}"
+
+
 # ----------------------------------------------------------------------------------------------
 # the shared harness with another kind of model and data: two inputs, pairs, its own metrics
 

@@ -202,8 +202,9 @@ def print_table(scores, n, split="test"):
 def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
-    if args.num_threads:
-        tinyllm.set_num_threads(args.num_threads)
+    with cli.exit_on_error():  # (--num-threads 99 is a ValueError naming the pool's size)
+        if args.num_threads:
+            tinyllm.set_num_threads(args.num_threads)
     with cli.exit_on_error(), cli.TrainingRun(args) as run:
         corpus = load_corpus(args)
         functions, skipped = load_functions(corpus)

@@ -195,8 +195,9 @@ def bleu_scorer(tokenizer, test_pairs, args, t_start):
 def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
-    if args.num_threads:
-        tinyllm.set_num_threads(args.num_threads)
+    with cli.exit_on_error():  # (--num-threads 99 is a ValueError naming the pool's size)
+        if args.num_threads:
+            tinyllm.set_num_threads(args.num_threads)
     with cli.exit_on_error(), cli.TrainingRun(args) as run:
         train_pairs, val_pairs, test_pairs, description = load_pairs(args)
         print(description)

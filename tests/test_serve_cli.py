@@ -153,3 +153,44 @@ def test_chat_example_in_process_matches_the_template(tmp_path):
                                      tokenize=False)
     expected = reference(model, tok, prompt, 12, seed=5)[0].split("\n\n")[0]
     assert r.stdout == f"JULIET:\n{expected}\n\n"
+
+
+def _chat_example():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("example_chat", ROOT / "examples" / "chat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chat_example_mistakes_are_errors_not_tracebacks(tmp_path, monkeypatch):
+    """Bad options, a model of the wrong kind, a character outside the vocabulary, a server that is not
+    there: one `error: ...` line each (the local --max-tokens at the context used to crash in generate)."""
+    pytest.importorskip("jinja2")
+    import io
+
+    chat = _chat_example()
+    model_dir = save_char_model(tmp_path / "char", block_size=64)
+    (tmp_path / "wrong").mkdir()
+    (tmp_path / "wrong" / "config.json").write_text('{"model_type": "tinyllm-gpt"}')  # and no weights
+    cases = [
+        (["--model-dir", str(model_dir), "--max-tokens", "64"],
+         "error: --max-tokens 64 leaves no room for the conversation in the model's context of 64 tokens; "
+         "pass at most 63"),
+        (["--model-dir", str(model_dir), "--max-tokens", "0"], "error: --max-tokens must be at least 1, got 0"),
+        (["--model-dir", str(model_dir), "--temperature", "-1"], "temperature must be a finite number >= 0"),
+        (["--model-dir", str(tmp_path / "wrong")], "wrong/model.safetensors not found"),
+    ]
+    for args, message in cases:
+        monkeypatch.setattr("sys.stdin", io.StringIO("a bag\n"))
+        with pytest.raises(SystemExit) as err:
+            chat.main(args)
+        assert str(err.value.code).startswith("error: ") and message in str(err.value.code), (args, err.value.code)
+    monkeypatch.setattr("sys.stdin", io.StringIO("\u263a\n"))  # not in the char vocabulary
+    with pytest.raises(SystemExit, match=r"^error: .*'\u263a'.* is not in the vocabulary"):
+        chat.main(["--model-dir", str(model_dir), "--max-tokens", "4"])
+    pytest.importorskip("openai")
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with pytest.raises(SystemExit, match=rf"^error: cannot reach a server at {url} "):
+        chat.main(["--server", url])

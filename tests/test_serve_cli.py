@@ -68,10 +68,27 @@ def test_tinyllm_command_usage(capsys):
     assert e.value.code == 0 and "tinyllm serve --model-dir DIR" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(["train"])
-    assert e.value.code == 2 and "commands:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "tinyllm: unknown command 'train'" in err and "commands:" in err
     with pytest.raises(SystemExit) as e:
         main(["serve", "--help"])
     assert e.value.code == 0 and "--api-key" in capsys.readouterr().out
+
+
+def test_bad_serve_options_are_errors_naming_them(tmp_path):
+    """Checked before uvicorn starts: no traceback from the engine or from asyncio's bind."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    import numba
+
+    model_dir = save_char_model(tmp_path / "model")
+    too_many = numba.config.NUMBA_NUM_THREADS + 1
+    for options, message in [(["--port", "99999"], "error: --port must be in 0..65535, got 99999"),
+                             (["--max-active", "0"], "error: Engine: max_active and max_waiting must be >= 1, got 0"),
+                             (["--num-threads", str(too_many)], f"error: Engine: num_threads={too_many} is outside")]:
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--model-dir", str(model_dir), *options])
+        assert str(e.value.code).startswith(message), (options, e.value.code)
 
 
 def _get(url, key=None):

@@ -54,6 +54,8 @@ def source_format(model_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.num_beams < 1:  # (0 used to mean greedy, silently)
+        sys.exit(f"error: --num-beams must be at least 1 (1: greedy), got {args.num_beams}")
     try:
         if args.num_threads:
             tinyllm.set_num_threads(args.num_threads)

@@ -440,3 +440,9 @@ def test_summarize_reports_a_file_that_does_not_parse(tmp_path):
     bad.write_text("def f(:\n", encoding="utf-8")
     with pytest.raises(SystemExit, match=r"bad\.py, line 1"):
         load_example("summarize").main(["--model-dir", str(tmp_path), "--file", str(bad)])
+
+
+def test_summarize_refuses_num_beams_below_one(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: --num-beams must be at least 1 \(1: greedy\), got 0$"):
+        load_example("summarize").main(["--model-dir", str(tmp_path), "--file", str(tmp_path / "a.py"),
+                                        "--num-beams", "0"])

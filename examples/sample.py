@@ -42,9 +42,9 @@ def main(argv=None):
         out = model.generate(prompt, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                              use_cache=not args.no_cache)
-    for row in out:
-        print(tokenizer.decode(row))
-        print("-" * 40)
+        for row in out:  # (decode too can fail: a tokenizer with fewer ids than the model)
+            print(tokenizer.decode(row))
+            print("-" * 40)
 
 
 if __name__ == "__main__":

@@ -468,6 +468,16 @@ def test_sample_example_without_a_model_is_a_clear_error(examples, tmp_path):
     assert "holds no saved model" in str(err.value.code)
 
 
+def test_sample_example_with_a_tokenizer_smaller_than_the_model_is_a_clear_error(examples, tmp_path):
+    """A tokenizer that cannot decode every id the model emits (e.g. a hand-edited one)."""
+    _, sample = examples
+    GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0).save_pretrained(tmp_path)
+    CharTokenizer.from_text("ab\n").save_pretrained(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        sample.main(["--model-dir", str(tmp_path), "--max-new-tokens", "30", "--temperature", "1"])
+    assert str(err.value.code).startswith("error: CharTokenizer.decode: id ") and "vocab_size 3" in str(err.value.code)
+
+
 def test_sample_example_refuses_num_samples_below_one(examples, tmp_path):
     _, sample = examples
     GPT(GPTConfig(vocab_size=len(set(TEXT)), block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0).save_pretrained(tmp_path)

@@ -153,7 +153,7 @@ def test_a_single_file_as_data_is_a_clear_error(train_code, tmp_path):
         run_main(train_code, ["--data", str(tmp_path / "one.py"), "--out-dir", str(tmp_path / "out"), *TINY])
 
 
-def test_complete_code_from_a_file_line_and_from_stdin(trained, monkeypatch):
+def test_complete_code_from_a_file_line_and_from_stdin(trained, monkeypatch, tmp_path):
     repo, out, _, _ = trained
     complete_code = load_example("complete_code")
     src = repo / "pkg0" / "mod0.py"
@@ -170,3 +170,7 @@ def test_complete_code_from_a_file_line_and_from_stdin(trained, monkeypatch):
         run_main(complete_code, ["--model-dir", str(out), "--file", str(src), "--line", "99"])
     with pytest.raises(SystemExit, match="holds no saved model"):
         run_main(complete_code, ["--model-dir", str(repo), "--file", str(src), "--line", "2"])
+    (tmp_path / "config.json").write_text('{"model_type": "tinyllm-encoder-decoder"}')  # a model of another kind
+    (tmp_path / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    with pytest.raises(SystemExit, match=r"^error: .*config.json: holds a model of type 'tinyllm-encoder-decoder'"):
+        run_main(complete_code, ["--model-dir", str(tmp_path), "--file", str(src), "--line", "2"])

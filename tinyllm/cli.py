@@ -160,7 +160,9 @@ def exit_on_error():
         prefix = "TrainingDiverged: " if isinstance(e, TrainingDiverged) else ""
         _exit(f"{prefix}{e}", getattr(e, "tinyllm_on_every_rank", False))
     except KeyboardInterrupt:
-        _exit("interrupted: the last checkpoint in --out-dir is intact; continue with --resume", False, prefix="")
+        # (true whether or not a checkpoint was saved before the Ctrl-C: a write it cut short is discarded)
+        _exit("interrupted: what --out-dir already holds is intact; continue with --resume (a fresh start if no "
+              "checkpoint was saved yet)", False, prefix="")
     except SystemExit as e:
         world = distributed.current_world()
         if world is None or world.size == 1 or e.code in (None, 0):

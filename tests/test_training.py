@@ -355,6 +355,19 @@ def test_train_example_missing_data_file_is_a_clear_error(examples, tmp_path):
     assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
 
 
+def test_train_example_out_dir_that_cannot_be_a_directory_is_a_clear_error(examples, tmp_path):
+    train, _ = examples
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    for out in (data, data / "sub"):  # a file of that name; a path under a file
+        with pytest.raises(SystemExit) as err:
+            train.main(_train_args(data, out))
+        message = str(err.value.code)
+        assert message.startswith(f"error: cannot use {out} as the output directory (--out-dir): "), message
+        assert message.endswith("choose another --out-dir")
+    assert data.read_text(encoding="utf-8") == TEXT
+
+
 def test_train_example_resume_without_a_checkpoint_starts_fresh_and_says_so(examples, tmp_path, capsys):
     """A preemptible job runs the same --resume command every time, the first time too."""
     train, _ = examples

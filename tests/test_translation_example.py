@@ -124,3 +124,13 @@ def test_malformed_tsv_line_is_named_and_nothing_is_written(tmp_path):
     with pytest.raises(SystemExit, match=r"error: .*bad.tsv:2: no tab in 'no tab here'"):
         load_example("train_translation").main(["--data", str(bad), "--out-dir", str(out), "--max-iters", "2", *TINY])
     assert not any(p.name != "train.lock" for p in out.glob("*"))  # only the lock it took: no run, no model
+
+
+@pytest.mark.parametrize("flag", ["--n-train", "--n-val", "--num-beams", "--eval-batch-size"])
+def test_train_refuses_options_below_one_before_training(tmp_path, capsys, flag):
+    """--num-beams and --eval-batch-size are used only after training; a 0 used to fail there, with the
+    run trained but not saved (and --n-train 0 said 'no pair fits max_src_len=64')."""
+    with pytest.raises(SystemExit) as err:
+        train(tmp_path / "out", "--max-iters", "1", flag, "0")
+    assert err.value.code == 2 and f"error: {flag} must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -147,6 +147,22 @@ def test_bad_data_is_a_clear_error_and_touches_nothing(train_code, tmp_path, fil
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == ["train.lock"]
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--eval-lines", 0, "--eval-lines must be at least 1, got 0"),
+    ("--max-line-tokens", 0, "--max-line-tokens must be at least 1, got 0"),
+    ("--ngram-order", 1, "--ngram-order must be at least 2, got 1"),
+    ("--prompt-reserve", 32, "--prompt-reserve 32 must be below --block-size 32"),
+])
+def test_evaluation_options_are_checked_before_training(train_code, tmp_path, capsys, flag, value, message):
+    """They are used only after training: a bad one used to fail there (or score NaN or 0), the run
+    trained but not saved."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        run_main(train_code, ["--data", str(tmp_path), "--out-dir", str(out), *with_option(TINY, flag, value)])
+    assert err.value.code == 2 and f"error: {message}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_single_file_as_data_is_a_clear_error(train_code, tmp_path):
     (tmp_path / "one.py").write_text("x = 1\n")
     with pytest.raises(SystemExit, match="^error: .*one.py is a single file.*nothing to hold out"):

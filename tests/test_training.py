@@ -493,7 +493,8 @@ def test_sample_example_with_a_tokenizer_smaller_than_the_model_is_a_clear_error
 
 def test_sample_example_refuses_num_samples_below_one(examples, tmp_path):
     _, sample = examples
-    GPT(GPTConfig(vocab_size=len(set(TEXT)), block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0).save_pretrained(tmp_path)
+    config = GPTConfig(vocab_size=len(set(TEXT)), block_size=8, n_layer=1, n_head=1, n_embd=8)
+    GPT(config, seed=0).save_pretrained(tmp_path)
     CharTokenizer.from_text(TEXT).save_pretrained(tmp_path)
     for bad in ("0", "-2"):
         with pytest.raises(SystemExit) as err:

@@ -29,7 +29,7 @@ def main(argv=None):
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every token")
     args = p.parse_args(argv)
 
-    with exit_on_error():
+    with exit_on_error(on_interrupt="interrupted"):
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
         if not (args.model_dir / "config.json").is_file():

@@ -491,6 +491,27 @@ def test_sample_example_with_a_tokenizer_smaller_than_the_model_is_a_clear_error
     assert str(err.value.code).startswith("error: CharTokenizer.decode: id ") and "vocab_size 3" in str(err.value.code)
 
 
+def test_ctrl_c_in_sample_example_says_interrupted_not_resume(examples, tmp_path, monkeypatch):
+    """exit_on_error's Ctrl-C message speaks of --out-dir and --resume; sample.py trains nothing."""
+    from tinyllm import cli
+
+    _, sample = examples
+    GPT(GPTConfig(vocab_size=len(set(TEXT)), block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0).save_pretrained(
+        tmp_path)
+    CharTokenizer.from_text(TEXT).save_pretrained(tmp_path)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GPT, "generate", ctrl_c)
+    with pytest.raises(SystemExit) as err:
+        sample.main(["--model-dir", str(tmp_path)])
+    assert err.value.code == "interrupted"
+    with pytest.raises(SystemExit) as err, cli.exit_on_error():  # a training script's default
+        raise KeyboardInterrupt
+    assert err.value.code == cli.INTERRUPTED_TRAINING and "--resume" in err.value.code
+
+
 def test_sample_example_refuses_num_samples_below_one(examples, tmp_path):
     _, sample = examples
     config = GPTConfig(vocab_size=len(set(TEXT)), block_size=8, n_layer=1, n_head=1, n_embd=8)

@@ -139,14 +139,20 @@ def train_config_from_args(args, **overrides):
     return TrainConfig(**fields)
 
 
+INTERRUPTED_TRAINING = ("interrupted: what --out-dir already holds is intact; continue with --resume (a fresh start "
+                        "if no checkpoint was saved yet)")
+
+
 @contextlib.contextmanager
-def exit_on_error():
+def exit_on_error(on_interrupt=INTERRUPTED_TRAINING):
     """Turn the errors a user can cause into ``error: <message>`` and exit status 1.
 
     Covers bad values and files (``ValueError``, including :class:`~tinyllm.errors.FileFormatError`
     and :class:`~tinyllm.errors.DataError`), failed reads and writes (``OSError``, including
     :class:`~tinyllm.errors.CheckpointWriteError`), a busy or already used ``--out-dir``, and
     :class:`~tinyllm.training.TrainingDiverged`. Set ``TINYLLM_TRACEBACK=1`` to see the traceback.
+    Ctrl-C exits with status 1 and ``on_interrupt`` (by default what a training run keeps: a script
+    that does not train passes its own).
 
     Under ``mpiexec``: an error every rank meets at the same point (divergence, a refused
     ``--out-dir``) is printed by rank 0 and every rank exits; any other error, or an exit, on one
@@ -160,9 +166,9 @@ def exit_on_error():
         prefix = "TrainingDiverged: " if isinstance(e, TrainingDiverged) else ""
         _exit(f"{prefix}{e}", getattr(e, "tinyllm_on_every_rank", False))
     except KeyboardInterrupt:
-        # (true whether or not a checkpoint was saved before the Ctrl-C: a write it cut short is discarded)
-        _exit("interrupted: what --out-dir already holds is intact; continue with --resume (a fresh start if no "
-              "checkpoint was saved yet)", False, prefix="")
+        # (the training message is true whether or not a checkpoint was saved before the Ctrl-C: a write
+        # it cut short is discarded)
+        _exit(on_interrupt, False, prefix="")
     except SystemExit as e:
         world = distributed.current_world()
         if world is None or world.size == 1 or e.code in (None, 0):

@@ -7,7 +7,7 @@
 Each line you type is a message; the model answers as the assistant's speaker until its speech
 ends (a blank line). The conversation is rendered by the tokenizer's chat template
 (``tokenizer.apply_chat_template``); when it outgrows the model's context, the oldest speeches are
-dropped. Ctrl-D (or an empty line) ends the scene.
+dropped. Ctrl-D, Ctrl-C or an empty line ends the scene.
 """
 import argparse
 import sys
@@ -131,6 +131,8 @@ def main(argv=None):
         converse(args)
     except _user_errors() as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # Ctrl-C ends the scene too, as Ctrl-D does (no traceback)
+        print()
 
 
 def _user_errors():

@@ -207,6 +207,11 @@ def test_chat_example_mistakes_are_errors_not_tracebacks(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("\u263a\n"))  # not in the char vocabulary
     with pytest.raises(SystemExit, match=r"^error: .*'\u263a'.* is not in the vocabulary"):
         chat.main(["--model-dir", str(model_dir), "--max-tokens", "4"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": (_ for _ in ()).throw(KeyboardInterrupt))
+    try:  # Ctrl-C at the prompt ends the scene quietly
+        assert chat.main(["--model-dir", str(model_dir)]) is None
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C at chat.py's prompt escaped as KeyboardInterrupt (a traceback)")
     pytest.importorskip("openai")
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     with pytest.raises(SystemExit, match=rf"^error: cannot reach a server at {url} "):

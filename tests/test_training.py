@@ -324,6 +324,20 @@ def test_train_example_end_to_end_refuses_rerun_resumes_and_samples(examples, tm
     assert capsys.readouterr().out == greedy
 
 
+def test_every_shared_option_states_its_default_once():
+    import argparse
+
+    from tinyllm import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_training_args(parser, out_dir="out-x")
+    helps = {a.option_strings[0]: a.help % {"default": a.default}
+             for a in parser._actions if a.help and a.option_strings}
+    for flag in ("--max-iters", "--lr-decay-iters", "--sample-prompt", "--out-dir"):
+        assert helps[flag].count("(default: ") == 1, (flag, helps[flag])
+    assert helps["--out-dir"].endswith("(default: out-x)")
+
+
 def test_train_example_runs_with_the_default_warmup_and_few_iters(examples, tmp_path, capsys):
     train, _ = examples
     data = tmp_path / "tiny.txt"

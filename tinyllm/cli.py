@@ -93,7 +93,9 @@ def add_training_args(parser, **defaults):
     for dest, (flag, kind, field, help_text) in _OPTIONS.items():
         # (TrainConfig() has already turned its lr_decay_iters None into max_iters: keep the None)
         default = defaults.get(dest, getattr(base, field) if field != "lr_decay_iters" else None)
-        group.add_argument(flag, dest=dest, type=kind, default=default, help=f"{help_text} (default: %(default)s)")
+        if "(default: " not in help_text:  # (--lr-decay-iters and --sample-prompt say theirs in words)
+            help_text += " (default: %(default)s)"
+        group.add_argument(flag, dest=dest, type=kind, default=default, help=help_text)
     group.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. when logging to a file)")
     return group
 

@@ -27,8 +27,8 @@ class DataError(ValueError):
 
 class DownloadError(OSError, RuntimeError):
     """A corpus could not be downloaded (offline, a failed checksum, an unwritable cache). An
-    ``OSError``, so that a script's ``error: ...`` handler reports it as any failed read; also a
-    ``RuntimeError``, the type it had first."""
+    ``OSError``, so that a script's ``error: ...`` handler reports it as any failed read (and a
+    ``RuntimeError``, so that code catching that keeps working)."""
 
 
 class RunExistsError(RuntimeError):

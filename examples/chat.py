@@ -7,7 +7,7 @@
 Each line you type is a message; the model answers as the assistant's speaker until its speech
 ends (a blank line). The conversation is rendered by the tokenizer's chat template
 (``tokenizer.apply_chat_template``); when it outgrows the model's context, the oldest speeches are
-dropped. Ctrl-D (or an empty line) ends the scene.
+dropped. Ctrl-D, Ctrl-C or an empty line ends the scene.
 """
 import argparse
 import sys
@@ -81,11 +81,16 @@ class ServerChat:
 
     def __init__(self, args):
         try:
+            import openai
             from openai import OpenAI
         except ImportError:
             sys.exit("error: --server needs the openai client: pip install openai")
         self.client = OpenAI(base_url=args.server, api_key=args.api_key)
-        card = self.client.models.list().data[0]
+        try:
+            card = self.client.models.list().data[0]
+        except openai.APIConnectionError as e:
+            raise ConnectionError(f"cannot reach a server at {args.server} ({e}); start one with "
+                                  "`tinyllm serve --model-dir DIR`, or check --server") from None
         self.model = args.model or card.id
         self.context = (card.model_extra or {}).get("max_model_len", 1024)
         self.args = args
@@ -122,8 +127,31 @@ class ServerChat:
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        converse(args)
+    except _user_errors() as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # Ctrl-C ends the scene too, as Ctrl-D does (no traceback)
+        print()
+
+
+def _user_errors():
+    """What ends the scene with ``error: ...`` rather than a traceback: a bad option or model
+    directory, a line the tokenizer cannot encode, and the server's refusals."""
+    errors = (ValueError, OSError)
+    if "openai" in sys.modules:  # (imported only by --server)
+        errors += (sys.modules["openai"].OpenAIError,)
+    return errors
+
+
+def converse(args):
     chat = ServerChat(args) if args.server else LocalChat(args)
-    max_tokens = args.max_tokens or max(chat.context // 2, 1)
+    max_tokens = max(chat.context // 2, 1) if args.max_tokens is None else args.max_tokens
+    if max_tokens < 1:
+        raise ValueError(f"--max-tokens must be at least 1, got {max_tokens}")
+    if isinstance(chat, LocalChat) and max_tokens >= chat.context:
+        raise ValueError(f"--max-tokens {max_tokens} leaves no room for the conversation in the model's context "
+                         f"of {chat.context} tokens; pass at most {chat.context - 1}")
     you = (args.user_name or "you").upper()
     messages = []
     interactive = sys.stdin.isatty()

@@ -55,8 +55,11 @@ def main(argv=None):
     if not (args.model_dir / "config.json").is_file():
         sys.exit(f"error: {args.model_dir} holds no saved model (config.json); train one with "
                  "`python examples/train_code.py --out-dir DIR`, or pass --model-dir")
-    model = GPT.from_pretrained(args.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    try:  # (a model of another kind, or a broken file: the message names it)
+        model = GPT.from_pretrained(args.model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
     prefix, real = read_prompt(args)
     try:
         completion = complete_code(model, tokenizer, prefix, max_lines=args.max_lines,

@@ -40,6 +40,8 @@ def read_log(path):
                          "then pass --run-dir DIR")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise ValueError(f"{path}: the file is empty, not a tinyllm training log")
         missing = [c for c in STEP_COLUMNS + EVAL_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: not a tinyllm training log: it lacks the columns {missing} "
@@ -124,7 +126,10 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"error: {e}")
     out = args.out or args.run_dir / "training.png"
-    plot(series, args.title or f"training run {args.run_dir}", out)
+    try:
+        plot(series, args.title or f"training run {args.run_dir}", out)
+    except OSError as e:  # --out in a directory that does not exist, or that we may not write
+        sys.exit(f"error: cannot write {out}: {e.strerror or e}")
     print(f"wrote {out}")
     return out
 

@@ -29,7 +29,9 @@ def main(argv=None):
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context every token")
     args = p.parse_args(argv)
 
-    with exit_on_error():
+    with exit_on_error(on_interrupt="interrupted"):
+        if args.num_samples < 1:
+            raise ValueError(f"--num-samples must be at least 1, got {args.num_samples}")
         if not (args.model_dir / "config.json").is_file():
             sys.exit(f"error: {args.model_dir} holds no saved model (config.json); train one first with "
                      "`python examples/train_shakespeare.py --out-dir DIR`, or pass --model-dir")
@@ -40,9 +42,9 @@ def main(argv=None):
         out = model.generate(prompt, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                              use_cache=not args.no_cache)
-    for row in out:
-        print(tokenizer.decode(row))
-        print("-" * 40)
+        for row in out:  # (decode too can fail: a tokenizer with fewer ids than the model)
+            print(tokenizer.decode(row))
+            print("-" * 40)
 
 
 if __name__ == "__main__":

@@ -160,7 +160,10 @@ def main(argv=None):
     model.eval()
     maps = attention_maps(model, np.asarray([ids], dtype=np.int64))
     out = args.out or args.model_dir / "attention.png"
-    plot(maps, token_labels(tokenizer, ids), args.title or f"attention of {args.model_dir} over {prompt!r}", out)
+    try:
+        plot(maps, token_labels(tokenizer, ids), args.title or f"attention of {args.model_dir} over {prompt!r}", out)
+    except OSError as e:  # --out in a directory that does not exist, or that we may not write
+        sys.exit(f"error: cannot write {out}: {e.strerror or e}")
     print(f"wrote {out}")
     return out
 

@@ -54,9 +54,11 @@ def source_format(model_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.num_threads:
-        tinyllm.set_num_threads(args.num_threads)
+    if args.num_beams < 1:  # (0 used to mean greedy, silently)
+        sys.exit(f"error: --num-beams must be at least 1 (1: greedy), got {args.num_beams}")
     try:
+        if args.num_threads:
+            tinyllm.set_num_threads(args.num_threads)
         functions = functions_in_file(args.file)
         model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir)
         tokenizer = AutoTokenizer.from_pretrained(args.model_dir)

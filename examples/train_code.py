@@ -82,7 +82,15 @@ def parse_args(argv=None):
                         "inside one window with the KV cache")
     e.add_argument("--ngram-order", type=int, default=None,
                    help="order of the n-gram baseline (default: the best of 4, 8, 16 on the val files)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # checked now: the line completion is scored after training, too late to fail
+    for flag, value, low in (("--eval-lines", args.eval_lines, 1), ("--max-line-tokens", args.max_line_tokens, 1),
+                             ("--ngram-order", args.ngram_order, 2), ("--prompt-reserve", args.prompt_reserve, 0)):
+        if value is not None and value < low:
+            p.error(f"{flag} must be at least {low}, got {value}")
+    if not args.eval_only and args.prompt_reserve >= args.block_size:
+        p.error(f"--prompt-reserve {args.prompt_reserve} must be below --block-size {args.block_size}")
+    return args
 
 
 # ---- data ------------------------------------------------------------------------------------

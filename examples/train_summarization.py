@@ -86,7 +86,12 @@ def parse_args(argv=None):
     e.add_argument("--n-examples", type=int, default=12, help="test functions shown at the end")
     cli.add_training_args(p, out_dir="out-summarization", max_iters=3000, batch_size=32, lr=1e-3, min_lr=1e-4,
                           warmup_iters=100, weight_decay=0.1, eval_interval=250, eval_iters=10, sample_tokens=32)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # checked now: the test functions are scored after training, too late to fail
+    for flag, value in (("--num-beams", args.num_beams), ("--eval-batch-size", args.eval_batch_size)):
+        if value < 1:
+            p.error(f"{flag} must be at least 1, got {value}")
+    return args
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -202,8 +207,9 @@ def print_table(scores, n, split="test"):
 def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
-    if args.num_threads:
-        tinyllm.set_num_threads(args.num_threads)
+    with cli.exit_on_error():  # (--num-threads 99 is a ValueError naming the pool's size)
+        if args.num_threads:
+            tinyllm.set_num_threads(args.num_threads)
     with cli.exit_on_error(), cli.TrainingRun(args) as run:
         corpus = load_corpus(args)
         functions, skipped = load_functions(corpus)

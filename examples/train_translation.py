@@ -68,7 +68,13 @@ def parse_args(argv=None):
     # did no better and took 4x as long (see the README for the measurements)
     cli.add_training_args(p, out_dir="out-translation", max_iters=800, batch_size=64, lr=1e-3, min_lr=1e-4,
                           warmup_iters=100, weight_decay=0.01, eval_interval=200, eval_iters=10, sample_tokens=64)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # checked now: the test split is scored after training, too late to fail
+    for flag, value in (("--n-train", args.n_train), ("--n-val", args.n_val), ("--num-beams", args.num_beams),
+                        ("--eval-batch-size", args.eval_batch_size)):
+        if value < 1:
+            p.error(f"{flag} must be at least 1, got {value}")
+    return args
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -195,8 +201,9 @@ def bleu_scorer(tokenizer, test_pairs, args, t_start):
 def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
-    if args.num_threads:
-        tinyllm.set_num_threads(args.num_threads)
+    with cli.exit_on_error():  # (--num-threads 99 is a ValueError naming the pool's size)
+        if args.num_threads:
+            tinyllm.set_num_threads(args.num_threads)
     with cli.exit_on_error(), cli.TrainingRun(args) as run:
         train_pairs, val_pairs, test_pairs, description = load_pairs(args)
         print(description)

@@ -45,16 +45,18 @@ def check_lengths(texts, tokenizer, model, model_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.num_threads:
-        tinyllm.set_num_threads(args.num_threads)
+    if args.batch_size < 1:
+        sys.exit(f"error: --batch-size must be at least 1, got {args.batch_size}")
     texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
     if not texts:
         sys.exit("error: nothing to translate; pass sentences as arguments or on stdin")
     try:
+        if args.num_threads:
+            tinyllm.set_num_threads(args.num_threads)
         model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir)
         tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
         encoded = check_lengths(texts, tokenizer, model, args.model_dir)
-        max_new_tokens = args.max_new_tokens or model.config.max_tgt_len
+        max_new_tokens = model.config.max_tgt_len if args.max_new_tokens is None else args.max_new_tokens
         for start in range(0, len(texts), args.batch_size):
             batch = encoded[start:start + args.batch_size]
             input_ids = np.full((len(batch), max(map(len, batch))), tokenizer.pad_token_id, dtype=np.int64)

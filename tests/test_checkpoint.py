@@ -122,6 +122,22 @@ def test_save_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path, monkeypa
     assert load_checkpoint(path)[0]["iter"] == 1
 
 
+def test_saved_files_get_the_permissions_of_any_new_file(tmp_path):
+    """safetensors' save_file leaves a private 0o600 file; a model saved for a server's account or a
+    shared directory must be readable as any other file the user writes (0o666 less the umask)."""
+    import os
+
+    (tmp_path / "plain").write_bytes(b"")
+    expected = os.stat(tmp_path / "plain").st_mode & 0o777
+    model, opt = trained_model_and_optimizer(steps=1)
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, model, opt, 1, {})
+    model.save_pretrained(tmp_path / "model")
+    CharTokenizer.from_text("abc").save_pretrained(tmp_path / "model")
+    files = [tmp_path / CHECKPOINT_NAME, *(tmp_path / "model").iterdir()]
+    assert {"model.safetensors", "config.json"} <= {f.name for f in files}
+    assert {f.name: oct(os.stat(f).st_mode & 0o777) for f in files} == {f.name: oct(expected) for f in files}
+
+
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing-here\.safetensors not found"):
         load_checkpoint(tmp_path / "nothing-here.safetensors")

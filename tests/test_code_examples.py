@@ -147,13 +147,29 @@ def test_bad_data_is_a_clear_error_and_touches_nothing(train_code, tmp_path, fil
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == ["train.lock"]
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--eval-lines", 0, "--eval-lines must be at least 1, got 0"),
+    ("--max-line-tokens", 0, "--max-line-tokens must be at least 1, got 0"),
+    ("--ngram-order", 1, "--ngram-order must be at least 2, got 1"),
+    ("--prompt-reserve", 32, "--prompt-reserve 32 must be below --block-size 32"),
+])
+def test_evaluation_options_are_checked_before_training(train_code, tmp_path, capsys, flag, value, message):
+    """They are used only after training: a bad one used to fail there (or score NaN or 0), the run
+    trained but not saved."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        run_main(train_code, ["--data", str(tmp_path), "--out-dir", str(out), *with_option(TINY, flag, value)])
+    assert err.value.code == 2 and f"error: {message}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_single_file_as_data_is_a_clear_error(train_code, tmp_path):
     (tmp_path / "one.py").write_text("x = 1\n")
     with pytest.raises(SystemExit, match="^error: .*one.py is a single file.*nothing to hold out"):
         run_main(train_code, ["--data", str(tmp_path / "one.py"), "--out-dir", str(tmp_path / "out"), *TINY])
 
 
-def test_complete_code_from_a_file_line_and_from_stdin(trained, monkeypatch):
+def test_complete_code_from_a_file_line_and_from_stdin(trained, monkeypatch, tmp_path):
     repo, out, _, _ = trained
     complete_code = load_example("complete_code")
     src = repo / "pkg0" / "mod0.py"
@@ -170,3 +186,7 @@ def test_complete_code_from_a_file_line_and_from_stdin(trained, monkeypatch):
         run_main(complete_code, ["--model-dir", str(out), "--file", str(src), "--line", "99"])
     with pytest.raises(SystemExit, match="holds no saved model"):
         run_main(complete_code, ["--model-dir", str(repo), "--file", str(src), "--line", "2"])
+    (tmp_path / "config.json").write_text('{"model_type": "tinyllm-encoder-decoder"}')  # a model of another kind
+    (tmp_path / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    with pytest.raises(SystemExit, match=r"^error: .*config.json: holds a model of type 'tinyllm-encoder-decoder'"):
+        run_main(complete_code, ["--model-dir", str(tmp_path), "--file", str(src), "--line", "2"])

@@ -82,6 +82,21 @@ def test_offline_error_names_url_and_data_flag(dirs, monkeypatch):
     assert not dirs[1].exists() or list(dirs[1].iterdir()) == []
 
 
+def test_offline_first_run_of_an_example_is_an_error_message_not_a_traceback(dirs, monkeypatch):
+    """The README's first command, offline, with no corpus anywhere: `error: ...` and the way out."""
+    from tinyllm import cli
+
+    def offline(url, dest, timeout):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(data, "_download", offline)
+    monkeypatch.delenv("TINYLLM_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as err, cli.exit_on_error():  # what every example runs in
+        load_text()
+    message = str(err.value.code)
+    assert message.startswith(f"error: could not download {TINYSHAKESPEARE_URL}") and "--data PATH" in message
+
+
 def test_download_checksum_mismatch_is_not_kept(dirs, monkeypatch):
     monkeypatch.setattr(data, "_download", lambda url, dest, timeout: dest.write_bytes(b"evil"))
     with pytest.raises(RuntimeError) as info:

@@ -184,6 +184,41 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_run_bit_fo
     assert_same_run(reference, out)
 
 
+def interruptible_trainer(args, faults=()):
+    """The trainer as a terminal starts it: SIGINT (Ctrl-C) raises KeyboardInterrupt in it, even when
+    this test process was started with SIGINT ignored (as a shell's background job is)."""
+    return subprocess.Popen(command(args, faults), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_ctrl_c_during_a_checkpoint_write_keeps_the_previous_one_and_resume_continues_bit_for_bit(tmp_path, data):
+    max_iters = 40
+    reference = tmp_path / "reference"
+    run_ok(train_args(data, reference, max_iters))
+    out = tmp_path / "out"
+    args = train_args(data, out, max_iters, "--resume")
+    proc = interruptible_trainer(args, ["--slow-write", "0.5"])
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / CHECKPOINT_NAME).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the first checkpoint (iter 4) is whole ...
+        assert wait_for_fresh_partial_write(proc, out / (CHECKPOINT_NAME + ".tmp"), 0), "no second checkpoint write"
+        proc.send_signal(signal.SIGINT)  # ... and the second one half written
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("interrupted: what --out-dir already holds is intact; continue with "
+                                            "--resume (a fresh start if no checkpoint was saved yet)")
+    assert "Traceback" not in err
+    assert load_checkpoint(out / CHECKPOINT_NAME)[0]["iter"] == 4
+    assert not (out / (CHECKPOINT_NAME + ".tmp")).exists()  # the half-written file is gone
+    run_ok(args)
+    assert_same_run(reference, out)
+
+
 # ----------------------------------------------------------------------------------------------
 # a full disk (a file-size limit: writing past it fails with EFBIG, as a full disk fails with ENOSPC)
 

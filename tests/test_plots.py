@@ -62,6 +62,9 @@ def test_the_log_is_read_as_written(run_dir):
 def test_a_bad_log_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         plot_training.read_log(tmp_path / "log.csv")
+    (tmp_path / "log.csv").write_text("")
+    with pytest.raises(ValueError, match="the file is empty"):
+        plot_training.read_log(tmp_path / "log.csv")
     (tmp_path / "log.csv").write_text("iter,loss\n1,2.0\n")
     with pytest.raises(ValueError, match=r"lacks the columns \['lr', 'grad_norm'"):
         plot_training.read_log(tmp_path / "log.csv")
@@ -146,3 +149,14 @@ def test_show_attention_writes_a_png(run_dir, tmp_path):
 def test_show_attention_refuses_a_directory_without_a_model(tmp_path):
     with pytest.raises(SystemExit, match="holds no saved model"):
         show_attention.main(["--model-dir", str(tmp_path)])
+
+
+def test_an_out_path_that_cannot_be_written_is_a_clear_error(run_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "no-such-dir" / "x.png"
+    with pytest.raises(SystemExit) as err:
+        plot_training.main(["--run-dir", str(run_dir), "--out", str(out)])
+    assert str(err.value.code) == f"error: cannot write {out}: No such file or directory"
+    with pytest.raises(SystemExit) as err:
+        show_attention.main(["--model-dir", str(run_dir), "--out", str(out)])
+    assert str(err.value.code) == f"error: cannot write {out}: No such file or directory"

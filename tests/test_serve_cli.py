@@ -68,10 +68,27 @@ def test_tinyllm_command_usage(capsys):
     assert e.value.code == 0 and "tinyllm serve --model-dir DIR" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(["train"])
-    assert e.value.code == 2 and "commands:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "tinyllm: unknown command 'train'" in err and "commands:" in err
     with pytest.raises(SystemExit) as e:
         main(["serve", "--help"])
     assert e.value.code == 0 and "--api-key" in capsys.readouterr().out
+
+
+def test_bad_serve_options_are_errors_naming_them(tmp_path):
+    """Checked before uvicorn starts: no traceback from the engine or from asyncio's bind."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    import numba
+
+    model_dir = save_char_model(tmp_path / "model")
+    too_many = numba.config.NUMBA_NUM_THREADS + 1
+    for options, message in [(["--port", "99999"], "error: --port must be in 0..65535, got 99999"),
+                             (["--max-active", "0"], "error: Engine: max_active and max_waiting must be >= 1, got 0"),
+                             (["--num-threads", str(too_many)], f"error: Engine: num_threads={too_many} is outside")]:
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--model-dir", str(model_dir), *options])
+        assert str(e.value.code).startswith(message), (options, e.value.code)
 
 
 def _get(url, key=None):
@@ -153,3 +170,49 @@ def test_chat_example_in_process_matches_the_template(tmp_path):
                                      tokenize=False)
     expected = reference(model, tok, prompt, 12, seed=5)[0].split("\n\n")[0]
     assert r.stdout == f"JULIET:\n{expected}\n\n"
+
+
+def _chat_example():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("example_chat", ROOT / "examples" / "chat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chat_example_mistakes_are_errors_not_tracebacks(tmp_path, monkeypatch):
+    """Bad options, a model of the wrong kind, a character outside the vocabulary, a server that is not
+    there: one `error: ...` line each (the local --max-tokens at the context used to crash in generate)."""
+    pytest.importorskip("jinja2")
+    import io
+
+    chat = _chat_example()
+    model_dir = save_char_model(tmp_path / "char", block_size=64)
+    (tmp_path / "wrong").mkdir()
+    (tmp_path / "wrong" / "config.json").write_text('{"model_type": "tinyllm-gpt"}')  # and no weights
+    cases = [
+        (["--model-dir", str(model_dir), "--max-tokens", "64"],
+         "error: --max-tokens 64 leaves no room for the conversation in the model's context of 64 tokens; "
+         "pass at most 63"),
+        (["--model-dir", str(model_dir), "--max-tokens", "0"], "error: --max-tokens must be at least 1, got 0"),
+        (["--model-dir", str(model_dir), "--temperature", "-1"], "temperature must be a finite number >= 0"),
+        (["--model-dir", str(tmp_path / "wrong")], "wrong/model.safetensors not found"),
+    ]
+    for args, message in cases:
+        monkeypatch.setattr("sys.stdin", io.StringIO("a bag\n"))
+        with pytest.raises(SystemExit) as err:
+            chat.main(args)
+        assert str(err.value.code).startswith("error: ") and message in str(err.value.code), (args, err.value.code)
+    monkeypatch.setattr("sys.stdin", io.StringIO("\u263a\n"))  # not in the char vocabulary
+    with pytest.raises(SystemExit, match=r"^error: .*'\u263a'.* is not in the vocabulary"):
+        chat.main(["--model-dir", str(model_dir), "--max-tokens", "4"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": (_ for _ in ()).throw(KeyboardInterrupt))
+    try:  # Ctrl-C at the prompt ends the scene quietly
+        assert chat.main(["--model-dir", str(model_dir)]) is None
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C at chat.py's prompt escaped as KeyboardInterrupt (a traceback)")
+    pytest.importorskip("openai")
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with pytest.raises(SystemExit, match=rf"^error: cannot reach a server at {url} "):
+        chat.main(["--server", url])

@@ -440,3 +440,19 @@ def test_summarize_reports_a_file_that_does_not_parse(tmp_path):
     bad.write_text("def f(:\n", encoding="utf-8")
     with pytest.raises(SystemExit, match=r"bad\.py, line 1"):
         load_example("summarize").main(["--model-dir", str(tmp_path), "--file", str(bad)])
+
+
+def test_summarize_refuses_num_beams_below_one(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: --num-beams must be at least 1 \(1: greedy\), got 0$"):
+        load_example("summarize").main(["--model-dir", str(tmp_path), "--file", str(tmp_path / "a.py"),
+                                        "--num-beams", "0"])
+
+
+@pytest.mark.parametrize("flag", ["--num-beams", "--eval-batch-size"])
+def test_train_refuses_evaluation_options_below_one_before_training(tmp_path, capsys, flag):
+    """They are used only after training; a 0 used to fail there, with the run trained but not saved."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        load_example("train_summarization").main(["--data", str(tmp_path), "--out-dir", str(out), *TINY, flag, "0"])
+    assert err.value.code == 2 and f"error: {flag} must be at least 1, got 0" in capsys.readouterr().err
+    assert not out.exists()

@@ -178,6 +178,8 @@ def test_evaluate_split_is_the_mean_loss_over_every_token(corpus):
     (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
     (dict(eval_interval=2.5), "eval_interval.*2.5"),
     (dict(learning_rate=0.0), "learning_rate > 0"),
+    (dict(weight_decay=-1.0), "weight_decay must be >= 0, got -1.0"),
+    (dict(weight_decay=float("nan")), "weight_decay must be >= 0, got nan"),
 ])
 def test_train_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -322,6 +324,20 @@ def test_train_example_end_to_end_refuses_rerun_resumes_and_samples(examples, tm
     assert capsys.readouterr().out == greedy
 
 
+def test_every_shared_option_states_its_default_once():
+    import argparse
+
+    from tinyllm import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_training_args(parser, out_dir="out-x")
+    helps = {a.option_strings[0]: a.help % {"default": a.default}
+             for a in parser._actions if a.help and a.option_strings}
+    for flag in ("--max-iters", "--lr-decay-iters", "--sample-prompt", "--out-dir"):
+        assert helps[flag].count("(default: ") == 1, (flag, helps[flag])
+    assert helps["--out-dir"].endswith("(default: out-x)")
+
+
 def test_train_example_runs_with_the_default_warmup_and_few_iters(examples, tmp_path, capsys):
     train, _ = examples
     data = tmp_path / "tiny.txt"
@@ -351,6 +367,19 @@ def test_train_example_missing_data_file_is_a_clear_error(examples, tmp_path):
         train.main(_train_args(missing, tmp_path / "run"))
     assert "nope.txt" in str(err.value.code) and "does not exist" in str(err.value.code)
     assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+
+
+def test_train_example_out_dir_that_cannot_be_a_directory_is_a_clear_error(examples, tmp_path):
+    train, _ = examples
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT, encoding="utf-8")
+    for out in (data, data / "sub"):  # a file of that name; a path under a file
+        with pytest.raises(SystemExit) as err:
+            train.main(_train_args(data, out))
+        message = str(err.value.code)
+        assert message.startswith(f"error: cannot use {out} as the output directory (--out-dir): "), message
+        assert message.endswith("choose another --out-dir")
+    assert data.read_text(encoding="utf-8") == TEXT
 
 
 def test_train_example_resume_without_a_checkpoint_starts_fresh_and_says_so(examples, tmp_path, capsys):
@@ -464,6 +493,48 @@ def test_sample_example_without_a_model_is_a_clear_error(examples, tmp_path):
     with pytest.raises(SystemExit) as err:
         sample.main(["--model-dir", str(tmp_path)])
     assert "holds no saved model" in str(err.value.code)
+
+
+def test_sample_example_with_a_tokenizer_smaller_than_the_model_is_a_clear_error(examples, tmp_path):
+    """A tokenizer that cannot decode every id the model emits (e.g. a hand-edited one)."""
+    _, sample = examples
+    GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0).save_pretrained(tmp_path)
+    CharTokenizer.from_text("ab\n").save_pretrained(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        sample.main(["--model-dir", str(tmp_path), "--max-new-tokens", "30", "--temperature", "1"])
+    assert str(err.value.code).startswith("error: CharTokenizer.decode: id ") and "vocab_size 3" in str(err.value.code)
+
+
+def test_ctrl_c_in_sample_example_says_interrupted_not_resume(examples, tmp_path, monkeypatch):
+    """exit_on_error's Ctrl-C message speaks of --out-dir and --resume; sample.py trains nothing."""
+    from tinyllm import cli
+
+    _, sample = examples
+    GPT(GPTConfig(vocab_size=len(set(TEXT)), block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0).save_pretrained(
+        tmp_path)
+    CharTokenizer.from_text(TEXT).save_pretrained(tmp_path)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GPT, "generate", ctrl_c)
+    with pytest.raises(SystemExit) as err:
+        sample.main(["--model-dir", str(tmp_path)])
+    assert err.value.code == "interrupted"
+    with pytest.raises(SystemExit) as err, cli.exit_on_error():  # a training script's default
+        raise KeyboardInterrupt
+    assert err.value.code == cli.INTERRUPTED_TRAINING and "--resume" in err.value.code
+
+
+def test_sample_example_refuses_num_samples_below_one(examples, tmp_path):
+    _, sample = examples
+    config = GPTConfig(vocab_size=len(set(TEXT)), block_size=8, n_layer=1, n_head=1, n_embd=8)
+    GPT(config, seed=0).save_pretrained(tmp_path)
+    CharTokenizer.from_text(TEXT).save_pretrained(tmp_path)
+    for bad in ("0", "-2"):
+        with pytest.raises(SystemExit) as err:
+            sample.main(["--model-dir", str(tmp_path), "--num-samples", bad])
+        assert str(err.value.code) == f"error: --num-samples must be at least 1, got {bad}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -88,6 +88,22 @@ def test_translate_refuses_a_source_longer_than_the_model_reads(tmp_path):
         load_example("translate").main(["--model-dir", str(tmp_path / "no-such-dir"), "five"])
 
 
+def test_bad_options_are_errors_naming_them(tmp_path):
+    out = tmp_path / "out"
+    train(out, "--max-iters", "1")
+    translate = load_example("translate").main
+    with pytest.raises(SystemExit, match=r"^error: --batch-size must be at least 1, got 0$"):
+        translate(["--model-dir", str(out), "--batch-size", "0", "five"])
+    too_many = tinyllm.get_num_threads() + 100  # beyond numba's pool
+    with pytest.raises(SystemExit, match=rf"^error: set_num_threads: n={too_many} is outside"):
+        translate(["--model-dir", str(out), "--num-threads", str(too_many), "five"])
+    with pytest.raises(SystemExit, match=r"^error: generate: max_new_tokens must be an integer >= 1, got 0$"):
+        translate(["--model-dir", str(out), "--max-new-tokens", "0", "five"])  # 0 is not "the default"
+    with pytest.raises(SystemExit, match=rf"^error: set_num_threads: n={too_many} is outside"):
+        train(tmp_path / "other", "--max-iters", "1", "--num-threads", str(too_many))
+    assert not (tmp_path / "other").exists()
+
+
 def test_tsv_corpus(tmp_path):
     rows = [f"{w} {i}\t{w.upper()} {i}\tCC-BY" for i in range(40) for w in ("cat", "dog")]
     rows += ["cat 0\tCHAT 0"]  # a second translation of a source: a second reference, in the same split
@@ -108,3 +124,13 @@ def test_malformed_tsv_line_is_named_and_nothing_is_written(tmp_path):
     with pytest.raises(SystemExit, match=r"error: .*bad.tsv:2: no tab in 'no tab here'"):
         load_example("train_translation").main(["--data", str(bad), "--out-dir", str(out), "--max-iters", "2", *TINY])
     assert not any(p.name != "train.lock" for p in out.glob("*"))  # only the lock it took: no run, no model
+
+
+@pytest.mark.parametrize("flag", ["--n-train", "--n-val", "--num-beams", "--eval-batch-size"])
+def test_train_refuses_options_below_one_before_training(tmp_path, capsys, flag):
+    """--num-beams and --eval-batch-size are used only after training; a 0 used to fail there, with the
+    run trained but not saved (and --n-train 0 said 'no pair fits max_src_len=64')."""
+    with pytest.raises(SystemExit) as err:
+        train(tmp_path / "out", "--max-iters", "1", flag, "0")
+    assert err.value.code == 2 and f"error: {flag} must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -185,7 +185,11 @@ class lock_out_dir:
             import fcntl
         except ImportError:  # not POSIX: no lock
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file of that name, a path under a file, no permission
+            raise OSError(f"cannot use {self.path.parent} as the output directory (--out-dir): {e.strerror} "
+                          f"({e.filename}); choose another --out-dir") from None
         key = os.path.realpath(self.path)
         if key in _held_locks:
             _held_locks[key][1] += 1

@@ -93,7 +93,9 @@ def add_training_args(parser, **defaults):
     for dest, (flag, kind, field, help_text) in _OPTIONS.items():
         # (TrainConfig() has already turned its lr_decay_iters None into max_iters: keep the None)
         default = defaults.get(dest, getattr(base, field) if field != "lr_decay_iters" else None)
-        group.add_argument(flag, dest=dest, type=kind, default=default, help=f"{help_text} (default: %(default)s)")
+        if "(default: " not in help_text:  # (--lr-decay-iters and --sample-prompt say theirs in words)
+            help_text += " (default: %(default)s)"
+        group.add_argument(flag, dest=dest, type=kind, default=default, help=help_text)
     group.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. when logging to a file)")
     return group
 
@@ -139,14 +141,20 @@ def train_config_from_args(args, **overrides):
     return TrainConfig(**fields)
 
 
+INTERRUPTED_TRAINING = ("interrupted: what --out-dir already holds is intact; continue with --resume (a fresh start "
+                        "if no checkpoint was saved yet)")
+
+
 @contextlib.contextmanager
-def exit_on_error():
+def exit_on_error(on_interrupt=INTERRUPTED_TRAINING):
     """Turn the errors a user can cause into ``error: <message>`` and exit status 1.
 
     Covers bad values and files (``ValueError``, including :class:`~tinyllm.errors.FileFormatError`
     and :class:`~tinyllm.errors.DataError`), failed reads and writes (``OSError``, including
     :class:`~tinyllm.errors.CheckpointWriteError`), a busy or already used ``--out-dir``, and
     :class:`~tinyllm.training.TrainingDiverged`. Set ``TINYLLM_TRACEBACK=1`` to see the traceback.
+    Ctrl-C exits with status 1 and ``on_interrupt`` (by default what a training run keeps: a script
+    that does not train passes its own).
 
     Under ``mpiexec``: an error every rank meets at the same point (divergence, a refused
     ``--out-dir``) is printed by rank 0 and every rank exits; any other error, or an exit, on one
@@ -160,7 +168,9 @@ def exit_on_error():
         prefix = "TrainingDiverged: " if isinstance(e, TrainingDiverged) else ""
         _exit(f"{prefix}{e}", getattr(e, "tinyllm_on_every_rank", False))
     except KeyboardInterrupt:
-        _exit("interrupted: the last checkpoint in --out-dir is intact; continue with --resume", False, prefix="")
+        # (the training message is true whether or not a checkpoint was saved before the Ctrl-C: a write
+        # it cut short is discarded)
+        _exit(on_interrupt, False, prefix="")
     except SystemExit as e:
         world = distributed.current_world()
         if world is None or world.size == 1 or e.code in (None, 0):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, DownloadError
 
 __all__ = [
     "TINYSHAKESPEARE_SHA256",
@@ -72,7 +72,8 @@ def find_corpus(name="tinyshakespeare"):
          reported and downloaded again;
       3. the URL, into the cache (written to a temp file, checked, then renamed, so an
          interrupted download never leaves a partial file under the final name).
-    A failed download raises ``RuntimeError`` naming the URL and the ``--data PATH`` way out.
+    A failed download raises :class:`~tinyllm.errors.DownloadError` naming the URL and the
+    ``--data PATH`` way out.
     """
     corpus = _CORPORA.get(name)
     if corpus is None:
@@ -127,16 +128,16 @@ def _download_verified(corpus, dest):
                                         dir=dest.parent)
         os.close(fd)
     except OSError as e:
-        raise RuntimeError(f"cannot write to the cache directory {dest.parent}: {e}. {hint}") from e
+        raise DownloadError(f"cannot write to the cache directory {dest.parent}: {e}. {hint}") from e
     tmp = Path(tmp_name)
     try:
         try:
             _download(corpus.url, tmp, DOWNLOAD_TIMEOUT)
         except Exception as e:  # URLError, timeout, HTTP error, reset connection, ...
-            raise RuntimeError(f"could not download {corpus.url}: {e}. {hint}") from e
+            raise DownloadError(f"could not download {corpus.url}: {e}. {hint}") from e
         digest = _sha256(tmp)
         if digest != corpus.sha256:
-            raise RuntimeError(
+            raise DownloadError(
                 f"the file downloaded from {corpus.url} has sha256 {digest}, expected "
                 f"{corpus.sha256}; it was not kept. {hint}"
             )

@@ -6,7 +6,7 @@ message names the file or value at fault and says what to do. This module import
 every layer can use it.
 """
 
-__all__ = ["CheckpointWriteError", "DataError", "FileFormatError", "OutDirLocked", "RunExistsError"]
+__all__ = ["CheckpointWriteError", "DataError", "DownloadError", "FileFormatError", "OutDirLocked", "RunExistsError"]
 
 
 class FileFormatError(ValueError):
@@ -23,6 +23,12 @@ class FileFormatError(ValueError):
 
 class DataError(ValueError):
     """Training data that cannot be trained on: empty, too short for one block, not text."""
+
+
+class DownloadError(OSError, RuntimeError):
+    """A corpus could not be downloaded (offline, a failed checksum, an unwritable cache). An
+    ``OSError``, so that a script's ``error: ...`` handler reports it as any failed read (and a
+    ``RuntimeError``, so that code catching that keeps working)."""
 
 
 class RunExistsError(RuntimeError):

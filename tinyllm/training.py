@@ -132,6 +132,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: need learning_rate > 0 and min_lr >= 0, got {self.learning_rate}, {self.min_lr}")
         if not self.grad_clip >= 0:
             raise ValueError(f"TrainConfig: grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
+        if not self.weight_decay >= 0:  # (AdamW refuses it too, but only at the first step, after a checkpoint)
+            raise ValueError(f"TrainConfig: weight_decay must be >= 0, got {self.weight_decay}")
         if self.grad_accum_steps > self.batch_size:
             raise ValueError(f"TrainConfig: grad_accum_steps {self.grad_accum_steps} exceeds batch_size "
                              f"{self.batch_size}: every micro-batch needs at least one example")

@@ -34,10 +34,18 @@ MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
 def write_atomic(path, write):
     """Write a file through ``write(tmp_path)``, flush it to the disk, then rename it over ``path``:
-    a crash, a kill or a full disk leaves either the old file or the new one, never half of one."""
+    a crash, a kill or a full disk leaves either the old file or the new one, never half of one.
+
+    The file gets the permissions of any new file (0o666 less the umask), whatever ``write`` does:
+    safetensors' ``save_file`` renames a private (0o600) file of its own into place, which would
+    leave a model that other users (a server's account, a shared directory) cannot read."""
     tmp = f"{path}.tmp"
     try:
+        open(tmp, "wb").close()
+        mode = os.stat(tmp).st_mode & 0o777  # the umask's choice, read without changing the umask
         write(tmp)
+        if os.stat(tmp).st_mode & 0o777 != mode:
+            os.chmod(tmp, mode)
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -58,6 +58,8 @@ def serve_main(argv=None, prog="tinyllm serve"):
     refusal = check_bind(args.host, api_key)
     if refusal:
         sys.exit(refusal)
+    if not 0 <= args.port <= 65535:
+        sys.exit(f"error: --port must be in 0..65535, got {args.port}")
     try:
         import uvicorn
 
@@ -71,8 +73,11 @@ def serve_main(argv=None, prog="tinyllm serve"):
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
     name = args.model_name or args.model_dir.resolve().name
-    app = create_app(backend, tokenizer, name, api_key=api_key, max_active=args.max_active,
-                     max_waiting=args.max_waiting, num_threads=args.num_threads)
+    try:
+        app = create_app(backend, tokenizer, name, api_key=api_key, max_active=args.max_active,
+                         max_waiting=args.max_waiting, num_threads=args.num_threads)
+    except ValueError as e:  # --max-active 0, --num-threads beyond numba's pool: the message names the value
+        sys.exit(f"error: {e}")
     chat = "with" if tokenizer.chat_template is not None else "without"
     if backend.is_encoder_decoder:
         what = (f"an encoder-decoder {chat} a chat template, sources up to {backend.context_length} tokens, "
@@ -88,6 +93,8 @@ def main(argv=None):
     """The ``tinyllm`` console script: ``tinyllm serve ...`` (the one command so far)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] != "serve":
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"tinyllm: unknown command {argv[0]!r}", file=sys.stderr)
         print("usage: tinyllm serve --model-dir DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] "
               "[--model-name NAME]\n\ncommands:\n  serve   serve a model over OpenAI's API (tinyllm serve -h)",
               file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)

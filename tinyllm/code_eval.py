@@ -359,12 +359,12 @@ def model_line_predictions(model, tokenizer, prompts, line_ends, max_new_tokens=
     return [line_text(tokenizer, g) for g in generated]
 
 
-def complete_code(model, tokenizer, prefix, max_lines=1, max_line_tokens=64, prompt_reserve=0,
+def complete_code(model, tokenizer, prefix, max_lines=1, max_line_tokens=64, prompt_reserve=32,
                   eos_token="<|endoftext|>"):
     """Greedy completion of ``prefix`` (the text before the cursor) for ``max_lines`` lines:
     returns the generated text, which ends just before the last line's newline. The prompt is
     ``[end-of-text] + the prefix's ids``, its last ``block_size - prompt_reserve`` ids, as in
-    the evaluation (``examples/train_code.py --prompt-reserve``, 0 by default: the whole block)."""
+    the evaluation (``examples/train_code.py --prompt-reserve``, 32 by default)."""
     if max_lines < 1 or max_line_tokens < 1:
         raise ValueError(f"complete_code: max_lines and max_line_tokens must be >= 1, got {max_lines}, "
                          f"{max_line_tokens}")

@@ -31,8 +31,9 @@ from tinyllm import cli
 from tinyllm.checkpoint import lock_out_dir
 from tinyllm.code_data import (CODE_SPLIT_PATTERN, code_corpus, compare_manifests, describe_manifest_diff,
                                load_manifest, stdlib_corpus)
-from tinyllm.code_eval import (LineEnds, NGramLM, encode_text, line_prompts, model_line_predictions,
-                               repeat_previous_line, sample_positions, score_lines, stream_ids, token_metrics)
+from tinyllm.code_eval import (DEFAULT_PROMPT_RESERVE, LineEnds, NGramLM, encode_text, line_prompts,
+                               model_line_predictions, repeat_previous_line, sample_positions, score_lines,
+                               stream_ids, token_metrics)
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.tokenizers import AutoTokenizer, BPETokenizer
 from tinyllm.training import write_json
@@ -85,7 +86,7 @@ def parse_args(argv=None):
     # the last window, as generate does) scored within the noise of 1500 lines and took about twice
     # the scoring time: all lines EM / edit similarity, 32 against 0 reserved, 3.1 / 29.0 against
     # 3.9 / 29.5 for the 6000-step model, 3.8 / 30.8 against 3.7 / 30.2 for an 8000-step one.
-    e.add_argument("--prompt-reserve", type=int, default=32,
+    e.add_argument("--prompt-reserve", type=int, default=DEFAULT_PROMPT_RESERVE,
                    help="the prompt is the last block_size - this many tokens, so most lines complete "
                         "inside one window with the KV cache (0: the whole block)")
     e.add_argument("--ngram-order", type=int, default=None,

@@ -32,6 +32,7 @@ from .tensor import no_grad
 
 __all__ = [
     "CompletionPosition",
+    "DEFAULT_PROMPT_RESERVE",
     "NGramLM",
     "complete_code",
     "complete_lines",
@@ -359,16 +360,22 @@ def model_line_predictions(model, tokenizer, prompts, line_ends, max_new_tokens=
     return [line_text(tokenizer, g) for g in generated]
 
 
-def complete_code(model, tokenizer, prefix, max_lines=1, max_line_tokens=64, prompt_reserve=32,
+DEFAULT_PROMPT_RESERVE = 32  # block positions left out of a line completion's prompt (examples/train_code.py)
+
+
+def complete_code(model, tokenizer, prefix, max_lines=1, max_line_tokens=64, prompt_reserve=None,
                   eos_token="<|endoftext|>"):
     """Greedy completion of ``prefix`` (the text before the cursor) for ``max_lines`` lines:
     returns the generated text, which ends just before the last line's newline. The prompt is
     ``[end-of-text] + the prefix's ids``, its last ``block_size - prompt_reserve`` ids, as in
-    the evaluation (``examples/train_code.py --prompt-reserve``, 32 by default)."""
+    the evaluation; ``prompt_reserve`` None is the evaluation's default
+    (``examples/train_code.py --prompt-reserve``, 32), or a quarter of a smaller model's block."""
     if max_lines < 1 or max_line_tokens < 1:
         raise ValueError(f"complete_code: max_lines and max_line_tokens must be >= 1, got {max_lines}, "
                          f"{max_line_tokens}")
     block = model.config.block_size
+    if prompt_reserve is None:
+        prompt_reserve = min(DEFAULT_PROMPT_RESERVE, block // 4)
     if not 0 <= prompt_reserve < block:
         raise ValueError(f"complete_code: prompt_reserve={prompt_reserve} must be in [0, block_size={block})")
     specials = getattr(tokenizer, "special_tokens", {})

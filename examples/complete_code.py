@@ -15,6 +15,7 @@ from pathlib import Path
 
 import tinyllm  # noqa: F401  (before NumPy: it sets process options NumPy reads at import)
 
+from tinyllm import cli
 from tinyllm.code_data import split_lines
 from tinyllm.code_eval import complete_code
 from tinyllm.models import GPT
@@ -42,6 +43,7 @@ def read_prompt(args):
     return "".join(lines[:line - 1]), real
 
 
+@cli.stops_on_ctrl_c
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path("out-code"))

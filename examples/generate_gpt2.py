@@ -11,10 +11,11 @@ import argparse
 import sys
 import time
 
-from tinyllm import AutoModelForCausalLM, AutoTokenizer
+from tinyllm import AutoModelForCausalLM, AutoTokenizer, cli
 from tinyllm.models import resolve_pretrained
 
 
+@cli.stops_on_ctrl_c
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True, help="a GPT-2 format directory (or a model name in the HF cache)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tinyllm  # noqa: F401  (before NumPy: see tinyllm/_runtime.py)
 
-from tinyllm import AutoModelForSeq2SeqLM, AutoTokenizer
+from tinyllm import AutoModelForSeq2SeqLM, AutoTokenizer, cli
 from tinyllm.summarization import SOURCE_FORMATS, functions_in_file, model_source, summarize, truncate_code
 
 SOURCE_CONFIG_NAME = "summarization.json"  # written by train_summarization.py
@@ -52,6 +52,7 @@ def source_format(model_dir):
     return fmt
 
 
+@cli.stops_on_ctrl_c
 def main(argv=None):
     args = parse_args(argv)
     if args.num_beams < 1:  # (0 used to mean greedy, silently)

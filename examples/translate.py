@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 import tinyllm
-from tinyllm import AutoModelForSeq2SeqLM, AutoTokenizer
+from tinyllm import AutoModelForSeq2SeqLM, AutoTokenizer, cli
 
 
 def parse_args(argv=None):
@@ -43,6 +43,7 @@ def check_lengths(texts, tokenizer, model, model_dir):
     return encoded
 
 
+@cli.stops_on_ctrl_c
 def main(argv=None):
     args = parse_args(argv)
     if args.batch_size < 1:

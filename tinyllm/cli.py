@@ -36,6 +36,7 @@ The rules, for every script alike:
 """
 import argparse
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -143,6 +144,20 @@ def train_config_from_args(args, **overrides):
 
 INTERRUPTED_TRAINING = ("interrupted: what --out-dir already holds is intact; continue with --resume (a fresh start "
                         "if no checkpoint was saved yet)")
+
+
+def stops_on_ctrl_c(main):
+    """Decorate the ``main`` of a script that trains nothing (translate, summarize, complete a
+    line, generate): Ctrl-C ends it with ``interrupted`` and exit status 1, not a traceback."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.exit("interrupted")
+
+    return wrapped
 
 
 @contextlib.contextmanager

@@ -441,10 +441,39 @@ def test_generate_takes_hugging_face_names_and_checks_the_mask():
         model.generate(src, attention_mask=wrong)
     with pytest.raises(ValueError, match=r"shape \(3, 5\)"):
         model.generate(src, attention_mask=mask[:, :5])
-    with pytest.raises(TypeError, match="got both"):
+    with pytest.raises(TypeError, match="generate: pass src_ids or input_ids, not both"):
         model.generate(src, input_ids=src)
     with pytest.raises(TypeError, match="got neither"):
         model.generate()
+
+
+def test_forward_takes_hugging_face_names_and_shifts_labels_right():
+    """model(input_ids=, attention_mask=, labels=) as Hugging Face's seq2seq models: the decoder
+    reads BOS + the labels but the last (-100 as padding); the same logits and loss as tinyllm's
+    names; decoder_input_ids given explicitly win; conflicting or missing arguments are named."""
+    model = trained_ish_model(seed=9)
+    model.eval()
+    src, tgt_in, tgt_out = batch(np.random.default_rng(3), model.config, B=3, S=6, T=5)
+    labels = np.where(tgt_out == PAD, -100, tgt_out)  # what a Hugging Face collator passes
+    shifted = model.shift_right(labels)
+    np.testing.assert_array_equal(shifted[:, 0], BOS)
+    np.testing.assert_array_equal(shifted[:, 1:], np.where(labels == -100, PAD, labels)[:, :-1])
+    # (where a label is real, its decoder input is tgt_in's; after a row's EOS the shift feeds EOS
+    # where tgt_in has padding: a position whose label is ignored)
+    real = labels != -100
+    np.testing.assert_array_equal(shifted[real], tgt_in[real])
+    ours = model(src, tgt_in, tgt_out)
+    theirs = model(input_ids=src, attention_mask=(src != PAD).astype(np.int64), labels=labels)
+    np.testing.assert_array_equal(theirs.logits.data[real], ours.logits.data[real])  # causal: later inputs unseen
+    assert float(theirs.loss.data) == float(ours.loss.data)
+    explicit = model(input_ids=src, decoder_input_ids=tgt_in[:, :3], labels=labels[:, :3])
+    np.testing.assert_array_equal(explicit.logits.data, model(src, tgt_in[:, :3]).logits.data)
+    with pytest.raises(TypeError, match="forward: pass targets or labels, not both"):
+        model(src, tgt_in, tgt_out, labels=labels)
+    with pytest.raises(TypeError, match=r"forward: tgt_in_ids \(or decoder_input_ids\) is required"):
+        model(src)
+    with pytest.raises(ValueError, match="forward: attention_mask row 0"):
+        model(input_ids=src, attention_mask=np.zeros_like(src), labels=labels)
 
 
 def test_greedy_output_format_and_equals_step_by_step_argmax():

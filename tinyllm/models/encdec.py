@@ -272,13 +272,29 @@ class EncoderDecoderTransformer(nn.Module):
             x = x[:, -1:, :]  # (B, 1, C)
         return self.lm_head(x)
 
-    def forward(self, src_ids, tgt_in_ids, targets=None):
-        """src_ids (B, S), tgt_in_ids (B, T) starting with BOS -> (logits (B, T, V), loss or None).
+    def forward(self, src_ids=None, tgt_in_ids=None, targets=None, *, input_ids=None, attention_mask=None,
+                decoder_input_ids=None, labels=None):
+        """src_ids (B, S), tgt_in_ids (B, T) starting with BOS -> (logits (B, T, V), loss or None),
+        an :class:`LMOutput`.
 
         ``targets`` (B, T): the next token at each position; positions whose target is
         ``pad_token_id`` (or -100) count for nothing. The loss is the mean cross-entropy per
         counted token, with the config's label smoothing.
+
+        Hugging Face's names work too: ``input_ids`` (the source, with an optional
+        ``attention_mask`` that must mark the pad ids), ``decoder_input_ids`` and ``labels`` (the
+        targets). Given ``labels`` and no decoder input, the decoder reads the labels shifted right
+        behind BOS (-100 read as padding), as Hugging Face's seq2seq models do.
         """
+        src_ids = _one_of("src_ids", src_ids, "input_ids", input_ids, required=True)
+        targets = _one_of("targets", targets, "labels", labels)
+        tgt_in_ids = _one_of("tgt_in_ids", tgt_in_ids, "decoder_input_ids", decoder_input_ids,
+                             required=targets is None)
+        if tgt_in_ids is None:
+            tgt_in_ids = self.shift_right(targets)
+        if attention_mask is not None:
+            self._check_source_mask(np.asarray(src_ids.data if isinstance(src_ids, Tensor) else src_ids),
+                                    attention_mask, "forward")
         src_ids = self._check_src(src_ids)
         memory = self.encode(src_ids)
         logits = self.decode(tgt_in_ids, memory, self.source_mask(src_ids))
@@ -287,6 +303,17 @@ class EncoderDecoderTransformer(nn.Module):
             loss = F.cross_entropy(logits, self._loss_targets(targets, logits.shape[:2]), ignore_index=-100,
                                    label_smoothing=self.config.label_smoothing)
         return LMOutput(logits, loss)
+
+    def shift_right(self, labels):
+        """The decoder's input for ``labels`` (B, T): BOS, then the labels but the last, with -100
+        read as ``pad_token_id`` (Hugging Face's ``shift_tokens_right``)."""
+        labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
+        if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be integer ids (B, T), got {labels.dtype} {labels.shape}")
+        shifted = np.empty_like(labels, dtype=np.int64)
+        shifted[:, 0] = self.config.bos_token_id
+        shifted[:, 1:] = labels[:, :-1]
+        return np.where(shifted == -100, self.config.pad_token_id, shifted)
 
     def _loss_targets(self, targets, shape):
         """targets with pad_token_id replaced by -100 (ignored); checked against ``shape`` (B, T)."""
@@ -381,10 +408,7 @@ class EncoderDecoderTransformer(nn.Module):
         from ..beam_search import beam_search
 
         c = self.config
-        if (src_ids is None) == (input_ids is None):
-            raise TypeError("generate: pass the source ids once, as src_ids (positional) or input_ids=, got "
-                            + ("both" if src_ids is not None else "neither"))
-        src_ids = src_ids if input_ids is None else input_ids
+        src_ids = _one_of("src_ids", src_ids, "input_ids", input_ids, required=True, method="generate")
         src_ids = np.asarray(src_ids.data if isinstance(src_ids, Tensor) else src_ids)
         if attention_mask is not None:
             self._check_source_mask(src_ids, attention_mask)
@@ -413,14 +437,14 @@ class EncoderDecoderTransformer(nn.Module):
             self.train(was_training)
         return out[0] if one_d and out.shape[0] == 1 else out
 
-    def _check_source_mask(self, src_ids, attention_mask):
+    def _check_source_mask(self, src_ids, attention_mask, method="generate"):
         """An attention_mask given with the sources must say what pad_token_id says."""
         mask = np.asarray(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
         if mask.shape != src_ids.shape:
-            raise ValueError(f"generate: attention_mask has shape {mask.shape}, the source ids {src_ids.shape}")
+            raise ValueError(f"{method}: attention_mask has shape {mask.shape}, the source ids {src_ids.shape}")
         if not np.array_equal(mask.astype(bool), self.source_mask(src_ids)):
             row = int(np.argwhere((mask.astype(bool) != self.source_mask(src_ids)).any(axis=-1).reshape(-1))[0, 0])
-            raise ValueError(f"generate: attention_mask row {row} marks other positions as padding than the ids do; "
+            raise ValueError(f"{method}: attention_mask row {row} marks other positions as padding than the ids do; "
                              f"this model reads padding from pad_token_id={self.config.pad_token_id} (pad the "
                              "sources with it, e.g. with the Seq2SeqTokenizer's call)")
 
@@ -511,3 +535,13 @@ class EncoderDecoderTransformer(nn.Module):
         from .io import load_model
 
         return load_model(cls, directory)
+
+
+def _one_of(name, value, hf_name, hf_value, required=False, method="forward"):
+    """An argument given under tinyllm's name or Hugging Face's, not both (and, if ``required``,
+    one of them)."""
+    if value is not None and hf_value is not None:
+        raise TypeError(f"{method}: pass {name} or {hf_name}, not both")
+    if required and value is None and hf_value is None:
+        raise TypeError(f"{method}: {name} (or {hf_name}) is required, got neither")
+    return hf_value if value is None else value

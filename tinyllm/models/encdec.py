@@ -22,7 +22,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
-from .outputs import LMOutput
+from .outputs import LMOutput, one_of
 
 __all__ = ["EncoderDecoderConfig", "EncoderDecoderTransformer"]
 
@@ -286,9 +286,9 @@ class EncoderDecoderTransformer(nn.Module):
         targets). Given ``labels`` and no decoder input, the decoder reads the labels shifted right
         behind BOS (-100 read as padding), as Hugging Face's seq2seq models do.
         """
-        src_ids = _one_of("src_ids", src_ids, "input_ids", input_ids, required=True)
-        targets = _one_of("targets", targets, "labels", labels)
-        tgt_in_ids = _one_of("tgt_in_ids", tgt_in_ids, "decoder_input_ids", decoder_input_ids,
+        src_ids = one_of("src_ids", src_ids, "input_ids", input_ids, required=True)
+        targets = one_of("targets", targets, "labels", labels)
+        tgt_in_ids = one_of("tgt_in_ids", tgt_in_ids, "decoder_input_ids", decoder_input_ids,
                              required=targets is None)
         if tgt_in_ids is None:
             tgt_in_ids = self.shift_right(targets)
@@ -408,7 +408,7 @@ class EncoderDecoderTransformer(nn.Module):
         from ..beam_search import beam_search
 
         c = self.config
-        src_ids = _one_of("src_ids", src_ids, "input_ids", input_ids, required=True, method="generate")
+        src_ids = one_of("src_ids", src_ids, "input_ids", input_ids, required=True, method="generate")
         src_ids = np.asarray(src_ids.data if isinstance(src_ids, Tensor) else src_ids)
         if attention_mask is not None:
             self._check_source_mask(src_ids, attention_mask)
@@ -536,12 +536,3 @@ class EncoderDecoderTransformer(nn.Module):
 
         return load_model(cls, directory)
 
-
-def _one_of(name, value, hf_name, hf_value, required=False, method="forward"):
-    """An argument given under tinyllm's name or Hugging Face's, not both (and, if ``required``,
-    one of them)."""
-    if value is not None and hf_value is not None:
-        raise TypeError(f"{method}: pass {name} or {hf_name}, not both")
-    if required and value is None and hf_value is None:
-        raise TypeError(f"{method}: {name} (or {hf_name}) is required, got neither")
-    return hf_value if value is None else value

@@ -11,7 +11,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
-from .outputs import LMOutput
+from .outputs import LMOutput, one_of
 
 __all__ = ["GPTConfig", "GPT", "check_attention_mask"]
 
@@ -205,7 +205,7 @@ class GPT(nn.Module):
         position of a left-padded row) gets zeros from attention, never NaN; its logits mean
         nothing. Without a mask (or with one of all ones) nothing of this is built.
         """
-        idx = _one_prompt("forward", idx, input_ids)
+        idx = one_of("idx", idx, "input_ids", input_ids, required=True, method="GPT.forward")
         past = kv_cache.length if kv_cache is not None else 0
         idx = self._check_ids(idx, past)
         T = idx.shape[1]
@@ -297,7 +297,7 @@ class GPT(nn.Module):
 
         if unknown:
             raise TypeError(f"GPT.generate: unknown argument(s) {sorted(unknown)}; it takes {_GENERATE_ARGS}")
-        idx = _one_prompt("generate", idx, input_ids)
+        idx = one_of("idx", idx, "input_ids", input_ids, required=True, method="GPT.generate")
         if attention_mask is not None:
             _warn_if_right_padded(attention_mask)
         given = dict(max_length=max_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -332,14 +332,6 @@ class GPT(nn.Module):
         from .io import load_model
 
         return load_model(cls, directory)
-
-
-def _one_prompt(method, idx, input_ids):
-    """The ids given as ``idx`` or as Hugging Face's ``input_ids``: exactly one of the two."""
-    if (idx is None) == (input_ids is None):
-        raise TypeError(f"GPT.{method}: pass the ids once, as idx (positional) or input_ids=, got "
-                        + ("both" if idx is not None else "neither"))
-    return idx if input_ids is None else input_ids
 
 
 def _warn_if_right_padded(attention_mask):

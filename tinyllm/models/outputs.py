@@ -1,4 +1,4 @@
-"""What a model's ``forward`` returns."""
+"""What a model's ``forward`` returns, and the Hugging Face names its arguments also take."""
 from typing import NamedTuple, Optional
 
 from ..tensor import Tensor
@@ -11,3 +11,13 @@ class LMOutput(NamedTuple):
 
     logits: Tensor
     loss: Optional[Tensor] = None
+
+
+def one_of(name, value, hf_name, hf_value, required=False, method="forward"):
+    """An argument given under tinyllm's name or Hugging Face's, not both (and, if ``required``,
+    one of them)."""
+    if value is not None and hf_value is not None:
+        raise TypeError(f"{method}: pass {name} or {hf_name}, not both")
+    if required and value is None and hf_value is None:
+        raise TypeError(f"{method}: {name} (or {hf_name}) is required, got neither")
+    return hf_value if value is None else value

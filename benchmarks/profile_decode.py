@@ -27,14 +27,14 @@ from tinyllm.kernels import gemv as G
 PARTS = ("blocks, fused step (kernels/decode.py)", "gemv, lm_head", "layers of the prompt's pass")
 
 
-def wrap(spent, lm_head_weight):
+def wrap(spent, lm_head_weight, clock):
     real_step, real_gemv, real_attn = D.block_step, G.gemv_checked, A.cached_attention_forward
 
     def timed(key, f):
         def call(*args, **kwargs):
-            c0 = time.process_time()
+            c0 = clock()
             out = f(*args, **kwargs)
-            spent[key(*args) if callable(key) else key] += time.process_time() - c0
+            spent[key(*args) if callable(key) else key] += clock() - c0
             return out
         return call
 
@@ -54,7 +54,17 @@ def _read(a):
     return total
 
 
-def weight_passes(model, repeats):
+@numba.njit(fastmath=True, parallel=True)
+def _read_parallel(a):
+    """:func:`_read` with the rows shared among numba's threads, each reading a contiguous part."""
+    total = np.float32(0)
+    for i in numba.prange(a.shape[0]):
+        for j in range(a.shape[1]):
+            total += a[i, j]
+    return total
+
+
+def weight_passes(model, repeats, threads, clock):
     """CPU ms of one pass of the weight products alone (gemv_into, as the fused step calls it,
     and the lm_head's) and of one streaming read of the same arrays, medians of ``repeats``."""
     mats = []
@@ -75,19 +85,19 @@ def weight_passes(model, repeats):
 
     def products():
         for x, stored, columns, b, has_bias, y in jobs:
-            G.gemv_into(x, stored, columns, b, has_bias, y, 1, 0)
+            G.gemv_into(x, stored, columns, b, has_bias, y, threads, 0)
 
     def reads():
         for stored, _, _ in mats:
-            _read(stored)
+            (_read if threads == 1 else _read_parallel)(stored)
 
     products(), reads()
     times = {"products": [], "reads": []}
     for _ in range(repeats):
         for key, f in (("products", products), ("reads", reads)):
-            c0 = time.process_time()
+            c0 = clock()
             f()
-            times[key].append(time.process_time() - c0)
+            times[key].append(clock() - c0)
     return {k: float(np.median(v)) for k, v in times.items()}, nbytes
 
 
@@ -95,28 +105,32 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("gpt2_dir")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1,
+                   help="numba threads; above 1 the times are wall time (process CPU time would count "
+                        "every thread, spinning included)")
     args = p.parse_args()
-    tinyllm.set_num_threads(1)
+    tinyllm.set_num_threads(args.threads)
+    clock, what = (time.process_time, "process CPU") if args.threads == 1 else (time.perf_counter, "wall")
     spent = dict.fromkeys(PARTS, 0.0)
     model = tinyllm.AutoModelForCausalLM.from_pretrained(args.gpt2_dir)
-    wrap(spent, model.lm_head.weight.data)
+    wrap(spent, model.lm_head.weight.data, clock)
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, 10))
     model.generate(ids, max_length=12)  # compile / load the kernels
     best = None
     for _ in range(args.repeats):
         for k in spent:
             spent[k] = 0.0
-        c0 = time.process_time()
+        c0 = clock()
         model.generate(ids, max_length=50)
-        row = dict(spent, total=time.process_time() - c0)
+        row = dict(spent, total=clock() - c0)
         best = row if best is None or row["total"] < best["total"] else best
-    passes, nbytes = weight_passes(model, args.repeats)
-    print("process CPU ms per forward pass (40: the prompt's and 39 decoding steps), one thread")
+    passes, nbytes = weight_passes(model, args.repeats, args.threads, clock)
+    print(f"{what} ms per forward pass (40: the prompt's and 39 decoding steps), {args.threads} thread(s)")
     for k in PARTS:
         print(f"  {k:44s} {best[k] / 40 * 1e3:6.2f}")
     print(f"  {'everything else':44s} {(best['total'] - sum(best[k] for k in PARTS)) / 40 * 1e3:6.2f}")
     print(f"  {'total':44s} {best['total'] / 40 * 1e3:6.2f}")
-    print(f"\nthe same process, every weight matrix once ({nbytes / 1e6:.0f} MB, in decoding order), CPU ms, "
+    print(f"\nthe same process, every weight matrix once ({nbytes / 1e6:.0f} MB, in decoding order), {what} ms, "
           f"median of {args.repeats}:")
     print(f"  {'weight products alone (gemv_into)':44s} {passes['products'] * 1e3:6.2f}  "
           f"({nbytes / passes['products'] / 1e9:.1f} GB/s)")

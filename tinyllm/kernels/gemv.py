@@ -20,16 +20,23 @@ Two memory layouts of W, both read in place:
   rows; ``fastmath={"reassoc"}`` on the dot-product helper lets LLVM keep its partial sums in
   vector lanes (and the rows of W are read in order, one sequential stream for the prefetcher).
 * **columns**: W^T (K, N) C-contiguous, i.e. W is the transpose of a contiguous array, as GPT-2's
-  ``Conv1D`` weights are when a Hugging Face file is memory-mapped (``models/io.py``). The
-  weight rows are added, four at a time and scaled by x[m, k], into a block of outputs kept in
-  the L1 cache (the whole width when one thread does it all, so the weight is read as one
-  stream): plain vector code, every output summed over k in the same groups of four. (Four
-  rows a pass streamed GPT-2's weights faster than eight, two or sixteen: fewer concurrent
-  streams than eight, fewer loads and stores of the outputs than two; docs/performance.md.)
+  ``Conv1D`` weights are when a Hugging Face file is memory-mapped (``models/io.py``). The sum
+  over k is cut into fixed chunks of ``_COLS_CHUNK`` weight rows; each chunk's rows (one
+  contiguous stretch of memory) are added, four at a time and scaled by x[m, k], into that
+  chunk's partial outputs, kept in the L1 cache; then the partial outputs are added in chunk
+  order::
+
+      part[c, m, n] = sum_{k in chunk c} x[m, k] W^T[k, n]      y = (part[0] + part[1]) + ...
+
+  In parallel the threads share the chunks, so each reads one contiguous stretch of the weight
+  (cutting the columns among threads instead made each read a slice of every row, with a jump
+  after each: GPT-2's Conv1D GEMVs on 2 threads ran ~10 % slower at batch 1 and ~25 % at batch
+  8; docs/performance.md). (Four rows a pass streamed GPT-2's weights faster than eight, two or
+  sixteen: fewer concurrent streams than eight, fewer loads and stores of the outputs than two.)
 
 Every output element is computed by the same code in the same order whichever block or thread
-computes it, so the results do not depend on the thread count or on M (a sequence gets the
-same logits alone or in a batch). Small products (below ``SERIAL_WORK`` multiply-adds) run on
+computes it (the chunks are fixed by K alone), so the results do not depend on the thread count
+or on M (a sequence gets the same logits alone or in a batch). Small products (below ``SERIAL_WORK`` multiply-adds) run on
 the calling thread: a parallel launch costs more than they do, and on a machine whose cores are
 busy waking a second thread can take milliseconds. The serial and parallel paths call the same
 block function, so they agree bit for bit.
@@ -49,7 +56,8 @@ MAX_ROWS = 16
 # Below this many multiply-adds one thread does the whole product.
 SERIAL_WORK = 1 << 18
 _ROWS_PER_BLOCK = 64  # rows layout: weight rows per parallel work item
-_COLS_ACC = 8192  # columns layout: floats of the per-block output buffer (32 KiB in float32, the L1 cache)
+_COLS_ACC = 8192  # columns layout: floats of an output block (32 KiB in float32, the L1 cache)
+_COLS_CHUNK = 128  # columns layout: weight rows per chunk of the sum over k (a multiple of 4)
 
 
 def gemv_ref(x, w, bias=None):
@@ -126,51 +134,81 @@ def _axpy(acc, a, row):
 
 
 @njit
-def _cols_block(x, wt, bias, has_bias, y, lo, hi, acc):
-    """y[:, lo:hi] = x @ wt[:, lo:hi] (+ bias[lo:hi]): the weight rows' slices lo:hi are read
-    once, four at a time, and added into all M rows of the output block, kept in ``acc``
-    (M, >= hi - lo). Every output sums over k in the same groups of four whatever lo and hi are."""
-    m_rows, depth = x.shape
-    width = hi - lo
+def _cols_sum(x, wt, k0, k1, lo, hi, acc, at):
+    """acc[:, at:at + hi - lo] = x[:, k0:k1] @ wt[k0:k1, lo:hi], acc (M, >= at + hi - lo)
+    C-contiguous: the weight rows' slices are read once, four at a time, and added into all M
+    rows of the block (kept in the L1 cache). Every output sums over k in the same groups of
+    four whatever the block."""
+    m_rows, w = x.shape[0], hi - lo
     for m in range(m_rows):
-        for j in range(width):
-            acc[m, j] = 0
-    k = 0
+        acc[m, at:at + w] = 0
+    k = k0
     if m_rows == 1:  # (one sequence: the loop without the loop over rows, which LLVM compiles better)
-        acc0, x0 = acc[0, :width], x[0]
-        while k + 4 <= depth:
+        acc0, x0 = acc[0, at:at + w], x[0]
+        while k + 4 <= k1:
             _axpy4(acc0, x0, wt, k, lo)
             k += 4
-    while k + 4 <= depth:
+    while k + 4 <= k1:
         for m in range(m_rows):
-            _axpy4(acc[m, :width], x[m], wt, k, lo)
+            _axpy4(acc[m, at:at + w], x[m], wt, k, lo)
         k += 4
-    while k < depth:
+    while k < k1:
         row = wt[k, lo:hi]
         for m in range(m_rows):
-            _axpy(acc[m, :width], x[m, k], row)
+            _axpy(acc[m, at:at + w], x[m, k], row)
         k += 1
-    for m in range(m_rows):
-        for j in range(width):
-            y[m, lo + j] = acc[m, j] + bias[lo + j] if has_bias else acc[m, j]
 
 
 @njit
-def _cols_serial(x, wt, bias, has_bias, y, block):
-    """The blocks of ``block`` output columns one after the other, on the calling thread."""
-    n = wt.shape[1]
-    acc = np.empty((x.shape[0], block), x.dtype)
-    for b in range((n + block - 1) // block):
-        _cols_block(x, wt, bias, has_bias, y, b * block, min(n, (b + 1) * block), acc)
+def _add_into(total, at, part, part_at, w):
+    """total[:, at:at + w] += part[:, part_at:part_at + w]."""
+    for m in range(total.shape[0]):
+        t, p = total[m, at:at + w], part[m, part_at:part_at + w]
+        for j in range(w):
+            t[j] += p[j]
+
+
+@njit
+def _add_bias(y, bias, has_bias):
+    if has_bias:
+        for m in range(y.shape[0]):
+            row = y[m]
+            for j in range(y.shape[1]):
+                row[j] += bias[j]
+
+
+@njit
+def _cols_serial(x, wt, bias, has_bias, y, width, chunk):
+    """One block of ``width`` output columns at a time, on the calling thread: the chunks'
+    partial sums of the block, each added to the block's total as soon as it is computed (the
+    additions of :func:`_cols_parallel`, in the same order, without its buffer of every chunk)."""
+    depth, n = wt.shape
+    part = np.empty((x.shape[0], width), x.dtype)
+    for lo in range(0, n, width):
+        hi = min(n, lo + width)
+        _cols_sum(x, wt, 0, min(depth, chunk), lo, hi, y, lo)
+        for k0 in range(chunk, depth, chunk):
+            _cols_sum(x, wt, k0, min(depth, k0 + chunk), lo, hi, part, 0)
+            _add_into(y, lo, part, 0, hi - lo)
+    _add_bias(y, bias, has_bias)
 
 
 @njit(parallel=True)
-def _cols_parallel(x, wt, bias, has_bias, y, block):
-    """prange over blocks of ``block`` output columns, each with its own output buffer."""
-    n = wt.shape[1]
-    for b in prange((n + block - 1) // block):
-        acc = np.empty((x.shape[0], block), x.dtype)
-        _cols_block(x, wt, bias, has_bias, y, b * block, min(n, (b + 1) * block), acc)
+def _cols_parallel(x, wt, bias, has_bias, y, width, chunk):
+    """prange over the chunks of ``chunk`` weight rows: each thread reads one contiguous stretch
+    of the weight and sums it, a block of ``width`` columns at a time, into its chunks' own
+    partial outputs; then those are added in chunk order:
+    y = ((part[0] + part[1]) + part[2]) + ... (+ bias)."""
+    depth, n = wt.shape
+    chunks = max(1, (depth + chunk - 1) // chunk)  # (one empty chunk when K = 0)
+    parts = np.empty((chunks, x.shape[0], n), x.dtype)
+    for c in prange(chunks):
+        for lo in range(0, n, width):
+            _cols_sum(x, wt, c * chunk, min(depth, (c + 1) * chunk), lo, min(n, lo + width), parts[c], lo)
+    y[:] = parts[0]
+    for c in range(1, chunks):
+        _add_into(y, 0, parts[c], 0, n)
+    _add_bias(y, bias, has_bias)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,18 +253,13 @@ def gemv_into(x, stored, columns, bias, has_bias, y, threads, serial_work):
     n = stored.shape[1] if columns else stored.shape[0]
     serial = m * n * depth < serial_work or threads == 1
     if columns:
-        # output blocks of at most _COLS_ACC numbers (kept in the L1 cache); in parallel, one per
-        # thread. Wider blocks read each weight row in longer runs: one stream when serial, and
-        # in parallel a thread's slice of a row is n / threads floats long. (prange hands each
-        # thread a fixed, contiguous share of the blocks, so cutting them finer balances nothing;
-        # it only shortens the runs. GPT-2's mlp.c_proj, n = 768, on 2 threads: 51 GB/s with 2
-        # blocks of 384 floats, 42 GB/s with 4, 32 with 8; docs/performance.md.)
-        block = _COLS_ACC // m if serial else min(_COLS_ACC // m, -(-n // threads))
-        block = max(16, block)
+        # the sum over k in fixed chunks of _COLS_CHUNK weight rows, each chunk's partial outputs
+        # summed in blocks of columns that fit the L1 cache, then the chunks added in order
+        width = max(16, _COLS_ACC // m)
         if serial:
-            _cols_serial(x, stored, bias, has_bias, y, block)
+            _cols_serial(x, stored, bias, has_bias, y, width, _COLS_CHUNK)
         else:
-            _cols_parallel(x, stored, bias, has_bias, y, block)
+            _cols_parallel(x, stored, bias, has_bias, y, width, _COLS_CHUNK)
     elif serial:
         _rows_block(x, stored, bias, has_bias, y, 0, n)
     else:

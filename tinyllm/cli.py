@@ -326,9 +326,10 @@ class TrainingRun:
             line += f"; {metrics['tokens_per_sec']:,.0f} tokens/s; {metrics['wall_s']:.0f} s"
         self.log(line)
         self.log(f"saved the model and {METRICS_NAME} to {self.out_dir}/")
-        text = trainer.sample()
-        if text is not None:
-            self.log(f"--- sample ---\n{text}")
+        if trainer.sampled_at != trainer.iter_num:  # (else the last evaluation just showed this very sample)
+            text = trainer.sample()
+            if text is not None:
+                self.log(f"--- sample ---\n{text}")
 
 
 @no_grad()

@@ -301,6 +301,7 @@ class Trainer:
         self.iter_num = 0
         self.history = []  # (iter, loss) of every step, for tests and plots
         self.last_eval = {}
+        self.sampled_at = None  # the step of the last sample shown (drawn with the run's seed: one text per step)
         self.last_checkpoint_iter = None  # the iteration of the newest checkpoint of this run
 
     @property
@@ -644,6 +645,7 @@ class Trainer:
         text = self.sample()
         if text is not None:
             msg += "\n--- sample ---\n" + text + "\n--------------"
+            self.sampled_at = self.iter_num
         (bar.write if bar is not None else log)(msg)
         self._check_replicas_agree()
         if self.iter_num > 0:

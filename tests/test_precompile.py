@@ -57,21 +57,22 @@ def watched(monkeypatch):
     return precompile._WatchedCache(cache, (f"tinyllm.kernels.{module}", name)), cache, calls, args
 
 
-def test_a_miss_on_a_listed_signature_compiles_ahead_once_and_looks_again(watched):
+def test_a_miss_on_a_listed_signature_compiles_ahead_once_and_looks_again(watched, capsys):
     proxy, cache, calls, args = watched
     sig = precompile._argument_types(args)
     assert proxy.load_overload(sig, None) == "compiled"
     assert calls == [1] and cache.lookups == 2
-    assert proxy.load_overload(sig, None) == "compiled"  # a hit: nothing started
-    assert calls == [1]
+    assert capsys.readouterr().err == precompile.COMPILING_NOTICE + "\n"  # the user is told why step 1 waits
+    assert proxy.load_overload(sig, None) == "compiled"  # a hit: nothing started, nothing said
+    assert calls == [1] and capsys.readouterr().err == ""
     assert proxy.flush() == "flushed"  # everything else is numba's cache itself
 
 
-def test_a_miss_on_an_unlisted_signature_compiles_only_that_kernel_as_before(watched):
+def test_a_miss_on_an_unlisted_signature_compiles_only_that_kernel_as_before(watched, capsys):
     proxy, cache, calls, args = watched
     float64_sig = precompile._argument_types(args.replace("float32", "float64"))
     assert proxy.load_overload(float64_sig, None) is None
-    assert calls == [] and cache.lookups == 1
+    assert calls == [] and cache.lookups == 1 and capsys.readouterr().err == ""
 
 
 def test_compile_ahead_starts_at_most_once_per_process(watched):

@@ -72,6 +72,16 @@ _KERNELS_PACKAGE = __package__.rsplit(".", 1)[0]  # "tinyllm.kernels"
 _LISTED = {(f"{_KERNELS_PACKAGE}.{module}", name) for module, name, _ in TRAINING_STEP}
 
 
+# Shown on stderr once, when a process finds the training step's kernels missing from the cache:
+# a first run would otherwise sit silent for tens of seconds before its first step.
+COMPILING_NOTICE = ("tinyllm: compiling the kernels of a training step for this machine; this happens once "
+                    "(numba keeps them in its cache) and takes 10-30 s")
+
+
+def _notice(text):
+    print(text, file=sys.stderr, flush=True)
+
+
 class _State:
     attempted = False  # compile_ahead runs at most once per process
     report = None  # what the last compile_ahead did: workers, wall seconds, each worker's CPU seconds
@@ -106,6 +116,7 @@ class _WatchedCache:
     def load_overload(self, sig, target_context):
         compiled = self._cache.load_overload(sig, target_context)
         if compiled is None and not _State.attempted and tuple(sig) in _listed_signatures(self._key):
+            _notice(COMPILING_NOTICE)
             compile_ahead()
             compiled = self._cache.load_overload(sig, target_context)
         return compiled

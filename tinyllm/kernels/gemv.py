@@ -170,6 +170,7 @@ def _add_into(total, at, part, part_at, w):
 
 @njit
 def _add_bias(y, bias, has_bias):
+    """y[m] += bias for every row m, when there is a bias."""
     if has_bias:
         for m in range(y.shape[0]):
             row = y[m]

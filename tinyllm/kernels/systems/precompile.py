@@ -14,7 +14,8 @@ where their results meet. So:
   kernel notice a miss on a listed signature. The first such miss in a process starts
   :func:`compile_ahead`: one worker process per available core, each taking the next uncompiled
   kernel off the list (the slowest to compile first) until none is left, writing it into the
-  shared cache; this process waits for them (it has nothing else to do: its step needs the first
+  shared cache (and :data:`COMPILING_NOTICE` on stderr tells the user why step 1 waits); this
+  process waits for them (it has nothing else to do: its step needs the first
   kernel now) and then loads every kernel from the cache instead of compiling it.
 
 Nothing about the numbers changes: a kernel loaded from the cache is the same machine code

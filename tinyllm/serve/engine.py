@@ -29,7 +29,7 @@ import numpy as np
 from ..kernels import set_num_threads
 from ..tensor import no_grad
 
-__all__ = ["Delta", "TokenLogprob", "Sequence", "Engine", "EngineBusy"]
+__all__ = ["Delta", "TokenLogprob", "Sequence", "Engine", "EngineBusy", "token_bytes"]
 
 log = logging.getLogger("tinyllm.serve")
 
@@ -44,6 +44,8 @@ class TokenLogprob:
     logprob: float  # None for the first prompt token (nothing predicts it)
     top: list
     offset: int  # where the token's text starts (in the completion; prompt tokens: in the prompt)
+    bytes: bytes = b""  # the token's own bytes (token_bytes), which ``text`` may not spell
+    top_bytes: list = field(default_factory=list)  # the same for each of ``top``
 
 
 @dataclass
@@ -61,6 +63,17 @@ class Delta:
 
 class EngineBusy(RuntimeError):
     """The queue of waiting sequences is full."""
+
+
+def token_bytes(tokenizer, token_id):
+    """The bytes one token stands for. A byte-level BPE token may hold part of a UTF-8 character:
+    its text alone is U+FFFD, and OpenAI's logprobs carry these bytes so that a client can join a
+    character's tokens back into it. Tokenizers without bytes of their own: their text's UTF-8."""
+    id_to_token = getattr(tokenizer, "id_to_token", None)
+    token = id_to_token(token_id) if id_to_token is not None else None
+    if isinstance(token, bytes):
+        return token
+    return tokenizer.decode([token_id]).encode("utf-8")
 
 
 def _log_softmax(logits):
@@ -128,15 +141,22 @@ class Sequence:
             return self._finish("length")
         return self._delta(self._safe_length())
 
+    def finish_without_tokens(self):
+        """The last delta of a request for no tokens at all (echo with max_tokens 0: the prompt, and
+        its log-probabilities, are the answer)."""
+        return self._finish("length")
+
     def _entry(self, token_id, logp, offset):
         decode = self.tokenizer.decode
+        raw = token_bytes(self.tokenizer, token_id)
         if logp is None:
-            return TokenLogprob(token_id, decode([token_id]), None, [], offset)
+            return TokenLogprob(token_id, decode([token_id]), None, [], offset, raw)
         k = self.sampling.logprobs
         top_ids = np.argpartition(-logp, k)[:k] if 0 < k < logp.size else np.arange(logp.size if k else 0)
-        top_ids = top_ids[np.argsort(-logp[top_ids], kind="stable")]
-        top = [(decode([int(i)]), float(logp[i])) for i in top_ids]
-        return TokenLogprob(token_id, decode([token_id]), float(logp[token_id]), top, offset)
+        top_ids = [int(i) for i in top_ids[np.argsort(-logp[top_ids], kind="stable")]]
+        top = [(decode([i]), float(logp[i])) for i in top_ids]
+        return TokenLogprob(token_id, decode([token_id]), float(logp[token_id]), top, offset, raw,
+                            [token_bytes(self.tokenizer, i) for i in top_ids])
 
     def _commit(self, piece):
         self.text += piece
@@ -255,6 +275,10 @@ class Engine:
                 continue
             if first is not None:
                 self._send(seq, first)
+            if seq.sampling.max_tokens == 0:  # nothing to generate: done before the first step
+                steps.close()
+                self._send(seq, seq.finish_without_tokens())
+                continue
             active.append((seq, steps))
             with self._lock:
                 self._active = len(active)

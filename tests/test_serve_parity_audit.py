@@ -11,11 +11,17 @@ answered differently from the reference servers, each test failing on the code b
   vLLM, lm-evaluation-harness's loglikelihood requests) was refused;
 * ``top_k: 0`` (vLLM's and llama.cpp's "no top-k filtering") was refused;
 * a chat whose messages fill the context, with no max_tokens given, blamed ``param: max_tokens``,
-  a field the client never sent (OpenAI names ``messages``).
+  a field the client never sent (OpenAI names ``messages``);
+* a body with ``NaN`` (which Python's json reads, but JSON does not have) was served: a NaN
+  temperature passed every range check and meant greedy decoding.
 
 It also checks, on a byte-level BPE model, what the other tests check on a character model: stop
 strings (a string and a list) that are a character cut across tokens, streamed and not.
 """
+import json
+import urllib.error
+import urllib.request
+
 import pytest
 
 pytest.importorskip("starlette")
@@ -178,3 +184,15 @@ def test_a_stop_string_cut_across_tokens_ends_the_text_before_it(client, split_c
         assert whole.text == expected and whole.finish_reason == "stop"
         assert "".join(c.text for c in chunks) == expected and chunks[-1].finish_reason == "stop"
         assert expected.startswith(cut[:len(expected)])
+
+
+# ---- JSON that is not JSON ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, literal", [("temperature", "NaN"), ("top_p", "NaN"), ("temperature", "-Infinity")])
+def test_nan_and_infinity_literals_are_not_json(server, field, literal):
+    data = f'{{"model": "bpe", "prompt": "the", "max_tokens": 3, "{field}": {literal}}}'.encode()
+    req = urllib.request.Request(server.url + "/v1/completions", data=data, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=60)
+    body = json.loads(e.value.read())
+    assert e.value.code == 400 and body["error"]["code"] == "invalid_json" and literal.lstrip("-") in body["error"]["message"]

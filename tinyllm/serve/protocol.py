@@ -137,10 +137,16 @@ _CHAT_NEUTRAL = {**_NEUTRAL, "tools": (None, []), "tool_choice": (None, "none"),
                  "prediction": (None,), "reasoning_effort": (None,)}
 
 
+def _not_json(constant):
+    raise ValueError(f"{constant} is not a JSON value (JSON numbers are finite)")
+
+
 def parse_json(raw):
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    """The request body as a JSON object, or a 400 that says what is wrong with it. Python's json
+    module would also read NaN and Infinity, which JSON does not have (a NaN temperature passed
+    every range check and silently meant greedy decoding); they are refused, as OpenAI does."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError) as e:
         raise APIError(400, f"We could not parse the JSON body of your request ({e}). The body must be a JSON "
                             "object, sent with Content-Type: application/json.", code="invalid_json") from None

@@ -90,6 +90,13 @@ def test_bleu_of_an_empty_corpus_is_an_error_not_a_zero():
         rouge([], [])
 
 
+def test_sentence_bleu_without_references_says_so_in_its_own_terms():
+    # sacrebleu fails with an IndexError; tinyllm's message named corpus_bleu's reference streams
+    for refs in ([], [None]):
+        with pytest.raises(ValueError, match=r"sentence_bleu: no reference to score against"):
+            sentence_bleu("a b", refs)
+
+
 def test_perplexity_takes_the_loss_tensor_a_model_returns():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 5, 7)).astype(np.float32)

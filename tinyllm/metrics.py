@@ -160,6 +160,9 @@ def sentence_bleu(hypothesis, references, *, lowercase=False, tokenize="13a", sm
         raise TypeError("sentence_bleu: references must be a list of str (one per reference), "
                         f"got the str {references!r}; pass [{references!r}]")
     references = _check_strings(references, "sentence_bleu: references", allow_none=True)
+    if all(ref is None for ref in references):
+        raise ValueError(f"sentence_bleu: no reference to score against (references={references!r}); "
+                         "pass at least one reference string")
     return corpus_bleu([hypothesis], [[ref] for ref in references], lowercase=lowercase,
                        tokenize=tokenize, smooth_method=smooth_method,
                        use_effective_order=use_effective_order, max_ngram_order=max_ngram_order)

@@ -13,7 +13,9 @@ answered differently from the reference servers, each test failing on the code b
 * a chat whose messages fill the context, with no max_tokens given, blamed ``param: max_tokens``,
   a field the client never sent (OpenAI names ``messages``);
 * a body with ``NaN`` (which Python's json reads, but JSON does not have) was served: a NaN
-  temperature passed every range check and meant greedy decoding.
+  temperature passed every range check and meant greedy decoding;
+* special tokens an encoder-decoder generated (``<pad>``, ``<s>``) were written into the text
+  ("<pad><pad>ec-ab"); vLLM skips them by default, as tinyllm's own translate.py does.
 
 It also checks, on a byte-level BPE model, what the other tests check on a character model: stop
 strings (a string and a list) that are a character cut across tokens, streamed and not.
@@ -22,6 +24,7 @@ import json
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
 pytest.importorskip("starlette")
@@ -29,8 +32,9 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
 from serve_helpers import ServerThread, reference, save_char_model, save_gpt2_model  # noqa: E402
+from test_serve_seq2seq import save_seq2seq_model  # noqa: E402
 
-from tinyllm import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from tinyllm import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer  # noqa: E402
 
 PROMPT = "caf\u00e9"
 NON_ASCII = ("\u00e9", "\u00ef", "\u65e5", "\u672c", "\u8a9e")
@@ -196,3 +200,26 @@ def test_nan_and_infinity_literals_are_not_json(server, field, literal):
         urllib.request.urlopen(req, timeout=60)
     body = json.loads(e.value.read())
     assert e.value.code == 400 and body["error"]["code"] == "invalid_json" and literal.lstrip("-") in body["error"]["message"]
+
+
+# ---- special tokens in an encoder-decoder's text ----------------------------------------------------
+
+def test_special_tokens_add_no_text(tmp_path):
+    """Random weights at temperature 2 write <pad> and <s> now and then; the text leaves them out
+    (what translate.py prints for the same tokens), the logprobs still name them."""
+    directory = save_seq2seq_model(tmp_path)
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+    raw, expected = [], []
+    for c in range(12):
+        out = model.generate(np.asarray([tok.encode("hag")]), max_new_tokens=10, do_sample=True, temperature=2.0,
+                             seed=5 + c)[0, 1:].tolist()  # after BOS
+        out = out[:out.index(tok.eos_token_id)] if tok.eos_token_id in out else out
+        raw.append(tok.decode(out))
+        expected.append(tok.decode(out, skip_special_tokens=True))
+    assert any("<pad>" in t or "<s>" in t for t in raw)  # the case is exercised
+    with ServerThread(directory) as s:
+        r = s.client().completions.create(model="tiny", prompt="hag", max_tokens=10, n=12, seed=5, temperature=2.0,
+                                          logprobs=0)
+    assert [c.text for c in r.choices] == expected
+    named = [t for c in r.choices for t in c.logprobs.tokens]
+    assert "<pad>" in named or "<s>" in named

@@ -88,7 +88,9 @@ class Sequence:
 
     Text is decoded incrementally: a token that ends inside a UTF-8 character (byte-level BPE)
     waits for the rest. Text that could be the beginning of a stop string is held back until it
-    is clear, so a stream never shows text that the final answer does not contain.
+    is clear, so a stream never shows text that the final answer does not contain. Special tokens
+    (an encoder-decoder's ``<pad>``, ``<s>``) add no text, as ``decode(ids, skip_special_tokens=True)``
+    and vLLM's default; their logprob entries still name them.
     """
 
     def __init__(self, index, prompt_ids, sampling, tokenizer, choice=0, sink=None):
@@ -132,7 +134,7 @@ class Sequence:
             self.entries.append(self._entry(token_id, None if logits is None else _log_softmax(logits),
                                             len(self.text)))
         self.pending.append(token_id)
-        piece = self.tokenizer.decode(self.pending)
+        piece = self._decode_pending()
         if not piece.endswith("\ufffd"):
             self._commit(piece)
         if self._cut_at_stop():
@@ -158,6 +160,9 @@ class Sequence:
         return TokenLogprob(token_id, decode([token_id]), float(logp[token_id]), top, offset, raw,
                             [token_bytes(self.tokenizer, i) for i in top_ids])
 
+    def _decode_pending(self):
+        return self.tokenizer.decode(self.pending, skip_special_tokens=True)
+
     def _commit(self, piece):
         self.text += piece
         self.pending = []
@@ -182,7 +187,7 @@ class Sequence:
 
     def _finish(self, reason, flush=True):
         if self.pending and flush:  # the end: a character cut short shows as U+FFFD, as decode() does
-            self._commit(self.tokenizer.decode(self.pending))
+            self._commit(self._decode_pending())
             if self._cut_at_stop():
                 reason = "stop"
         self.finish_reason = reason

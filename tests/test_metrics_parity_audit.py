@@ -123,3 +123,36 @@ def test_perplexity_ignores_minus_100_targets_as_pytorch_does():
     kept = targets.reshape(-1) != -100
     by_hand = F.cross_entropy(Tensor(logits.reshape(-1, 11)[kept]), targets.reshape(-1)[kept])
     assert perplexity(by_hand.item()) == pytest.approx(ours, rel=1e-6)
+
+
+def test_evaluations_report_an_infinite_perplexity_instead_of_crashing():
+    """A model whose mean loss is past log(max float64) ~ 709.8 nats (a diverging run) has perplexity
+    inf, as torch.exp(loss) and metrics.perplexity give; math.exp raised OverflowError in the
+    evaluation, before the training loop could report the divergence."""
+    from tinyllm import GPT, GPTConfig
+    from tinyllm.code_eval import token_metrics
+    from tinyllm.datasets.pairs import pair_evaluator
+    from tinyllm.training import evaluate_split
+
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8), seed=0)
+    model.transformer.wte.weight.data *= 30000  # (tied to lm_head) logits of order 1e9
+    data = np.random.default_rng(0).integers(0, 11, size=60)
+    loss, ppl = evaluate_split(model, data)
+    assert 709.8 < loss < math.inf and ppl == math.inf
+    metrics = token_metrics(model, data)
+    assert math.isfinite(metrics["loss"]) and metrics["perplexity"] == math.inf
+
+    class Pairs:  # what pair_evaluator reads of a PairDataset
+        src_ids = [[1], [2]]
+
+        def __len__(self):
+            return 2
+
+        def batch(self, rows):
+            return None, None, None
+
+    class Huge:  # what it reads of an encoder-decoder
+        def evaluate(self, src, tgt_in, tgt_out, batch_size):
+            return {"loss": 1000.0, "n_tokens": 3}
+
+    assert pair_evaluator()(Huge(), Pairs()) == {"loss": 1000.0, "perplexity": math.inf, "n_tokens": 3}

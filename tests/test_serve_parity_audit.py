@@ -16,6 +16,8 @@ answered differently from the reference servers, each test failing on the code b
   temperature passed every range check and meant greedy decoding;
 * special tokens an encoder-decoder generated (``<pad>``, ``<s>``) were written into the text
   ("<pad><pad>ec-ab"); vLLM skips them by default, as tinyllm's own translate.py does.
+* echo's ``text_offset`` drifted past the prompt's text after a character cut across tokens
+  (each piece counted as one U+FFFD), unlike the completion's offsets.
 
 It also checks, on a byte-level BPE model, what the other tests check on a character model: stop
 strings (a string and a list) that are a character cut across tokens, streamed and not.
@@ -223,3 +225,22 @@ def test_special_tokens_add_no_text(tmp_path):
     assert [c.text for c in r.choices] == expected
     named = [t for c in r.choices for t in c.logprobs.tokens]
     assert "<pad>" in named or "<s>" in named
+
+
+# ---- echo's text offsets across a character cut into tokens ------------------------------------------
+
+def test_echoed_prompt_offsets_point_at_each_tokens_text(client, ref):
+    """text_offset[i] is where token i's text starts in the echoed text. A prompt character cut
+    across tokens (here 日: 1 byte + 2 bytes) used to advance the offset once per piece (each
+    decodes alone to U+FFFD), so every later prompt token pointed past its text."""
+    _, tok = ref
+    prompt = "\u65e5 the cat"
+    assert "\u65e5" not in "".join(tok.decode([i]) for i in tok.encode(prompt))  # the case is exercised
+    choice = client.completions.create(model="bpe", prompt=prompt, max_tokens=3, echo=True, logprobs=0,
+                                       temperature=0).choices[0]
+    lp, n_prompt = choice.logprobs, len(tok.encode(prompt))
+    assert lp.text_offset[:n_prompt] == [0, 0, 1, 5]  # both pieces of 日 start where it does
+    assert lp.text_offset[n_prompt] == len(prompt)
+    for token, offset in zip(lp.tokens, lp.text_offset):
+        if "\ufffd" not in token:
+            assert choice.text[offset:].startswith(token), (token, offset)

@@ -113,15 +113,19 @@ class Sequence:
 
     # ---- called by the engine, in the worker thread ----------------------------------------------
     def first_delta(self, backend):
-        """The delta sent before any token: the prompt's log-probabilities, if asked for."""
+        """The delta sent before any token: the prompt's log-probabilities, if asked for. Offsets
+        count as the completion's do: the tokens of a character cut across tokens all start where
+        it starts (adding up each token's own text, U+FFFD for a piece, would drift past it)."""
         if not self.sampling.echo_logprobs:
             return None
         logp = _log_softmax(backend.prompt_logits(self.prompt_ids))  # (T, V): row t scores token t + 1
-        entries, offset = [], 0
+        entries, offset, pending = [], 0, []
         for t, token_id in enumerate(self.prompt_ids):
-            entry = self._entry(token_id, logp[t - 1] if t else None, offset)
-            entries.append(entry)
-            offset += len(entry.text)
+            entries.append(self._entry(token_id, logp[t - 1] if t else None, offset))
+            pending.append(token_id)
+            piece = self.tokenizer.decode(pending)
+            if not piece.endswith("\ufffd"):
+                offset, pending = offset + len(piece), []
         return Delta(self.index, prompt_logprobs=entries)
 
     def add_token(self, token_id, logits):

@@ -123,7 +123,7 @@ class _SplitBytes:
     def __init__(self):
         self.vocab_size = 256
 
-    def decode(self, ids):
+    def decode(self, ids, skip_special_tokens=False):
         return bytes(ids).decode("utf-8", errors="replace")
 
 

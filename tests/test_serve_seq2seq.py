@@ -38,15 +38,16 @@ def save_seq2seq_model(directory, chat_template=None, seed=0):
 
 def reference(model, tok, source, max_tokens, temperature=1.0, top_p=1.0, seed=None):
     """(text, finish_reason, completion tokens, ids) that ``model.generate`` gives for a completion
-    request (ids: the tokens generated, </s> included if it came)."""
+    request (ids: the tokens generated, </s> included if it came; the text without special tokens,
+    as translate.py decodes it)."""
     src = np.asarray([tok.encode(source)])
     out = model.generate(src, max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature,
                          top_p=top_p, seed=seed)
     new = out[0, 1:].tolist()  # after BOS
     if tok.eos_token_id in new:
         new = new[:new.index(tok.eos_token_id) + 1]
-        return tok.decode(new[:-1]), "stop", len(new), new
-    return tok.decode(new), "length", len(new), new
+        return tok.decode(new[:-1], skip_special_tokens=True), "stop", len(new), new
+    return tok.decode(new, skip_special_tokens=True), "length", len(new), new
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ Nothing here imports a model class: a "model" is anything with ``config.block_si
 """
 import difflib
 import io
-import math
 import tokenize
 from dataclasses import asdict, dataclass
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from .code_data import split_lines
 from .data import iter_eval_windows
+from .metrics import perplexity
 from .tensor import no_grad
 
 __all__ = [
@@ -420,7 +420,7 @@ def token_metrics(model, ids, batch_size=16):
     finally:
         model.train(was_training)
     mean = total_loss / count
-    return {"token_accuracy": 100.0 * correct / count, "perplexity": math.exp(mean), "loss": mean,
+    return {"token_accuracy": 100.0 * correct / count, "perplexity": perplexity(mean), "loss": mean,
             "n_tokens": count}
 
 
@@ -546,7 +546,7 @@ class NGramLM:
             correct += int((self.distributions(history).argmax(axis=1) == ids[t]).sum())
         n = len(ids) - 1
         mean = -float(logp.mean())
-        return {"token_accuracy": 100.0 * correct / n, "perplexity": math.exp(mean), "loss": mean, "n_tokens": n}
+        return {"token_accuracy": 100.0 * correct / n, "perplexity": perplexity(mean), "loss": mean, "n_tokens": n}
 
     def complete(self, prompts, line_ends, max_new_tokens=64, skip_blank_lines=True):
         """Greedy continuation of each prompt until its line ends (:class:`LineEnds`) or

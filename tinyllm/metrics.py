@@ -134,6 +134,8 @@ def corpus_bleu(hypotheses, references, *, lowercase=False, tokenize="13a", smoo
     Returns a :class:`BLEUScore`.
     """
     hypotheses = _check_strings(hypotheses, "corpus_bleu: hypotheses")
+    if not hypotheses:  # BLEU of nothing is undefined (sacrebleu fails on it): not a score of 0
+        raise ValueError("corpus_bleu: no hypotheses to score; pass at least one segment")
     streams = _check_streams(references, len(hypotheses))
     _check_options(tokenize, smooth_method, max_ngram_order)
     stats = [0] * (2 + 2 * max_ngram_order)  # sys_len, ref_len, counts..., totals...
@@ -158,6 +160,9 @@ def sentence_bleu(hypothesis, references, *, lowercase=False, tokenize="13a", sm
         raise TypeError("sentence_bleu: references must be a list of str (one per reference), "
                         f"got the str {references!r}; pass [{references!r}]")
     references = _check_strings(references, "sentence_bleu: references", allow_none=True)
+    if all(ref is None for ref in references):
+        raise ValueError(f"sentence_bleu: no reference to score against (references={references!r}); "
+                         "pass at least one reference string")
     return corpus_bleu([hypothesis], [[ref] for ref in references], lowercase=lowercase,
                        tokenize=tokenize, smooth_method=smooth_method,
                        use_effective_order=use_effective_order, max_ngram_order=max_ngram_order)
@@ -603,8 +608,10 @@ def porter_stem(word):
 # ------------------------------------------------------------------------------------------
 def perplexity(mean_loss):
     """``e ** mean_loss``: the perplexity of a mean cross-entropy in nats per token. A loss
-    too large for a float64 exponential gives ``inf``; a NaN loss gives NaN."""
-    mean_loss = float(mean_loss)
+    too large for a float64 exponential gives ``inf``; a NaN loss gives NaN. ``mean_loss`` may
+    be a number or a one-element tensor (the loss ``model(x, y)`` returns), as ``float()``
+    takes a one-element ``torch.Tensor``."""
+    mean_loss = float(mean_loss.item() if hasattr(mean_loss, "item") else mean_loss)
     if mean_loss < 0:
         raise ValueError(f"perplexity: a cross-entropy is never negative, got mean_loss={mean_loss}")
     try:

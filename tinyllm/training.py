@@ -80,6 +80,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, lock_out_dir, restore_
 from .data import get_batch as _lm_get_batch
 from .data import iter_eval_windows
 from .errors import CheckpointWriteError, FileFormatError
+from .metrics import perplexity
 from .models.io import write_atomic
 from .tensor import no_grad
 from .tokenizers import Tokenizer
@@ -170,7 +171,8 @@ def lm_batches(block_size):
 def evaluate_split(model, data, block_size=None, batch_size=32, world=None):
     """Mean loss per token over the whole split, in non-overlapping ``block_size`` windows.
 
-    Returns (mean loss, perplexity = e^loss). Every token of the split is predicted exactly once.
+    Returns (mean loss, perplexity = e^loss; inf past float64, not an OverflowError). Every token of the
+    split is predicted exactly once.
     With ``world`` (a :class:`tinyllm.distributed.World`) of several ranks, rank r takes every
     r-th batch of windows and the sums are added over the ranks; call it on every rank.
     """
@@ -188,7 +190,7 @@ def evaluate_split(model, data, block_size=None, batch_size=32, world=None):
     if size > 1:
         total, count = world.sum([total, count], "the whole-split evaluation")
     mean = total / count
-    return mean, math.exp(mean)
+    return mean, perplexity(mean)
 
 
 def lm_evaluate(model, data, world=None):

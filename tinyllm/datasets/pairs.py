@@ -18,11 +18,12 @@ Batches, for targets ``y`` that end with EOS (the tokenizer appends it)::
 so ``tgt_out[:, t]`` is the token after ``tgt_in[:, t]`` ("teacher forcing"), and the padded
 positions add nothing to the loss (``F.cross_entropy`` skips ``ignore_index``, as PyTorch's).
 """
-import math
 import random
 from pathlib import Path
 
 import numpy as np
+
+from ..metrics import perplexity
 
 __all__ = ["IGNORE_INDEX", "PairDataset", "collate_pairs", "group_by_source", "pad_sequences", "pair_batches",
            "pair_evaluator", "read_tsv_pairs", "reference_streams", "split_pairs"]
@@ -274,6 +275,6 @@ def pair_evaluator(batch_size=64):
             r = model.evaluate(src, tgt_in, tgt_out, batch_size=batch_size)
             total, count = total + r["loss"] * r["n_tokens"], count + r["n_tokens"]
         loss = total / count
-        return {"loss": loss, "perplexity": math.exp(loss), "n_tokens": count}
+        return {"loss": loss, "perplexity": perplexity(loss), "n_tokens": count}
 
     return evaluate

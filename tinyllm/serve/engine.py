@@ -29,7 +29,7 @@ import numpy as np
 from ..kernels import set_num_threads
 from ..tensor import no_grad
 
-__all__ = ["Delta", "TokenLogprob", "Sequence", "Engine", "EngineBusy"]
+__all__ = ["Delta", "TokenLogprob", "Sequence", "Engine", "EngineBusy", "token_bytes"]
 
 log = logging.getLogger("tinyllm.serve")
 
@@ -44,6 +44,8 @@ class TokenLogprob:
     logprob: float  # None for the first prompt token (nothing predicts it)
     top: list
     offset: int  # where the token's text starts (in the completion; prompt tokens: in the prompt)
+    bytes: bytes = b""  # the token's own bytes (token_bytes), which ``text`` may not spell
+    top_bytes: list = field(default_factory=list)  # the same for each of ``top``
 
 
 @dataclass
@@ -63,6 +65,17 @@ class EngineBusy(RuntimeError):
     """The queue of waiting sequences is full."""
 
 
+def token_bytes(tokenizer, token_id):
+    """The bytes one token stands for. A byte-level BPE token may hold part of a UTF-8 character:
+    its text alone is U+FFFD, and OpenAI's logprobs carry these bytes so that a client can join a
+    character's tokens back into it. Tokenizers without bytes of their own: their text's UTF-8."""
+    id_to_token = getattr(tokenizer, "id_to_token", None)
+    token = id_to_token(token_id) if id_to_token is not None else None
+    if isinstance(token, bytes):
+        return token
+    return tokenizer.decode([token_id]).encode("utf-8")
+
+
 def _log_softmax(logits):
     """log p = z - log sum exp z, over the last axis, in float64."""
     z = logits.astype(np.float64)
@@ -75,7 +88,9 @@ class Sequence:
 
     Text is decoded incrementally: a token that ends inside a UTF-8 character (byte-level BPE)
     waits for the rest. Text that could be the beginning of a stop string is held back until it
-    is clear, so a stream never shows text that the final answer does not contain.
+    is clear, so a stream never shows text that the final answer does not contain. Special tokens
+    (an encoder-decoder's ``<pad>``, ``<s>``) add no text, as ``decode(ids, skip_special_tokens=True)``
+    and vLLM's default; their logprob entries still name them.
     """
 
     def __init__(self, index, prompt_ids, sampling, tokenizer, choice=0, sink=None):
@@ -98,15 +113,19 @@ class Sequence:
 
     # ---- called by the engine, in the worker thread ----------------------------------------------
     def first_delta(self, backend):
-        """The delta sent before any token: the prompt's log-probabilities, if asked for."""
+        """The delta sent before any token: the prompt's log-probabilities, if asked for. Offsets
+        count as the completion's do: the tokens of a character cut across tokens all start where
+        it starts (adding up each token's own text, U+FFFD for a piece, would drift past it)."""
         if not self.sampling.echo_logprobs:
             return None
         logp = _log_softmax(backend.prompt_logits(self.prompt_ids))  # (T, V): row t scores token t + 1
-        entries, offset = [], 0
+        entries, offset, pending = [], 0, []
         for t, token_id in enumerate(self.prompt_ids):
-            entry = self._entry(token_id, logp[t - 1] if t else None, offset)
-            entries.append(entry)
-            offset += len(entry.text)
+            entries.append(self._entry(token_id, logp[t - 1] if t else None, offset))
+            pending.append(token_id)
+            piece = self.tokenizer.decode(pending)
+            if not piece.endswith("\ufffd"):
+                offset, pending = offset + len(piece), []
         return Delta(self.index, prompt_logprobs=entries)
 
     def add_token(self, token_id, logits):
@@ -119,7 +138,7 @@ class Sequence:
             self.entries.append(self._entry(token_id, None if logits is None else _log_softmax(logits),
                                             len(self.text)))
         self.pending.append(token_id)
-        piece = self.tokenizer.decode(self.pending)
+        piece = self._decode_pending()
         if not piece.endswith("\ufffd"):
             self._commit(piece)
         if self._cut_at_stop():
@@ -128,15 +147,25 @@ class Sequence:
             return self._finish("length")
         return self._delta(self._safe_length())
 
+    def finish_without_tokens(self):
+        """The last delta of a request for no tokens at all (echo with max_tokens 0: the prompt, and
+        its log-probabilities, are the answer)."""
+        return self._finish("length")
+
     def _entry(self, token_id, logp, offset):
         decode = self.tokenizer.decode
+        raw = token_bytes(self.tokenizer, token_id)
         if logp is None:
-            return TokenLogprob(token_id, decode([token_id]), None, [], offset)
+            return TokenLogprob(token_id, decode([token_id]), None, [], offset, raw)
         k = self.sampling.logprobs
         top_ids = np.argpartition(-logp, k)[:k] if 0 < k < logp.size else np.arange(logp.size if k else 0)
-        top_ids = top_ids[np.argsort(-logp[top_ids], kind="stable")]
-        top = [(decode([int(i)]), float(logp[i])) for i in top_ids]
-        return TokenLogprob(token_id, decode([token_id]), float(logp[token_id]), top, offset)
+        top_ids = [int(i) for i in top_ids[np.argsort(-logp[top_ids], kind="stable")]]
+        top = [(decode([i]), float(logp[i])) for i in top_ids]
+        return TokenLogprob(token_id, decode([token_id]), float(logp[token_id]), top, offset, raw,
+                            [token_bytes(self.tokenizer, i) for i in top_ids])
+
+    def _decode_pending(self):
+        return self.tokenizer.decode(self.pending, skip_special_tokens=True)
 
     def _commit(self, piece):
         self.text += piece
@@ -162,7 +191,7 @@ class Sequence:
 
     def _finish(self, reason, flush=True):
         if self.pending and flush:  # the end: a character cut short shows as U+FFFD, as decode() does
-            self._commit(self.tokenizer.decode(self.pending))
+            self._commit(self._decode_pending())
             if self._cut_at_stop():
                 reason = "stop"
         self.finish_reason = reason
@@ -255,6 +284,10 @@ class Engine:
                 continue
             if first is not None:
                 self._send(seq, first)
+            if seq.sampling.max_tokens == 0:  # nothing to generate: done before the first step
+                steps.close()
+                self._send(seq, seq.finish_without_tokens())
+                continue
             active.append((seq, steps))
             with self._lock:
                 self._active = len(active)

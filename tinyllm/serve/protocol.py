@@ -137,10 +137,16 @@ _CHAT_NEUTRAL = {**_NEUTRAL, "tools": (None, []), "tool_choice": (None, "none"),
                  "prediction": (None,), "reasoning_effort": (None,)}
 
 
+def _not_json(constant):
+    raise ValueError(f"{constant} is not a JSON value (JSON numbers are finite)")
+
+
 def parse_json(raw):
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    """The request body as a JSON object, or a 400 that says what is wrong with it. Python's json
+    module would also read NaN and Infinity, which JSON does not have (a NaN temperature passed
+    every range check and silently meant greedy decoding); they are refused, as OpenAI does."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError) as e:
         raise APIError(400, f"We could not parse the JSON body of your request ({e}). The body must be a JSON "
                             "object, sent with Content-Type: application/json.", code="invalid_json") from None
@@ -170,8 +176,11 @@ def _common_sampling(body, tokenizer):
     include_usage = bool(_get(options or {}, "include_usage", ("boolean",), False))
     temperature = _in_range("temperature", _get(body, "temperature", ("number",), 1.0), 0, 2)
     top_p = _in_range("top_p", _get(body, "top_p", ("number",), 1.0), 0, 1, lo_open=True)
-    top_k = _get(body, "top_k", ("integer",))  # vLLM's extension (extra_body); -1 = off, as vLLM
-    top_k = None if top_k == -1 else _in_range("top_k", top_k, 1)
+    top_k = _get(body, "top_k", ("integer",))  # vLLM's extension (extra_body); 0 or -1 = off, as vLLM
+    if top_k is not None and top_k < -1:
+        raise _invalid("top_k", f"Invalid value for 'top_k': {top_k}; it must be >= 1, or 0 (or -1) for no top-k "
+                                "filtering.")
+    top_k = None if top_k in (0, -1) else top_k
     seed = _get(body, "seed", ("integer",))
     if seed is not None and seed < 0:
         raise _invalid("seed", f"Invalid value for 'seed': {seed}; tinyllm seeds NumPy's Generator, which needs a "
@@ -257,7 +266,7 @@ def parse_completion(body, served):
         raise _invalid("echo", f"The model `{served.name}` is an encoder-decoder: it reads the prompt as its source "
                                "without predicting it, so the prompt's tokens have no log-probabilities. Drop 'echo' "
                                "or 'logprobs'.", code="unsupported_parameter")
-    max_tokens = _max_tokens(body, "max_tokens") or DEFAULT_COMPLETION_TOKENS
+    max_tokens = _completion_max_tokens(body, echo)
     prompts = _prompts(body, served)
     if len(prompts) * n > MAX_SEQUENCES:
         raise _invalid("n", f"{len(prompts)} prompts x n={n} is more than {MAX_SEQUENCES} completions in one request.")
@@ -266,6 +275,19 @@ def parse_completion(body, served):
     sampling = SamplingParams(max_tokens=max_tokens, logprobs=logprobs, echo_logprobs=echo and logprobs is not None,
                               **common)
     return Job(prompts, [sampling] * len(prompts), n, stream, include_usage, echo)
+
+
+def _completion_max_tokens(body, echo):
+    """``max_tokens`` of a completion: 16 if unset, as OpenAI; 0 only with ``echo``, which scores a
+    prompt without generating (the prompt, with its logprobs, is the answer: OpenAI's legacy models,
+    vLLM and lm-evaluation-harness's loglikelihood requests)."""
+    max_tokens = _get(body, "max_tokens", ("integer",))
+    if max_tokens is None:
+        return DEFAULT_COMPLETION_TOKENS
+    if max_tokens == 0 and not echo:
+        raise _invalid("max_tokens", "Invalid value for 'max_tokens': 0; it must be >= 1 (0 only with 'echo': true, "
+                                     "to get the prompt back without a completion).")
+    return _in_range("max_tokens", max_tokens, 0 if echo else 1)
 
 
 def _check_logprobs_supported(served, wanted, param):
@@ -369,8 +391,8 @@ def parse_chat(body, served):
     if max_tokens is None:
         max_tokens, param = _max_tokens(body, "max_tokens"), "max_tokens"
     text, ids = _render_chat(_messages(body), served, _get(body, "chat_template_kwargs", ("object",), {}))
-    if max_tokens is None:  # as vLLM: whatever room the context leaves
-        max_tokens = max(served.backend.max_completion_tokens(len(ids)), 1)
+    if max_tokens is None:  # as vLLM: whatever room the context leaves (none: the messages are too long)
+        max_tokens, param = max(served.backend.max_completion_tokens(len(ids)), 1), "messages"
     _check_context(served, len(ids), max_tokens, param)
     stop = common.pop("stop")  # the request's, then where the template says a turn ends
     stop += tuple(s for s in served.tokenizer.chat_stop_strings if s not in stop)
@@ -407,11 +429,14 @@ def legacy_logprobs(entries, base_offset=0):
     return out
 
 
-def _token_info(text, logprob):
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+def _token_info(text, logprob, raw):
+    return {"token": text, "logprob": logprob, "bytes": list(raw)}
 
 
 def chat_logprobs(entries):
-    """The chat logprobs object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
-    return {"content": [{**_token_info(e.text, e.logprob), "top_logprobs": [_token_info(t, lp) for t, lp in e.top]}
+    """The chat logprobs object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``. ``bytes`` are
+    the token's own: a token holding part of a character shows as U+FFFD, and only its bytes, joined
+    with its neighbours', give the character back (what OpenAI's ``bytes`` field is for)."""
+    return {"content": [{**_token_info(e.text, e.logprob, e.bytes),
+                         "top_logprobs": [_token_info(t, lp, raw) for (t, lp), raw in zip(e.top, e.top_bytes)]}
                         for e in entries], "refusal": None}

@@ -615,6 +615,14 @@ def test_evaluate_and_perplexity():
         model.evaluate(src, tgt_in[:2], tgt_out)
 
 
+def test_evaluate_of_a_diverged_model_gives_an_infinite_perplexity_not_an_overflow_error():
+    model = trained_ish_model(seed=14)
+    model.lm_head.weight.data *= 1e5  # logits in the tens of thousands: a loss past exp's float64 range
+    src, tgt_in, tgt_out = batch(np.random.default_rng(14), model.config, B=3)
+    result = model.evaluate(src, tgt_in, tgt_out)
+    assert np.isfinite(result["loss"]) and result["loss"] > 710 and result["perplexity"] == float("inf")
+
+
 def test_dropout_is_seeded_and_off_in_eval():
     cfg = tiny_config(dropout=0.3)
     src, tgt_in, tgt_out = batch(np.random.default_rng(15), cfg)

@@ -369,7 +369,9 @@ class EncoderDecoderTransformer(nn.Module):
         if count == 0:
             raise ValueError("evaluate: no target token to score (every target is padding)")
         loss = total / count
-        return {"loss": loss, "perplexity": math.exp(loss), "n_tokens": count}
+        with np.errstate(over="ignore"):  # a diverged model's loss (past ~709.8 nats): inf, as torch.exp
+            perplexity = float(np.exp(loss))
+        return {"loss": loss, "perplexity": perplexity, "n_tokens": count}
 
     def perplexity(self, src_ids, tgt_in_ids, targets, batch_size=64):
         """exp(mean negative log-likelihood per target token) over a dataset, see :meth:`evaluate`."""

@@ -41,6 +41,7 @@ from tinyllm.training import write_json
 EOT = "<|endoftext|>"
 MANIFEST_NAME = "manifest.json"
 COMPLETIONS_NAME = "completions.jsonl"
+NUM_BEAMS_DEFAULT = 1
 
 
 def parse_args(argv=None):
@@ -84,6 +85,9 @@ def parse_args(argv=None):
                    help="non-blank line starts sampled from the test files (about 2/3 are code lines: the "
                         "rest are comments and docstrings, scored apart)")
     e.add_argument("--max-line-tokens", type=int, default=64, help="stop a completion after this many tokens")
+    e.add_argument("--num-beams", type=int, default=NUM_BEAMS_DEFAULT,
+                   help="beam width of the line completion, for the model and the n-gram alike (CodeXGLUE's "
+                        "evaluation script uses 5; 1: greedy)")
     # 32 positions are left out of the prompt so that most lines complete inside one window with
     # the KV cache. The whole block as the prompt (0; past the block each new token then recomputes
     # the last window, as generate does) scored within the noise of 1500 lines and took about twice
@@ -97,6 +101,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     # checked now: the line completion is scored after training, too late to fail
     for flag, value, low in (("--eval-lines", args.eval_lines, 1), ("--max-line-tokens", args.max_line_tokens, 1),
+                             ("--num-beams", args.num_beams, 1),
                              ("--ngram-order", args.ngram_order, 2), ("--prompt-reserve", args.prompt_reserve, 0)):
         if value is not None and value < low:
             p.error(f"{flag} must be at least {low}, got {value}")
@@ -166,7 +171,8 @@ def pick_ngram_order(train_ids, val_files, tokenizer, line_ends, args, prompt_le
     best = None
     for order in orders:
         lm = NGramLM(train_ids, tokenizer.vocab_size, order)
-        score = score_lines(lm.line_predictions(tokenizer, prompts, line_ends, args.max_line_tokens), truths)
+        score = score_lines(lm.line_predictions(tokenizer, prompts, line_ends, args.max_line_tokens,
+                                                num_beams=args.num_beams), truths)
         print(f"  n-gram order {order}: val code lines edit similarity {score['edit_similarity']:.1f}, "
               f"exact match {score['exact_match']:.1f}%")
         if best is None or score["edit_similarity"] > best[1]:
@@ -210,7 +216,8 @@ def evaluate_completion(args, model, tokenizer, corpus, streams, out_dir):
     seen = seen_in_training(positions, corpus.split("train"))
 
     t0 = time.perf_counter()
-    model_lines = model_line_predictions(model, tokenizer, prompts, line_ends, args.max_line_tokens)
+    model_lines = model_line_predictions(model, tokenizer, prompts, line_ends, args.max_line_tokens,
+                                         num_beams=args.num_beams)
     model_scores = {**line_scores(model_lines, positions, seen), **token_metrics(model, streams["test"])}
     print(f"\nscoring the model on {len(positions)} test lines: {time.perf_counter() - t0:.0f} s")
 
@@ -220,7 +227,7 @@ def evaluate_completion(args, model, tokenizer, corpus, streams, out_dir):
         order, ngram = pick_ngram_order(streams["train"], val_files, tokenizer, line_ends, args, prompt_len)
     else:
         order, ngram = args.ngram_order, NGramLM(streams["train"], tokenizer.vocab_size, args.ngram_order)
-    ngram_lines = ngram.line_predictions(tokenizer, prompts, line_ends, args.max_line_tokens)
+    ngram_lines = ngram.line_predictions(tokenizer, prompts, line_ends, args.max_line_tokens, num_beams=args.num_beams)
     ngram_scores = {**line_scores(ngram_lines, positions, seen), **ngram.token_metrics(streams["test"]), "order": order}
     print(f"the n-gram baseline (order {order}): {time.perf_counter() - t0:.0f} s")
 
@@ -236,7 +243,8 @@ def evaluate_completion(args, model, tokenizer, corpus, streams, out_dir):
         "repeat_previous_line": line_scores(repeat_lines, positions, seen),
         "eval": {"lines": len(positions), "code_lines": model_scores.get("code_lines", {}).get("n", 0),
                  "seen_in_training_lines": sum(seen),
-                 "max_line_tokens": args.max_line_tokens, "prompt_tokens": prompt_len, "seed": args.seed},
+                 "max_line_tokens": args.max_line_tokens, "num_beams": args.num_beams, "prompt_tokens": prompt_len,
+                 "seed": args.seed},
     }
 
 

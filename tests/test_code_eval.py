@@ -1,4 +1,4 @@
-"""Line-completion scoring, positions, prompts, the n-gram baseline and greedy completion."""
+"""Line-completion scoring, positions, prompts, the n-gram baseline, greedy and beam completion."""
 import difflib
 import math
 
@@ -8,9 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinyllm.code_data import CODE_SPLIT_PATTERN
-from tinyllm.code_eval import (CompletionPosition, NGramLM, complete_lines, edit_similarity, exact_match,
-                               LineEnds, line_kinds, line_prompts, line_text, model_line_predictions, repeat_previous_line,
-                               sample_positions, score_lines, stream_ids, token_metrics)
+from tinyllm.code_eval import (CompletionPosition, LineEnds, NGramLM, beam_complete_lines, beam_lines_model,
+                               complete_lines, edit_similarity, exact_match, line_kinds, line_prompts, line_text,
+                               model_line_predictions, repeat_previous_line, sample_positions, score_lines,
+                               stream_ids, token_metrics)
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.tokenizers import BPETokenizer, GPT2_SPLIT_PATTERN
 
@@ -340,3 +341,140 @@ def test_a_file_mentioning_the_end_of_text_token_does_not_end_there(tok):
 def test_line_prompts_bad_max_len(tok):
     with pytest.raises(ValueError, match="max_len must be a positive integer, got 0"):
         line_prompts([], [], tok, 0, 0)
+
+
+# ---- beam search per line (CodeXGLUE's decoder) --------------------------------------------
+def line_done(ends, token, has_content, skip_blank_lines=True):
+    return bool(ends.end[token] or (ends.newline[token] and (has_content or ends.content[token]
+                                                             or not skip_blank_lines)))
+
+
+def beam_ref(logp_of, ends, k, max_new, skip_blank_lines=True):
+    """The textbook beam, one prompt, plain lists: ``logp_of(ids)`` gives the next token's
+    log-probabilities after the generated ``ids``. Keep the k best extensions (each live line's k
+    best tokens), move the finished ones out, stop once the best finished line is at least as
+    likely as every live one."""
+    beams, best = [(0.0, [], False)], None
+    for _ in range(max_new):
+        cands = []
+        for score, ids, has_content in beams:
+            lp = logp_of(ids)
+            cands += [(score + lp[t], ids + [int(t)], has_content) for t in np.argsort(-lp, kind="stable")[:k]]
+        cands = sorted(cands, key=lambda c: -c[0])[:k]  # a stable sort, as the library's
+        beams = []
+        for score, ids, has_content in cands:
+            if line_done(ends, ids[-1], has_content, skip_blank_lines):
+                best = (score, ids) if best is None or score > best[0] else best
+            else:
+                beams.append((score, ids, has_content or bool(ends.content[ids[-1]])))
+        if not beams or (best is not None and best[0] >= max(b[0] for b in beams)):
+            return best[1]
+    return best[1] if best is not None else max(beams, key=lambda b: b[0])[1]
+
+
+class MarkovScorer:
+    """Log-probabilities that depend on the last token only (a fixed random table): a scorer
+    small enough to enumerate every line."""
+
+    def __init__(self, table, prompts):
+        self.table, self.last = table, np.array([p[-1] for p in prompts])
+
+    def start(self):
+        return self.table[self.last]
+
+    def advance(self, parents, tokens):
+        self.last = np.asarray(tokens)
+        return self.table[self.last]
+
+
+def markov_table(V, seed):
+    logits = np.random.default_rng(seed).normal(0, 2.0, (V, V))
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def markov_ends(V):
+    ids = np.arange(V)
+    return LineEnds(newline=ids == 1, content=ids >= 2, end=ids == 0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_beam_wide_enough_to_keep_every_line_finds_the_most_probable_one(seed):
+    V, max_new = 4, 4
+    table, ends = markov_table(V, seed), markov_ends(V)
+    prompts = [[2], [3], [1]]
+    got = beam_complete_lines(MarkovScorer(table, prompts), len(prompts), ends, num_beams=V ** max_new,
+                              max_new_tokens=max_new)
+    for prompt, line in zip(prompts, got):
+        best, best_ids = -np.inf, None  # every sequence of up to max_new tokens that ends its line
+        for n in range(1, max_new + 1):
+            for ids in np.ndindex(*(V,) * n):
+                has_content, ok = False, True
+                for j, t in enumerate(ids):
+                    if line_done(ends, t, has_content) != (j == n - 1):
+                        ok = False
+                        break
+                    has_content |= bool(ends.content[t])
+                if ok:
+                    lp = sum(table[([prompt[-1]] + list(ids))[j], t] for j, t in enumerate(ids))
+                    if lp > best:
+                        best, best_ids = lp, list(ids)
+        assert best_ids is not None and line == best_ids
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_lines_equal_the_textbook_beam(k, seed):
+    V = 7
+    table, ends = markov_table(V, seed), markov_ends(V)
+    prompts = [[t] for t in range(V)]
+    got = beam_complete_lines(MarkovScorer(table, prompts), V, ends, num_beams=k, max_new_tokens=6)
+    want = [beam_ref(lambda ids, p=p: table[(p + ids)[-1]], ends, k, 6) for p in prompts]
+    assert got == want
+    # one step: only the end token (0) finishes a line; the others return the best live one
+    short = beam_complete_lines(MarkovScorer(table, prompts), V, ends, num_beams=k, max_new_tokens=1)
+    assert short == [beam_ref(lambda ids, p=p: table[(p + ids)[-1]], ends, k, 1) for p in prompts]
+    assert any(g != [0] for g in short)
+
+
+@pytest.mark.parametrize("block", [8, 32])  # 8: windows slide past block_size; 32: all in the KV cache
+def test_model_beam_lines_equal_the_textbook_beam_and_greedy_at_one_beam(block):
+    from tinyllm.beam_search import log_softmax
+    V = 11
+    model = tiny_model(V, block=block, seed=2)
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(0, V, n)) for n in (1, 3, 3, 3, 6, 8)]
+    ids = np.arange(V)
+    ends = LineEnds(newline=np.isin(ids, [2, 7]), content=~np.isin(ids, [2, 7, 4, 9]), end=ids == 9)
+
+    def logp_of(prompt):
+        def f(gen):
+            window = (prompt + gen)[-block:]
+            return log_softmax(model(np.asarray([window]))[0].data[:, -1, :])[0]
+        return f
+
+    got = beam_lines_model(model, prompts, ends, num_beams=3, max_new_tokens=10, batch_size=2)
+    assert got == [beam_ref(logp_of(p), ends, 3, 10) for p in prompts]
+    assert beam_lines_model(model, prompts, ends, num_beams=1, max_new_tokens=10, batch_size=2) == \
+        complete_lines(model, prompts, ends, max_new_tokens=10, batch_size=4)
+    assert model.training  # restored
+
+
+def test_ngram_beam_lines():
+    V = 6
+    # after 0 the likelier token is 1 (a line 0 1 1 1 ... that rarely ends), but 0 2 5 ends at once
+    train = np.array([0, 1, 1, 1, 1, 3, 5] * 2 + [0, 2, 5] * 3 + [0, 1, 4, 4, 4, 5] * 2 + [5])
+    lm = NGramLM(train, V, 2)
+    ends = LineEnds(newline=np.arange(V) == 5, content=np.arange(V) < 5, end=np.zeros(V, dtype=bool))
+    tok = type("Tok", (), {"decode": lambda self, ids: "".join("abcde\n"[i] for i in ids)})()
+    greedy = lm.line_predictions(tok, [[5, 0]], ends, max_new_tokens=8)
+    beam = lm.line_predictions(tok, [[5, 0]], ends, max_new_tokens=8, num_beams=3)
+    assert greedy != beam
+    assert beam == [line_text(tok, beam_ref(lambda ids: np.log(lm.distributions([[([5, 0] + ids)[-1]]])[0]),
+                                            ends, 3, 8))]
+    assert lm.line_predictions(tok, [[5, 0], [2]], ends, 8, num_beams=1) == \
+        [line_text(tok, g) for g in lm.complete([[5, 0], [2]], ends, 8)]
+
+
+def test_beam_bad_num_beams():
+    with pytest.raises(ValueError, match="num_beams must be >= 1, got 0"):
+        beam_complete_lines(MarkovScorer(markov_table(3, 0), [[1]]), 1, markov_ends(3), num_beams=0)

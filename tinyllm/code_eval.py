@@ -27,6 +27,7 @@ import numpy as np
 
 from .code_data import split_lines
 from .data import iter_eval_windows
+from .beam_search import log_softmax
 from .metrics import perplexity
 from .tensor import no_grad
 
@@ -34,6 +35,8 @@ __all__ = [
     "CompletionPosition",
     "DEFAULT_PROMPT_RESERVE",
     "NGramLM",
+    "beam_complete_lines",
+    "beam_lines_model",
     "complete_code",
     "complete_lines",
     "edit_similarity",
@@ -354,10 +357,150 @@ def _keep_cache_rows(cache, keep):
     cache.v = np.ascontiguousarray(cache.v[:, keep])
 
 
-def model_line_predictions(model, tokenizer, prompts, line_ends, max_new_tokens=64, batch_size=32):
-    """The predicted line (the first non-blank line generated) for each prompt."""
-    generated = complete_lines(model, prompts, line_ends, max_new_tokens, batch_size)
+def model_line_predictions(model, tokenizer, prompts, line_ends, max_new_tokens=64, batch_size=32, num_beams=1):
+    """The predicted line (the first non-blank line generated) for each prompt: greedy, or the
+    best line of a beam search with ``num_beams`` > 1 (:func:`beam_complete_lines`)."""
+    if num_beams == 1:
+        generated = complete_lines(model, prompts, line_ends, max_new_tokens, batch_size)
+    else:
+        generated = beam_lines_model(model, prompts, line_ends, num_beams, max_new_tokens,
+                                     batch_size=max(1, batch_size // num_beams))
     return [line_text(tokenizer, g) for g in generated]
+
+
+# ------------------------------------------------------------------------------------------
+# Beam search per line, as CodeXGLUE's evaluation script decodes
+# ------------------------------------------------------------------------------------------
+def beam_complete_lines(scorer, n_prompts, line_ends, num_beams=5, max_new_tokens=64, skip_blank_lines=True):
+    """The most probable line each prompt's beam search finds, as generated ids per prompt.
+
+    CodeXGLUE's line-completion script decodes with a beam of 5: every step extends each live
+    hypothesis of a prompt by its ``num_beams`` likeliest tokens and keeps the ``num_beams`` best
+    of all of them by total log-probability (no length normalisation); a kept candidate whose
+    token ends the line (:class:`LineEnds`) is finished and leaves the beam. Scores only fall as a
+    hypothesis grows, so a prompt is done once its best finished line scores at least as high as
+    every live one: that line is the answer (the best live one if none finished within
+    ``max_new_tokens``). ``num_beams=1`` is greedy decoding.
+
+    ``scorer`` gives log-probabilities (rows, V): ``scorer.start()`` one row per prompt, then
+    ``scorer.advance(parents, tokens)`` for rows that extend row ``parents[i]`` of the previous
+    call by ``tokens[i]`` (see :class:`_ModelScorer`, :class:`_NGramScorer`).
+    """
+    if num_beams < 1:
+        raise ValueError(f"beam_complete_lines: num_beams must be >= 1, got {num_beams}")
+    logp = scorer.start()                                   # (R, V), one row per prompt at first
+    prompt = np.arange(n_prompts)                           # live row -> its prompt
+    seqs = [[] for _ in range(n_prompts)]                   # live row -> its ids
+    score = np.zeros(n_prompts)                             # live row -> sum of log-probs
+    has_content = np.zeros(n_prompts, dtype=bool)           # live row -> its line has a character
+    best = [None] * n_prompts                               # prompt -> (score, ids), best finished
+    for _ in range(max_new_tokens):
+        k = min(num_beams, logp.shape[1])
+        top = np.argsort(-logp, axis=1, kind="stable")[:, :k]            # (R, k) each row's best
+        cand = score[:, None] + np.take_along_axis(logp, top, axis=1)    # (R, k) their scores
+        kept = []                                                        # (row, token, score)
+        for p in np.unique(prompt):
+            rows = np.flatnonzero(prompt == p)
+            flat = np.argsort(-cand[rows].ravel(), kind="stable")[:num_beams]
+            r, tok, s = rows[flat // k], top[rows].ravel()[flat], cand[rows].ravel()[flat]
+            done = line_ends.done(tok, has_content[r], skip_blank_lines)
+            for i in np.flatnonzero(done):
+                if best[p] is None or s[i] > best[p][0]:
+                    best[p] = (s[i], seqs[r[i]] + [int(tok[i])])
+            if best[p] is not None and (done.all() or best[p][0] >= s[~done].max()):
+                continue                                    # nothing live can beat it: p is done
+            kept += [(r[i], tok[i], s[i]) for i in np.flatnonzero(~done)]
+        if not kept:
+            break
+        parents = np.array([row for row, _, _ in kept], dtype=np.int64)
+        tokens = np.array([t for _, t, _ in kept], dtype=np.int64)
+        score = np.array([sc for _, _, sc in kept])
+        seqs = [seqs[r] + [int(t)] for r, t in zip(parents, tokens)]
+        has_content = has_content[parents] | line_ends.content[tokens]
+        prompt = prompt[parents]
+        logp = scorer.advance(parents, tokens)
+    else:                                                   # out of steps: the best live row
+        for r in np.argsort(-score, kind="stable"):
+            if best[prompt[r]] is None:
+                best[prompt[r]] = (score[r], seqs[r])
+    return [b[1] for b in best]
+
+
+class _ModelScorer:
+    """Next-token log-probabilities of a model for beam search over prompts of one length:
+    a KV cache whose rows follow the beams; past ``block_size`` the last window is recomputed
+    (as :func:`complete_lines` does)."""
+
+    def __init__(self, model, idx):
+        self.model, self.block = model, model.config.block_size
+        self.idx = np.asarray(idx, dtype=np.int64)[:, -self.block:]    # (rows, T)
+        self.cache = None
+
+    def _logp(self):
+        if self.idx.shape[1] <= self.block:
+            if self.cache is None:
+                self.cache = self.model.new_kv_cache(self.idx.shape[0])
+                logits, _ = self.model(self.idx, kv_cache=self.cache, last_only=True)
+            else:
+                logits, _ = self.model(self.idx[:, -1:], kv_cache=self.cache, last_only=True)
+        else:
+            logits, _ = self.model(self.idx[:, -self.block:], last_only=True)
+        return log_softmax(logits.data[:, -1, :])
+
+    def start(self):
+        return self._logp()
+
+    def advance(self, parents, tokens):
+        self.idx = np.concatenate([self.idx[parents], tokens[:, None]], axis=1)
+        if self.cache is not None:
+            _keep_cache_rows(self.cache, parents)
+        return self._logp()
+
+
+class _NGramScorer:
+    """Next-token log-probabilities of an :class:`NGramLM` for beam search."""
+
+    def __init__(self, lm, prompts):
+        self.lm, h = lm, lm.order - 1
+        self.history = np.full((len(prompts), h), -1, dtype=np.int64)
+        for r, p in enumerate(prompts):
+            tail = list(p)[-h:] if h else []
+            if tail:
+                self.history[r, h - len(tail):] = tail
+
+    def _logp(self):
+        return np.log(self.lm.distributions(self.history))
+
+    def start(self):
+        return self._logp()
+
+    def advance(self, parents, tokens):
+        self.history = np.concatenate([self.history[parents, 1:], tokens[:, None]], axis=1)
+        return self._logp()
+
+
+@no_grad()
+def beam_lines_model(model, prompts, line_ends, num_beams=5, max_new_tokens=64, batch_size=8):
+    """:func:`beam_complete_lines` with ``model`` over ``prompts`` (lists of ids), grouped by
+    length into batches of ``batch_size`` prompts (``batch_size * num_beams`` rows)."""
+    was_training = model.training
+    model.eval()
+    out = [None] * len(prompts)
+    try:
+        by_len = {}
+        for k, p in enumerate(prompts):
+            by_len.setdefault(len(p), []).append(k)
+        for length in sorted(by_len):
+            rows = by_len[length]
+            for s in range(0, len(rows), batch_size):
+                chunk = rows[s:s + batch_size]
+                scorer = _ModelScorer(model, [prompts[k] for k in chunk])
+                for k, gen in zip(chunk, beam_complete_lines(scorer, len(chunk), line_ends, num_beams,
+                                                             max_new_tokens)):
+                    out[k] = gen
+    finally:
+        model.train(was_training)
+    return out
 
 
 DEFAULT_PROMPT_RESERVE = 32  # block positions left out of a line completion's prompt (examples/train_code.py)
@@ -573,5 +716,15 @@ class NGramLM:
             active = active[keep]
         return generated
 
-    def line_predictions(self, tokenizer, prompts, line_ends, max_new_tokens=64):
-        return [line_text(tokenizer, g) for g in self.complete(prompts, line_ends, max_new_tokens)]
+    def line_predictions(self, tokenizer, prompts, line_ends, max_new_tokens=64, num_beams=1):
+        """The predicted line for each prompt: greedy, or the best of a beam search
+        (:func:`beam_complete_lines`) with ``num_beams`` > 1."""
+        if num_beams == 1:
+            generated = self.complete(prompts, line_ends, max_new_tokens)
+        else:
+            generated = []
+            for s in range(0, len(prompts), 64):
+                chunk = prompts[s:s + 64]
+                generated += beam_complete_lines(_NGramScorer(self, chunk), len(chunk), line_ends, num_beams,
+                                                 max_new_tokens)
+        return [line_text(tokenizer, g) for g in generated]

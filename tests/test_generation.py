@@ -205,15 +205,18 @@ def test_max_new_tokens_does_not_count_the_prompt(model):
 def test_max_length_counts_the_prompt(model):
     out = model.generate(prompt((2, 3)), max_length=5, do_sample=False)
     assert out.shape == (2, 5)
-    assert model.generate(prompt((2, 3)), max_length=2, do_sample=False).shape == (2, 3)  # already longer
+    with pytest.raises(ValueError, match="prompt has 3 tokens, but max_length is 3"):  # as transformers 5
+        model.generate(prompt((2, 3)), max_length=3, do_sample=False)
 
 
 def test_max_new_tokens_wins_over_max_length(model):
     assert model.generate(prompt((1, 3)), max_new_tokens=2, max_length=10, do_sample=False).shape == (1, 5)
 
 
-def test_default_max_length_is_20_like_transformers(model):
-    assert model.generate(prompt((1, 3)), do_sample=False).shape == (1, 20)
+def test_default_is_20_new_tokens_like_transformers(model):
+    # 20 new tokens, capped (as transformers caps at n_positions) at block_size 8
+    assert model.generate(prompt((1, 3)), do_sample=False).shape == (1, 8)
+    assert model.generate(prompt((1, 3)), do_sample=False, max_length=None).shape == (1, 8)
 
 
 def test_max_new_tokens_zero_returns_the_prompt(model):
@@ -336,7 +339,7 @@ def test_sampling_with_top_p_and_top_k_is_reproducible(model):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(temperature=-0.5), r"temperature must be .*>= 0, got -0.5"),
     (dict(temperature=float("nan")), r"temperature.*nan"),
-    (dict(top_k=0), r"top_k must be a positive integer.*got 0"),
+    (dict(top_k=-1), r"top_k must be an integer >= 0.*got -1"),
     (dict(top_k=2.5), r"top_k.*2.5"),
     (dict(top_p=0), r"top_p must be in \(0, 1\], got 0"),
     (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),

@@ -73,7 +73,8 @@ def beam_search(step, input_ids, num_beams, max_length, eos_token_id, pad_token_
         raise ValueError(f"beam_search: num_return_sequences={num_return_sequences} must be in 1..num_beams={nb}")
     keep = 2 * nb  # candidates kept per step: at most nb of them can end with EOS
     in_top_beams = np.arange(keep) < nb  # (keep,) only these ranks may finish
-    fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else -1)
+    fill = pad_token_id if pad_token_id is not None else (
+        int(np.atleast_1d(eos_token_id)[0]) if eos_token_id is not None else -1)
 
     running = np.full((batch, nb, max_length), fill, dtype=np.int64)
     running[:, :, :prompt_len] = input_ids[:, None, :]
@@ -103,7 +104,7 @@ def beam_search(step, input_ids, num_beams, max_length, eos_token_id, pad_token_
         top_seqs[:, :, cur_len] = top_token
         ends = np.full(top_token.shape, cur_len + 1 >= max_length)
         if eos_token_id is not None:
-            ends |= top_token == eos_token_id
+            ends |= np.isin(top_token, eos_token_id)  # one id or several
 
         # the num_beams best that go on are the next running beams
         go_on_scores = top_scores + _NEG * ends

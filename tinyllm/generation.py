@@ -114,8 +114,8 @@ def _check_args(idx, max_new_tokens, max_length, temperature, top_k, top_p, voca
         raise ValueError(f"generate: max_length must be a positive integer, got {max_length!r}")
     if not (isinstance(temperature, (int, float)) and temperature >= 0 and np.isfinite(temperature)):
         raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise ValueError(f"generate: top_k must be a positive integer or None, got {top_k!r}")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 0):
+        raise ValueError(f"generate: top_k must be an integer >= 0 (0 or None: no top-k), got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
 
@@ -160,6 +160,30 @@ def check_decoding_strategy(num_beams, num_return_sequences, sampling, per):
                          f"{num_return_sequences} needs do_sample=True or num_beams >= {num_return_sequences}")
 
 
+def _new_token_budget(prompt_len, max_new_tokens, max_length, block_size):
+    """How many tokens to generate, as transformers 5: ``max_new_tokens`` wins; else ``max_length``
+    (prompt counted), a ValueError when the prompt already fills it; with neither, 20 new tokens
+    (transformers' model-agnostic default), capped at ``block_size`` positions."""
+    if max_new_tokens is not None:
+        return max_new_tokens
+    if max_length is None:
+        return max(min(prompt_len + 20, block_size) - prompt_len, 0)
+    if prompt_len >= max_length:
+        raise ValueError(f"generate: the prompt has {prompt_len} tokens, but max_length is {max_length} (it counts "
+                         "the prompt); increase max_length or set max_new_tokens")
+    return max_length - prompt_len
+
+
+def _eos_ids(eos_token_id):
+    """``eos_token_id`` (an id, a list of ids as transformers allows, or None) -> int64 array (n,) or None."""
+    if eos_token_id is None:
+        return None
+    ids = np.atleast_1d(np.asarray(eos_token_id))
+    if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu":
+        raise ValueError(f"generate: eos_token_id must be a token id or a non-empty list of them, got {eos_token_id!r}")
+    return ids.astype(np.int64)
+
+
 def _prompt_attention_mask(idx, attention_mask):
     """The prompt's attention mask (B, T) as int64, or None when there is no padding (the fast path).
 
@@ -183,17 +207,18 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
     if one_d:
         idx = idx[None, :]
     _check_args(idx, max_new_tokens, max_length, temperature, top_k, top_p, model.config.vocab_size)
+    top_k = top_k or None  # as transformers, top_k=0 turns the filter off
     sampling = bool(do_sample) and temperature != 0
     _check_hf_args(num_beams, length_penalty, early_stopping, num_return_sequences, repetition_penalty,
                    no_repeat_ngram_size, min_length, min_new_tokens, sampling)
-    if max_new_tokens is None:
-        max_new_tokens = max((max_length if max_length is not None else 20) - idx.shape[1], 0)
+    max_new_tokens = _new_token_budget(idx.shape[1], max_new_tokens, max_length, model.config.block_size)
+    eos_token_id = _eos_ids(eos_token_id)
     attention_mask = _prompt_attention_mask(idx, attention_mask)
     if attention_mask is not None and idx.shape[1] + max_new_tokens > model.config.block_size:
         raise ValueError(f"generate: with padding in attention_mask, prompt ({idx.shape[1]}) + max_new_tokens "
                          f"({max_new_tokens}) must fit in block_size {model.config.block_size}")
     rng = np.random.default_rng(seed)
-    pad = eos_token_id if pad_token_id is None else pad_token_id
+    pad = (None if eos_token_id is None else int(eos_token_id[0])) if pad_token_id is None else pad_token_id
     idx = idx.astype(np.int64)
     # as Hugging Face: each prompt repeated for its beams, or for its samples, next to each other
     copies = num_beams if num_beams > 1 else num_return_sequences
@@ -366,7 +391,7 @@ def _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, 
         next_ids = sample_from_logits(logits, rng, do_sample, temperature, top_k, top_p)
         if eos is not None:
             next_ids = np.where(done, pad, next_ids)
-            done |= next_ids == eos
+            done |= np.isin(next_ids, eos)
         out[:, length] = next_ids
         if eos is not None and done.all():
             return out[:, :length + 1]

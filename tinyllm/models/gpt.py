@@ -5,6 +5,7 @@
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
+from typing import Optional
 
 import numpy as np
 
@@ -45,6 +46,10 @@ class GPTConfig:
     activation: str = "gelu_tanh"  # "gelu_tanh" (GPT-2) or "gelu" (exact erf)
     pos_encoding: str = "learned"  # "learned" (GPT-2's wpe) or "sinusoidal" (the original Transformer)
     layer_norm_epsilon: float = 1e-5
+    # the special token ids, as a transformers config has them (GPT-2's are read from its config.json)
+    bos_token_id: Optional[int] = None
+    eos_token_id: Optional[int] = None
+    pad_token_id: Optional[int] = None
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -75,7 +80,7 @@ class GPTConfig:
 
 
 # generate()'s defaults for a tinyllm model (a GPT-2 directory's come from Hugging Face's, in io.py)
-GENERATION_DEFAULTS = dict(max_length=20, do_sample=True, temperature=1.0, top_k=None, top_p=None, eos_token_id=None,
+GENERATION_DEFAULTS = dict(max_length=None, do_sample=True, temperature=1.0, top_k=None, top_p=None, eos_token_id=None,
                            pad_token_id=None, num_beams=1, length_penalty=1.0, early_stopping=False,
                            num_return_sequences=1, repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
                            min_new_tokens=0)
@@ -187,12 +192,14 @@ class GPT(nn.Module):
         return idx
 
     def forward(self, idx=None, targets=None, kv_cache=None, last_only=False, attention_mask=None, position_ids=None,
-                input_ids=None):
+                input_ids=None, labels=None):
         """idx (B, T) int -> (logits (B, T, V), loss or None), nanoGPT's pair, as an :class:`LMOutput`
         (also ``.logits``, ``.loss``). ``input_ids`` is another name for ``idx``, so
         ``model(**tokenizer(texts, return_tensors="np", padding=True)).logits`` works.
 
         ``targets`` (B, T) int gives the mean cross-entropy (positions equal to -100 ignored).
+        ``labels`` (B, T) is Hugging Face's: the labels are the inputs, shifted inside, so the loss
+        is that of ``logits[:, :-1]`` against ``labels[:, 1:]`` (-100 ignored), transformers' loss.
         ``kv_cache`` (a :class:`~tinyllm.nn.KVCache`) continues a sequence whose first
         ``kv_cache.length`` positions were already processed. ``last_only`` computes logits for
         the last position only (what generation needs).
@@ -221,8 +228,17 @@ class GPT(nn.Module):
             x = x[:, -1:, :]  # (B, 1, C)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
+        if targets is not None and labels is not None:
+            raise ValueError("GPT.forward: pass targets (already shifted) or labels (Hugging Face's, shifted "
+                             "here), not both")
         if targets is not None:
             loss = F.cross_entropy(logits, targets)
+        elif labels is not None:
+            labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
+            if labels.shape != idx.shape or last_only:
+                raise ValueError(f"GPT.forward: labels must have the shape of the input ids {idx.shape} (and "
+                                 f"last_only=False), got {labels.shape}")
+            loss = F.cross_entropy(logits[:, :-1, :], labels[:, 1:])  # token t predicts token t + 1
         return LMOutput(logits, loss)
 
     def _positions_and_mask(self, shape, past, attention_mask, position_ids):
@@ -290,7 +306,7 @@ class GPT(nn.Module):
         A sequence that produced ``eos_token_id`` is padded with it (or with ``pad_token_id``)
         until all are done. ``use_cache`` changes speed only, never the output. Arguments left as
         None take their value from ``self.generation_config`` (for a tinyllm model: sampling at
-        temperature 1, max_length 20; for a GPT-2 directory: Hugging Face's defaults, greedy, with
+        temperature 1, 20 new tokens; for a GPT-2 directory: Hugging Face's defaults, greedy, with
         GPT-2's end-of-text token). An argument generate does not know is an error.
         """
         from ..generation import generate
@@ -317,10 +333,11 @@ class GPT(nn.Module):
                         attention_mask=attention_mask, **args)
 
     # --- saving and loading --------------------------------------------------------------------------
-    def save_pretrained(self, save_directory, format="tinyllm"):
+    def save_pretrained(self, save_directory, format=None):
         """Write ``config.json`` and ``model.safetensors`` into ``save_directory``.
 
-        ``format="huggingface"`` writes a GPT-2 directory that ``transformers`` loads.
+        ``format="huggingface"`` writes a GPT-2 directory that ``transformers`` loads (with a
+        ``generation_config.json``); it is the default for a model read from one, "tinyllm" otherwise.
         """
         from .io import save_model
 

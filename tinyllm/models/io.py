@@ -301,9 +301,11 @@ def unique_state_dict(model):
 # save
 
 
-def save_model(model, directory, format="tinyllm"):
+def save_model(model, directory, format=None):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if format is None:  # a model read from a GPT-2 directory is written back as one
+        format = getattr(model, "source_format", "tinyllm")
     if format == "tinyllm":
         config = {"model_type": getattr(model, "model_type", "tinyllm-gpt"), **model.config.to_dict()}
         tensors = unique_state_dict(model)
@@ -313,6 +315,17 @@ def save_model(model, directory, format="tinyllm"):
         raise ValueError(f"save_pretrained: format must be 'tinyllm' or 'huggingface', got {format!r}")
     _save_safetensors(directory / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
     _write_json(directory / CONFIG_NAME, config)
+    if format in ("huggingface", "hf"):
+        _write_json(directory / "generation_config.json", _hf_generation_file(model))
+
+
+def _hf_generation_file(model):
+    """The ``generation_config.json`` transformers reads: the special token ids and each of
+    ``model.generation_config``'s settings that differs from transformers' default."""
+    c, gen = model.config, getattr(model, "generation_config", {})
+    out = {k: getattr(c, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(c, k) is not None}
+    out.update({k: v for k, v in gen.items() if v is not None and v != HF_GENERATION_DEFAULTS.get(k)})
+    return out
 
 
 def _to_huggingface(model):
@@ -339,6 +352,8 @@ def _to_huggingface(model):
         "initializer_range": 0.02,
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
+        # written only when set: transformers' GPT2Config would otherwise default them to 50256
+        **{k: getattr(c, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(c, k) is not None},
     }
     tensors = {}
     for name, array in unique_state_dict(model).items():
@@ -389,6 +404,7 @@ def load_model(cls, directory):
         raise FileFormatError(weights_path, f"does not match {config_path.name}: {e}") from None
     if hf:
         model.generation_config = _hf_generation_config(raw, directory)
+        model.source_format = "huggingface"
     return model
 
 
@@ -433,21 +449,23 @@ def _check_float_weights(state):
             raise ValueError(f"{name} is stored as {array.dtype}; weights must be floating point")
 
 
+# transformers' GenerationConfig defaults, for the settings generate knows (max_length None: 20 new tokens)
+HF_GENERATION_DEFAULTS = dict(max_length=None, do_sample=False, temperature=1.0, top_k=50, top_p=1.0,
+                              eos_token_id=None, pad_token_id=None, num_beams=1, length_penalty=1.0,
+                              early_stopping=False, num_return_sequences=1, repetition_penalty=1.0,
+                              no_repeat_ngram_size=0, min_length=0, min_new_tokens=0)
+
+
 def _hf_generation_config(raw, directory):
-    """Hugging Face's generation defaults (greedy, max_length 20), then the model's own
+    """Hugging Face's generation defaults (greedy, 20 new tokens), then the model's own
     ``generation_config.json`` (or, failing that, the token ids in ``config.json``)."""
-    gen = dict(max_length=20, do_sample=False, temperature=1.0, top_k=50, top_p=1.0,
-               eos_token_id=raw.get("eos_token_id"), pad_token_id=raw.get("pad_token_id"), num_beams=1,
-               length_penalty=1.0, early_stopping=False, num_return_sequences=1, repetition_penalty=1.0,
-               no_repeat_ngram_size=0, min_length=0, min_new_tokens=0)
+    gen = dict(HF_GENERATION_DEFAULTS, eos_token_id=raw.get("eos_token_id"), pad_token_id=raw.get("pad_token_id"))
     path = directory / "generation_config.json"
     if path.is_file():
         saved = read_json_file(path, "generation config")
         if not isinstance(saved, dict):
             raise FileFormatError(path, f"holds a JSON {type(saved).__name__}, not an object of settings")
         gen.update({k: v for k, v in saved.items() if k in gen})
-    if isinstance(gen["eos_token_id"], list):  # transformers allows several; tinyllm stops on the first
-        gen["eos_token_id"] = gen["eos_token_id"][0] if gen["eos_token_id"] else None
     return gen
 
 
@@ -463,7 +481,8 @@ def _hf_config(raw, GPTConfig):
         vocab_size=raw["vocab_size"], block_size=raw.get("n_positions", raw.get("n_ctx")), n_layer=raw["n_layer"],
         n_head=raw["n_head"], n_embd=raw["n_embd"], dropout=0.0, bias=True,
         activation=_HF_ACTIVATIONS[activation], pos_encoding="learned",
-        layer_norm_epsilon=raw.get("layer_norm_epsilon", 1e-5),
+        layer_norm_epsilon=raw.get("layer_norm_epsilon", 1e-5), bos_token_id=raw.get("bos_token_id"),
+        eos_token_id=raw.get("eos_token_id"), pad_token_id=raw.get("pad_token_id"),
     )
 
 

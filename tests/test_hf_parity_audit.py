@@ -1,0 +1,149 @@
+"""tinyllm against transformers 5 on the things a user coming from Hugging Face does without
+thinking: several EOS ids, the default length, a prompt longer than max_length, top_k=0,
+``labels=`` loss, the special token ids, save_pretrained -> AutoModelForCausalLM, and the GPT-2
+tokenizer's everyday methods. Each test compares with transformers directly."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from kernel_helpers import gpt2_tokenizer_files
+from tinyllm.models.gpt import GPT
+
+V, BOS, EOS, PAD = 97, 0, 1, 3
+
+
+def build_pair(directory, generation=None):
+    """(transformers model, tinyllm model) of the same random GPT-2 saved in ``directory``, with
+    ``generation`` written into its generation_config.json."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=V, n_positions=64, bos_token_id=BOS,
+                                     eos_token_id=EOS, initializer_range=0.1)
+    transformers.GPT2LMHeadModel(config).eval().save_pretrained(directory)
+    if generation:
+        path = directory / "generation_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **generation}))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+    return hf, GPT.from_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return build_pair(tmp_path_factory.mktemp("gpt2-audit"))
+
+
+def prompts(batch=3, length=6, seed=0):
+    return np.random.default_rng(seed).integers(4, V, (batch, length))
+
+
+def hf_generate(hf, ids, **kwargs):
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return hf.generate(torch.tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                           **kwargs).numpy()
+
+
+def assert_same(hf, ours, ids, **kwargs):
+    theirs = hf_generate(hf, ids, **kwargs)
+    mine = ours.generate(ids, **kwargs)
+    np.testing.assert_array_equal(mine, theirs, err_msg=str(kwargs))
+    return mine
+
+
+# 1 -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_a_list_of_eos_ids_stops_on_either_and_pads_finished_rows(pair, num_beams):
+    hf, ours = pair
+    ids = prompts()
+    free = hf_generate(hf, ids, do_sample=False, max_new_tokens=10, pad_token_id=PAD)
+    eos = [int(free[0, 8]), int(free[2, 9])]  # two rows end early, each on a different id
+    out = assert_same(hf, ours, ids, do_sample=False, max_new_tokens=10, pad_token_id=PAD, eos_token_id=eos,
+                      num_beams=num_beams)
+    if num_beams == 1:
+        assert out.shape[1] < free.shape[1] and (out == PAD).any()
+
+
+# 2 -----------------------------------------------------------------------------------------------
+def test_default_length_is_20_new_tokens(pair):
+    hf, ours = pair
+    out = assert_same(hf, ours, prompts(), pad_token_id=PAD)
+    assert out.shape == (3, 26)
+
+
+def test_generation_config_json_supplies_the_defaults(tmp_path):
+    hf, ours = build_pair(tmp_path, dict(max_length=11, eos_token_id=[EOS, 5], pad_token_id=PAD, top_k=7))
+    assert ours.generation_config["max_length"] == 11 and ours.generation_config["eos_token_id"] == [EOS, 5]
+    assert ours.config.pad_token_id is None  # config.json's, as transformers' model.config
+    out = assert_same(hf, ours, prompts())
+    assert out.shape[1] <= 11
+
+
+# 3 -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prompt_len", [20, 25])
+def test_a_prompt_that_fills_max_length_is_a_value_error(pair, prompt_len):
+    hf, ours = pair
+    ids = prompts(1, prompt_len)
+    with pytest.raises(ValueError, match="max_length"):
+        hf_generate(hf, ids, max_length=20, pad_token_id=PAD)
+    with pytest.raises(ValueError, match=f"prompt has {prompt_len} tokens, but max_length is 20"):
+        ours.generate(ids, max_length=20, pad_token_id=PAD)
+
+
+# 4 -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("knobs", [dict(top_k=0), dict(top_p=1.0), dict(top_k=1000), dict(temperature=0.5)])
+def test_sampling_knobs_that_are_off_or_unused_under_greedy(pair, knobs):
+    hf, ours = pair
+    assert_same(hf, ours, prompts(), do_sample=False, max_new_tokens=6, pad_token_id=PAD, **knobs)
+
+
+def test_top_k_0_samples_as_no_top_k(pair):
+    _, ours = pair  # (a GPT-2 directory's default top_k is 50; top_k=V keeps every token)
+    kwargs = dict(do_sample=True, max_new_tokens=6, pad_token_id=PAD, seed=3)
+    np.testing.assert_array_equal(ours.generate(prompts(), top_k=0, **kwargs),
+                                  ours.generate(prompts(), top_k=V, **kwargs))
+
+
+# 5 -----------------------------------------------------------------------------------------------
+def test_labels_give_transformers_shifted_loss(pair):
+    import torch
+
+    hf, ours = pair
+    ids = prompts(3, 9)
+    labels = ids.copy()
+    labels[0, :3] = -100
+    labels[2, 5] = -100
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids), labels=torch.tensor(labels)).loss.item()
+    mine = float(np.asarray(ours(input_ids=ids, labels=labels).loss.data))
+    np.testing.assert_allclose(mine, theirs, rtol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        ours(ids, targets=labels, labels=labels)
+
+
+# 6, 7 --------------------------------------------------------------------------------------------
+def test_special_token_ids_after_loading(pair):
+    hf, ours = pair
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert getattr(ours.config, name) == getattr(hf.config, name), name
+
+
+def test_save_pretrained_writes_what_transformers_loads(tmp_path):
+    import torch
+    import transformers
+
+    hf, ours = build_pair(tmp_path / "in", dict(max_length=12, top_k=9))
+    ours.save_pretrained(tmp_path / "out")  # no format: a GPT-2 directory is written back as one
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = prompts()
+    with torch.no_grad():
+        expected, got = hf(torch.tensor(ids)).logits.numpy(), again(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert (again.config.bos_token_id, again.config.eos_token_id) == (BOS, EOS)
+    assert (again.generation_config.max_length, again.generation_config.top_k) == (12, 9)
+    assert GPT.from_pretrained(tmp_path / "out").generation_config == ours.generation_config

@@ -103,3 +103,29 @@ def make_gpt2_dir(directory, seed):
     shutil.copy(encoder, Path(directory) / "vocab.json")
     shutil.copy(bpe, Path(directory) / "merges.txt")
     return Path(directory)
+
+
+# the small random GPT-2 of the generate tests: its vocabulary and special ids
+SMALL_V, SMALL_BOS, SMALL_EOS, SMALL_PAD = 97, 0, 1, 3
+
+
+def small_gpt2_pair(directory, generation=None):
+    """(transformers model, tinyllm model) of one small random GPT-2 (vocabulary ``SMALL_V``, BOS
+    and EOS ids ``SMALL_BOS`` / ``SMALL_EOS``) saved by transformers in ``directory``, with
+    ``generation`` merged into its generation_config.json. Skips without torch or transformers."""
+    import json
+
+    from tinyllm.models.gpt import GPT
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=SMALL_V, n_positions=64,
+                                     bos_token_id=SMALL_BOS, eos_token_id=SMALL_EOS, initializer_range=0.1)
+    transformers.GPT2LMHeadModel(config).eval().save_pretrained(directory)
+    if generation:
+        path = Path(directory) / "generation_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **generation}))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+    return hf, GPT.from_pretrained(directory)

@@ -14,28 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernel_helpers import make_gpt2_dir
+from kernel_helpers import SMALL_BOS, SMALL_EOS, SMALL_PAD, SMALL_V, make_gpt2_dir, small_gpt2_pair
 from tinyllm.generation import (left_pad, min_length_processor, min_new_tokens_processor, no_repeat_ngram_processor,
                                 repetition_penalty_processor)
 from tinyllm.models.gpt import GPT, GPTConfig
 
-V, BOS, EOS, PAD = 97, 0, 1, 3
+V, BOS, EOS, PAD = SMALL_V, SMALL_BOS, SMALL_EOS, SMALL_PAD
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """(transformers model, tinyllm model) with the same random GPT-2 weights."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=V, n_positions=64, bos_token_id=BOS,
-                                     eos_token_id=EOS, initializer_range=0.1)
-    directory = tmp_path_factory.mktemp("gpt2-random")
-    transformers.GPT2LMHeadModel(config).eval().save_pretrained(directory)
-    hf = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
-    return hf, GPT.from_pretrained(directory)
+    return small_gpt2_pair(tmp_path_factory.mktemp("gpt2-random"))
 
 
 def prompts(batch=3, length=6, seed=0):

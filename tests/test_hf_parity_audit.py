@@ -2,38 +2,20 @@
 thinking: several EOS ids, the default length, a prompt longer than max_length, top_k=0,
 ``labels=`` loss, the special token ids, save_pretrained -> AutoModelForCausalLM, and the GPT-2
 tokenizer's everyday methods. Each test compares with transformers directly."""
-import json
 import warnings
 
 import numpy as np
 import pytest
 
-from kernel_helpers import gpt2_tokenizer_files
+from kernel_helpers import SMALL_BOS, SMALL_EOS, SMALL_PAD, SMALL_V, small_gpt2_pair
 from tinyllm.models.gpt import GPT
 
-V, BOS, EOS, PAD = 97, 0, 1, 3
-
-
-def build_pair(directory, generation=None):
-    """(transformers model, tinyllm model) of the same random GPT-2 saved in ``directory``, with
-    ``generation`` written into its generation_config.json."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=V, n_positions=64, bos_token_id=BOS,
-                                     eos_token_id=EOS, initializer_range=0.1)
-    transformers.GPT2LMHeadModel(config).eval().save_pretrained(directory)
-    if generation:
-        path = directory / "generation_config.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **generation}))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
-    return hf, GPT.from_pretrained(directory)
+V, BOS, EOS, PAD = SMALL_V, SMALL_BOS, SMALL_EOS, SMALL_PAD
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    return build_pair(tmp_path_factory.mktemp("gpt2-audit"))
+    return small_gpt2_pair(tmp_path_factory.mktemp("gpt2-audit"))
 
 
 def prompts(batch=3, length=6, seed=0):
@@ -77,7 +59,7 @@ def test_default_length_is_20_new_tokens(pair):
 
 
 def test_generation_config_json_supplies_the_defaults(tmp_path):
-    hf, ours = build_pair(tmp_path, dict(max_length=11, eos_token_id=[EOS, 5], pad_token_id=PAD, top_k=7))
+    hf, ours = small_gpt2_pair(tmp_path, dict(max_length=11, eos_token_id=[EOS, 5], pad_token_id=PAD, top_k=7))
     assert ours.generation_config["max_length"] == 11 and ours.generation_config["eos_token_id"] == [EOS, 5]
     assert ours.config.pad_token_id is None  # config.json's, as transformers' model.config
     out = assert_same(hf, ours, prompts())
@@ -137,7 +119,7 @@ def test_save_pretrained_writes_what_transformers_loads(tmp_path):
     import torch
     import transformers
 
-    hf, ours = build_pair(tmp_path / "in", dict(max_length=12, top_k=9))
+    hf, ours = small_gpt2_pair(tmp_path / "in", dict(max_length=12, top_k=9))
     ours.save_pretrained(tmp_path / "out")  # no format: a GPT-2 directory is written back as one
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     ids = prompts()

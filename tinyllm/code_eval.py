@@ -298,6 +298,16 @@ def complete_lines(model, prompts, line_ends, max_new_tokens=64, batch_size=32, 
     outgrow ``block_size`` the last ``block_size`` ids are recomputed each step, as
     ``generate`` does, so the result is what one-at-a-time greedy decoding gives.
     """
+    def run(batch):  # prompts of one length (list of lists) -> generated ids per prompt
+        ids = np.asarray(batch, dtype=np.int64)  # (b, length)
+        return _greedy_batch(model, ids, line_ends, max_new_tokens, skip_blank_lines)
+
+    return _in_length_batches(model, prompts, batch_size, run)
+
+
+def _in_length_batches(model, prompts, batch_size, run):
+    """``run(batch)`` over batches of at most ``batch_size`` prompts of equal length (so they
+    share one KV cache), with the model in eval mode; the results back in the prompts' order."""
     was_training = model.training
     model.eval()
     out = [None] * len(prompts)
@@ -309,8 +319,7 @@ def complete_lines(model, prompts, line_ends, max_new_tokens=64, batch_size=32, 
             rows = by_len[length]
             for s in range(0, len(rows), batch_size):
                 chunk = rows[s:s + batch_size]
-                ids = np.asarray([prompts[k] for k in chunk], dtype=np.int64)
-                for k, gen in zip(chunk, _greedy_batch(model, ids, line_ends, max_new_tokens, skip_blank_lines)):
+                for k, gen in zip(chunk, run([prompts[k] for k in chunk])):
                     out[k] = gen
     finally:
         model.train(was_training)
@@ -483,24 +492,10 @@ class _NGramScorer:
 def beam_lines_model(model, prompts, line_ends, num_beams=5, max_new_tokens=64, batch_size=8):
     """:func:`beam_complete_lines` with ``model`` over ``prompts`` (lists of ids), grouped by
     length into batches of ``batch_size`` prompts (``batch_size * num_beams`` rows)."""
-    was_training = model.training
-    model.eval()
-    out = [None] * len(prompts)
-    try:
-        by_len = {}
-        for k, p in enumerate(prompts):
-            by_len.setdefault(len(p), []).append(k)
-        for length in sorted(by_len):
-            rows = by_len[length]
-            for s in range(0, len(rows), batch_size):
-                chunk = rows[s:s + batch_size]
-                scorer = _ModelScorer(model, [prompts[k] for k in chunk])
-                for k, gen in zip(chunk, beam_complete_lines(scorer, len(chunk), line_ends, num_beams,
-                                                             max_new_tokens)):
-                    out[k] = gen
-    finally:
-        model.train(was_training)
-    return out
+    def run(batch):
+        return beam_complete_lines(_ModelScorer(model, batch), len(batch), line_ends, num_beams, max_new_tokens)
+
+    return _in_length_batches(model, prompts, batch_size, run)
 
 
 DEFAULT_PROMPT_RESERVE = 32  # block positions left out of a line completion's prompt (examples/train_code.py)

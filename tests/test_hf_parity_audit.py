@@ -1,7 +1,8 @@
 """tinyllm against transformers 5 on the things a user coming from Hugging Face does without
 thinking: several EOS ids, the default length, a prompt longer than max_length, top_k=0,
-``labels=`` loss, the special token ids, save_pretrained -> AutoModelForCausalLM, and the GPT-2
-tokenizer's everyday methods. Each test compares with transformers directly."""
+``labels=`` loss, the special token ids, save_pretrained -> AutoModelForCausalLM. Each test
+compares with transformers directly (the tokenizer's: tests/test_tokenizer_call.py and
+tests/test_bpe_gpt2.py)."""
 import warnings
 
 import numpy as np

@@ -92,6 +92,24 @@ def test_reductions_with_numpy_names(reduce, dim, keepdim, dtype):
     parity(lambda x: getattr(x, reduce)(axis=dim, keepdims=keepdim), theirs, [randn(2, 3, 4)], dtype)
 
 
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("dim, keepdim", [(1, False), (-1, True), ((0, 2), True)])
+def test_reductions_accept_torch_names_dim_and_keepdim(reduce, dim, keepdim):
+    """``x.sum(dim=-1, keepdim=True)`` is how every PyTorch user writes it."""
+    same = lambda t: getattr(t, reduce)(dim=dim, keepdim=keepdim)  # noqa: E731
+    parity(same, same, [randn(2, 3, 4)])
+    parity(lambda t: getattr(t, reduce)(dim, keepdim=keepdim), lambda t: getattr(t, reduce)(dim, keepdim=keepdim),
+           [randn(2, 3, 4)])
+
+
+def test_reductions_reject_both_spellings_at_once():
+    x = Tensor(randn(2, 3))
+    with pytest.raises(TypeError, match="axis.*dim"):
+        x.sum(axis=0, dim=1)
+    with pytest.raises(TypeError, match="keepdims.*keepdim"):
+        x.mean(0, keepdims=True, keepdim=False)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_reshape_view_transpose_permute_T_and_their_gradients(dtype):
     def chain(x):
@@ -213,6 +231,17 @@ def test_gradients_accumulate_across_two_backward_calls():
     assert_close(x.grad, np.exp(x.data) * (1.0 - 2.5))
 
 
+def test_backward_accepts_torch_keyword_gradient():
+    """torch's keyword is ``gradient=``; tinyllm's ``grad=`` keeps working."""
+    (x, t) = pair(randn(3, 4))
+    g = randn(3, 4, seed=1)
+    (x * x).backward(gradient=g)
+    (t * t).backward(gradient=torch.tensor(g))
+    assert_close(x.grad, t.grad)
+    (x * x).backward(grad=g)
+    assert_close(x.grad, 2 * t.grad)
+
+
 def test_zero_grad_sets_to_none_by_default_as_torch_2():
     ours, theirs = nn.Linear(3, 2), torch.nn.Linear(3, 2)
     for m, inp in ((ours, Tensor(randn(4, 3))), (theirs, torch.randn(4, 3))):
@@ -232,6 +261,22 @@ def test_zero_grad_sets_to_none_by_default_as_torch_2():
 
 # ----------------------------------------------------------------------------------------------
 # functional
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax_family_with_axis_and_with_torch_dim(name, axis, dtype):
+    ours, theirs = getattr(F, name), getattr(tF, name)
+    parity(lambda x: ours(x, axis), lambda t: theirs(t, axis), [3 * randn(2, 3, 5)], dtype)
+    parity(lambda x: ours(x, axis=axis), lambda t: theirs(t, dim=axis), [3 * randn(2, 3, 5)], dtype)
+    parity(lambda x: ours(x, dim=axis), lambda t: theirs(t, dim=axis), [3 * randn(2, 3, 5)], dtype)
+    parity(lambda x: getattr(x, name)(dim=axis), lambda t: getattr(t, name)(dim=axis), [3 * randn(2, 3, 5)], dtype)
+
+
+def test_softmax_rejects_both_axis_and_dim():
+    with pytest.raises(TypeError, match="axis.*dim"):
+        F.softmax(Tensor(randn(2, 3)), axis=0, dim=1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

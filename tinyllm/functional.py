@@ -36,12 +36,14 @@ def relu(x):
     return x.relu()
 
 
-def softmax(x, axis=-1):
-    return x.softmax(axis)
+def softmax(x, axis=-1, *, dim=None):
+    """softmax along ``axis`` (or PyTorch's ``dim=``): e^x / sum e^x."""
+    return x.softmax(axis, dim=dim)
 
 
-def log_softmax(x, axis=-1):
-    return x.log_softmax(axis)
+def log_softmax(x, axis=-1, *, dim=None):
+    """log softmax along ``axis`` (or PyTorch's ``dim=``): x - logsumexp(x)."""
+    return x.log_softmax(axis, dim=dim)
 
 
 # ----------------------------------------------------------------------------------------------

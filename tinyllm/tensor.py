@@ -252,13 +252,15 @@ class Tensor:
         return f"tensor({body}, dtype={self.dtype}{extra})"
 
     # --- backward --------------------------------------------------------------------------------
-    def backward(self, grad=None, retain_graph=False):
+    def backward(self, grad=None, retain_graph=False, *, gradient=None):
         """Add d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires a gradient.
 
-        ``grad`` is the gradient of some scalar with respect to ``self``; it may be left out only when
-        ``self`` holds a single number (a loss). Gradients accumulate (``+=``) as in PyTorch: call
-        ``zero_grad()`` between steps. The graph is freed afterwards unless ``retain_graph=True``.
+        ``grad`` (PyTorch's name: ``gradient``) is the gradient of some scalar with respect to
+        ``self``; it may be left out only when ``self`` holds a single number (a loss). Gradients
+        accumulate (``+=``) as in PyTorch: call ``zero_grad()`` between steps. The graph is freed
+        afterwards unless ``retain_graph=True``.
         """
+        grad = _either_name("backward", "grad", grad, None, "gradient", gradient)
         if not self.requires_grad:
             raise RuntimeError(
                 "backward: this tensor does not require a gradient (no input of the computation has "
@@ -349,19 +351,24 @@ class Tensor:
         return _ops.ReLU.apply(self)
 
     # --- reductions -----------------------------------------------------------------------------
-    def sum(self, axis=None, keepdims=False):
+    # ``dim=`` and ``keepdim=`` are PyTorch's names for NumPy's ``axis=`` and ``keepdims=``
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        axis, keepdims = _torch_names("sum", axis, keepdims, dim, keepdim)
         return _ops.Sum.apply(self, axis=_norm_axis(axis, self.ndim, "sum"), keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False):
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        axis, keepdims = _torch_names("mean", axis, keepdims, dim, keepdim)
         return _ops.Mean.apply(self, axis=_norm_axis(axis, self.ndim, "mean"), keepdims=keepdims)
 
     def max(self, axis=None, keepdims=False):
         return _ops.Max.apply(self, axis=_norm_axis(axis, self.ndim, "max"), keepdims=keepdims)
 
-    def softmax(self, axis=-1):
+    def softmax(self, axis=-1, *, dim=None):
+        axis = _either_name("softmax", "axis", axis, -1, "dim", dim)
         return _ops.Softmax.apply(self, axis=_single_axis(axis, self.ndim, "softmax"))
 
-    def log_softmax(self, axis=-1):
+    def log_softmax(self, axis=-1, *, dim=None):
+        axis = _either_name("log_softmax", "axis", axis, -1, "dim", dim)
         return _ops.LogSoftmax.apply(self, axis=_single_axis(axis, self.ndim, "log_softmax"))
 
     # --- shape ------------------------------------------------------------------------------------
@@ -433,6 +440,24 @@ def _operand(other, like):
             return Tensor._wrap(np.asarray(other, dtype=like.data.dtype))
         return Tensor._wrap(np.asarray(other, dtype=np.float32))
     return Tensor(other)
+
+
+def _either_name(op, name, value, default, torch_name, torch_value):
+    """The argument given under tinyllm's (NumPy's) ``name`` or under PyTorch's ``torch_name``
+    (``axis`` / ``dim``): PyTorch's wins when given, and giving both is an error."""
+    if torch_value is None:
+        return value
+    given = value is not None if default is None else value != default
+    if given:
+        raise TypeError(f"{op}: pass {name}= or {torch_name}=, not both "
+                        f"(got {name}={value!r} and {torch_name}={torch_value!r})")
+    return torch_value
+
+
+def _torch_names(op, axis, keepdims, dim, keepdim):
+    """(axis, keepdims) of a reduction called with NumPy's names or PyTorch's (dim, keepdim)."""
+    return (_either_name(op, "axis", axis, None, "dim", dim),
+            bool(_either_name(op, "keepdims", keepdims, False, "keepdim", keepdim)))
 
 
 def _norm_axis(axis, ndim, op):

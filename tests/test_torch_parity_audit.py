@@ -322,6 +322,60 @@ def test_cross_entropy_ignore_index_and_label_smoothing(ignore_index, smoothing,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_reduction(reduction, smoothing, dtype):
+    logits, targets = ce_case()
+    kw = dict(reduction=reduction, label_smoothing=smoothing)
+    parity(lambda z: F.cross_entropy(z, targets, **kw), lambda z: tF.cross_entropy(z, torch.tensor(targets), **kw),
+           [logits], dtype)
+    # (B, T, V) logits with (B, T) targets, nanoGPT's layout: 'none' keeps (B, T)
+    ours = F.cross_entropy(Tensor(logits[:6].reshape(2, 3, 5)), targets[:6].reshape(2, 3), **kw)
+    theirs = tF.cross_entropy(torch.tensor(logits[:6]), torch.tensor(targets[:6]), **kw)
+    assert_close(ours.data, theirs.reshape((2, 3) if reduction == "none" else ()))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_cross_entropy_reduction_gradcheck(reduction, smoothing):
+    logits, targets = ce_case(seed=3)
+    assert gradcheck(lambda z: F.cross_entropy(z, targets, reduction=reduction, label_smoothing=smoothing),
+                     (Tensor(logits, requires_grad=True),))
+
+
+def test_cross_entropy_reduction_when_every_target_is_ignored():
+    """torch: 'mean' is nan (0 / 0), 'sum' is 0, 'none' is zeros; gradients are zero."""
+    logits = randn(3, 4)
+    targets = np.full(3, -100)
+    for reduction in ("sum", "none"):
+        (z, t) = pair(logits)
+        out = F.cross_entropy(z, targets, reduction=reduction)
+        ref = tF.cross_entropy(t, torch.tensor(targets), reduction=reduction)
+        assert_close(out.data, ref)
+        out.sum().backward()
+        ref.sum().backward()
+        assert_close(z.grad, t.grad)
+    assert np.isnan(F.cross_entropy(Tensor(logits), targets).item())
+    assert math.isnan(tF.cross_entropy(torch.tensor(logits), torch.tensor(targets)).item())
+
+
+def test_cross_entropy_out_of_range_target_is_named_for_every_reduction():
+    logits, targets = ce_case()
+    targets[2] = 5
+    for reduction in ("mean", "sum", "none"):
+        with pytest.raises(ValueError, match="5"):
+            F.cross_entropy(Tensor(logits), targets, reduction=reduction)
+    with pytest.raises((IndexError, RuntimeError)):
+        tF.cross_entropy(torch.tensor(logits), torch.tensor(targets), reduction="none")
+
+
+def test_cross_entropy_unknown_reduction_names_the_value():
+    logits, targets = ce_case()
+    with pytest.raises(ValueError, match="'avg'"):
+        F.cross_entropy(Tensor(logits), targets, reduction="avg")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_embedding_with_repeated_ids(dtype):
     ids = np.array([[0, 3, 3], [1, 3, 0]])
     parity(lambda w: F.embedding(ids, w), lambda w: tF.embedding(torch.tensor(ids), w), [randn(5, 4)], dtype)

@@ -143,17 +143,22 @@ class CrossEntropy(Function):
         return _ce.cross_entropy_backward(logits, targets, lse, g, ctx.ignore_index, ctx.label_smoothing), None
 
 
-def cross_entropy(logits, targets, ignore_index=-100, label_smoothing=0.0):
-    """Mean cross-entropy of ``logits`` (..., V) against integer ``targets`` (...).
+def cross_entropy(logits, targets, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """Cross-entropy of ``logits`` (..., V) against integer ``targets`` (...), as
+    ``torch.nn.functional.cross_entropy`` with the classes on the last axis.
 
     Positions whose target is ``ignore_index`` count for nothing (PyTorch's convention). Leading
     axes are flattened, so ``(B, T, V)`` logits with ``(B, T)`` targets work as in nanoGPT.
     ``label_smoothing`` e in [0, 1] mixes the one-hot target with the uniform distribution,
-    (1 - e) onehot + e / V, as ``torch.nn.functional.cross_entropy`` does.
+    (1 - e) onehot + e / V. ``reduction``: ``"mean"`` over the positions not ignored (nan if
+    all are; the fused kernel), ``"sum"`` (0 if all are ignored) or ``"none"`` (one loss per
+    position, shape of ``targets``, 0 where ignored).
     """
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating)) \
             or not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     targets = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
     if targets.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class ids, got dtype {targets.dtype}")
@@ -164,8 +169,33 @@ def cross_entropy(logits, targets, ignore_index=-100, label_smoothing=0.0):
         )
     V = logits.shape[-1]
     flat = logits.reshape(-1, V) if logits.ndim != 2 else logits
-    return CrossEntropy.apply(flat, targets.reshape(-1), ignore_index=ignore_index,
-                              label_smoothing=float(label_smoothing))
+    if reduction == "mean":
+        return CrossEntropy.apply(flat, targets.reshape(-1), ignore_index=ignore_index,
+                                  label_smoothing=float(label_smoothing))
+    row_loss = _cross_entropy_rows(flat, targets.reshape(-1), ignore_index, float(label_smoothing))  # (N,)
+    return row_loss.sum() if reduction == "sum" else row_loss.reshape(targets.shape)
+
+
+def _cross_entropy_rows(logits, targets, ignore_index, label_smoothing):
+    """The loss of each row (N,) of logits (N, V), composed from Tensor operations, 0 where ignored:
+
+        loss_i = -(1 - e) log p_i[t_i] - (e / V) sum_j log p_ij,    log p_i = log_softmax(z_i)
+
+    (the terms the fused :class:`CrossEntropy` averages; its gradient comes from log_softmax's
+    and indexing's backward).
+    """
+    n_rows, vocab = logits.shape
+    valid = targets != ignore_index  # (N,)
+    bad = valid & ((targets < 0) | (targets >= vocab))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"cross_entropy: target {int(targets[i])} at position {i} is outside [0, {vocab}) "
+                         f"and is not ignore_index={ignore_index}")
+    log_probs = logits.log_softmax(-1)  # (N, V)
+    loss = -(1.0 - label_smoothing) * log_probs[np.arange(n_rows), np.where(valid, targets, 0)]  # (N,)
+    if label_smoothing:
+        loss = loss - label_smoothing * log_probs.mean(-1)
+    return where(valid, loss, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------

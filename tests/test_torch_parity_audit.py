@@ -303,6 +303,24 @@ def test_layer_norm(affine, dtype):
         parity(lambda x: F.layer_norm(x), lambda x: tF.layer_norm(x, (6,)), arrays[:1], dtype)
 
 
+def test_layer_norm_accepts_torch_positional_normalized_shape():
+    """nanoGPT's LayerNorm calls ``F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)``."""
+    arrays = [randn(2, 3, 6), 1 + 0.1 * randn(6, seed=1), randn(6, seed=2)]
+    parity(lambda x, w, b: F.layer_norm(x, w.shape, w, b, 1e-5), lambda x, w, b: tF.layer_norm(x, w.shape, w, b, 1e-5),
+           arrays)
+    parity(lambda x: F.layer_norm(x, (6,)), lambda x: tF.layer_norm(x, (6,)), arrays[:1])
+    parity(lambda x: F.layer_norm(x, 6, eps=1e-3), lambda x: tF.layer_norm(x, (6,), eps=1e-3), arrays[:1])
+    parity(lambda x, w, b: F.layer_norm(x, [6], weight=w, bias=b),
+           lambda x, w, b: tF.layer_norm(x, [6], weight=w, bias=b), arrays)
+    parity(lambda x, w, b: F.layer_norm(x, normalized_shape=(6,), weight=w, bias=b, eps=1e-4),
+           lambda x, w, b: tF.layer_norm(x, normalized_shape=(6,), weight=w, bias=b, eps=1e-4), arrays)
+    parity(lambda x, w, b: F.layer_norm(x, w, b, 1e-4), lambda x, w, b: tF.layer_norm(x, (6,), w, b, 1e-4), arrays)
+    with pytest.raises(ValueError, match=r"normalized_shape \(3, 6\)"):
+        F.layer_norm(Tensor(randn(2, 3, 6)), (3, 6))
+    with pytest.raises(ValueError, match=r"normalized_shape \(5,\)"):
+        F.layer_norm(Tensor(randn(2, 3, 6)), (5,))
+
+
 def ce_case(n=7, vocab=5, seed=0, ignore_index=-100):
     rng = np.random.default_rng(seed)
     logits = 2 * rng.standard_normal((n, vocab))

@@ -106,8 +106,34 @@ class LayerNorm(Function):
         return dx.reshape(ctx.in_shape), dweight, (dbias if ctx.has_bias else None)
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5):
-    """Layer normalisation over the last axis of ``x``, as ``torch.nn.functional.layer_norm``."""
+def layer_norm(x, *args, **kwargs):
+    """Layer normalisation over the last axis of ``x``, with either argument order::
+
+        layer_norm(x, weight=None, bias=None, eps=1e-5)                     tinyllm's
+        layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5)   torch.nn.functional's
+
+    PyTorch's order (what nanoGPT's LayerNorm calls) is recognised by a shape (an int, tuple or
+    list) in second place or by the ``normalized_shape`` keyword; that shape must be ``(C,)``,
+    the last axis, the only one tinyllm normalises over.
+    """
+    if "normalized_shape" in kwargs or (args and _is_shape(args[0])):
+        return _layer_norm_torch_order(x, *args, **kwargs)
+    return _layer_norm(x, *args, **kwargs)
+
+
+def _is_shape(value):
+    return isinstance(value, (int, np.integer, tuple, list)) and not isinstance(value, bool)
+
+
+def _layer_norm_torch_order(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+    if shape != (x.shape[-1],):
+        raise ValueError(f"layer_norm: normalized_shape {shape} is not the last axis of x (shape {x.shape}): "
+                         f"tinyllm normalises over the last axis only, normalized_shape=({x.shape[-1]},)")
+    return _layer_norm(x, weight, bias, eps)
+
+
+def _layer_norm(x, weight=None, bias=None, eps=1e-5):
     C = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != (C,):

@@ -540,6 +540,37 @@ def test_named_parameters_order_state_dict_keys_and_a_torch_state_dict_loads():
     assert_close(ours(ids).data, theirs(torch.tensor(ids)))
 
 
+def test_load_state_dict_strict_errors_are_runtime_errors_naming_the_keys():
+    """torch raises RuntimeError listing every missing / unexpected / mis-shaped key; tinyllm's
+    ValueError is also a RuntimeError so either ``except`` catches it."""
+    model = OursNet()
+    state = dict(model.state_dict())
+    missing = {k: v for k, v in state.items() if k != "ln.bias"}
+    unexpected = {**state, "ln.running_mean": np.zeros(4)}
+    mis_shaped = {**state, "head.1.weight": np.zeros((4, 4))}
+    for bad, names in ((missing, ["ln.bias"]), (unexpected, ["ln.running_mean"]), (mis_shaped, ["head.1.weight"])):
+        with pytest.raises(RuntimeError) as info:
+            model.load_state_dict(bad)
+        assert isinstance(info.value, ValueError)
+        assert all(n in str(info.value) for n in names), str(info.value)
+    with pytest.raises(RuntimeError, match="head.1.weight"):  # torch: shape errors even when not strict
+        model.load_state_dict(mis_shaped, strict=False)
+
+
+def test_load_state_dict_returns_missing_keys_and_unexpected_keys_fields():
+    model, theirs = OursNet(), TorchNet()
+    state = {k: v for k, v in model.state_dict().items() if k != "ln.bias"}
+    state["extra"] = np.zeros(1)
+    result = model.load_state_dict(state, strict=False)
+    tstate = {k: v for k, v in theirs.state_dict().items() if k != "ln.bias"}
+    tstate["extra"] = torch.zeros(1)
+    tresult = theirs.load_state_dict(tstate, strict=False)
+    assert result.missing_keys == tresult.missing_keys == ["ln.bias"]
+    assert result.unexpected_keys == tresult.unexpected_keys == ["extra"]
+    missing, unexpected = result  # still a pair, as before
+    assert (missing, unexpected) == (["ln.bias"], ["extra"])
+
+
 # ----------------------------------------------------------------------------------------------
 # optim
 

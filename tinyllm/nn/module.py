@@ -4,13 +4,17 @@ A Module finds its parameters the way PyTorch does: every attribute that is a :c
 or another Module is registered, in assignment order, under its attribute name, so names compose
 into dotted paths such as ``transformer.h.0.attn.c_attn.weight``.
 """
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from ..errors import StateDictError
 from ..tensor import Tensor
 
-__all__ = ["Parameter", "Module", "ModuleList", "ModuleDict"]
+__all__ = ["Parameter", "Module", "ModuleList", "ModuleDict", "IncompatibleKeys"]
+
+# What load_state_dict returns: a pair, with torch's field names (result.missing_keys)
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 class Parameter(Tensor):
@@ -111,7 +115,9 @@ class Module:
         """Copy arrays into the parameters, checking names and shapes.
 
         With ``strict=True`` any missing, unexpected or mis-shaped key is an error that names
-        them all. A tied parameter needs only one of its names. Returns (missing, unexpected).
+        them all (:class:`~tinyllm.errors.StateDictError`, both a ValueError and, as in PyTorch, a
+        RuntimeError); a mis-shaped key is one even when not strict. A tied parameter needs only
+        one of its names. Returns ``(missing_keys, unexpected_keys)``, a named pair as PyTorch's.
         ``assign=True`` (PyTorch's flag) makes each parameter hold the given array itself instead
         of a copy (converted only if its dtype differs): for a loader whose arrays are fresh.
         """
@@ -142,7 +148,7 @@ class Module:
         if strict and unexpected:
             problems.append(f"unexpected keys {unexpected}")
         if problems:
-            raise ValueError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
+            raise StateDictError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
         for k, v in state_dict.items():
             if k in params:
                 p = params[k]
@@ -150,7 +156,7 @@ class Module:
             elif k in buffers:
                 mod, n = buffers[k]
                 mod.register_buffer(n, np.array(v, copy=True), persistent=True)
-        return missing, unexpected
+        return IncompatibleKeys(missing, unexpected)
 
     # --- modes and gradients -------------------------------------------------------------------
     def train(self, mode=True):

@@ -571,6 +571,30 @@ def test_load_state_dict_returns_missing_keys_and_unexpected_keys_fields():
     assert (missing, unexpected) == (["ln.bias"], ["extra"])
 
 
+def test_train_eval_call_modules_children_and_apply():
+    ours, theirs = OursNet(), TorchNet()
+    for m in (ours, theirs):
+        assert m.training and all(c.training for c in m.modules())
+        assert m.eval() is m and not any(c.training for c in m.modules())
+        assert m.train() is m and all(c.training for c in m.modules())
+        m.train(False)
+        assert not m.head[1].training
+    def kind(m):
+        return {"OursNet": "Net", "TorchNet": "Net"}.get(type(m).__name__, type(m).__name__)
+    assert [kind(m) for m in ours.modules()] == [kind(m) for m in theirs.modules()]
+    assert [kind(m) for m in ours.children()] == [kind(m) for m in theirs.children()]
+    assert [n for n, _ in ours.named_children()] == [n for n, _ in theirs.named_children()]
+    seen, tseen = [], []
+    assert ours.apply(lambda m: seen.append(kind(m))) is ours
+    theirs.apply(lambda m: tseen.append(kind(m)))
+    assert seen == tseen and seen[-1] == "Net" and seen[0] == "Embedding"  # post-order, as torch
+
+    class Twice(nn.Module):
+        def forward(self, x):
+            return x * 2
+    assert Twice()(Tensor(np.ones(2))).data.tolist() == [2.0, 2.0]
+
+
 # ----------------------------------------------------------------------------------------------
 # optim
 

@@ -83,6 +83,18 @@ class Module:
     def children(self):
         return iter(self._modules.values())
 
+    def named_children(self):
+        """(name, module) of the direct sub-modules, in assignment order."""
+        return iter(self._modules.items())
+
+    def apply(self, fn):
+        """Call ``fn(module)`` on every sub-module, children before their parent, and last on
+        ``self``, as PyTorch's ``apply`` (nanoGPT's ``self.apply(self._init_weights)``). Returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
     def named_parameters(self, prefix="", remove_duplicate=True):
         """(name, Parameter) pairs; a tied parameter is listed once, under its first name."""
         seen = set()

@@ -636,6 +636,29 @@ def test_adamw_twenty_steps_with_groups_match_torch(lr_change):
         assert_close(p.data, t, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("momentum, weight_decay, nesterov, dampening", [
+    (0.0, 0.0, False, 0.0), (0.9, 0.0, False, 0.0), (0.9, 0.01, False, 0.0), (0.9, 0.01, True, 0.0),
+    (0.8, 0.0, False, 0.3)])
+@pytest.mark.parametrize("lr_change", [None, 5])
+def test_sgd_twenty_steps_match_torch(momentum, weight_decay, nesterov, dampening, lr_change):
+    kw = dict(lr=0.05, momentum=momentum, weight_decay=weight_decay)
+    if nesterov:
+        kw["nesterov"] = True
+    if dampening:
+        kw["dampening"] = dampening
+    ps, ts, _, _ = run_both(lambda p: optim.SGD(p, **kw), lambda p: torch.optim.SGD(p, **kw), lr_change=lr_change)
+    for p, t in zip(ps, ts):
+        assert_close(p.data, t, rtol=1e-10, atol=1e-13)
+
+
+def test_sgd_nesterov_needs_momentum_as_in_torch():
+    p = nn.Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError):
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, nesterov=True)
+
+
 @pytest.mark.parametrize("kind", ["adamw", "sgd"])
 def test_optimizer_state_dict_round_trip_continues_identically(kind):
     make = {"adamw": lambda p: optim.AdamW(groups(p, weight_decay=0.0), lr=0.02, weight_decay=0.1),

@@ -129,17 +129,25 @@ class AdamW(Optimizer):
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum and (coupled) weight decay, as PyTorch::
+    """Stochastic gradient descent with optional momentum and (coupled) weight decay, as PyTorch's
+    ``torch.optim.SGD`` (``nesterov`` and ``dampening`` too)::
 
-        g <- g + weight_decay * p;   b <- momentum * b + g  (b = g at the first step);   p <- p - lr * b
+        g <- g + weight_decay * p
+        b <- momentum * b + (1 - dampening) * g        (b = g at the first step)
+        d <- g + momentum * b  if nesterov  else  b     (d = g without momentum)
+        p <- p - lr * d
     """
 
-    def __init__(self, params, lr=1e-2, momentum=0.0, weight_decay=0.0):
+    def __init__(self, params, lr=1e-2, momentum=0.0, weight_decay=0.0, nesterov=False, dampening=0.0):
         if not lr >= 0:
             raise ValueError(f"SGD: lr must be >= 0, got {lr}")
         if not momentum >= 0:
             raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"SGD: nesterov momentum needs momentum > 0 and dampening 0, got momentum={momentum}, "
+                             f"dampening={dampening}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                                      dampening=dampening))
 
     def step(self):
         for group in self.param_groups:
@@ -150,11 +158,19 @@ class SGD(Optimizer):
                 if group["weight_decay"]:
                     g = g + group["weight_decay"] * p.data
                 if group["momentum"]:
-                    state = self.state.setdefault(id(p), {})
-                    buf = state.get("momentum_buffer")
-                    state["momentum_buffer"] = g.copy() if buf is None else group["momentum"] * buf + g
-                    g = state["momentum_buffer"]
+                    g = self._momentum_direction(p, g, group)
                 p.data -= group["lr"] * g
+
+    def _momentum_direction(self, p, g, group):
+        """Update p's momentum buffer b with g; the step direction (b, or g + momentum * b for Nesterov)."""
+        momentum, state = group["momentum"], self.state.setdefault(id(p), {})
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = g.copy()
+        else:
+            buf = momentum * buf + (g if not group["dampening"] else (1 - group["dampening"]) * g)
+        state["momentum_buffer"] = buf
+        return g + momentum * buf if group["nesterov"] else buf
 
 
 def clip_grad_norm(params, max_norm):

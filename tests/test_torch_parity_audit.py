@@ -697,6 +697,22 @@ def test_clip_grad_norm_matches_torch(name, max_norm):
         assert_close(p.grad, t.grad, rtol=1e-12)
 
 
+def test_clip_grad_norm_accepts_torch_keywords_norm_type_2_and_inf():
+    grads = grads_sequence(((3, 4), (5,)), 1)[0]
+    for norm_type in (2, 2.0, "inf", math.inf):
+        ps = [nn.Parameter(np.zeros(g.shape)) for g in grads]
+        ts = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64)) for g in grads]
+        for p, t, g in zip(ps, ts, grads):
+            p.grad, t.grad = g.copy(), torch.tensor(g)
+        tnorm = torch.nn.utils.clip_grad_norm_(ts, max_norm=0.7, norm_type=norm_type)
+        norm = optim.clip_grad_norm_(ps, max_norm=0.7, norm_type=norm_type)
+        assert norm == pytest.approx(tnorm.item(), rel=1e-12)
+        for p, t in zip(ps, ts):
+            assert_close(p.grad, t.grad, rtol=1e-12)
+    with pytest.raises(ValueError, match="norm_type 1"):
+        optim.clip_grad_norm_(ps, 1.0, norm_type=1)
+
+
 def nanogpt_get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     """nanoGPT's train.py get_lr, as written there (the reference for the schedule)."""
     if it < warmup_iters:

@@ -173,18 +173,40 @@ class SGD(Optimizer):
         return g + momentum * buf if group["nesterov"] else buf
 
 
-def clip_grad_norm(params, max_norm):
-    """Scale all gradients together so their joint L2 norm is at most ``max_norm``.
+def clip_grad_norm(params, max_norm, norm_type=2.0):
+    """Scale all gradients together so their joint norm is at most ``max_norm``: each is
+    multiplied by ``max_norm / (norm + 1e-6)`` when that is below 1, as PyTorch does.
 
-    Returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``), summed in float64.
-    The gradients are scaled in place, as PyTorch does (:func:`tinyllm.kernels.adamw.clip_grad_norm`).
+    ``norm_type`` is 2 (the default: the L2 norm of all gradients as one vector, summed in
+    float64) or ``inf`` (``"inf"`` also: the largest |gradient|), torch's usual two. Returns the
+    norm before clipping (as ``torch.nn.utils.clip_grad_norm_``, as a float). The gradients are
+    scaled in place (:func:`tinyllm.kernels.adamw.clip_grad_norm` for the L2 norm).
     """
+    if norm_type in ("inf", math.inf):
+        clip = _clip_grad_max_abs
+    elif norm_type == 2:
+        clip = _adamw.clip_grad_norm
+    else:
+        raise ValueError(f"clip_grad_norm: norm_type {norm_type!r} is not supported; use 2 (the default) or inf")
     params = [params] if isinstance(params, Tensor) else list(params)  # one tensor, or a generator
     params = [p for p in params if p.grad is not None]
-    norm, grads = _adamw.clip_grad_norm([p.grad for p in params], max_norm)
+    norm, grads = clip([p.grad for p in params], max_norm)
     for p, g in zip(params, grads):
         p.grad = g  # the same array scaled in place (a read-only gradient: a scaled copy)
     return norm
+
+
+def _clip_grad_max_abs(grads, max_norm):
+    """clip_grad_norm with the inf-norm: norm = max |g| over all gradients; (norm, gradients)."""
+    norm = max((float(np.abs(g).max()) for g in grads if g.size), default=0.0)
+    coef = max_norm / (norm + 1e-6)
+    if coef >= 1.0:
+        return norm, grads
+    scaled = []
+    for g in grads:
+        coef_g = np.asarray(coef, dtype=g.dtype)
+        scaled.append(np.multiply(g, coef_g, out=g) if g.flags.writeable else g * coef_g)
+    return norm, scaled
 
 
 clip_grad_norm_ = clip_grad_norm

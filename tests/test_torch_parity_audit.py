@@ -735,6 +735,22 @@ def test_cosine_lr_matches_nanogpt_get_lr():
         assert sched.set_step(it) == opt.param_groups[0]["lr"] == pytest.approx(nanogpt_get_lr(it, 6e-4, 6e-5, 10, 100))
 
 
+def test_warmup_cosine_scheduler_step_and_get_last_lr_as_torch_schedulers():
+    """torch habit: the scheduler sets lr(0) when built, ``scheduler.step()`` after each
+    ``optimizer.step()`` moves to the next iteration, ``get_last_lr()`` lists each group's lr."""
+    p = nn.Parameter(np.zeros(2))
+    opt = optim.AdamW([{"params": [p]}, {"params": [nn.Parameter(np.zeros(1))]}], lr=1.0)
+    sched = optim.WarmupCosineLR(opt, 6e-4, 6e-5, 3, 12)
+    for it in range(16):
+        expected = nanogpt_get_lr(it, 6e-4, 6e-5, 3, 12)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([expected, expected], rel=1e-14)
+        assert sched.get_last_lr() == pytest.approx([expected, expected], rel=1e-14)
+        sched.step()
+    sched.set_step(5)  # set_step still jumps anywhere; step() continues from there
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(nanogpt_get_lr(6, 6e-4, 6e-5, 3, 12), rel=1e-14)
+
+
 # ----------------------------------------------------------------------------------------------
 # deliberate differences, pinned so that a change on either side is noticed
 

@@ -228,13 +228,19 @@ def cosine_lr(step, max_lr, min_lr, warmup_steps, decay_steps):
 
 
 class WarmupCosineLR:
-    """Sets every group's ``lr`` from :func:`cosine_lr` (a ``torch.optim.lr_scheduler``-style object)."""
+    """Sets every group's ``lr`` from :func:`cosine_lr`, a ``torch.optim.lr_scheduler``-style object.
+
+    Built, it sets lr(0); ``step()`` (after each ``optimizer.step()``, as in PyTorch) moves to the
+    next iteration; ``set_step(t)`` jumps to iteration t (what resuming needs); ``get_last_lr()``
+    lists the lr it set, one per group.
+    """
 
     def __init__(self, optimizer, max_lr, min_lr, warmup_steps, decay_steps):
         if warmup_steps < 0 or decay_steps < 0:
             raise ValueError(f"WarmupCosineLR: need warmup_steps >= 0 and decay_steps >= 0, got {warmup_steps}, {decay_steps}")
         self.optimizer, self.max_lr, self.min_lr = optimizer, max_lr, min_lr
         self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
+        self.set_step(0)
 
     def lr_at(self, step):
         return cosine_lr(step, self.max_lr, self.min_lr, self.warmup_steps, self.decay_steps)
@@ -243,4 +249,12 @@ class WarmupCosineLR:
         lr = self.lr_at(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        self.last_step = step
         return lr
+
+    def step(self):
+        """Move to the next iteration (PyTorch's ``scheduler.step()``); returns its lr."""
+        return self.set_step(self.last_step + 1)
+
+    def get_last_lr(self):
+        return [self.lr_at(self.last_step)] * len(self.optimizer.param_groups)

@@ -192,6 +192,22 @@ def test_item_numpy_and_data():
         t.item()
 
 
+def test_size_dim_numel_tolist_and_contiguous():
+    """``B, T, C = x.size()`` and ``y.transpose(1, 2).contiguous().view(B, T, C)`` (nanoGPT);
+    ``x.size`` without a call stays NumPy's element count."""
+    x, t = pair(randn(2, 3, 4), requires_grad=False)
+    B, T, C = x.size()
+    assert (B, T, C) == tuple(t.size()) == (2, 3, 4)
+    assert x.size(-1) == t.size(-1) == 4 and x.size(dim=1) == t.size(dim=1) == 3
+    assert x.size == 24 and x.size * 2 == 48 and x.numel() == t.numel() == 24
+    assert x.dim() == t.dim() == 3
+    assert x.tolist() == t.tolist()
+    with pytest.raises(ValueError, match="axis 3"):
+        x.size(3)
+    parity(lambda y: y.transpose(1, 2).contiguous().view(2, 12), lambda y: y.transpose(1, 2).contiguous().view(2, 12),
+           [randn(2, 3, 4)])
+
+
 def test_requires_grad_detach_and_no_grad_flags():
     (x, t) = pair(randn(3))
     (c, u) = pair(randn(3, seed=1), requires_grad=False)

@@ -216,7 +216,7 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
+    size = property(lambda self: _Size(self.data.size, self.data.shape))  # x.size (NumPy) and x.size() (PyTorch)
     is_leaf = property(lambda self: self._ctx is None)
 
     def __len__(self):
@@ -224,6 +224,21 @@ class Tensor:
 
     def numpy(self):
         return self.data
+
+    # PyTorch's names for NumPy's: x.dim() is x.ndim, x.numel() is x.size (x.size() is the shape)
+    def dim(self):
+        return self.data.ndim
+
+    def numel(self):
+        return self.data.size
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def contiguous(self):
+        """``self``: every operation takes any memory layout, so nothing needs copying (PyTorch
+        code calls this before ``view``, as in ``y.transpose(1, 2).contiguous().view(B, T, C)``)."""
+        return self
 
     def item(self):
         if self.data.size != 1:
@@ -411,6 +426,21 @@ class Tensor:
 
     def __getitem__(self, index):
         return _ops.GetItem.apply(self, index=_check_index(index, self.shape))
+
+
+class _Size(int):
+    """A tensor's element count, NumPy's ``x.size``, that is also PyTorch's ``x.size()``: called,
+    it gives the shape, or with ``dim`` the length of that axis (``B, T, C = x.size()``)."""
+
+    def __new__(cls, count, shape=()):
+        self = super().__new__(cls, count)
+        self.shape = shape
+        return self
+
+    def __call__(self, dim=None):
+        if dim is None:
+            return self.shape
+        return self.shape[_single_axis(dim, len(self.shape), "size")]
 
 
 def tensor(data, requires_grad=False, dtype=None):

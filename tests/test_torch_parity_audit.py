@@ -208,6 +208,40 @@ def test_size_dim_numel_tolist_and_contiguous():
            [randn(2, 3, 4)])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unsqueeze_squeeze_and_masked_fill(dtype):
+    parity(lambda x: x.unsqueeze(1).unsqueeze(-1), lambda t: t.unsqueeze(1).unsqueeze(-1), [randn(2, 3)], dtype)
+    parity(lambda x: x.unsqueeze(-3), lambda t: t.unsqueeze(-3), [randn(2, 3)], dtype)
+    for dim in (None, 1, (0, 3), -1, 2):  # dim 2 has size 3: torch leaves it alone
+        parity(lambda x: x.squeeze(dim), lambda t: t.squeeze() if dim is None else t.squeeze(dim), [randn(1, 3, 1, 1)],
+               dtype)
+    bias = np.tril(np.ones((4, 4)))
+    # the nanoGPT attention mask: -inf above the diagonal, then softmax
+    parity(lambda att: att.masked_fill(bias == 0, float("-inf")).softmax(-1),
+           lambda att: att.masked_fill(torch.tensor(bias) == 0, float("-inf")).softmax(-1), [randn(2, 4, 4)], dtype)
+    parity(lambda x: x.masked_fill(Tensor(bias[0] == 0), 2.5), lambda t: t.masked_fill(torch.tensor(bias[0] == 0), 2.5),
+           [randn(3, 4)], dtype)
+    with pytest.raises(ValueError, match="dim 3"):
+        Tensor(randn(2, 3)).unsqueeze(3)
+    with pytest.raises(TypeError, match="bool"):
+        Tensor(randn(2, 3)).masked_fill(np.ones((2, 3)), 0.0)
+
+
+def test_masked_fill_gradcheck():
+    mask = randn(3, 4, seed=4) > 0.3
+    assert gradcheck(lambda x: x.masked_fill(mask, -1.5) * x, (Tensor(randn(3, 4), requires_grad=True),))
+
+
+def test_argmax_like_torch():
+    x, t = pair(randn(3, 5), requires_grad=True)
+    for kw in ({}, {"dim": 1}, {"dim": 0, "keepdim": True}, {"dim": -1, "keepdim": False}):
+        ours, theirs = x.argmax(**kw), t.argmax(**kw)
+        assert ours.dtype == np.int64 and not ours.requires_grad
+        np.testing.assert_array_equal(ours.data, theirs.numpy())
+    ties = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]])
+    np.testing.assert_array_equal(Tensor(ties).argmax(dim=1).data, torch.tensor(ties).argmax(dim=1).numpy())
+
+
 def test_requires_grad_detach_and_no_grad_flags():
     (x, t) = pair(randn(3))
     (c, u) = pair(randn(3, seed=1), requires_grad=False)

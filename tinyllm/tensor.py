@@ -424,6 +424,37 @@ class Tensor:
     def T(self):
         return self.transpose()
 
+    def unsqueeze(self, dim):
+        """A new axis of size 1 at ``dim`` (PyTorch's; ``x[:, None]`` in NumPy), -ndim-1 <= dim <= ndim."""
+        if not -self.ndim - 1 <= dim <= self.ndim:
+            raise ValueError(f"unsqueeze: dim {dim} is out of range for a tensor with {self.ndim} dimensions")
+        dim %= self.ndim + 1
+        return self.reshape(self.shape[:dim] + (1,) + self.shape[dim:])
+
+    def squeeze(self, dim=None):
+        """Drop the axes of size 1 (all, or those among ``dim``); as in PyTorch, an axis in ``dim``
+        whose size is not 1 is left alone (NumPy would raise)."""
+        axes = range(self.ndim) if dim is None else _norm_axis(dim, self.ndim, "squeeze")
+        drop = {a for a in axes if self.shape[a] == 1}
+        return self.reshape(tuple(n for a, n in enumerate(self.shape) if a not in drop))
+
+    def masked_fill(self, mask, value):
+        """``value`` where ``mask`` (bool, broadcast to x) is True, else x; the gradient flows to the
+        kept elements only (nanoGPT: ``att.masked_fill(bias == 0, float("-inf"))``)."""
+        from .functional import where  # functional builds on this module: import at call time
+
+        mask = np.asarray(_data(mask))
+        if mask.dtype != bool:
+            raise TypeError(f"masked_fill: mask must be bool, got dtype {mask.dtype}")
+        return where(mask, np.asarray(value, dtype=self.dtype), self)
+
+    def argmax(self, dim=None, keepdim=False):
+        """Index of the largest element (flattened when ``dim`` is None), an int64 tensor without
+        gradient; ties give the first index, as NumPy and PyTorch."""
+        axis = None if dim is None else _single_axis(dim, self.ndim, "argmax")
+        return Tensor._wrap(np.asarray(self.data.argmax(axis=axis, keepdims=keepdim and axis is not None),
+                                       dtype=np.int64))
+
     def __getitem__(self, index):
         return _ops.GetItem.apply(self, index=_check_index(index, self.shape))
 

@@ -645,6 +645,16 @@ def test_train_eval_call_modules_children_and_apply():
     assert Twice()(Tensor(np.ones(2))).data.tolist() == [2.0, 2.0]
 
 
+def test_module_to_cpu_is_a_no_op_and_another_device_is_named():
+    ours, theirs = OursNet(), TorchNet()
+    before = [p.data.copy() for p in ours.parameters()]
+    assert ours.to("cpu") is ours and theirs.to("cpu") is theirs
+    assert all(np.array_equal(a, p.data) and p.dtype == np.float32 for a, p in zip(before, ours.parameters()))
+    with pytest.raises(ValueError, match="'cuda:0'"):
+        ours.to("cuda:0")
+    assert ours.to(np.float64).head[0].weight.dtype == np.float64
+
+
 # ----------------------------------------------------------------------------------------------
 # optim
 

@@ -189,7 +189,15 @@ class Module:
         return self
 
     def to(self, dtype):
-        """Cast every float parameter and buffer to ``dtype`` (e.g. np.float64 for gradcheck)."""
+        """Cast every float parameter and buffer to ``dtype`` (e.g. np.float64 for gradcheck).
+
+        PyTorch's ``model.to("cpu")`` is accepted and changes nothing (tinyllm runs on the CPU);
+        another device is a ValueError naming it.
+        """
+        if isinstance(dtype, str) and (dtype.split(":")[0] in ("cpu", "cuda", "mps", "xpu", "meta")):
+            if dtype.split(":")[0] != "cpu":
+                raise ValueError(f"Module.to: tinyllm runs on the CPU only, got device {dtype!r}")
+            return self
         dtype = np.dtype(dtype)
         for p in self.parameters():
             p.data = p.data.astype(dtype)

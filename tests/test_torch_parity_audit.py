@@ -742,6 +742,29 @@ def test_optimizer_state_dict_round_trip_continues_identically(kind):
         assert_close(q.data, t, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_optimizer_state_dict_has_torch_names_and_values(kind):
+    """The per-parameter state (step, exp_avg, exp_avg_sq; momentum_buffer) is named and valued
+    as torch's, numbered in group order; the group settings both have agree."""
+    make = {"adamw": (lambda p: optim.AdamW(groups(p, weight_decay=0.0), lr=0.02, weight_decay=0.1),
+                      lambda p: torch.optim.AdamW(groups(p, weight_decay=0.0), lr=0.02, weight_decay=0.1)),
+            "sgd": (lambda p: optim.SGD(groups(p, lr=0.01), lr=0.05, momentum=0.9),
+                    lambda p: torch.optim.SGD(groups(p, lr=0.01), lr=0.05, momentum=0.9))}[kind]
+    _, _, opt, topt = run_both(*make, steps=6)
+    ours, theirs = opt.state_dict(), topt.state_dict()
+    assert sorted(ours["state"]) == sorted(theirs["state"]) == [0, 1, 2]
+    for i, state in ours["state"].items():
+        tstate = theirs["state"][i]
+        assert set(state) == set(tstate), (set(state), set(tstate))
+        for name, value in state.items():
+            assert_close(np.asarray(value, dtype=np.float64), np.asarray(tstate[name], dtype=np.float64),
+                         rtol=1e-10, atol=1e-13)
+    for group, tgroup in zip(ours["param_groups"], theirs["param_groups"]):
+        common = set(group) & set(tgroup)
+        assert common >= {"lr", "weight_decay"}
+        assert {k: group[k] for k in common} == {k: tgroup[k] for k in common}
+
+
 @pytest.mark.parametrize("max_norm", [0.5, 100.0])
 @pytest.mark.parametrize("name", ["clip_grad_norm", "clip_grad_norm_"])
 def test_clip_grad_norm_matches_torch(name, max_norm):
@@ -844,3 +867,32 @@ def test_documented_difference_causal_mask_aligns_bottom_right_when_tq_differs_f
     ours = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), is_causal=True).data
     theirs = tF.scaled_dot_product_attention(*map(torch.tensor, (q, k, v)), attn_mask=bottom_right)
     assert_close(ours, theirs)
+
+
+def test_documented_difference_cross_entropy_takes_classes_on_the_last_axis():
+    """torch's cross_entropy wants (N, C, d1, ...) logits (classes on axis 1); tinyllm's, as
+    nanoGPT feeds it, (..., C) with the classes last: torch's equivalent permutes."""
+    logits, targets = randn(2, 3, 5), np.random.default_rng(1).integers(0, 5, (2, 3))
+    ours = F.cross_entropy(Tensor(logits), targets, reduction="none").data
+    theirs = tF.cross_entropy(torch.tensor(logits).permute(0, 2, 1), torch.tensor(targets), reduction="none")
+    assert_close(ours, theirs)
+
+
+def test_documented_difference_class_probability_targets_are_refused():
+    """torch also takes float targets (class probabilities); tinyllm takes class ids only."""
+    logits, probs = randn(3, 4), np.full((3, 4), 0.25)
+    assert np.isfinite(tF.cross_entropy(torch.tensor(logits), torch.tensor(probs)).item())
+    with pytest.raises((TypeError, ValueError), match="float64"):
+        F.cross_entropy(Tensor(logits), probs)
+
+
+def test_documented_difference_is_causal_combines_with_attn_mask():
+    """torch refuses attn_mask together with is_causal=True; tinyllm lets a key through only if
+    both allow it (torch's equivalent: the two masks and-ed)."""
+    q, k, v = sdpa_case()
+    padding = np.arange(5)[None, None, None, :] < np.array([5, 3])[:, None, None, None]  # (2, 1, 1, 5)
+    ours = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), attn_mask=padding, is_causal=True).data
+    both = torch.tensor(padding) & torch.ones(5, 5, dtype=torch.bool).tril()
+    assert_close(ours, tF.scaled_dot_product_attention(*map(torch.tensor, (q, k, v)), attn_mask=both))
+    with pytest.raises(RuntimeError):
+        tF.scaled_dot_product_attention(*map(torch.tensor, (q, k, v)), attn_mask=torch.tensor(padding), is_causal=True)

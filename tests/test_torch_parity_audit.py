@@ -66,6 +66,32 @@ def positive(*shape, seed=0):
 # Tensor basics
 
 
+class _TanhWithWrongGradient(tinyllm.Function):
+    """tanh whose backward is off by one part in 10^8: what the checker must catch."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = np.tanh(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g * (1 - out * out) * (1 + 1e-8)
+
+
+def test_the_parity_checker_can_fail():
+    """parity() must catch a gradient off by 1e-8 relative, a value off by 1e-9, a wrong dtype."""
+    with pytest.raises(AssertionError):
+        parity(lambda x: _TanhWithWrongGradient.apply(x), torch.tanh, [randn(3, 4)])
+    with pytest.raises(AssertionError):
+        parity(lambda x: x.exp() * (1 + 1e-9), torch.exp, [randn(3, 4)])
+    with pytest.raises(AssertionError):
+        parity(lambda x: x.astype(np.float32), lambda t: t, [randn(3, 4)])
+    parity(lambda x: x.tanh(), torch.tanh, [randn(3, 4)])  # and passes the right one
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "truediv"])
 def test_broadcast_arithmetic_and_its_gradients(op, dtype):

@@ -671,6 +671,25 @@ def test_train_eval_call_modules_children_and_apply():
     assert Twice()(Tensor(np.ones(2))).data.tolist() == [2.0, 2.0]
 
 
+def test_sequential_and_relu_like_torch():
+    ours = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                                 torch.nn.Linear(8, 3)).double()
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert len(ours) == len(theirs) == 4 and isinstance(ours[1], nn.ReLU)
+    ours.double().load_state_dict(theirs.state_dict())
+    ours.eval(), theirs.eval()
+    x = randn(5, 4)
+    xt = Tensor(x, requires_grad=True)
+    tt = torch.tensor(x, requires_grad=True)
+    out, ref = ours(xt), theirs(tt)
+    assert_close(out.data, ref)
+    out.sum().backward()
+    ref.sum().backward()
+    assert_close(xt.grad, tt.grad)
+    assert_close(ours[0].weight.grad, theirs[0].weight.grad)
+
+
 def test_module_to_cpu_is_a_no_op_and_another_device_is_named():
     ours, theirs = OursNet(), TorchNet()
     before = [p.data.copy() for p in ours.parameters()]

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import StateDictError
 from ..tensor import Tensor
 
-__all__ = ["Parameter", "Module", "ModuleList", "ModuleDict", "IncompatibleKeys"]
+__all__ = ["Parameter", "Module", "ModuleList", "ModuleDict", "Sequential", "IncompatibleKeys"]
 
 # What load_state_dict returns: a pair, with torch's field names (result.missing_keys)
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -249,6 +249,19 @@ class ModuleList(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+class Sequential(ModuleList):
+    """Modules applied one after another, ``Sequential(Linear(4, 8), ReLU(), Linear(8, 2))``,
+    registered under "0", "1", ... as in ``torch.nn.Sequential`` (so their state_dict keys agree)."""
+
+    def __init__(self, *modules):
+        super().__init__(modules)
+
+    def forward(self, x):
+        for module in self:
+            x = module(x)
+        return x
 
 
 class ModuleDict(Module):

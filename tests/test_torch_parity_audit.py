@@ -196,6 +196,15 @@ def test_max_ties_split_the_gradient_like_torch_max_and_amax():
     parity(lambda x: x.max(axis=0, keepdims=True), lambda t: t.amax(dim=0, keepdim=True), [ties])
 
 
+def test_amax_and_a_clear_error_for_torch_max_with_dim():
+    ties = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, -1.0]])
+    for kw in ({}, {"dim": 1}, {"dim": 0, "keepdim": True}, {"dim": (0, 1)}):
+        parity(lambda x: x.amax(**kw), lambda t: t.amax(**kw), [ties])
+    parity(lambda x: x.amax(-1, True), lambda t: t.amax(-1, True), [randn(3, 4)])
+    with pytest.raises(TypeError, match=r"amax\(dim=\.\.\.\) and x.argmax"):
+        Tensor(ties).max(dim=1)
+
+
 def test_comparisons_give_the_same_booleans():
     a, b = randn(3, 4), randn(4, seed=1)
     (x, t), (y, u) = pair(a, requires_grad=False), pair(b, requires_grad=False)

@@ -375,8 +375,18 @@ class Tensor:
         axis, keepdims = _torch_names("mean", axis, keepdims, dim, keepdim)
         return _ops.Mean.apply(self, axis=_norm_axis(axis, self.ndim, "mean"), keepdims=keepdims)
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The largest values over ``axis`` (NumPy's ``max``, PyTorch's ``amax``); tied maxima
+        share the gradient evenly."""
+        if dim is not None or keepdim is not None:  # torch's x.max(dim=...) is (values, indices): refuse, not differ
+            raise TypeError(f"max: got dim={dim!r}, keepdim={keepdim!r}; x.max(axis=...) returns the values only, "
+                            "as torch's x.amax(dim=...) (also here), while torch's x.max(dim=...) returns "
+                            "(values, indices): use x.amax(dim=...) and x.argmax(dim=...)")
         return _ops.Max.apply(self, axis=_norm_axis(axis, self.ndim, "max"), keepdims=keepdims)
+
+    def amax(self, dim=None, keepdim=False):
+        """PyTorch's ``amax``: :meth:`max` over ``dim`` with ``keepdim``."""
+        return self.max(dim, keepdim)
 
     def softmax(self, axis=-1, *, dim=None):
         axis = _either_name("softmax", "axis", axis, -1, "dim", dim)

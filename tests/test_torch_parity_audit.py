@@ -239,6 +239,9 @@ def test_size_dim_numel_tolist_and_contiguous():
     assert x.tolist() == t.tolist()
     with pytest.raises(ValueError, match="axis 3"):
         x.size(3)
+    assert Tensor(2.0).size() == tuple(torch.tensor(2.0).size()) == ()
+    with pytest.raises(ValueError, match="axis 0"):
+        Tensor(2.0).size(0)
     parity(lambda y: y.transpose(1, 2).contiguous().view(2, 12), lambda y: y.transpose(1, 2).contiguous().view(2, 12),
            [randn(2, 3, 4)])
 

@@ -481,6 +481,8 @@ class _Size(int):
     def __call__(self, dim=None):
         if dim is None:
             return self.shape
+        if not self.shape:
+            raise ValueError(f"size: a tensor with 0 dimensions has no axis {dim}")
         return self.shape[_single_axis(dim, len(self.shape), "size")]
 
 

@@ -953,3 +953,40 @@ def test_documented_difference_is_causal_combines_with_attn_mask():
     assert_close(ours, tF.scaled_dot_product_attention(*map(torch.tensor, (q, k, v)), attn_mask=both))
     with pytest.raises(RuntimeError):
         tF.scaled_dot_product_attention(*map(torch.tensor, (q, k, v)), attn_mask=torch.tensor(padding), is_causal=True)
+
+
+def test_documented_difference_equality_is_object_identity():
+    """torch's ``x == y`` and ``x != y`` compare element-wise; tinyllm's Tensor defines only <,
+    <=, >, >= (element-wise, as torch), so == and != are Python's identity test: ``x == 1.0`` is
+    False. Compare ``x.data == y`` instead. (Left as is: element-wise == would change
+    ``tensor in list`` and ``list.index`` for code that relies on identity.)"""
+    x, t = pair(np.array([1.0, 2.0]), requires_grad=False)
+    assert (x == 1.0) is False and (x != 1.0) is True
+    np.testing.assert_array_equal((t == 1.0).numpy(), [True, False])
+    np.testing.assert_array_equal(x.data == 1.0, (t == 1.0).numpy())
+
+
+def test_documented_difference_adamw_rebinds_parameter_arrays():
+    """torch's optimizers update parameters in place; tinyllm's AdamW (its fast kernel) makes each
+    ``p.data`` a view of one flat buffer per group at the first step, so an array taken from
+    ``p.data`` or ``state_dict()`` before that step keeps the old values: take them after, or
+    copy. SGD updates in place, as torch."""
+    p = nn.Parameter(np.ones(3, dtype=np.float32))
+    before = p.data
+    opt = optim.AdamW([p], lr=0.1)
+    p.grad = np.ones(3, dtype=np.float32)
+    opt.step()
+    after = p.data
+    if tinyllm.is_reference():  # the NumPy reference (TINYLLM_REFERENCE=1) updates in place, as torch
+        assert after is before and (before < 1).all()
+    else:
+        assert not np.shares_memory(before, after) and (before == 1).all() and (after < 1).all()
+    p.grad = np.ones(3, dtype=np.float32)
+    opt.step()
+    assert np.shares_memory(after, p.data) and (after < 0.9).all()  # from then on, in place
+    q = nn.Parameter(np.ones(3, dtype=np.float32))
+    held = q.data
+    sgd = optim.SGD([q], lr=0.1)
+    q.grad = np.ones(3, dtype=np.float32)
+    sgd.step()
+    assert q.data is held and (held < 1).all()

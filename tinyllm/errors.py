@@ -6,7 +6,8 @@ message names the file or value at fault and says what to do. This module import
 every layer can use it.
 """
 
-__all__ = ["CheckpointWriteError", "DataError", "DownloadError", "FileFormatError", "OutDirLocked", "RunExistsError"]
+__all__ = ["CheckpointWriteError", "DataError", "DownloadError", "FileFormatError", "OutDirLocked", "RunExistsError",
+           "StateDictError"]
 
 
 class FileFormatError(ValueError):
@@ -29,6 +30,12 @@ class DownloadError(OSError, RuntimeError):
     """A corpus could not be downloaded (offline, a failed checksum, an unwritable cache). An
     ``OSError``, so that a script's ``error: ...`` handler reports it as any failed read (and a
     ``RuntimeError``, so that code catching that keeps working)."""
+
+
+class StateDictError(ValueError, RuntimeError):
+    """``Module.load_state_dict`` got missing, unexpected or mis-shaped keys (the message names
+    them all). A ``ValueError`` as bad data is, and a ``RuntimeError``, what ``torch``'s
+    ``load_state_dict`` raises, so code written for either catches it."""
 
 
 class RunExistsError(RuntimeError):

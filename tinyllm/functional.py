@@ -36,12 +36,14 @@ def relu(x):
     return x.relu()
 
 
-def softmax(x, axis=-1):
-    return x.softmax(axis)
+def softmax(x, axis=-1, *, dim=None):
+    """softmax along ``axis`` (or PyTorch's ``dim=``): e^x / sum e^x."""
+    return x.softmax(axis, dim=dim)
 
 
-def log_softmax(x, axis=-1):
-    return x.log_softmax(axis)
+def log_softmax(x, axis=-1, *, dim=None):
+    """log softmax along ``axis`` (or PyTorch's ``dim=``): x - logsumexp(x)."""
+    return x.log_softmax(axis, dim=dim)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,8 +106,34 @@ class LayerNorm(Function):
         return dx.reshape(ctx.in_shape), dweight, (dbias if ctx.has_bias else None)
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5):
-    """Layer normalisation over the last axis of ``x``, as ``torch.nn.functional.layer_norm``."""
+def layer_norm(x, *args, **kwargs):
+    """Layer normalisation over the last axis of ``x``, with either argument order::
+
+        layer_norm(x, weight=None, bias=None, eps=1e-5)                     tinyllm's
+        layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5)   torch.nn.functional's
+
+    PyTorch's order (what nanoGPT's LayerNorm calls) is recognised by a shape (an int, tuple or
+    list) in second place or by the ``normalized_shape`` keyword; that shape must be ``(C,)``,
+    the last axis, the only one tinyllm normalises over.
+    """
+    if "normalized_shape" in kwargs or (args and _is_shape(args[0])):
+        return _layer_norm_torch_order(x, *args, **kwargs)
+    return _layer_norm(x, *args, **kwargs)
+
+
+def _is_shape(value):
+    return isinstance(value, (int, np.integer, tuple, list)) and not isinstance(value, bool)
+
+
+def _layer_norm_torch_order(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+    if shape != (x.shape[-1],):
+        raise ValueError(f"layer_norm: normalized_shape {shape} is not the last axis of x (shape {x.shape}): "
+                         f"tinyllm normalises over the last axis only, normalized_shape=({x.shape[-1]},)")
+    return _layer_norm(x, weight, bias, eps)
+
+
+def _layer_norm(x, weight=None, bias=None, eps=1e-5):
     C = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != (C,):
@@ -141,17 +169,22 @@ class CrossEntropy(Function):
         return _ce.cross_entropy_backward(logits, targets, lse, g, ctx.ignore_index, ctx.label_smoothing), None
 
 
-def cross_entropy(logits, targets, ignore_index=-100, label_smoothing=0.0):
-    """Mean cross-entropy of ``logits`` (..., V) against integer ``targets`` (...).
+def cross_entropy(logits, targets, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """Cross-entropy of ``logits`` (..., V) against integer ``targets`` (...), as
+    ``torch.nn.functional.cross_entropy`` with the classes on the last axis.
 
     Positions whose target is ``ignore_index`` count for nothing (PyTorch's convention). Leading
     axes are flattened, so ``(B, T, V)`` logits with ``(B, T)`` targets work as in nanoGPT.
     ``label_smoothing`` e in [0, 1] mixes the one-hot target with the uniform distribution,
-    (1 - e) onehot + e / V, as ``torch.nn.functional.cross_entropy`` does.
+    (1 - e) onehot + e / V. ``reduction``: ``"mean"`` over the positions not ignored (nan if
+    all are; the fused kernel), ``"sum"`` (0 if all are ignored) or ``"none"`` (one loss per
+    position, shape of ``targets``, 0 where ignored).
     """
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating)) \
             or not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     targets = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
     if targets.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integer class ids, got dtype {targets.dtype}")
@@ -161,9 +194,40 @@ def cross_entropy(logits, targets, ignore_index=-100, label_smoothing=0.0):
             f"got {targets.shape}"
         )
     V = logits.shape[-1]
+    _check_targets(targets.reshape(-1), V, ignore_index)
     flat = logits.reshape(-1, V) if logits.ndim != 2 else logits
-    return CrossEntropy.apply(flat, targets.reshape(-1), ignore_index=ignore_index,
-                              label_smoothing=float(label_smoothing))
+    if reduction == "mean":
+        return CrossEntropy.apply(flat, targets.reshape(-1), ignore_index=ignore_index,
+                                  label_smoothing=float(label_smoothing))
+    row_loss = _cross_entropy_rows(flat, targets.reshape(-1), ignore_index, float(label_smoothing))  # (N,)
+    return row_loss.sum() if reduction == "sum" else row_loss.reshape(targets.shape)
+
+
+def _check_targets(targets, vocab, ignore_index):
+    """Every target is a class id in [0, vocab) or ignore_index (the NumPy reference kernel does not
+    check, and an id past the end would be a bare IndexError, or a silent pick from the end if negative)."""
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"cross_entropy: target {int(targets[i])} at position {i} is outside [0, {vocab}) "
+                         f"and is not ignore_index={ignore_index}")
+
+
+def _cross_entropy_rows(logits, targets, ignore_index, label_smoothing):
+    """The loss of each row (N,) of logits (N, V), composed from Tensor operations, 0 where ignored:
+
+        loss_i = -(1 - e) log p_i[t_i] - (e / V) sum_j log p_ij,    log p_i = log_softmax(z_i)
+
+    (the terms the fused :class:`CrossEntropy` averages; its gradient comes from log_softmax's
+    and indexing's backward).
+    """
+    n_rows, vocab = logits.shape
+    valid = targets != ignore_index  # (N,)
+    log_probs = logits.log_softmax(-1)  # (N, V)
+    loss = -(1.0 - label_smoothing) * log_probs[np.arange(n_rows), np.where(valid, targets, 0)]  # (N,)
+    if label_smoothing:
+        loss = loss - label_smoothing * log_probs.mean(-1)
+    return where(valid, loss, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -129,17 +129,25 @@ class AdamW(Optimizer):
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum and (coupled) weight decay, as PyTorch::
+    """Stochastic gradient descent with optional momentum and (coupled) weight decay, as PyTorch's
+    ``torch.optim.SGD`` (``nesterov`` and ``dampening`` too)::
 
-        g <- g + weight_decay * p;   b <- momentum * b + g  (b = g at the first step);   p <- p - lr * b
+        g <- g + weight_decay * p
+        b <- momentum * b + (1 - dampening) * g        (b = g at the first step)
+        d <- g + momentum * b  if nesterov  else  b     (d = g without momentum)
+        p <- p - lr * d
     """
 
-    def __init__(self, params, lr=1e-2, momentum=0.0, weight_decay=0.0):
+    def __init__(self, params, lr=1e-2, momentum=0.0, weight_decay=0.0, nesterov=False, dampening=0.0):
         if not lr >= 0:
             raise ValueError(f"SGD: lr must be >= 0, got {lr}")
         if not momentum >= 0:
             raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"SGD: nesterov momentum needs momentum > 0 and dampening 0, got momentum={momentum}, "
+                             f"dampening={dampening}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                                      dampening=dampening))
 
     def step(self):
         for group in self.param_groups:
@@ -150,25 +158,55 @@ class SGD(Optimizer):
                 if group["weight_decay"]:
                     g = g + group["weight_decay"] * p.data
                 if group["momentum"]:
-                    state = self.state.setdefault(id(p), {})
-                    buf = state.get("momentum_buffer")
-                    state["momentum_buffer"] = g.copy() if buf is None else group["momentum"] * buf + g
-                    g = state["momentum_buffer"]
+                    g = self._momentum_direction(p, g, group)
                 p.data -= group["lr"] * g
 
+    def _momentum_direction(self, p, g, group):
+        """Update p's momentum buffer b with g; the step direction (b, or g + momentum * b for Nesterov)."""
+        momentum, state = group["momentum"], self.state.setdefault(id(p), {})
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = g.copy()
+        else:
+            buf = momentum * buf + (g if not group["dampening"] else (1 - group["dampening"]) * g)
+        state["momentum_buffer"] = buf
+        return g + momentum * buf if group["nesterov"] else buf
 
-def clip_grad_norm(params, max_norm):
-    """Scale all gradients together so their joint L2 norm is at most ``max_norm``.
 
-    Returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_``), summed in float64.
-    The gradients are scaled in place, as PyTorch does (:func:`tinyllm.kernels.adamw.clip_grad_norm`).
+def clip_grad_norm(params, max_norm, norm_type=2.0):
+    """Scale all gradients together so their joint norm is at most ``max_norm``: each is
+    multiplied by ``max_norm / (norm + 1e-6)`` when that is below 1, as PyTorch does.
+
+    ``norm_type`` is 2 (the default: the L2 norm of all gradients as one vector, summed in
+    float64) or ``inf`` (``"inf"`` also: the largest |gradient|), torch's usual two. Returns the
+    norm before clipping (as ``torch.nn.utils.clip_grad_norm_``, as a float). The gradients are
+    scaled in place (:func:`tinyllm.kernels.adamw.clip_grad_norm` for the L2 norm).
     """
+    if norm_type in ("inf", math.inf):
+        clip = _clip_grad_max_abs
+    elif norm_type == 2:
+        clip = _adamw.clip_grad_norm
+    else:
+        raise ValueError(f"clip_grad_norm: norm_type {norm_type!r} is not supported; use 2 (the default) or inf")
     params = [params] if isinstance(params, Tensor) else list(params)  # one tensor, or a generator
     params = [p for p in params if p.grad is not None]
-    norm, grads = _adamw.clip_grad_norm([p.grad for p in params], max_norm)
+    norm, grads = clip([p.grad for p in params], max_norm)
     for p, g in zip(params, grads):
         p.grad = g  # the same array scaled in place (a read-only gradient: a scaled copy)
     return norm
+
+
+def _clip_grad_max_abs(grads, max_norm):
+    """clip_grad_norm with the inf-norm: norm = max |g| over all gradients; (norm, gradients)."""
+    norm = max((float(np.abs(g).max()) for g in grads if g.size), default=0.0)
+    coef = max_norm / (norm + 1e-6)
+    if coef >= 1.0:
+        return norm, grads
+    scaled = []
+    for g in grads:
+        coef_g = np.asarray(coef, dtype=g.dtype)
+        scaled.append(np.multiply(g, coef_g, out=g) if g.flags.writeable else g * coef_g)
+    return norm, scaled
 
 
 clip_grad_norm_ = clip_grad_norm
@@ -190,13 +228,19 @@ def cosine_lr(step, max_lr, min_lr, warmup_steps, decay_steps):
 
 
 class WarmupCosineLR:
-    """Sets every group's ``lr`` from :func:`cosine_lr` (a ``torch.optim.lr_scheduler``-style object)."""
+    """Sets every group's ``lr`` from :func:`cosine_lr`, a ``torch.optim.lr_scheduler``-style object.
+
+    Built, it sets lr(0); ``step()`` (after each ``optimizer.step()``, as in PyTorch) moves to the
+    next iteration; ``set_step(t)`` jumps to iteration t (what resuming needs); ``get_last_lr()``
+    lists the lr it set, one per group.
+    """
 
     def __init__(self, optimizer, max_lr, min_lr, warmup_steps, decay_steps):
         if warmup_steps < 0 or decay_steps < 0:
             raise ValueError(f"WarmupCosineLR: need warmup_steps >= 0 and decay_steps >= 0, got {warmup_steps}, {decay_steps}")
         self.optimizer, self.max_lr, self.min_lr = optimizer, max_lr, min_lr
         self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
+        self.set_step(0)
 
     def lr_at(self, step):
         return cosine_lr(step, self.max_lr, self.min_lr, self.warmup_steps, self.decay_steps)
@@ -205,4 +249,12 @@ class WarmupCosineLR:
         lr = self.lr_at(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        self.last_step = step
         return lr
+
+    def step(self):
+        """Move to the next iteration (PyTorch's ``scheduler.step()``); returns its lr."""
+        return self.set_step(self.last_step + 1)
+
+    def get_last_lr(self):
+        return [self.lr_at(self.last_step)] * len(self.optimizer.param_groups)

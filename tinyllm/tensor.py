@@ -216,7 +216,7 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
+    size = property(lambda self: _Size(self.data.size, self.data.shape))  # x.size (NumPy) and x.size() (PyTorch)
     is_leaf = property(lambda self: self._ctx is None)
 
     def __len__(self):
@@ -224,6 +224,21 @@ class Tensor:
 
     def numpy(self):
         return self.data
+
+    # PyTorch's names for NumPy's: x.dim() is x.ndim, x.numel() is x.size (x.size() is the shape)
+    def dim(self):
+        return self.data.ndim
+
+    def numel(self):
+        return self.data.size
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def contiguous(self):
+        """``self``: every operation takes any memory layout, so nothing needs copying (PyTorch
+        code calls this before ``view``, as in ``y.transpose(1, 2).contiguous().view(B, T, C)``)."""
+        return self
 
     def item(self):
         if self.data.size != 1:
@@ -252,13 +267,15 @@ class Tensor:
         return f"tensor({body}, dtype={self.dtype}{extra})"
 
     # --- backward --------------------------------------------------------------------------------
-    def backward(self, grad=None, retain_graph=False):
+    def backward(self, grad=None, retain_graph=False, *, gradient=None):
         """Add d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires a gradient.
 
-        ``grad`` is the gradient of some scalar with respect to ``self``; it may be left out only when
-        ``self`` holds a single number (a loss). Gradients accumulate (``+=``) as in PyTorch: call
-        ``zero_grad()`` between steps. The graph is freed afterwards unless ``retain_graph=True``.
+        ``grad`` (PyTorch's name: ``gradient``) is the gradient of some scalar with respect to
+        ``self``; it may be left out only when ``self`` holds a single number (a loss). Gradients
+        accumulate (``+=``) as in PyTorch: call ``zero_grad()`` between steps. The graph is freed
+        afterwards unless ``retain_graph=True``.
         """
+        grad = _either_name("backward", "grad", grad, None, "gradient", gradient)
         if not self.requires_grad:
             raise RuntimeError(
                 "backward: this tensor does not require a gradient (no input of the computation has "
@@ -349,19 +366,34 @@ class Tensor:
         return _ops.ReLU.apply(self)
 
     # --- reductions -----------------------------------------------------------------------------
-    def sum(self, axis=None, keepdims=False):
+    # ``dim=`` and ``keepdim=`` are PyTorch's names for NumPy's ``axis=`` and ``keepdims=``
+    def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        axis, keepdims = _torch_names("sum", axis, keepdims, dim, keepdim)
         return _ops.Sum.apply(self, axis=_norm_axis(axis, self.ndim, "sum"), keepdims=keepdims)
 
-    def mean(self, axis=None, keepdims=False):
+    def mean(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        axis, keepdims = _torch_names("mean", axis, keepdims, dim, keepdim)
         return _ops.Mean.apply(self, axis=_norm_axis(axis, self.ndim, "mean"), keepdims=keepdims)
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The largest values over ``axis`` (NumPy's ``max``, PyTorch's ``amax``); tied maxima
+        share the gradient evenly."""
+        if dim is not None or keepdim is not None:  # torch's x.max(dim=...) is (values, indices): refuse, not differ
+            raise TypeError(f"max: got dim={dim!r}, keepdim={keepdim!r}; x.max(axis=...) returns the values only, "
+                            "as torch's x.amax(dim=...) (also here), while torch's x.max(dim=...) returns "
+                            "(values, indices): use x.amax(dim=...) and x.argmax(dim=...)")
         return _ops.Max.apply(self, axis=_norm_axis(axis, self.ndim, "max"), keepdims=keepdims)
 
-    def softmax(self, axis=-1):
+    def amax(self, dim=None, keepdim=False):
+        """PyTorch's ``amax``: :meth:`max` over ``dim`` with ``keepdim``."""
+        return self.max(dim, keepdim)
+
+    def softmax(self, axis=-1, *, dim=None):
+        axis = _either_name("softmax", "axis", axis, -1, "dim", dim)
         return _ops.Softmax.apply(self, axis=_single_axis(axis, self.ndim, "softmax"))
 
-    def log_softmax(self, axis=-1):
+    def log_softmax(self, axis=-1, *, dim=None):
+        axis = _either_name("log_softmax", "axis", axis, -1, "dim", dim)
         return _ops.LogSoftmax.apply(self, axis=_single_axis(axis, self.ndim, "log_softmax"))
 
     # --- shape ------------------------------------------------------------------------------------
@@ -402,8 +434,56 @@ class Tensor:
     def T(self):
         return self.transpose()
 
+    def unsqueeze(self, dim):
+        """A new axis of size 1 at ``dim`` (PyTorch's; ``x[:, None]`` in NumPy), -ndim-1 <= dim <= ndim."""
+        if not -self.ndim - 1 <= dim <= self.ndim:
+            raise ValueError(f"unsqueeze: dim {dim} is out of range for a tensor with {self.ndim} dimensions")
+        dim %= self.ndim + 1
+        return self.reshape(self.shape[:dim] + (1,) + self.shape[dim:])
+
+    def squeeze(self, dim=None):
+        """Drop the axes of size 1 (all, or those among ``dim``); as in PyTorch, an axis in ``dim``
+        whose size is not 1 is left alone (NumPy would raise)."""
+        axes = range(self.ndim) if dim is None else _norm_axis(dim, self.ndim, "squeeze")
+        drop = {a for a in axes if self.shape[a] == 1}
+        return self.reshape(tuple(n for a, n in enumerate(self.shape) if a not in drop))
+
+    def masked_fill(self, mask, value):
+        """``value`` where ``mask`` (bool, broadcast to x) is True, else x; the gradient flows to the
+        kept elements only (nanoGPT: ``att.masked_fill(bias == 0, float("-inf"))``)."""
+        from .functional import where  # functional builds on this module: import at call time
+
+        mask = np.asarray(_data(mask))
+        if mask.dtype != bool:
+            raise TypeError(f"masked_fill: mask must be bool, got dtype {mask.dtype}")
+        return where(mask, np.asarray(value, dtype=self.dtype), self)
+
+    def argmax(self, dim=None, keepdim=False):
+        """Index of the largest element (flattened when ``dim`` is None), an int64 tensor without
+        gradient; ties give the first index, as NumPy and PyTorch."""
+        axis = None if dim is None else _single_axis(dim, self.ndim, "argmax")
+        return Tensor._wrap(np.asarray(self.data.argmax(axis=axis, keepdims=keepdim and axis is not None),
+                                       dtype=np.int64))
+
     def __getitem__(self, index):
         return _ops.GetItem.apply(self, index=_check_index(index, self.shape))
+
+
+class _Size(int):
+    """A tensor's element count, NumPy's ``x.size``, that is also PyTorch's ``x.size()``: called,
+    it gives the shape, or with ``dim`` the length of that axis (``B, T, C = x.size()``)."""
+
+    def __new__(cls, count, shape=()):
+        self = super().__new__(cls, count)
+        self.shape = shape
+        return self
+
+    def __call__(self, dim=None):
+        if dim is None:
+            return self.shape
+        if not self.shape:
+            raise ValueError(f"size: a tensor with 0 dimensions has no axis {dim}")
+        return self.shape[_single_axis(dim, len(self.shape), "size")]
 
 
 def tensor(data, requires_grad=False, dtype=None):
@@ -433,6 +513,24 @@ def _operand(other, like):
             return Tensor._wrap(np.asarray(other, dtype=like.data.dtype))
         return Tensor._wrap(np.asarray(other, dtype=np.float32))
     return Tensor(other)
+
+
+def _either_name(op, name, value, default, torch_name, torch_value):
+    """The argument given under tinyllm's (NumPy's) ``name`` or under PyTorch's ``torch_name``
+    (``axis`` / ``dim``): PyTorch's wins when given, and giving both is an error."""
+    if torch_value is None:
+        return value
+    given = value is not None if default is None else value != default
+    if given:
+        raise TypeError(f"{op}: pass {name}= or {torch_name}=, not both "
+                        f"(got {name}={value!r} and {torch_name}={torch_value!r})")
+    return torch_value
+
+
+def _torch_names(op, axis, keepdims, dim, keepdim):
+    """(axis, keepdims) of a reduction called with NumPy's names or PyTorch's (dim, keepdim)."""
+    return (_either_name(op, "axis", axis, None, "dim", dim),
+            bool(_either_name(op, "keepdims", keepdims, False, "keepdim", keepdim)))
 
 
 def _norm_axis(axis, ndim, op):

@@ -7,7 +7,7 @@ from .. import functional as F
 from ..tensor import Tensor
 from .module import Module, Parameter
 
-__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "PositionalEncoding", "LearnedPositionalEmbedding"]
+__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "PositionalEncoding", "LearnedPositionalEmbedding"]
 
 
 def _rng(rng):
@@ -93,6 +93,13 @@ class Dropout(Module):
 
     def extra_repr(self):
         return f"p={self.p}"
+
+
+class ReLU(Module):
+    """max(x, 0) as a layer, for :class:`~tinyllm.nn.Sequential` (``torch.nn.ReLU``)."""
+
+    def forward(self, x):
+        return F.relu(x)
 
 
 def sinusoidal_table(max_len, d_model, dtype=np.float32):

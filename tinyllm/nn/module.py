@@ -4,13 +4,17 @@ A Module finds its parameters the way PyTorch does: every attribute that is a :c
 or another Module is registered, in assignment order, under its attribute name, so names compose
 into dotted paths such as ``transformer.h.0.attn.c_attn.weight``.
 """
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from ..errors import StateDictError
 from ..tensor import Tensor
 
-__all__ = ["Parameter", "Module", "ModuleList", "ModuleDict"]
+__all__ = ["Parameter", "Module", "ModuleList", "ModuleDict", "Sequential", "IncompatibleKeys"]
+
+# What load_state_dict returns: a pair, with torch's field names (result.missing_keys)
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 class Parameter(Tensor):
@@ -79,6 +83,18 @@ class Module:
     def children(self):
         return iter(self._modules.values())
 
+    def named_children(self):
+        """(name, module) of the direct sub-modules, in assignment order."""
+        return iter(self._modules.items())
+
+    def apply(self, fn):
+        """Call ``fn(module)`` on every sub-module, children before their parent, and last on
+        ``self``, as PyTorch's ``apply`` (nanoGPT's ``self.apply(self._init_weights)``). Returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
     def named_parameters(self, prefix="", remove_duplicate=True):
         """(name, Parameter) pairs; a tied parameter is listed once, under its first name."""
         seen = set()
@@ -111,7 +127,9 @@ class Module:
         """Copy arrays into the parameters, checking names and shapes.
 
         With ``strict=True`` any missing, unexpected or mis-shaped key is an error that names
-        them all. A tied parameter needs only one of its names. Returns (missing, unexpected).
+        them all (:class:`~tinyllm.errors.StateDictError`, both a ValueError and, as in PyTorch, a
+        RuntimeError); a mis-shaped key is one even when not strict. A tied parameter needs only
+        one of its names. Returns ``(missing_keys, unexpected_keys)``, a named pair as PyTorch's.
         ``assign=True`` (PyTorch's flag) makes each parameter hold the given array itself instead
         of a copy (converted only if its dtype differs): for a loader whose arrays are fresh.
         """
@@ -142,7 +160,7 @@ class Module:
         if strict and unexpected:
             problems.append(f"unexpected keys {unexpected}")
         if problems:
-            raise ValueError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
+            raise StateDictError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems))
         for k, v in state_dict.items():
             if k in params:
                 p = params[k]
@@ -150,7 +168,7 @@ class Module:
             elif k in buffers:
                 mod, n = buffers[k]
                 mod.register_buffer(n, np.array(v, copy=True), persistent=True)
-        return missing, unexpected
+        return IncompatibleKeys(missing, unexpected)
 
     # --- modes and gradients -------------------------------------------------------------------
     def train(self, mode=True):
@@ -171,7 +189,15 @@ class Module:
         return self
 
     def to(self, dtype):
-        """Cast every float parameter and buffer to ``dtype`` (e.g. np.float64 for gradcheck)."""
+        """Cast every float parameter and buffer to ``dtype`` (e.g. np.float64 for gradcheck).
+
+        PyTorch's ``model.to("cpu")`` is accepted and changes nothing (tinyllm runs on the CPU);
+        another device is a ValueError naming it.
+        """
+        if isinstance(dtype, str) and (dtype.split(":")[0] in ("cpu", "cuda", "mps", "xpu", "meta")):
+            if dtype.split(":")[0] != "cpu":
+                raise ValueError(f"Module.to: tinyllm runs on the CPU only, got device {dtype!r}")
+            return self
         dtype = np.dtype(dtype)
         for p in self.parameters():
             p.data = p.data.astype(dtype)
@@ -223,6 +249,19 @@ class ModuleList(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+class Sequential(ModuleList):
+    """Modules applied one after another, ``Sequential(Linear(4, 8), ReLU(), Linear(8, 2))``,
+    registered under "0", "1", ... as in ``torch.nn.Sequential`` (so their state_dict keys agree)."""
+
+    def __init__(self, *modules):
+        super().__init__(modules)
+
+    def forward(self, x):
+        for module in self:
+            x = module(x)
+        return x
 
 
 class ModuleDict(Module):

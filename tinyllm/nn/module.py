@@ -133,6 +133,7 @@ class Module:
         ``assign=True`` (PyTorch's flag) makes each parameter hold the given array itself instead
         of a copy (converted only if its dtype differs): for a loader whose arrays are fresh.
         """
+        state_dict = {k: _as_array(v) for k, v in state_dict.items()}  # (a torch state_dict too)
         params = dict(self.named_parameters(remove_duplicate=False))
         buffers = {
             f"{m}.{n}" if m else n: (mod, n) for m, mod in self.named_modules() for n in mod._persistent
@@ -283,3 +284,12 @@ class ModuleDict(Module):
 
     def items(self):
         return self._modules.items()
+
+
+def _as_array(value):
+    """A state_dict value as NumPy takes it: a tensor of another library (torch's, with
+    ``.detach().numpy()``) through its own conversion, which shares memory and does not warn as
+    ``np.asarray(torch_tensor)`` does under NumPy 2; anything else as it is."""
+    if isinstance(value, np.ndarray) or not callable(getattr(value, "numpy", None)):
+        return value
+    return value.detach().numpy() if callable(getattr(value, "detach", None)) else value.numpy()

@@ -14,7 +14,14 @@ The interface follows Hugging Face habits::
     text = tok.decode(output_ids[0], skip_special_tokens=True)
 
 tinyllm has no torch, so ``return_tensors="pt"`` gives the same int64 ndarray as ``"np"``: the
-Hugging Face example then runs unchanged with tinyllm's models, which take ndarrays.
+Hugging Face example then runs unchanged with tinyllm's models, which take ndarrays. ``decode``
+takes one sequence or a batch (a 2-D array, nested lists, a torch tensor) as transformers' does.
+
+Tokens, ids and special tokens, with transformers' names and values (GPT-2's files give GPT-2's):
+``tokenize(text)`` (``["Hello", "Ġworld"]``), ``convert_ids_to_tokens``, ``convert_tokens_to_ids``
+(an unknown token gives ``unk_token_id``), ``convert_tokens_to_string``, ``get_vocab()``,
+``bos_token`` / ``eos_token`` / ``unk_token`` / ``pad_token`` and their ``*_id``,
+``all_special_tokens``, ``all_special_ids``, ``special_tokens_map``.
 
 Batches: calling the tokenizer
 ------------------------------
@@ -103,6 +110,7 @@ def bytes_to_unicode():
 
 _BYTE_ENCODER = bytes_to_unicode()
 _BYTE_DECODER = {c: b for b, c in _BYTE_ENCODER.items()}
+_CHAR_BYTES = {c: bytes([b]) for c, b in _BYTE_DECODER.items()}
 
 
 def _token_to_str(token_bytes):
@@ -118,12 +126,16 @@ def _str_to_token(token_str):
 
 
 def _as_id_list(ids, who):
-    """Accept a list / tuple / 1-D integer ndarray / single int and return a list of ints."""
+    """Accept a list / tuple / 1-D integer ndarray / single int (or a torch tensor: anything with
+    ``.tolist()``) and return a list of ints."""
+    ids = _from_tensor(ids)
     if isinstance(ids, np.ndarray):
         if not np.issubdtype(ids.dtype, np.integer):
             raise TypeError(f"{who}: ids must be integers, got an array of dtype {ids.dtype}")
         if ids.ndim == 0:
             return [int(ids)]
+        if ids.size == 0:
+            return []  # a (0, T) array too, as transformers
         if ids.ndim != 1:
             raise ValueError(
                 f"{who}: expected one sequence of ids (a 1-D array), got shape {ids.shape}; "
@@ -138,6 +150,30 @@ def _as_id_list(ids, who):
     except TypeError:
         bad = next(i for i in ids if not hasattr(i, "__index__"))
         raise TypeError(f"{who}: ids must be integers, got {bad!r} ({type(bad).__name__})") from None
+
+
+def _from_tensor(ids):
+    """A tensor of another library (torch, ...: anything with ``.tolist()`` but NumPy's) -> Python
+    lists or an int, as transformers' ``to_py_obj``; anything else as it is."""
+    if hasattr(ids, "tolist") and not isinstance(ids, (np.ndarray, np.generic)):
+        return ids.tolist()
+    return ids
+
+
+def _is_batch(ids):
+    """True for several sequences (a 2-D array or tensor, a list of lists or of 1-D arrays), False
+    for one sequence. As transformers' decode, by the first element: no rows is no sequence."""
+    if isinstance(ids, np.ndarray):
+        return ids.ndim >= 2 and len(ids) > 0
+    return isinstance(ids, (list, tuple)) and len(ids) > 0 and (
+        isinstance(ids[0], (list, tuple)) or getattr(ids[0], "ndim", 0) >= 1)
+
+
+def _is_empty(ids):
+    """No ids at all: an empty list or an array or tensor of no rows."""
+    if isinstance(ids, (list, tuple)) or getattr(ids, "ndim", 0) >= 1:
+        return len(ids) == 0
+    return False
 
 
 def _to_tensors(ids, return_tensors):
@@ -262,19 +298,107 @@ class Tokenizer:
         Tokenizer._types[cls.__name__] = cls
 
     # ---- text <-> ids --------------------------------------------------------------------
-    def encode(self, text, return_tensors=None):
+    def encode(self, text, return_tensors=None, add_special_tokens=True):
         """``text`` -> list of ids, or an int64 ndarray of shape (1, T) with ``return_tensors``
-        ``"np"`` or ``"pt"`` (tinyllm has no torch: ``"pt"`` also gives the ndarray)."""
+        ``"np"`` or ``"pt"`` (tinyllm has no torch: ``"pt"`` also gives the ndarray).
+        ``add_special_tokens``: add the tokens the tokenizer puts around a text, as calling it
+        does (none for a CharTokenizer or BPE, as GPT-2's; the EOS for a Seq2SeqTokenizer)."""
         _check_text(text, f"{type(self).__name__}.encode")
-        return _to_tensors(self._encode(text), return_tensors)
+        ids = self._encode(text)
+        return _to_tensors(self._with_special_tokens(ids) if add_special_tokens else ids, return_tensors)
 
-    def decode(self, ids, skip_special_tokens=False):
-        """ids (list, tuple, 1-D integer ndarray such as ``out[0]``) -> text."""
-        return self._decode(_as_id_list(ids, f"{type(self).__name__}.decode"), skip_special_tokens)
+    clean_up_tokenization_spaces = False  # decode's default, as transformers 5's
+    # transformers' flag that makes a BPE apply clean_up_tokenization all the same (see _wants_clean_up)
+    clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = False
+    _byte_level_bpe = False  # whether decode gives the exact text back, spaces before punctuation included
 
-    def batch_decode(self, sequences, skip_special_tokens=False):
-        """Decode each row of a 2-D array (or each list in a list) -> list of str."""
-        return [self.decode(seq, skip_special_tokens=skip_special_tokens) for seq in sequences]
+    def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None):
+        """ids -> text. ``ids``: one sequence (a list, tuple, 1-D integer array or tensor such as
+        ``out[0]``, or one int) -> a str; several (a 2-D array, a list of lists) -> a list of str,
+        as transformers' decode. ``clean_up_tokenization_spaces`` (default
+        :attr:`clean_up_tokenization_spaces`, False): apply :meth:`clean_up_tokenization` (a byte-level
+        BPE refuses, with a warning, as transformers 5)."""
+        clean_up = self._wants_clean_up(clean_up_tokenization_spaces)
+        ids = _from_tensor(ids)
+        if _is_batch(ids):
+            return self.batch_decode(ids, skip_special_tokens, clean_up)
+        return self._decode_one(ids, skip_special_tokens, clean_up)
+
+    def batch_decode(self, sequences, skip_special_tokens=False, clean_up_tokenization_spaces=None):
+        """Decode each row of a 2-D array (or each list in a list) -> list of str. One flat
+        sequence gives a list of one str (and an empty one, none), as in transformers."""
+        clean_up = self._wants_clean_up(clean_up_tokenization_spaces)
+        sequences = _from_tensor(sequences)
+        if _is_empty(sequences):
+            return []
+        if not _is_batch(sequences):
+            sequences = [sequences]
+        return [self._decode_one(seq, skip_special_tokens, clean_up) for seq in sequences]
+
+    def _decode_one(self, ids, skip_special_tokens, clean_up):
+        text = self._decode(_as_id_list(ids, f"{type(self).__name__}.decode"), skip_special_tokens)
+        return self.clean_up_tokenization(text) if clean_up else text
+
+    def _wants_clean_up(self, clean_up_tokenization_spaces):
+        """Whether decode applies :meth:`clean_up_tokenization`: as asked, else
+        :attr:`clean_up_tokenization_spaces`. Not for a byte-level BPE, whose decoding is exact ("a ."
+        is a text of its own): a warning instead, as transformers 5 (unless its flag forces it)."""
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        if (clean_up_tokenization_spaces and self._byte_level_bpe
+                and not self.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output):
+            warnings.warn(f"Ignoring clean_up_tokenization_spaces=True for the byte-level BPE {type(self).__name__}, "
+                          "as transformers 5 does: the clean-up would delete real spaces before punctuation. Set "
+                          "tokenizer.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = True "
+                          "to force it.", stacklevel=3)
+            return False
+        return bool(clean_up_tokenization_spaces)
+
+    def clean_up_tokenization(self, text):
+        """transformers' rule: remove the space that word-piece tokenizers leave before punctuation
+        and English contractions (" ." -> ".", " n't" -> "n't", ...). It changes the text a lossless
+        tokenizer gave back, so :meth:`decode` applies it only when asked to."""
+        return (text.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",")
+                .replace(" ' ", "'").replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s")
+                .replace(" 've", "'ve").replace(" 're", "'re"))
+
+    # ---- tokens (strings as the vocabulary writes them) <-> ids -----------------------------
+    def tokenize(self, text, add_special_tokens=False):
+        """``text`` -> its tokens as the vocabulary writes them (GPT-2's ``"Ġworld"``; a
+        CharTokenizer's characters)."""
+        return self.convert_ids_to_tokens(self.encode(text, add_special_tokens=add_special_tokens))
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens=False):
+        """An id -> its token (None for an id the vocabulary lacks, as transformers); a sequence of
+        ids -> a list of tokens, without :attr:`all_special_ids` if ``skip_special_tokens``."""
+        if isinstance(ids, (int, np.integer)):
+            return self._id_to_token(int(ids))
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        return [self._id_to_token(i) for i in _as_id_list(ids, "convert_ids_to_tokens") if i not in skip]
+
+    def convert_tokens_to_ids(self, tokens):
+        """A token -> its id; a list of tokens -> a list of ids. A token the vocabulary lacks gives
+        :attr:`unk_token_id` (None for a tokenizer without an unknown token), as transformers."""
+        if isinstance(tokens, str):
+            return self._token_id_or_unk(tokens)
+        if not isinstance(tokens, (list, tuple)):
+            raise TypeError(f"convert_tokens_to_ids: expected a str or a list of str, got {type(tokens).__name__}")
+        return [self._token_id_or_unk(token) for token in tokens]
+
+    def _token_id_or_unk(self, token):
+        if not isinstance(token, str):
+            raise TypeError(f"convert_tokens_to_ids: a token must be a str, got {token!r} ({type(token).__name__})")
+        token_id = self._token_to_id(token)
+        return self.unk_token_id if token_id is None else token_id
+
+    def convert_tokens_to_string(self, tokens):
+        """Tokens (as :meth:`tokenize` gives them) -> the text they spell."""
+        return "".join(tokens)
+
+    def get_vocab(self):
+        """``{token: id}`` of every token, special ones included."""
+        tokens = ((self._id_to_token(i), i) for i in range(self.vocab_size))
+        return {token: i for token, i in tokens if token is not None}
 
     # ---- calling the tokenizer: batches ----------------------------------------------------
     model_max_length = None  # the longest input the model takes, if known (truncation=True's default)
@@ -391,7 +515,7 @@ class Tokenizer:
 
     def _encode_plain(self, text):
         """``text``'s ids without the special tokens the tokenizer adds (see :meth:`_with_special_tokens`)."""
-        return self.encode(text)
+        return self.encode(text, add_special_tokens=False)
 
     def _with_special_tokens(self, ids):
         """The ids with the special tokens the tokenizer adds around a text: none by default (as GPT-2)."""
@@ -503,6 +627,49 @@ class Tokenizer:
     @bos_token.setter
     def bos_token(self, value):
         self._bos_token = value
+
+    @property
+    def bos_token_id(self):
+        """The id of :attr:`bos_token` (None without one)."""
+        return self._id_of(self.bos_token)
+
+    @property
+    def unk_token(self):
+        """The token that stands for one the vocabulary lacks (:meth:`convert_tokens_to_ids`); by
+        default GPT-2's convention again, the end-of-text token (None without one: a CharTokenizer)."""
+        return self.__dict__.get("_unk_token", self.eos_token)
+
+    @unk_token.setter
+    def unk_token(self, value):
+        self._unk_token = value
+
+    @property
+    def unk_token_id(self):
+        """The id of :attr:`unk_token` (None without one)."""
+        return self._id_of(self.unk_token)
+
+    def _id_of(self, token):
+        return None if token is None else self._token_to_id(token)
+
+    @property
+    def special_tokens_map(self):
+        """``{"bos_token": ..., "eos_token": ..., "unk_token": ..., "pad_token": ...}``: those set."""
+        names = ("bos_token", "eos_token", "unk_token", "pad_token")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @property
+    def all_special_tokens(self):
+        """The special tokens, each once: :attr:`special_tokens_map`'s, then the tokenizer's others."""
+        return list(dict.fromkeys([*self.special_tokens_map.values(), *self._other_special_tokens()]))
+
+    @property
+    def all_special_ids(self):
+        """The ids of :attr:`all_special_tokens`."""
+        return [self._token_to_id(token) for token in self.all_special_tokens]
+
+    def _other_special_tokens(self):
+        """Special tokens that are none of bos, eos, unk and pad (a BPE's added tokens)."""
+        return []
 
     def set_chat_template(self, chat_template, stop_strings=(), check=True):
         """Attach a chat template (Jinja source, see :meth:`apply_chat_template`), and the text that
@@ -868,9 +1035,22 @@ class BPETokenizer(Tokenizer):
             return next(s for s, i in self.special_tokens.items() if i == token_id)
         return _token_to_str(self._vocab[token_id]) if token_id in self._vocab else None
 
+    def _other_special_tokens(self):
+        return list(self.special_tokens)
+
+    def convert_tokens_to_string(self, tokens):
+        """Tokens in GPT-2's spelling -> text, as transformers' byte-level decoder: each character
+        stands for its byte (``"Ġ"`` for a space), one outside GPT-2's alphabet for its own UTF-8;
+        the bytes are read as UTF-8, an incomplete character as U+FFFD."""
+        data = b"".join(_CHAR_BYTES.get(c) or c.encode("utf-8", "replace") for token in tokens for c in token)
+        return data.decode("utf-8", errors="replace")
+
+    _byte_level_bpe = True
+
     # ---- encode --------------------------------------------------------------------------
-    def encode(self, text, return_tensors=None, allowed_special="all"):
-        """``text`` -> ids (see the class docstring for the algorithm).
+    def encode(self, text, return_tensors=None, allowed_special="all", add_special_tokens=True):
+        """``text`` -> ids (see the class docstring for the algorithm). ``return_tensors`` and
+        ``add_special_tokens`` as in :meth:`Tokenizer.encode` (GPT-2 adds no special tokens).
 
         ``allowed_special``: which special tokens written in ``text`` become their ids:
         ``"all"`` (the default, as Hugging Face does for added tokens), ``"none"``, or a set of
@@ -890,7 +1070,7 @@ class BPETokenizer(Tokenizer):
                     "cannot be encoded as UTF-8 (a lone surrogate)"
                 ) from None
             raise
-        return _to_tensors(ids, return_tensors)
+        return _to_tensors(self._with_special_tokens(ids) if add_special_tokens else ids, return_tensors)
 
     def _special_re_for(self, allowed_special):
         if allowed_special == "all":
@@ -1589,7 +1769,7 @@ class Seq2SeqTokenizer(Tokenizer):
         first = base.vocab_size
         self._special = {first: pad_token, first + 1: bos_token, first + 2: eos_token}
         self.bos_token, self.eos_token = bos_token, eos_token
-        self.bos_token_id, self.eos_token_id = first + 1, first + 2
+        self.eos_token_id = first + 2  # bos_token_id (first + 1) follows from bos_token
 
     @classmethod
     def train(cls, texts, vocab_size=1024, pattern=GPT2_SPLIT_PATTERN, **special_tokens):
@@ -1609,9 +1789,14 @@ class Seq2SeqTokenizer(Tokenizer):
     def __len__(self):
         return len(self.base) + 3
 
+    unk_token = None  # the byte-level base covers every string
+
+    def convert_tokens_to_string(self, tokens):
+        return self.base.convert_tokens_to_string(tokens)  # "<pad>", "<s>", "</s>" spell themselves in both
+
     @property
-    def all_special_ids(self):
-        return [self.pad_token_id, self.bos_token_id, self.eos_token_id]
+    def _byte_level_bpe(self):
+        return self.base._byte_level_bpe
 
     @property
     def pad_token(self):

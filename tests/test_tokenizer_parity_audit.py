@@ -204,6 +204,31 @@ def test_the_call_on_awkward_texts_equals_transformers(gpt2_files, kwargs):
         assert_same(call(ours, text, kwargs), call(hf, text, kwargs), (text, kwargs))
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(truncation=True, max_length=3), dict(max_length=3), dict(padding="max_length", max_length=12),
+    dict(padding="max_length", max_length=12, return_tensors="np", padding_side="right"),
+    dict(truncation=True, max_length=4, padding=True, add_special_tokens=False), dict(padding=True, return_tensors="pt"),
+], ids=str)
+def test_encode_with_padding_and_truncation_equals_transformers(gpt2_files, kwargs):
+    ours, hf = _fresh_pair(gpt2_files)
+    for tok in (ours, hf):
+        configure(tok, EOT, "left", "left")
+    for text in TRICKY:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # max_length without truncation: transformers' warning, in both
+            mine, theirs = ours.encode(text, **kwargs), hf.encode(text, **kwargs)
+        if kwargs.get("return_tensors") == "pt":
+            theirs = theirs.numpy()  # tinyllm has no torch: "pt" gives the int64 ndarray
+        assert_same(("ok", {"ids": mine}), ("ok", {"ids": theirs}), (text, kwargs))
+
+
+def test_encode_refuses_arguments_it_does_not_know(ours):
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['bogus'\]"):
+        ours.encode("Hi", bogus=1)  # transformers ignores it silently
+    with pytest.raises(ValueError, match=r"allowed_special='none' cannot be combined with \['max_length', 'truncation'\]"):
+        ours.encode("Hi", allowed_special="none", truncation=True, max_length=1)
+
+
 # ---- every tinyllm tokenizer: encode(add_special_tokens=) is the call's -------------------------------
 def _small(kind):
     text = "the cat sat on the mat, and the dog ran far away. " * 4
@@ -224,6 +249,9 @@ def test_encode_adds_the_special_tokens_the_call_adds(kind):
                 tok.encode(text, add_special_tokens=add))
     plain = tok.encode("the cat", add_special_tokens=False)
     assert tok.encode("the cat") == (plain + [tok.eos_token_id] if kind == "seq2seq" else plain)
+    cut = tok.encode("the cat", truncation=True, max_length=2)  # special tokens kept, as in the call
+    assert cut == tok("the cat", truncation=True, max_length=2).input_ids
+    assert cut == ([plain[0], tok.eos_token_id] if kind == "seq2seq" else plain[:2])
 
 
 # ---- CharTokenizer: tokens are characters -------------------------------------------------------------

@@ -298,14 +298,24 @@ class Tokenizer:
         Tokenizer._types[cls.__name__] = cls
 
     # ---- text <-> ids --------------------------------------------------------------------
-    def encode(self, text, return_tensors=None, add_special_tokens=True):
+    def encode(self, text, return_tensors=None, add_special_tokens=True, **call_kwargs):
         """``text`` -> list of ids, or an int64 ndarray of shape (1, T) with ``return_tensors``
         ``"np"`` or ``"pt"`` (tinyllm has no torch: ``"pt"`` also gives the ndarray).
         ``add_special_tokens``: add the tokens the tokenizer puts around a text, as calling it
-        does (none for a CharTokenizer or BPE, as GPT-2's; the EOS for a Seq2SeqTokenizer)."""
+        does (none for a CharTokenizer or BPE, as GPT-2's; the EOS for a Seq2SeqTokenizer).
+        ``call_kwargs`` (``truncation``, ``max_length``, ``padding``, ...): the ``input_ids`` of
+        calling the tokenizer with them (:meth:`__call__`), as transformers' encode."""
+        if call_kwargs:
+            return self._encode_by_call(text, return_tensors, add_special_tokens, call_kwargs)
         _check_text(text, f"{type(self).__name__}.encode")
         ids = self._encode(text)
         return _to_tensors(self._with_special_tokens(ids) if add_special_tokens else ids, return_tensors)
+
+    def _encode_by_call(self, text, return_tensors, add_special_tokens, call_kwargs):
+        """encode with padding / truncation arguments: the ids of :meth:`__call__` with them."""
+        _check_text(text, f"{type(self).__name__}.encode")
+        call_kwargs = {"return_attention_mask": False, **call_kwargs}
+        return self(text, return_tensors=return_tensors, add_special_tokens=add_special_tokens, **call_kwargs)["input_ids"]
 
     clean_up_tokenization_spaces = False  # decode's default, as transformers 5's
     # transformers' flag that makes a BPE apply clean_up_tokenization all the same (see _wants_clean_up)
@@ -1048,15 +1058,21 @@ class BPETokenizer(Tokenizer):
     _byte_level_bpe = True
 
     # ---- encode --------------------------------------------------------------------------
-    def encode(self, text, return_tensors=None, allowed_special="all", add_special_tokens=True):
-        """``text`` -> ids (see the class docstring for the algorithm). ``return_tensors`` and
-        ``add_special_tokens`` as in :meth:`Tokenizer.encode` (GPT-2 adds no special tokens).
+    def encode(self, text, return_tensors=None, allowed_special="all", add_special_tokens=True, **call_kwargs):
+        """``text`` -> ids (see the class docstring for the algorithm). ``return_tensors``,
+        ``add_special_tokens`` (GPT-2 adds none) and ``call_kwargs`` (``truncation``,
+        ``max_length``, ...) as in :meth:`Tokenizer.encode`.
 
         ``allowed_special``: which special tokens written in ``text`` become their ids:
         ``"all"`` (the default, as Hugging Face does for added tokens), ``"none"``, or a set of
         them. A special token that is not allowed is encoded as ordinary text, byte by byte
         (tiktoken would raise instead; here the text always round-trips through decode).
         """
+        if call_kwargs:
+            if allowed_special != "all":
+                raise ValueError(f"BPETokenizer.encode: allowed_special={allowed_special!r} cannot be combined with "
+                                 f"{sorted(call_kwargs)} (calling the tokenizer encodes with allowed_special='all')")
+            return self._encode_by_call(text, return_tensors, add_special_tokens, call_kwargs)
         _check_text(text, "BPETokenizer.encode")
         special_re = self._special_re_for(allowed_special)
         try:
@@ -1832,8 +1848,11 @@ class Seq2SeqTokenizer(Tokenizer):
     def _with_special_tokens(self, ids):
         return list(ids) + [self.eos_token_id]  # as encode: the text, then EOS
 
-    def encode(self, text, return_tensors=None, add_special_tokens=True):
-        """``text`` -> its ids followed by EOS (without it if ``add_special_tokens=False``)."""
+    def encode(self, text, return_tensors=None, add_special_tokens=True, **call_kwargs):
+        """``text`` -> its ids followed by EOS (without it if ``add_special_tokens=False``);
+        ``call_kwargs`` (``truncation``, ``max_length``, ...) as in :meth:`Tokenizer.encode`."""
+        if call_kwargs:
+            return self._encode_by_call(text, return_tensors, add_special_tokens, call_kwargs)
         _check_text(text, "Seq2SeqTokenizer.encode")
         ids = self.base.encode(text, allowed_special="none") if isinstance(self.base, BPETokenizer) \
             else self.base.encode(text)

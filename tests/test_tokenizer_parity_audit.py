@@ -9,12 +9,13 @@ torch arrays of 1 or 2 dimensions) and of clean_up_tokenization_spaces, and call
 on texts chosen to be awkward. CharTokenizer and Seq2SeqTokenizer get the same methods, tested
 against their definitions (no oracle).
 """
+import copy
 import warnings
 
 import numpy as np
 import pytest
 
-from tokenizer_helpers import assert_same, call, configure
+from tokenizer_helpers import assert_same, call, configure, outcome
 from tinyllm.tokenizers import BPETokenizer, CharTokenizer, Seq2SeqTokenizer
 
 EOT = "<|endoftext|>"
@@ -66,6 +67,12 @@ def test_get_vocab_equals_transformers(ours, hf):
     vocab = ours.get_vocab()
     assert isinstance(vocab, dict) and vocab == hf.get_vocab()
     assert len(vocab) == 50257 and vocab["Ġworld"] == 995 and vocab[EOT] == 50256
+
+
+def test_vocab_added_tokens_and_counts_equal_transformers(ours, hf):
+    assert ours.vocab == hf.vocab and ours.get_added_vocab() == hf.get_added_vocab() == {EOT: 50256}
+    assert ours.num_special_tokens_to_add() == hf.num_special_tokens_to_add() == 0
+    assert ours.model_input_names == hf.model_input_names == ["input_ids", "attention_mask"]
 
 
 # ---- text <-> tokens <-> ids ---------------------------------------------------------------------------
@@ -229,6 +236,52 @@ def test_encode_refuses_arguments_it_does_not_know(ours):
         ours.encode("Hi", allowed_special="none", truncation=True, max_length=1)
 
 
+# ---- pad: what a data collator calls ----------------------------------------------------------------
+PAD_INPUTS = {
+    "dict of lists": {"input_ids": [[1, 2, 3], [4]]},
+    "with masks": {"input_ids": [[1, 2, 3], [4, 50256]], "attention_mask": [[1, 1, 1], [1, 0]]},
+    "one sequence": {"input_ids": [1, 2, 3]},
+    "list of dicts": [{"input_ids": [1, 2, 3]}, {"input_ids": [4]}],
+    "list of dicts with masks": [{"input_ids": [1, 2], "attention_mask": [1, 1]}, {"input_ids": [4], "attention_mask": [0]}],
+    "rows as arrays": {"input_ids": [np.array([1, 2, 3]), np.array([4])]},
+    "equal rows": {"input_ids": np.array([[1, 2], [3, 4]])},
+    "list of dicts of arrays": [{"input_ids": np.array([1, 2, 3])}, {"input_ids": np.array([4])}],
+    "with labels": {"input_ids": [[1, 2, 3], [4]], "labels": [[1, 2, 3], [4]]},
+}
+PAD_KWARGS = [dict(), dict(padding="max_length", max_length=6), dict(pad_to_multiple_of=4), dict(padding_side="left"),
+              dict(return_tensors="np"), dict(return_attention_mask=False), dict(padding=False),
+              dict(padding="max_length", max_length=2), dict(padding=True, max_length=5)]
+
+
+@pytest.mark.parametrize("name", list(PAD_INPUTS))
+def test_pad_equals_transformers(gpt2_files, name):
+    ours, hf = _fresh_pair(gpt2_files)
+    for tok in (ours, hf):
+        configure(tok, EOT, "right", "right")
+    for kwargs in PAD_KWARGS:
+        if kwargs.get("return_attention_mask") is False and "masks" in name:
+            continue  # transformers then returns the given mask unpadded; tinyllm drops it, as asked
+        if "labels" in name and kwargs.get("return_tensors"):
+            continue  # other keys pass through as given in tinyllm
+        # copies: transformers' pad adds the attention_mask to the dict it is given
+        mine = outcome(ours.pad, copy.deepcopy(PAD_INPUTS[name]), **kwargs)
+        theirs = outcome(hf.pad, copy.deepcopy(PAD_INPUTS[name]), **kwargs)
+        if theirs[0] == "ok" and getattr(theirs[1]["input_ids"], "dtype", None) == object:
+            assert mine == ("error", ValueError), (name, kwargs)  # ragged arrays: see test_tokenizer_call.py
+            continue
+        assert_same(mine, theirs, (name, kwargs))
+    enc = hf(["Hello world", "Hi", ""])  # a call's output, padded later (a data collator's job)
+    assert_same(outcome(ours.pad, enc, return_tensors="np"), outcome(hf.pad, enc, return_tensors="np"), "call")
+
+
+def test_pad_errors_name_the_problem(ours):
+    with pytest.raises(TypeError, match="expected a dict with 'input_ids' or a list of them, got str"):
+        ours.pad("Hello")
+    with pytest.raises(ValueError, match=r"attention_mask rows of lengths \[1\] do not match the input_ids rows of "
+                                         r"lengths \[2\]"):
+        ours.pad({"input_ids": [[1, 2]], "attention_mask": [[1]]})
+
+
 # ---- every tinyllm tokenizer: encode(add_special_tokens=) is the call's -------------------------------
 def _small(kind):
     text = "the cat sat on the mat, and the dog ran far away. " * 4
@@ -266,6 +319,7 @@ def test_char_tokenizer_tokens_are_its_characters():
     assert tok.convert_tokens_to_ids(["h", "z", "he"]) == [3, None, None]
     assert (tok.bos_token, tok.bos_token_id, tok.eos_token_id, tok.unk_token, tok.unk_token_id) == (None,) * 5
     assert tok.all_special_tokens == tok.all_special_ids == [] and tok.special_tokens_map == {}
+    assert tok.get_added_vocab() == {} and tok.num_special_tokens_to_add() == 0 and tok.vocab == tok.get_vocab()
     tok.pad_token = " "
     assert tok.all_special_tokens == [" "] and tok.all_special_ids == [0] and tok.special_tokens_map == {"pad_token": " "}
     assert tok.convert_ids_to_tokens(tok.encode("he ll"), skip_special_tokens=True) == ["h", "e", "l", "l"]
@@ -282,6 +336,17 @@ def test_char_tokenizer_decodes_batches_and_cleans_up_on_request():
     assert tok.decode(tok.encode(text), clean_up_tokenization_spaces=True) == "a, b. c! a? b'c can 't"
     tok.clean_up_tokenization_spaces = True
     assert tok.batch_decode([tok.encode(text)]) == ["a, b. c! a? b'c can 't"]
+
+
+def test_char_tokenizer_pads_encoded_rows():
+    tok = CharTokenizer.from_text("abc ")
+    tok.pad_token = " "
+    rows = [{"input_ids": tok.encode("abc")}, {"input_ids": tok.encode("a")}]
+    enc = tok.pad(rows, padding_side="left", return_tensors="np")
+    assert enc.input_ids.tolist() == [tok.encode("abc"), tok.encode("  a")]
+    assert enc.attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert tok.pad(tok(["abc", "a", ""])) == tok(["abc", "a", ""], padding=True)  # padding later = padding now
+    assert tok.pad(tok("ab"), padding="max_length", max_length=4) == tok("ab", padding="max_length", max_length=4)
 
 
 def test_token_conversions_name_what_is_wrong():
@@ -305,6 +370,7 @@ def test_seq2seq_special_tokens_and_conversions():
     assert tokens[-1] == "</s>" and tok.convert_tokens_to_ids(tokens) == tok.encode("the cat")
     assert tok.convert_tokens_to_string(tokens) == "the cat</s>"
     assert tok.get_vocab()["<s>"] == n + 1 and len(tok.get_vocab()) == len(tok)
+    assert tok.get_added_vocab() == {"<pad>": n, "<s>": n + 1, "</s>": n + 2} and tok.num_special_tokens_to_add() == 1
     ids = tok.batch_encode(["the cat", "dog"])
     assert tok.decode(ids, skip_special_tokens=True) == ["the cat", "dog"]
     with pytest.warns(UserWarning, match="Ignoring clean_up_tokenization_spaces=True"):  # its base is a BPE

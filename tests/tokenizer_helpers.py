@@ -18,10 +18,16 @@ def configure(tok, pad_token, padding_side, truncation_side):
 def call(tok, text, kwargs):
     """(outcome, value) of ``tok(text, **kwargs)``: ("ok", {name: list or array}) or ("error", the
     exception type)."""
+    return outcome(tok, text, **kwargs)
+
+
+def outcome(function, *args, **kwargs):
+    """(outcome, value) of ``function(*args, **kwargs)``, which returns a dict: ("ok", the dict) or
+    ("error", the type of the ValueError / TypeError raised); warnings are ignored."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            out = tok(text, **kwargs)
+            out = function(*args, **kwargs)
         except (ValueError, TypeError) as e:
             return "error", type(e)
     return "ok", dict(out)

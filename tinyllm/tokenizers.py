@@ -54,6 +54,7 @@ import operator
 import os
 import warnings
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from heapq import heapify, heappop, heappush
 from itertools import repeat
 from pathlib import Path
@@ -215,6 +216,42 @@ class BatchEncoding(dict):
             raise AttributeError(f"BatchEncoding has no {name!r} (it holds {sorted(self)})") from None
 
 
+def _padding_inputs(encoded_inputs, who):
+    """What :meth:`Tokenizer.pad` pads, as ``{name: one sequence or a list of them}``: a mapping
+    (a dict, either library's BatchEncoding) or a list of them, one per sequence, made one."""
+    if isinstance(encoded_inputs, (list, tuple)):
+        if not all(isinstance(e, Mapping) and "input_ids" in e for e in encoded_inputs):
+            raise TypeError(f"{who}: expected dicts with 'input_ids', got {encoded_inputs!r:.80}")
+        names = dict.fromkeys(name for e in encoded_inputs for name in e)
+        encoded_inputs = {name: [e.get(name) for e in encoded_inputs] for name in names}
+        if None in encoded_inputs.get("attention_mask", ()):
+            del encoded_inputs["attention_mask"]  # some sequences lack one: make them all
+    if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
+        raise TypeError(f"{who}: expected a dict with 'input_ids' or a list of them, got "
+                        f"{type(encoded_inputs).__name__}")
+    return dict(encoded_inputs)
+
+
+def _padding_rows(inputs, who):
+    """-> (rows of ids, rows of their masks (1s if none given), whether several sequences were given,
+    whether they came as arrays or tensors)."""
+    ids = inputs["input_ids"]
+    first = ids[0] if isinstance(ids, (list, tuple)) and ids else None
+    as_arrays = hasattr(ids, "tolist") or hasattr(first, "tolist")  # NumPy or torch (Python ints have no tolist)
+    ids = _from_tensor(ids)
+    batched = _is_batch(ids) or _is_empty(ids)
+    rows = [_as_id_list(row, who) for row in (ids if batched else [ids])]
+    masks = inputs.get("attention_mask")
+    if masks is None:
+        return rows, [[1] * len(row) for row in rows], batched, as_arrays
+    masks = _from_tensor(masks)
+    masks = [_as_id_list(m, who) for m in (masks if batched else [masks])]
+    if [len(m) for m in masks] != [len(r) for r in rows]:
+        raise ValueError(f"{who}: attention_mask rows of lengths {[len(m) for m in masks]} do not match the "
+                         f"input_ids rows of lengths {[len(r) for r in rows]}")
+    return rows, masks, batched, as_arrays
+
+
 def _strategy(table, value, name, who, options):
     """``table[value]``, or a ValueError naming ``value`` and the ``options``."""
     try:
@@ -256,19 +293,26 @@ def _check_length(value, name, who):
     return None if value is None else int(value)
 
 
-def _pad_rows(seqs, width, pad_id, side):
-    """Pad each id list to ``width`` on ``side``; rows already as long stay as they are.
-    -> (input_ids, attention_mask) as lists of lists."""
-    ids, masks = [], []
-    for seq in seqs:
-        n = max(width - len(seq), 0)
-        if side == "left":
-            ids.append([pad_id] * n + seq)
-            masks.append([0] * n + [1] * len(seq))
-        else:
-            ids.append(seq + [pad_id] * n)
-            masks.append([1] * len(seq) + [0] * n)
-    return ids, masks
+def _pad_rows(rows, width, pad_value, side):
+    """Pad each list to ``width`` with ``pad_value`` on ``side``; rows already as long stay as they are."""
+    padded = []
+    for row in rows:
+        pad = [pad_value] * max(width - len(row), 0)
+        padded.append(pad + row if side == "left" else row + pad)
+    return padded
+
+
+def _batch_encoding(seqs, masks, return_attention_mask, return_tensors, batched, who):
+    """The :class:`BatchEncoding` of rows of ids and their masks: lists (one row's, not ``batched``)
+    or int64 arrays (B, T) with ``return_tensors``."""
+    enc = {"input_ids": seqs}
+    if return_attention_mask or return_attention_mask is None:
+        enc["attention_mask"] = masks
+    if return_tensors is not None:
+        enc = {name: _stack(rows, who) for name, rows in enc.items()}  # (B, T); (1, T) for one sequence
+    elif not batched:
+        enc = {name: rows[0] for name, rows in enc.items()}
+    return BatchEncoding(enc)
 
 
 def _stack(rows, who):
@@ -410,7 +454,24 @@ class Tokenizer:
         tokens = ((self._id_to_token(i), i) for i in range(self.vocab_size))
         return {token: i for token, i in tokens if token is not None}
 
+    @property
+    def vocab(self):
+        """:meth:`get_vocab` (a new dict each time)."""
+        return self.get_vocab()
+
+    def get_added_vocab(self):
+        """``{token: id}`` of the special tokens that are no merge of bytes or characters (GPT-2's
+        ``"<|endoftext|>"``; none for a CharTokenizer)."""
+        return {}
+
+    def num_special_tokens_to_add(self, pair=False):
+        """How many special tokens ``add_special_tokens=True`` adds to a text (0 for GPT-2)."""
+        if pair:
+            raise ValueError(f"{type(self).__name__}: pairs of texts are not supported")
+        return len(self._with_special_tokens([]))
+
     # ---- calling the tokenizer: batches ----------------------------------------------------
+    model_input_names = ["input_ids", "attention_mask"]  # what calling the tokenizer returns
     model_max_length = None  # the longest input the model takes, if known (truncation=True's default)
 
     def __call__(self, text, padding=False, truncation=None, max_length=None, pad_to_multiple_of=None,
@@ -447,19 +508,43 @@ class Tokenizer:
             padding, truncation, max_length, pad_to_multiple_of, padding_side, who)
         seqs = [self._encode_for_call(t, add_special_tokens, truncate_to, who) for t in texts]
         masks = [[1] * len(seq) for seq in seqs]
-        if pad_mode is not None:
-            width = max(map(len, seqs), default=0) if pad_mode == "longest" else max_length
-            if pad_to_multiple_of is not None:
-                width = -(-width // pad_to_multiple_of) * pad_to_multiple_of  # round up
-            seqs, masks = _pad_rows(seqs, width, self.pad_token_id, side)
-        enc = {"input_ids": seqs}
-        if return_attention_mask or return_attention_mask is None:
-            enc["attention_mask"] = masks
-        if return_tensors is not None:
-            enc = {name: _stack(rows, who) for name, rows in enc.items()}  # (B, T); (1, T) for one str
-        elif not batched:
-            enc = {name: rows[0] for name, rows in enc.items()}
-        return BatchEncoding(enc)
+        seqs, masks = self._pad(seqs, masks, pad_mode, max_length, pad_to_multiple_of, side)
+        return _batch_encoding(seqs, masks, return_attention_mask, return_tensors, batched, who)
+
+    def _pad(self, seqs, masks, pad_mode, max_length, pad_to_multiple_of, side):
+        """Pad the rows of ids (with :attr:`pad_token_id`) and of their masks (with 0) to the
+        longest row (``pad_mode`` "longest") or to ``max_length`` ("max_length"), then up to a
+        multiple of ``pad_to_multiple_of``; ``pad_mode`` None leaves them as they are."""
+        if pad_mode is None:
+            return seqs, masks
+        width = max(map(len, seqs), default=0) if pad_mode == "longest" else max_length
+        if pad_to_multiple_of is not None:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of  # round up
+        return _pad_rows(seqs, width, self.pad_token_id, side), _pad_rows(masks, width, 0, side)
+
+    def pad(self, encoded_inputs, padding=True, max_length=None, pad_to_multiple_of=None, padding_side=None,
+            return_attention_mask=None, return_tensors=None):
+        """Pad sequences already encoded, as transformers' ``tokenizer.pad`` (what a data collator
+        calls). ``encoded_inputs``: a dict (e.g. a :class:`BatchEncoding`) whose ``input_ids`` is one
+        sequence or a list of them, with or without their ``attention_mask``, or a list of such dicts,
+        one per sequence. ``padding`` (default True: to the longest) and the other arguments as in
+        :meth:`__call__`; nothing is truncated, and ids given as arrays come back as arrays. Returns
+        a :class:`BatchEncoding` of ``input_ids``, ``attention_mask`` (the given one padded with 0,
+        else 1 at the ids and 0 at the padding) and any other key as given (e.g. ``labels``)."""
+        who = f"{type(self).__name__}.pad"
+        _check_return_tensors(return_tensors)
+        inputs = _padding_inputs(encoded_inputs, who)
+        ids, masks, batched, as_arrays = _padding_rows(inputs, who)
+        if return_tensors is None and as_arrays:
+            return_tensors = "np"  # arrays in, arrays out, as transformers
+        pad_mode, max_length, _, pad_to_multiple_of, side = self._padding_and_truncation(
+            padding, False, max_length, pad_to_multiple_of, padding_side, who)
+        ids, masks = self._pad(ids, masks, pad_mode, max_length, pad_to_multiple_of, side)
+        enc = _batch_encoding(ids, masks, return_attention_mask, return_tensors, True, who)
+        if not batched:
+            enc = BatchEncoding({name: rows[0] for name, rows in enc.items()})  # one sequence: (T,) or a list
+        enc.update({name: value for name, value in inputs.items() if name not in ("input_ids", "attention_mask")})
+        return enc
 
     def _padding_and_truncation(self, padding, truncation, max_length, pad_to_multiple_of, padding_side, who):
         """transformers' ``_get_padding_truncation_strategies``: -> (None / "longest" / "max_length",
@@ -1047,6 +1132,9 @@ class BPETokenizer(Tokenizer):
 
     def _other_special_tokens(self):
         return list(self.special_tokens)
+
+    def get_added_vocab(self):
+        return dict(self.special_tokens)
 
     def convert_tokens_to_string(self, tokens):
         """Tokens in GPT-2's spelling -> text, as transformers' byte-level decoder: each character
@@ -1806,6 +1894,9 @@ class Seq2SeqTokenizer(Tokenizer):
         return len(self.base) + 3
 
     unk_token = None  # the byte-level base covers every string
+
+    def get_added_vocab(self):
+        return {token: i for i, token in self._special.items()}
 
     def convert_tokens_to_string(self, tokens):
         return self.base.convert_tokens_to_string(tokens)  # "<pad>", "<s>", "</s>" spell themselves in both

@@ -10,13 +10,14 @@ on texts chosen to be awkward. CharTokenizer and Seq2SeqTokenizer get the same m
 against their definitions (no oracle).
 """
 import copy
+import shutil
 import warnings
 
 import numpy as np
 import pytest
 
 from tokenizer_helpers import assert_same, call, configure, outcome
-from tinyllm.tokenizers import BPETokenizer, CharTokenizer, Seq2SeqTokenizer
+from tinyllm.tokenizers import AutoTokenizer, BPETokenizer, CharTokenizer, Seq2SeqTokenizer, Tokenizer
 
 EOT = "<|endoftext|>"
 TRICKY = [
@@ -280,6 +281,50 @@ def test_pad_errors_name_the_problem(ours):
     with pytest.raises(ValueError, match=r"attention_mask rows of lengths \[1\] do not match the input_ids rows of "
                                          r"lengths \[2\]"):
         ours.pad({"input_ids": [[1, 2]], "attention_mask": [[1]]})
+
+
+# ---- from_pretrained(dir, padding_side="left", ...) ---------------------------------------------------
+SETTINGS = dict(pad_token=EOT, padding_side="left", truncation_side="left", model_max_length=7, bos_token="Ġworld",
+                unk_token="Ġthe")
+
+
+def _gpt2_dir(gpt2_files, directory):
+    """GPT-2's tokenizer files as a Hugging Face directory (config.json tells AutoTokenizer the class)."""
+    shutil.copy(gpt2_files[0], directory / "vocab.json")
+    shutil.copy(gpt2_files[1], directory / "merges.txt")
+    (directory / "config.json").write_text('{"model_type": "gpt2"}')
+    return directory
+
+
+def test_from_pretrained_takes_settings_as_transformers(gpt2_files, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    directory = _gpt2_dir(gpt2_files, tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(directory), **SETTINGS)
+    names = [*SETTINGS, "pad_token_id", "bos_token_id", "unk_token_id", "all_special_tokens", "special_tokens_map"]
+    for mine in (AutoTokenizer.from_pretrained(directory, use_fast=True, **SETTINGS),
+                 BPETokenizer.from_pretrained(directory, **SETTINGS), Tokenizer.from_pretrained(directory, **SETTINGS)):
+        assert {n: getattr(mine, n) for n in names} == {n: getattr(theirs, n) for n in names}
+        kwargs = dict(padding=True, truncation=True)
+        assert_same(call(mine, TRICKY, kwargs), call(theirs, TRICKY, kwargs), kwargs)
+        assert mine.convert_tokens_to_ids("no such token") == theirs.convert_tokens_to_ids("no such token") == 262
+    # transformers' "no limit"
+    assert AutoTokenizer.from_pretrained(directory, model_max_length=int(1e30)).model_max_length is None
+
+
+def test_from_pretrained_settings_of_a_tinyllm_directory_and_their_errors(gpt2_files, tmp_path):
+    CharTokenizer.from_text("abc .").save_pretrained(tmp_path / "char")
+    for load in (AutoTokenizer.from_pretrained, CharTokenizer.from_pretrained, Tokenizer.from_pretrained):
+        tok = load(tmp_path / "char", pad_token=" ", padding_side="left", clean_up_tokenization_spaces=True)
+        assert (tok.pad_token_id, tok.padding_side, tok.decode(tok.encode("a ."))) == (0, "left", "a.")
+    directory = _gpt2_dir(gpt2_files, tmp_path)
+    with pytest.raises(TypeError, match=r"AutoTokenizer.from_pretrained: unknown argument\(s\) \['trust_remote_code'\]"):
+        AutoTokenizer.from_pretrained(directory, trust_remote_code=True)
+    with pytest.raises(ValueError, match="bos_token '<s>' is not a token of this tokenizer"):
+        BPETokenizer.from_pretrained(directory, bos_token="<s>")
+    with pytest.raises(ValueError, match="model_max_length must be a non-negative int or None, got -1"):
+        AutoTokenizer.from_pretrained(directory, model_max_length=-1)
+    with pytest.raises(ValueError, match="padding_side='middle' is not supported"):
+        AutoTokenizer.from_pretrained(directory, padding_side="middle")
 
 
 # ---- every tinyllm tokenizer: encode(add_special_tokens=) is the call's -------------------------------

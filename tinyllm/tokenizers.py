@@ -293,6 +293,16 @@ def _check_length(value, name, who):
     return None if value is None else int(value)
 
 
+def _model_max_length(value, who):
+    """A model_max_length from a file or an argument, checked; transformers' "no limit" (1e30,
+    a float in JSON) -> None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (int, np.integer)) and value >= _NO_LIMIT:
+        value = None
+    return _check_length(value, "model_max_length", who)
+
+
 def _pad_rows(rows, width, pad_value, side):
     """Pad each list to ``width`` with ``pad_value`` on ``side``; rows already as long stay as they are."""
     padded = []
@@ -648,15 +658,21 @@ class Tokenizer:
         if value is None:
             self._pad_token = self._pad_token_id = None
             return
+        self._pad_token, self._pad_token_id = value, self._check_token(value, "pad_token")
+
+    def _check_token(self, value, name):
+        """The id of ``value``, which is to become the ``name`` (pad_token, ...): one of the tokenizer's
+        tokens, else an error (transformers would add a token, which needs a new row in the model's
+        embedding table)."""
         if not isinstance(value, str):
-            raise TypeError(f"{type(self).__name__}: pad_token must be a str (one of the tokenizer's tokens) or None, "
+            raise TypeError(f"{type(self).__name__}: {name} must be a str (one of the tokenizer's tokens) or None, "
                             f"got {type(value).__name__}")
         token_id = self._token_to_id(value)
         if token_id is None:
-            raise ValueError(f"{type(self).__name__}: pad_token {value!r} is not a token of this tokenizer (a new "
+            raise ValueError(f"{type(self).__name__}: {name} {value!r} is not a token of this tokenizer (a new "
                              "token would need a new row in the model's embedding table); use one it has, e.g. "
-                             "tokenizer.pad_token = tokenizer.eos_token")
-        self._pad_token, self._pad_token_id = value, token_id
+                             f"tokenizer.{name} = tokenizer.eos_token")
+        return token_id
 
     @property
     def pad_token_id(self):
@@ -701,11 +717,7 @@ class Tokenizer:
         for name in ("pad_token", "padding_side", "truncation_side"):
             if d.get(name) is not None:
                 setattr(self, name, d[name])
-        limit = d.get("model_max_length")
-        if isinstance(limit, float) and limit.is_integer():
-            limit = int(limit)
-        self.model_max_length = _check_length(limit if limit is None or limit < _NO_LIMIT else None,
-                                              "model_max_length", type(self).__name__)
+        self.model_max_length = _model_max_length(d.get("model_max_length"), type(self).__name__)
         return self
 
     # ---- chat ----------------------------------------------------------------------------
@@ -721,6 +733,8 @@ class Tokenizer:
 
     @bos_token.setter
     def bos_token(self, value):
+        if value is not None:
+            self._check_token(value, "bos_token")
         self._bos_token = value
 
     @property
@@ -736,6 +750,8 @@ class Tokenizer:
 
     @unk_token.setter
     def unk_token(self, value):
+        if value is not None:
+            self._check_token(value, "unk_token")
         self._unk_token = value
 
     @property
@@ -884,12 +900,30 @@ class Tokenizer:
         return [path]
 
     @classmethod
-    def from_pretrained(cls, path):
-        """Load from a directory written by :meth:`save_pretrained` (or from a tinyllm JSON)."""
+    def from_pretrained(cls, path, **settings):
+        """Load from a directory written by :meth:`save_pretrained` (or from a tinyllm JSON);
+        ``settings`` as in :meth:`AutoTokenizer.from_pretrained`."""
         if cls is Tokenizer:
-            return AutoTokenizer.from_pretrained(path)
+            return AutoTokenizer.from_pretrained(path, **settings)
         path = Path(path)
-        return cls.load(path / TOKENIZER_FILE if path.is_dir() else path)
+        tok = cls.load(path / TOKENIZER_FILE if path.is_dir() else path)
+        return tok._with_settings(settings, f"{cls.__name__}.from_pretrained")
+
+    # what from_pretrained(..., name=value) may set, as transformers' keyword arguments of a tokenizer
+    _SETTINGS = ("pad_token", "padding_side", "truncation_side", "model_max_length", "bos_token", "unk_token",
+                 "clean_up_tokenization_spaces")
+
+    def _with_settings(self, settings, who):
+        """The tokenizer with ``settings`` (``padding_side="left"``, ``pad_token=...``, ...) set, in the
+        order given; ``use_fast`` is accepted and ignored (one implementation), anything else refused."""
+        settings = {name: value for name, value in settings.items() if name != "use_fast"}
+        unknown = sorted(set(settings) - set(self._SETTINGS))
+        if unknown:
+            raise TypeError(f"{who}: unknown argument(s) {unknown}; it takes {', '.join(self._SETTINGS)} "
+                            "(and use_fast, which changes nothing)")
+        for name, value in settings.items():
+            setattr(self, name, _model_max_length(value, who) if name == "model_max_length" else value)
+        return self
 
     def __repr__(self):
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
@@ -902,10 +936,17 @@ class AutoTokenizer:
         raise TypeError("AutoTokenizer is not instantiated: use AutoTokenizer.from_pretrained(dir)")
 
     @staticmethod
-    def from_pretrained(path):
+    def from_pretrained(path, **settings):
         """``path``: a directory holding ``tinyllm_tokenizer.json`` (any tinyllm tokenizer), or
         GPT-2's ``vocab.json`` + ``merges.txt`` or Hugging Face's ``tokenizer.json`` (a BPE),
-        or a tinyllm JSON file itself."""
+        or a tinyllm JSON file itself. ``settings`` override what the files say, as transformers'
+        keyword arguments: ``pad_token``, ``padding_side``, ``truncation_side``,
+        ``model_max_length``, ``bos_token``, ``unk_token``, ``clean_up_tokenization_spaces``
+        (and ``use_fast``, accepted and ignored), e.g. ``from_pretrained(dir, padding_side="left")``."""
+        return AutoTokenizer._load(path)._with_settings(settings, "AutoTokenizer.from_pretrained")
+
+    @staticmethod
+    def _load(path):
         path = Path(path)
         if path.is_file():
             return Tokenizer.load(path)
@@ -1462,11 +1503,16 @@ class BPETokenizer(Tokenizer):
         return paths + [vocab_path, merges_path, config_path, map_path]
 
     @classmethod
-    def from_pretrained(cls, path):
+    def from_pretrained(cls, path, **settings):
         """Load a directory from :meth:`save_pretrained`, or a Hugging Face GPT-2 directory:
         ``vocab.json`` + ``merges.txt`` (special tokens: ``"<|endoftext|>"`` if in the
         vocabulary plus the added tokens listed in ``tokenizer_config.json`` /
-        ``added_tokens.json``), or else the ``tokenizer.json`` that transformers >= 5 writes."""
+        ``added_tokens.json``), or else the ``tokenizer.json`` that transformers >= 5 writes.
+        ``settings`` as in :meth:`AutoTokenizer.from_pretrained`."""
+        return cls._load_pretrained(path)._with_settings(settings, "BPETokenizer.from_pretrained")
+
+    @classmethod
+    def _load_pretrained(cls, path):
         path = Path(path)
         if path.is_file() or (path / TOKENIZER_FILE).is_file():
             return super().from_pretrained(path)

@@ -327,6 +327,41 @@ def test_from_pretrained_settings_of_a_tinyllm_directory_and_their_errors(gpt2_f
         AutoTokenizer.from_pretrained(directory, padding_side="middle")
 
 
+SPECIAL_NAMES = ["bos_token", "eos_token", "unk_token", "pad_token", "bos_token_id", "unk_token_id", "pad_token_id",
+                 "all_special_tokens"]
+
+
+def test_settings_survive_save_pretrained_for_both_libraries(gpt2_files, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tok = BPETokenizer.from_gpt2_files(*gpt2_files)
+    tok.bos_token, tok.unk_token, tok.pad_token, tok.clean_up_tokenization_spaces = "Ġworld", "Ġthe", "!", True
+    tok.save_pretrained(tmp_path)
+    expected = {n: getattr(tok, n) for n in SPECIAL_NAMES + ["clean_up_tokenization_spaces"]}
+    theirs = transformers.GPT2Tokenizer.from_pretrained(str(tmp_path))
+    assert {n: getattr(theirs, n) for n in expected} == expected
+    assert {n: getattr(AutoTokenizer.from_pretrained(tmp_path), n) for n in expected} == expected
+    (tmp_path / "tinyllm_tokenizer.json").unlink()  # from GPT-2's files and tokenizer_config.json alone
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert {n: getattr(again, n) for n in SPECIAL_NAMES} == {n: expected[n] for n in SPECIAL_NAMES}
+    char = CharTokenizer.from_text("ab .")
+    char.clean_up_tokenization_spaces = True
+    char.save_pretrained(tmp_path / "char")
+    assert AutoTokenizer.from_pretrained(tmp_path / "char").decode(char.encode("a .")) == "a."
+
+
+def test_a_directory_transformers_saved_with_an_ordinary_token_as_pad_loads(gpt2_files, tmp_path):
+    """transformers marks the pad token special, "!" (a byte) included; it stays an ordinary token here."""
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.GPT2Tokenizer(*map(str, gpt2_files), pad_token="!", bos_token="Ġworld")
+    theirs.save_pretrained(str(tmp_path))
+    mine = AutoTokenizer.from_pretrained(tmp_path)
+    assert {n: getattr(mine, n) for n in SPECIAL_NAMES} == {n: getattr(theirs, n) for n in SPECIAL_NAMES}
+    assert mine.encode("Hello! " + EOT) == theirs.encode("Hello! " + EOT)
+    assert mine.special_tokens == {EOT: 50256}
+    # GPT-2's own tokens, as the model learned them; transformers now cuts "!!" at its "special" "!"
+    assert mine.encode("Hello!!") == [15496, 3228] != theirs.encode("Hello!!")
+
+
 # ---- every tinyllm tokenizer: encode(add_special_tokens=) is the call's -------------------------------
 def _small(kind):
     text = "the cat sat on the mat, and the dog ran far away. " * 4

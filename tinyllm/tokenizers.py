@@ -701,7 +701,8 @@ class Tokenizer:
         raise NotImplementedError
 
     def _padding_fields(self):
-        """The padding settings that differ from the defaults, as saved in tinyllm's JSON."""
+        """The settings that differ from the defaults, as saved in tinyllm's JSON: padding, a
+        bos_token / unk_token that was set, clean_up_tokenization_spaces."""
         fields = {}
         if self.pad_token is not None:
             fields["pad_token"] = self.pad_token
@@ -710,6 +711,11 @@ class Tokenizer:
                 fields[name] = getattr(self, name)
         if self.model_max_length is not None:
             fields["model_max_length"] = self.model_max_length
+        for name in ("bos_token", "unk_token"):
+            if f"_{name}" in self.__dict__:  # set, rather than the default (the eos token)
+                fields[name] = getattr(self, name)
+        if self.clean_up_tokenization_spaces:
+            fields["clean_up_tokenization_spaces"] = True
         return fields
 
     def _set_padding_fields(self, d):
@@ -717,6 +723,11 @@ class Tokenizer:
         for name in ("pad_token", "padding_side", "truncation_side"):
             if d.get(name) is not None:
                 setattr(self, name, d[name])
+        for name in ("bos_token", "unk_token"):
+            if name in d:
+                setattr(self, name, d[name])
+        if d.get("clean_up_tokenization_spaces") is not None:
+            self.clean_up_tokenization_spaces = bool(d["clean_up_tokenization_spaces"])
         self.model_max_length = _model_max_length(d.get("model_max_length"), type(self).__name__)
         return self
 
@@ -1409,6 +1420,7 @@ class BPETokenizer(Tokenizer):
     def _from_gpt2_vocab(cls, encoder, merges, special_tokens, pattern=GPT2_SPLIT_PATTERN,
                          eos_token=None, source="vocab"):
         """Build from GPT-2 spelled strings: ``encoder`` {token_str: id}, ``merges`` [(a, b)]."""
+        special_tokens = _without_ordinary_tokens(special_tokens, encoder, merges)
         vocab = {}
         for s, i in encoder.items():
             if s in special_tokens:
@@ -1469,13 +1481,7 @@ class BPETokenizer(Tokenizer):
         merges_path = save_directory / "merges.txt"
         _write_text(merges_path, "#version: 0.2\n" + "".join(m + "\n" for m in self._gpt2_merges()))
 
-        special_map = {}
-        if self.eos_token is not None:
-            # GPT-2 uses its one special token as bos, eos and unk alike.
-            special_map = {"bos_token": self.eos_token, "eos_token": self.eos_token,
-                           "unk_token": self.eos_token}
-        if self.pad_token is not None:
-            special_map["pad_token"] = self.pad_token
+        special_map = self.special_tokens_map  # GPT-2's: its one special token as bos, eos and unk alike
         added = {
             str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                      "single_word": False, "special": True}
@@ -1485,7 +1491,7 @@ class BPETokenizer(Tokenizer):
             "tokenizer_class": "GPT2Tokenizer",
             "add_prefix_space": False,
             "add_bos_token": False,
-            "clean_up_tokenization_spaces": False,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
             "errors": "replace",
             "added_tokens_decoder": added,
             **special_map,
@@ -1655,6 +1661,19 @@ def _read_merges(path):
     return merges
 
 
+def _without_ordinary_tokens(specials, encoder, merges):
+    """``specials`` without the ordinary tokens among them (a byte, or what a merge makes, at its
+    own id): transformers marks a token special when it becomes the pad token, say."""
+    if not specials:
+        return specials
+    merged = {a + b for a, b in merges}
+
+    def ordinary(token, token_id):
+        return encoder.get(token) == token_id and (token in merged or len(_str_to_token(token) or b"") == 1)
+
+    return {token: i for token, i in specials.items() if not ordinary(token, i)}
+
+
 def _hf_special_tokens(directory, encoder):
     specials = {}
     if "<|endoftext|>" in encoder:
@@ -1676,16 +1695,24 @@ def _hf_eos_token(directory, specials):
 
 
 def _with_hf_padding(tokenizer, directory):
-    """The padding settings of a Hugging Face directory's ``tokenizer_config.json`` (or
-    ``special_tokens_map.json`` for the pad token): ``pad_token``, ``padding_side``,
-    ``truncation_side``, ``model_max_length`` (transformers' 1e30 meaning "no limit" -> None)."""
+    """The settings of a Hugging Face directory's ``tokenizer_config.json`` (or
+    ``special_tokens_map.json`` for the special tokens): ``pad_token``, ``padding_side``,
+    ``truncation_side``, ``model_max_length`` (transformers' 1e30 meaning "no limit" -> None), and
+    ``bos_token`` / ``unk_token`` when they are tokens of the vocabulary (transformers would add
+    a token otherwise; tinyllm keeps its default, the eos token). ``clean_up_tokenization_spaces``
+    is not read: transformers 5 does not apply it to a BPE either."""
     directory = Path(directory)
     config = _read_json_if_exists(directory / "tokenizer_config.json")
+    special_map = _read_json_if_exists(directory / "special_tokens_map.json")
     settings = {name: config.get(name) for name in ("pad_token", "padding_side", "truncation_side", "model_max_length")}
-    if settings["pad_token"] is None:
-        settings["pad_token"] = _read_json_if_exists(directory / "special_tokens_map.json").get("pad_token")
-    if isinstance(settings["pad_token"], dict):  # an AddedToken written out
-        settings["pad_token"] = settings["pad_token"].get("content")
+    for name in ("pad_token", "bos_token", "unk_token"):
+        token = config.get(name) if config.get(name) is not None else special_map.get(name)
+        if isinstance(token, dict):  # an AddedToken written out
+            token = token.get("content")
+        if name == "pad_token":
+            settings[name] = token  # one that is not in the vocabulary is an error
+        elif token not in (None, getattr(tokenizer, name)) and tokenizer._token_to_id(token) is not None:
+            settings[name] = token
     with _names_file(directory):
         return tokenizer._set_padding_fields(settings)
 

@@ -369,7 +369,8 @@ class Tokenizer:
         """encode with padding / truncation arguments: the ids of :meth:`__call__` with them."""
         _check_text(text, f"{type(self).__name__}.encode")
         call_kwargs = {"return_attention_mask": False, **call_kwargs}
-        return self(text, return_tensors=return_tensors, add_special_tokens=add_special_tokens, **call_kwargs)["input_ids"]
+        enc = self(text, return_tensors=return_tensors, add_special_tokens=add_special_tokens, **call_kwargs)
+        return enc["input_ids"]
 
     clean_up_tokenization_spaces = False  # decode's default, as transformers 5's
     # transformers' flag that makes a BPE apply clean_up_tokenization all the same (see _wants_clean_up)

@@ -133,6 +133,29 @@ def rng():
     return np.random.default_rng(1234)
 
 
+# GPT-2's real tokenizer files, tinyllm's BPE on them, and transformers' GPT2Tokenizer on them (the
+# oracle). Module scope: a module that changes a tokenizer's settings (pad_token, ...) has its own.
+@pytest.fixture(scope="module")
+def gpt2_files():
+    from kernel_helpers import gpt2_tokenizer_files
+
+    return gpt2_tokenizer_files()
+
+
+@pytest.fixture(scope="module")
+def ours(gpt2_files):
+    from tinyllm.tokenizers import BPETokenizer
+
+    return BPETokenizer.from_gpt2_files(*gpt2_files)
+
+
+@pytest.fixture(scope="module")
+def hf(gpt2_files):
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    return transformers.GPT2Tokenizer(str(gpt2_files[0]), str(gpt2_files[1]))
+
+
 # ----------------------------------------------------------------------------------------------
 # CI must run the oracle comparisons, not skip them
 #

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel_helpers import gpt2_tokenizer_files
 from tinyllm.tokenizers import AutoTokenizer, BPETokenizer
 
 EOT = "<|endoftext|>"
@@ -44,14 +43,7 @@ SAMPLES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def gpt2_files():
-    return gpt2_tokenizer_files()
-
-
-@pytest.fixture(scope="module")
-def ours(gpt2_files):
-    return BPETokenizer.from_gpt2_files(*gpt2_files)
+# fixtures gpt2_files, ours (tinyllm) and hf (transformers): conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +75,6 @@ def test_the_tiktoken_oracle_is_tiktokens_gpt2_not_ours(tiktoken_enc):
     assert tiktoken_enc.name == "gpt2" and tiktoken_enc.n_vocab == 50257
     assert tiktoken_enc._pat_str == openai_public.r50k_pat_str
     assert tiktoken_enc.eot_token == 50256
-
-
-@pytest.fixture(scope="module")
-def hf_tok(gpt2_files):
-    transformers = pytest.importorskip("transformers")
-    return transformers.GPT2Tokenizer(str(gpt2_files[0]), str(gpt2_files[1]))
 
 
 def test_loaded_gpt2_sizes(ours):
@@ -127,16 +113,16 @@ def test_matches_tiktoken_hypothesis(ours, tiktoken_enc, text):
 
 
 @pytest.mark.parametrize("text", SAMPLES, ids=range(len(SAMPLES)))
-def test_matches_transformers(ours, hf_tok, text):
-    assert ours.encode(text) == hf_tok.encode(text)
+def test_matches_transformers(ours, hf, text):
+    assert ours.encode(text) == hf.encode(text)
     ids = ours.encode(text)
-    assert ours.decode(ids) == hf_tok.decode(ids)
+    assert ours.decode(ids) == hf.decode(ids)
 
 
 @settings(deadline=None, max_examples=150)
 @given(st.one_of(any_text, tricky_text))
-def test_matches_transformers_hypothesis(ours, hf_tok, text):
-    assert ours.encode(text) == hf_tok.encode(text)
+def test_matches_transformers_hypothesis(ours, hf, text):
+    assert ours.encode(text) == hf.encode(text)
 
 
 def test_hf_directory_layout_and_save_pretrained(tmp_path, gpt2_files, ours):
@@ -160,7 +146,7 @@ def test_hf_directory_layout_and_save_pretrained(tmp_path, gpt2_files, ours):
     assert AutoTokenizer.from_pretrained(out).encode(text) == ours.encode(text)
 
 
-def test_save_pretrained_loads_in_transformers(tmp_path, ours, hf_tok):
+def test_save_pretrained_loads_in_transformers(tmp_path, ours, hf):
     import transformers
 
     ours.save_pretrained(tmp_path)
@@ -170,8 +156,8 @@ def test_save_pretrained_loads_in_transformers(tmp_path, ours, hf_tok):
     assert reloaded.eos_token_id == 50256
 
 
-def test_reads_the_tokenizer_json_transformers_writes(tmp_path, ours, hf_tok):
-    hf_tok.save_pretrained(str(tmp_path))
+def test_reads_the_tokenizer_json_transformers_writes(tmp_path, ours, hf):
+    hf.save_pretrained(str(tmp_path))
     for name in ("vocab.json", "merges.txt"):  # transformers < 5 also wrote these
         (tmp_path / name).unlink(missing_ok=True)
     assert (tmp_path / "tokenizer.json").is_file()

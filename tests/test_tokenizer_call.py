@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel_helpers import gpt2_tokenizer_files, make_gpt2_dir
+from kernel_helpers import make_gpt2_dir
+from tokenizer_helpers import assert_same as _assert_same, call as _call, configure as _configure
 from tinyllm.errors import FileFormatError
 from tinyllm.models.gpt import GPT, GPTConfig, RIGHT_PADDING_WARNING
 from tinyllm.tokenizers import AutoTokenizer, BatchEncoding, BPETokenizer, CharTokenizer, Seq2SeqTokenizer, Tokenizer
@@ -25,57 +26,7 @@ BATCH = ["Hello, my dog is cute", "The", "", f"A special {EOT} inside, and more 
 SINGLES = ["Hello, my dog is cute", "", "x"]
 
 
-# ---- the oracle ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def gpt2_files():
-    return gpt2_tokenizer_files()
-
-
-@pytest.fixture(scope="module")
-def ours(gpt2_files):
-    return BPETokenizer.from_gpt2_files(*gpt2_files)
-
-
-@pytest.fixture(scope="module")
-def hf(gpt2_files):
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    return transformers.GPT2Tokenizer(str(gpt2_files[0]), str(gpt2_files[1]))
-
-
-def _configure(tok, pad_token, padding_side, truncation_side):
-    tok.pad_token = pad_token
-    tok.padding_side = padding_side
-    tok.truncation_side = truncation_side
-
-
-def _call(tok, text, kwargs):
-    """(outcome, value): ("ok", {name: list or array}) or ("error", the exception type)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            out = tok(text, **kwargs)
-        except (ValueError, TypeError) as e:
-            return "error", type(e)
-    return "ok", dict(out)
-
-
-def _assert_same(mine, theirs, context):
-    assert mine[0] == theirs[0], (context, mine, theirs)
-    if mine[0] == "error":
-        return
-    mine, theirs = mine[1], theirs[1]
-    assert sorted(mine) == sorted(theirs), context
-    for name in theirs:
-        a, b = mine[name], theirs[name]
-        if isinstance(b, np.ndarray):
-            assert isinstance(a, np.ndarray) and a.dtype == np.int64 == b.dtype, (context, name, a, b)
-            assert a.shape == b.shape, (context, name, a.shape, b.shape)
-            np.testing.assert_array_equal(a, b, err_msg=f"{context} {name}")
-        else:
-            assert a == b, (context, name, a, b)
-
-
+# ---- the oracle (fixtures gpt2_files, ours, hf: conftest.py) ----------------------------------
 @pytest.mark.parametrize("padding", [False, True, "longest", "max_length", "do_not_pad"])
 def test_the_call_equals_transformers(ours, hf, padding):
     """Every combination of truncation, max_length, pad_to_multiple_of, both sides (the attribute and

@@ -101,8 +101,9 @@ def test_char_return_tensors_and_decode_of_a_row():
         assert tok.decode(x[0]) == "hell"
     assert tok.encode("", return_tensors="np").shape == (1, 0)
     assert tok.batch_decode(np.array([[0, 1], [1, 0]])) == ["eh", "he"]
+    assert tok.decode(np.array([[0, 1], [1, 0]])) == ["eh", "he"]  # several rows: a list, as transformers
     with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
-        tok.decode(np.zeros((2, 2), dtype=np.int64))
+        tok.decode(np.zeros((2, 2, 2), dtype=np.int64))  # rows of rows
     with pytest.raises(TypeError, match="float"):
         tok.decode(np.zeros(3))
     with pytest.raises(TypeError, match=r"1\.0 \(float\)"):

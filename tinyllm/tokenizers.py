@@ -14,7 +14,14 @@ The interface follows Hugging Face habits::
     text = tok.decode(output_ids[0], skip_special_tokens=True)
 
 tinyllm has no torch, so ``return_tensors="pt"`` gives the same int64 ndarray as ``"np"``: the
-Hugging Face example then runs unchanged with tinyllm's models, which take ndarrays.
+Hugging Face example then runs unchanged with tinyllm's models, which take ndarrays. ``decode``
+takes one sequence or a batch (a 2-D array, nested lists, a torch tensor) as transformers' does.
+
+Tokens, ids and special tokens, with transformers' names and values (GPT-2's files give GPT-2's):
+``tokenize(text)`` (``["Hello", "Ġworld"]``), ``convert_ids_to_tokens``, ``convert_tokens_to_ids``
+(an unknown token gives ``unk_token_id``), ``convert_tokens_to_string``, ``get_vocab()``,
+``bos_token`` / ``eos_token`` / ``unk_token`` / ``pad_token`` and their ``*_id``,
+``all_special_tokens``, ``all_special_ids``, ``special_tokens_map``.
 
 Batches: calling the tokenizer
 ------------------------------
@@ -47,6 +54,7 @@ import operator
 import os
 import warnings
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from heapq import heapify, heappop, heappush
 from itertools import repeat
 from pathlib import Path
@@ -103,6 +111,7 @@ def bytes_to_unicode():
 
 _BYTE_ENCODER = bytes_to_unicode()
 _BYTE_DECODER = {c: b for b, c in _BYTE_ENCODER.items()}
+_CHAR_BYTES = {c: bytes([b]) for c, b in _BYTE_DECODER.items()}
 
 
 def _token_to_str(token_bytes):
@@ -118,12 +127,16 @@ def _str_to_token(token_str):
 
 
 def _as_id_list(ids, who):
-    """Accept a list / tuple / 1-D integer ndarray / single int and return a list of ints."""
+    """Accept a list / tuple / 1-D integer ndarray / single int (or a torch tensor: anything with
+    ``.tolist()``) and return a list of ints."""
+    ids = _from_tensor(ids)
     if isinstance(ids, np.ndarray):
         if not np.issubdtype(ids.dtype, np.integer):
             raise TypeError(f"{who}: ids must be integers, got an array of dtype {ids.dtype}")
         if ids.ndim == 0:
             return [int(ids)]
+        if ids.size == 0:
+            return []  # a (0, T) array too, as transformers
         if ids.ndim != 1:
             raise ValueError(
                 f"{who}: expected one sequence of ids (a 1-D array), got shape {ids.shape}; "
@@ -138,6 +151,30 @@ def _as_id_list(ids, who):
     except TypeError:
         bad = next(i for i in ids if not hasattr(i, "__index__"))
         raise TypeError(f"{who}: ids must be integers, got {bad!r} ({type(bad).__name__})") from None
+
+
+def _from_tensor(ids):
+    """A tensor of another library (torch, ...: anything with ``.tolist()`` but NumPy's) -> Python
+    lists or an int, as transformers' ``to_py_obj``; anything else as it is."""
+    if hasattr(ids, "tolist") and not isinstance(ids, (np.ndarray, np.generic)):
+        return ids.tolist()
+    return ids
+
+
+def _is_batch(ids):
+    """True for several sequences (a 2-D array or tensor, a list of lists or of 1-D arrays), False
+    for one sequence. As transformers' decode, by the first element: no rows is no sequence."""
+    if isinstance(ids, np.ndarray):
+        return ids.ndim >= 2 and len(ids) > 0
+    return isinstance(ids, (list, tuple)) and len(ids) > 0 and (
+        isinstance(ids[0], (list, tuple)) or getattr(ids[0], "ndim", 0) >= 1)
+
+
+def _is_empty(ids):
+    """No ids at all: an empty list or an array or tensor of no rows."""
+    if isinstance(ids, (list, tuple)) or getattr(ids, "ndim", 0) >= 1:
+        return len(ids) == 0
+    return False
 
 
 def _to_tensors(ids, return_tensors):
@@ -177,6 +214,42 @@ class BatchEncoding(dict):
             return self[name]
         except KeyError:
             raise AttributeError(f"BatchEncoding has no {name!r} (it holds {sorted(self)})") from None
+
+
+def _padding_inputs(encoded_inputs, who):
+    """What :meth:`Tokenizer.pad` pads, as ``{name: one sequence or a list of them}``: a mapping
+    (a dict, either library's BatchEncoding) or a list of them, one per sequence, made one."""
+    if isinstance(encoded_inputs, (list, tuple)):
+        if not all(isinstance(e, Mapping) and "input_ids" in e for e in encoded_inputs):
+            raise TypeError(f"{who}: expected dicts with 'input_ids', got {encoded_inputs!r:.80}")
+        names = dict.fromkeys(name for e in encoded_inputs for name in e)
+        encoded_inputs = {name: [e.get(name) for e in encoded_inputs] for name in names}
+        if None in encoded_inputs.get("attention_mask", ()):
+            del encoded_inputs["attention_mask"]  # some sequences lack one: make them all
+    if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
+        raise TypeError(f"{who}: expected a dict with 'input_ids' or a list of them, got "
+                        f"{type(encoded_inputs).__name__}")
+    return dict(encoded_inputs)
+
+
+def _padding_rows(inputs, who):
+    """-> (rows of ids, rows of their masks (1s if none given), whether several sequences were given,
+    whether they came as arrays or tensors)."""
+    ids = inputs["input_ids"]
+    first = ids[0] if isinstance(ids, (list, tuple)) and ids else None
+    as_arrays = hasattr(ids, "tolist") or hasattr(first, "tolist")  # NumPy or torch (Python ints have no tolist)
+    ids = _from_tensor(ids)
+    batched = _is_batch(ids) or _is_empty(ids)
+    rows = [_as_id_list(row, who) for row in (ids if batched else [ids])]
+    masks = inputs.get("attention_mask")
+    if masks is None:
+        return rows, [[1] * len(row) for row in rows], batched, as_arrays
+    masks = _from_tensor(masks)
+    masks = [_as_id_list(m, who) for m in (masks if batched else [masks])]
+    if [len(m) for m in masks] != [len(r) for r in rows]:
+        raise ValueError(f"{who}: attention_mask rows of lengths {[len(m) for m in masks]} do not match the "
+                         f"input_ids rows of lengths {[len(r) for r in rows]}")
+    return rows, masks, batched, as_arrays
 
 
 def _strategy(table, value, name, who, options):
@@ -220,19 +293,36 @@ def _check_length(value, name, who):
     return None if value is None else int(value)
 
 
-def _pad_rows(seqs, width, pad_id, side):
-    """Pad each id list to ``width`` on ``side``; rows already as long stay as they are.
-    -> (input_ids, attention_mask) as lists of lists."""
-    ids, masks = [], []
-    for seq in seqs:
-        n = max(width - len(seq), 0)
-        if side == "left":
-            ids.append([pad_id] * n + seq)
-            masks.append([0] * n + [1] * len(seq))
-        else:
-            ids.append(seq + [pad_id] * n)
-            masks.append([1] * len(seq) + [0] * n)
-    return ids, masks
+def _model_max_length(value, who):
+    """A model_max_length from a file or an argument, checked; transformers' "no limit" (1e30,
+    a float in JSON) -> None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (int, np.integer)) and value >= _NO_LIMIT:
+        value = None
+    return _check_length(value, "model_max_length", who)
+
+
+def _pad_rows(rows, width, pad_value, side):
+    """Pad each list to ``width`` with ``pad_value`` on ``side``; rows already as long stay as they are."""
+    padded = []
+    for row in rows:
+        pad = [pad_value] * max(width - len(row), 0)
+        padded.append(pad + row if side == "left" else row + pad)
+    return padded
+
+
+def _batch_encoding(seqs, masks, return_attention_mask, return_tensors, batched, who):
+    """The :class:`BatchEncoding` of rows of ids and their masks: lists (one row's, not ``batched``)
+    or int64 arrays (B, T) with ``return_tensors``."""
+    enc = {"input_ids": seqs}
+    if return_attention_mask or return_attention_mask is None:
+        enc["attention_mask"] = masks
+    if return_tensors is not None:
+        enc = {name: _stack(rows, who) for name, rows in enc.items()}  # (B, T); (1, T) for one sequence
+    elif not batched:
+        enc = {name: rows[0] for name, rows in enc.items()}
+    return BatchEncoding(enc)
 
 
 def _stack(rows, who):
@@ -262,21 +352,137 @@ class Tokenizer:
         Tokenizer._types[cls.__name__] = cls
 
     # ---- text <-> ids --------------------------------------------------------------------
-    def encode(self, text, return_tensors=None):
+    def encode(self, text, return_tensors=None, add_special_tokens=True, **call_kwargs):
         """``text`` -> list of ids, or an int64 ndarray of shape (1, T) with ``return_tensors``
-        ``"np"`` or ``"pt"`` (tinyllm has no torch: ``"pt"`` also gives the ndarray)."""
+        ``"np"`` or ``"pt"`` (tinyllm has no torch: ``"pt"`` also gives the ndarray).
+        ``add_special_tokens``: add the tokens the tokenizer puts around a text, as calling it
+        does (none for a CharTokenizer or BPE, as GPT-2's; the EOS for a Seq2SeqTokenizer).
+        ``call_kwargs`` (``truncation``, ``max_length``, ``padding``, ...): the ``input_ids`` of
+        calling the tokenizer with them (:meth:`__call__`), as transformers' encode."""
+        if call_kwargs:
+            return self._encode_by_call(text, return_tensors, add_special_tokens, call_kwargs)
         _check_text(text, f"{type(self).__name__}.encode")
-        return _to_tensors(self._encode(text), return_tensors)
+        ids = self._encode(text)
+        return _to_tensors(self._with_special_tokens(ids) if add_special_tokens else ids, return_tensors)
 
-    def decode(self, ids, skip_special_tokens=False):
-        """ids (list, tuple, 1-D integer ndarray such as ``out[0]``) -> text."""
-        return self._decode(_as_id_list(ids, f"{type(self).__name__}.decode"), skip_special_tokens)
+    def _encode_by_call(self, text, return_tensors, add_special_tokens, call_kwargs):
+        """encode with padding / truncation arguments: the ids of :meth:`__call__` with them."""
+        _check_text(text, f"{type(self).__name__}.encode")
+        call_kwargs = {"return_attention_mask": False, **call_kwargs}
+        enc = self(text, return_tensors=return_tensors, add_special_tokens=add_special_tokens, **call_kwargs)
+        return enc["input_ids"]
 
-    def batch_decode(self, sequences, skip_special_tokens=False):
-        """Decode each row of a 2-D array (or each list in a list) -> list of str."""
-        return [self.decode(seq, skip_special_tokens=skip_special_tokens) for seq in sequences]
+    clean_up_tokenization_spaces = False  # decode's default, as transformers 5's
+    # transformers' flag that makes a BPE apply clean_up_tokenization all the same (see _wants_clean_up)
+    clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = False
+    _byte_level_bpe = False  # whether decode gives the exact text back, spaces before punctuation included
+
+    def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None):
+        """ids -> text. ``ids``: one sequence (a list, tuple, 1-D integer array or tensor such as
+        ``out[0]``, or one int) -> a str; several (a 2-D array, a list of lists) -> a list of str,
+        as transformers' decode. ``clean_up_tokenization_spaces`` (default
+        :attr:`clean_up_tokenization_spaces`, False): apply :meth:`clean_up_tokenization` (a byte-level
+        BPE refuses, with a warning, as transformers 5)."""
+        clean_up = self._wants_clean_up(clean_up_tokenization_spaces)
+        ids = _from_tensor(ids)
+        if _is_batch(ids):
+            return self.batch_decode(ids, skip_special_tokens, clean_up)
+        return self._decode_one(ids, skip_special_tokens, clean_up)
+
+    def batch_decode(self, sequences, skip_special_tokens=False, clean_up_tokenization_spaces=None):
+        """Decode each row of a 2-D array (or each list in a list) -> list of str. One flat
+        sequence gives a list of one str (and an empty one, none), as in transformers."""
+        clean_up = self._wants_clean_up(clean_up_tokenization_spaces)
+        sequences = _from_tensor(sequences)
+        if _is_empty(sequences):
+            return []
+        if not _is_batch(sequences):
+            sequences = [sequences]
+        return [self._decode_one(seq, skip_special_tokens, clean_up) for seq in sequences]
+
+    def _decode_one(self, ids, skip_special_tokens, clean_up):
+        text = self._decode(_as_id_list(ids, f"{type(self).__name__}.decode"), skip_special_tokens)
+        return self.clean_up_tokenization(text) if clean_up else text
+
+    def _wants_clean_up(self, clean_up_tokenization_spaces):
+        """Whether decode applies :meth:`clean_up_tokenization`: as asked, else
+        :attr:`clean_up_tokenization_spaces`. Not for a byte-level BPE, whose decoding is exact ("a ."
+        is a text of its own): a warning instead, as transformers 5 (unless its flag forces it)."""
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        if (clean_up_tokenization_spaces and self._byte_level_bpe
+                and not self.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output):
+            warnings.warn(f"Ignoring clean_up_tokenization_spaces=True for the byte-level BPE {type(self).__name__}, "
+                          "as transformers 5 does: the clean-up would delete real spaces before punctuation. Set "
+                          "tokenizer.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = True "
+                          "to force it.", stacklevel=3)
+            return False
+        return bool(clean_up_tokenization_spaces)
+
+    def clean_up_tokenization(self, text):
+        """transformers' rule: remove the space that word-piece tokenizers leave before punctuation
+        and English contractions (" ." -> ".", " n't" -> "n't", ...). It changes the text a lossless
+        tokenizer gave back, so :meth:`decode` applies it only when asked to."""
+        return (text.replace(" .", ".").replace(" ?", "?").replace(" !", "!").replace(" ,", ",")
+                .replace(" ' ", "'").replace(" n't", "n't").replace(" 'm", "'m").replace(" 's", "'s")
+                .replace(" 've", "'ve").replace(" 're", "'re"))
+
+    # ---- tokens (strings as the vocabulary writes them) <-> ids -----------------------------
+    def tokenize(self, text, add_special_tokens=False):
+        """``text`` -> its tokens as the vocabulary writes them (GPT-2's ``"Ġworld"``; a
+        CharTokenizer's characters)."""
+        return self.convert_ids_to_tokens(self.encode(text, add_special_tokens=add_special_tokens))
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens=False):
+        """An id -> its token (None for an id the vocabulary lacks, as transformers); a sequence of
+        ids -> a list of tokens, without :attr:`all_special_ids` if ``skip_special_tokens``."""
+        if isinstance(ids, (int, np.integer)):
+            return self._id_to_token(int(ids))
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        return [self._id_to_token(i) for i in _as_id_list(ids, "convert_ids_to_tokens") if i not in skip]
+
+    def convert_tokens_to_ids(self, tokens):
+        """A token -> its id; a list of tokens -> a list of ids. A token the vocabulary lacks gives
+        :attr:`unk_token_id` (None for a tokenizer without an unknown token), as transformers."""
+        if isinstance(tokens, str):
+            return self._token_id_or_unk(tokens)
+        if not isinstance(tokens, (list, tuple)):
+            raise TypeError(f"convert_tokens_to_ids: expected a str or a list of str, got {type(tokens).__name__}")
+        return [self._token_id_or_unk(token) for token in tokens]
+
+    def _token_id_or_unk(self, token):
+        if not isinstance(token, str):
+            raise TypeError(f"convert_tokens_to_ids: a token must be a str, got {token!r} ({type(token).__name__})")
+        token_id = self._token_to_id(token)
+        return self.unk_token_id if token_id is None else token_id
+
+    def convert_tokens_to_string(self, tokens):
+        """Tokens (as :meth:`tokenize` gives them) -> the text they spell."""
+        return "".join(tokens)
+
+    def get_vocab(self):
+        """``{token: id}`` of every token, special ones included."""
+        tokens = ((self._id_to_token(i), i) for i in range(self.vocab_size))
+        return {token: i for token, i in tokens if token is not None}
+
+    @property
+    def vocab(self):
+        """:meth:`get_vocab` (a new dict each time)."""
+        return self.get_vocab()
+
+    def get_added_vocab(self):
+        """``{token: id}`` of the special tokens that are no merge of bytes or characters (GPT-2's
+        ``"<|endoftext|>"``; none for a CharTokenizer)."""
+        return {}
+
+    def num_special_tokens_to_add(self, pair=False):
+        """How many special tokens ``add_special_tokens=True`` adds to a text (0 for GPT-2)."""
+        if pair:
+            raise ValueError(f"{type(self).__name__}: pairs of texts are not supported")
+        return len(self._with_special_tokens([]))
 
     # ---- calling the tokenizer: batches ----------------------------------------------------
+    model_input_names = ["input_ids", "attention_mask"]  # what calling the tokenizer returns
     model_max_length = None  # the longest input the model takes, if known (truncation=True's default)
 
     def __call__(self, text, padding=False, truncation=None, max_length=None, pad_to_multiple_of=None,
@@ -313,19 +519,43 @@ class Tokenizer:
             padding, truncation, max_length, pad_to_multiple_of, padding_side, who)
         seqs = [self._encode_for_call(t, add_special_tokens, truncate_to, who) for t in texts]
         masks = [[1] * len(seq) for seq in seqs]
-        if pad_mode is not None:
-            width = max(map(len, seqs), default=0) if pad_mode == "longest" else max_length
-            if pad_to_multiple_of is not None:
-                width = -(-width // pad_to_multiple_of) * pad_to_multiple_of  # round up
-            seqs, masks = _pad_rows(seqs, width, self.pad_token_id, side)
-        enc = {"input_ids": seqs}
-        if return_attention_mask or return_attention_mask is None:
-            enc["attention_mask"] = masks
-        if return_tensors is not None:
-            enc = {name: _stack(rows, who) for name, rows in enc.items()}  # (B, T); (1, T) for one str
-        elif not batched:
-            enc = {name: rows[0] for name, rows in enc.items()}
-        return BatchEncoding(enc)
+        seqs, masks = self._pad(seqs, masks, pad_mode, max_length, pad_to_multiple_of, side)
+        return _batch_encoding(seqs, masks, return_attention_mask, return_tensors, batched, who)
+
+    def _pad(self, seqs, masks, pad_mode, max_length, pad_to_multiple_of, side):
+        """Pad the rows of ids (with :attr:`pad_token_id`) and of their masks (with 0) to the
+        longest row (``pad_mode`` "longest") or to ``max_length`` ("max_length"), then up to a
+        multiple of ``pad_to_multiple_of``; ``pad_mode`` None leaves them as they are."""
+        if pad_mode is None:
+            return seqs, masks
+        width = max(map(len, seqs), default=0) if pad_mode == "longest" else max_length
+        if pad_to_multiple_of is not None:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of  # round up
+        return _pad_rows(seqs, width, self.pad_token_id, side), _pad_rows(masks, width, 0, side)
+
+    def pad(self, encoded_inputs, padding=True, max_length=None, pad_to_multiple_of=None, padding_side=None,
+            return_attention_mask=None, return_tensors=None):
+        """Pad sequences already encoded, as transformers' ``tokenizer.pad`` (what a data collator
+        calls). ``encoded_inputs``: a dict (e.g. a :class:`BatchEncoding`) whose ``input_ids`` is one
+        sequence or a list of them, with or without their ``attention_mask``, or a list of such dicts,
+        one per sequence. ``padding`` (default True: to the longest) and the other arguments as in
+        :meth:`__call__`; nothing is truncated, and ids given as arrays come back as arrays. Returns
+        a :class:`BatchEncoding` of ``input_ids``, ``attention_mask`` (the given one padded with 0,
+        else 1 at the ids and 0 at the padding) and any other key as given (e.g. ``labels``)."""
+        who = f"{type(self).__name__}.pad"
+        _check_return_tensors(return_tensors)
+        inputs = _padding_inputs(encoded_inputs, who)
+        ids, masks, batched, as_arrays = _padding_rows(inputs, who)
+        if return_tensors is None and as_arrays:
+            return_tensors = "np"  # arrays in, arrays out, as transformers
+        pad_mode, max_length, _, pad_to_multiple_of, side = self._padding_and_truncation(
+            padding, False, max_length, pad_to_multiple_of, padding_side, who)
+        ids, masks = self._pad(ids, masks, pad_mode, max_length, pad_to_multiple_of, side)
+        enc = _batch_encoding(ids, masks, return_attention_mask, return_tensors, True, who)
+        if not batched:
+            enc = BatchEncoding({name: rows[0] for name, rows in enc.items()})  # one sequence: (T,) or a list
+        enc.update({name: value for name, value in inputs.items() if name not in ("input_ids", "attention_mask")})
+        return enc
 
     def _padding_and_truncation(self, padding, truncation, max_length, pad_to_multiple_of, padding_side, who):
         """transformers' ``_get_padding_truncation_strategies``: -> (None / "longest" / "max_length",
@@ -391,7 +621,7 @@ class Tokenizer:
 
     def _encode_plain(self, text):
         """``text``'s ids without the special tokens the tokenizer adds (see :meth:`_with_special_tokens`)."""
-        return self.encode(text)
+        return self.encode(text, add_special_tokens=False)
 
     def _with_special_tokens(self, ids):
         """The ids with the special tokens the tokenizer adds around a text: none by default (as GPT-2)."""
@@ -429,15 +659,21 @@ class Tokenizer:
         if value is None:
             self._pad_token = self._pad_token_id = None
             return
+        self._pad_token, self._pad_token_id = value, self._check_token(value, "pad_token")
+
+    def _check_token(self, value, name):
+        """The id of ``value``, which is to become the ``name`` (pad_token, ...): one of the tokenizer's
+        tokens, else an error (transformers would add a token, which needs a new row in the model's
+        embedding table)."""
         if not isinstance(value, str):
-            raise TypeError(f"{type(self).__name__}: pad_token must be a str (one of the tokenizer's tokens) or None, "
+            raise TypeError(f"{type(self).__name__}: {name} must be a str (one of the tokenizer's tokens) or None, "
                             f"got {type(value).__name__}")
         token_id = self._token_to_id(value)
         if token_id is None:
-            raise ValueError(f"{type(self).__name__}: pad_token {value!r} is not a token of this tokenizer (a new "
+            raise ValueError(f"{type(self).__name__}: {name} {value!r} is not a token of this tokenizer (a new "
                              "token would need a new row in the model's embedding table); use one it has, e.g. "
-                             "tokenizer.pad_token = tokenizer.eos_token")
-        self._pad_token, self._pad_token_id = value, token_id
+                             f"tokenizer.{name} = tokenizer.eos_token")
+        return token_id
 
     @property
     def pad_token_id(self):
@@ -466,7 +702,8 @@ class Tokenizer:
         raise NotImplementedError
 
     def _padding_fields(self):
-        """The padding settings that differ from the defaults, as saved in tinyllm's JSON."""
+        """The settings that differ from the defaults, as saved in tinyllm's JSON: padding, a
+        bos_token / unk_token that was set, clean_up_tokenization_spaces."""
         fields = {}
         if self.pad_token is not None:
             fields["pad_token"] = self.pad_token
@@ -475,6 +712,11 @@ class Tokenizer:
                 fields[name] = getattr(self, name)
         if self.model_max_length is not None:
             fields["model_max_length"] = self.model_max_length
+        for name in ("bos_token", "unk_token"):
+            if f"_{name}" in self.__dict__:  # set, rather than the default (the eos token)
+                fields[name] = getattr(self, name)
+        if self.clean_up_tokenization_spaces:
+            fields["clean_up_tokenization_spaces"] = True
         return fields
 
     def _set_padding_fields(self, d):
@@ -482,11 +724,12 @@ class Tokenizer:
         for name in ("pad_token", "padding_side", "truncation_side"):
             if d.get(name) is not None:
                 setattr(self, name, d[name])
-        limit = d.get("model_max_length")
-        if isinstance(limit, float) and limit.is_integer():
-            limit = int(limit)
-        self.model_max_length = _check_length(limit if limit is None or limit < _NO_LIMIT else None,
-                                              "model_max_length", type(self).__name__)
+        for name in ("bos_token", "unk_token"):
+            if name in d:
+                setattr(self, name, d[name])
+        if d.get("clean_up_tokenization_spaces") is not None:
+            self.clean_up_tokenization_spaces = bool(d["clean_up_tokenization_spaces"])
+        self.model_max_length = _model_max_length(d.get("model_max_length"), type(self).__name__)
         return self
 
     # ---- chat ----------------------------------------------------------------------------
@@ -502,7 +745,54 @@ class Tokenizer:
 
     @bos_token.setter
     def bos_token(self, value):
+        if value is not None:
+            self._check_token(value, "bos_token")
         self._bos_token = value
+
+    @property
+    def bos_token_id(self):
+        """The id of :attr:`bos_token` (None without one)."""
+        return self._id_of(self.bos_token)
+
+    @property
+    def unk_token(self):
+        """The token that stands for one the vocabulary lacks (:meth:`convert_tokens_to_ids`); by
+        default GPT-2's convention again, the end-of-text token (None without one: a CharTokenizer)."""
+        return self.__dict__.get("_unk_token", self.eos_token)
+
+    @unk_token.setter
+    def unk_token(self, value):
+        if value is not None:
+            self._check_token(value, "unk_token")
+        self._unk_token = value
+
+    @property
+    def unk_token_id(self):
+        """The id of :attr:`unk_token` (None without one)."""
+        return self._id_of(self.unk_token)
+
+    def _id_of(self, token):
+        return None if token is None else self._token_to_id(token)
+
+    @property
+    def special_tokens_map(self):
+        """``{"bos_token": ..., "eos_token": ..., "unk_token": ..., "pad_token": ...}``: those set."""
+        names = ("bos_token", "eos_token", "unk_token", "pad_token")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @property
+    def all_special_tokens(self):
+        """The special tokens, each once: :attr:`special_tokens_map`'s, then the tokenizer's others."""
+        return list(dict.fromkeys([*self.special_tokens_map.values(), *self._other_special_tokens()]))
+
+    @property
+    def all_special_ids(self):
+        """The ids of :attr:`all_special_tokens`."""
+        return [self._token_to_id(token) for token in self.all_special_tokens]
+
+    def _other_special_tokens(self):
+        """Special tokens that are none of bos, eos, unk and pad (a BPE's added tokens)."""
+        return []
 
     def set_chat_template(self, chat_template, stop_strings=(), check=True):
         """Attach a chat template (Jinja source, see :meth:`apply_chat_template`), and the text that
@@ -622,12 +912,30 @@ class Tokenizer:
         return [path]
 
     @classmethod
-    def from_pretrained(cls, path):
-        """Load from a directory written by :meth:`save_pretrained` (or from a tinyllm JSON)."""
+    def from_pretrained(cls, path, **settings):
+        """Load from a directory written by :meth:`save_pretrained` (or from a tinyllm JSON);
+        ``settings`` as in :meth:`AutoTokenizer.from_pretrained`."""
         if cls is Tokenizer:
-            return AutoTokenizer.from_pretrained(path)
+            return AutoTokenizer.from_pretrained(path, **settings)
         path = Path(path)
-        return cls.load(path / TOKENIZER_FILE if path.is_dir() else path)
+        tok = cls.load(path / TOKENIZER_FILE if path.is_dir() else path)
+        return tok._with_settings(settings, f"{cls.__name__}.from_pretrained")
+
+    # what from_pretrained(..., name=value) may set, as transformers' keyword arguments of a tokenizer
+    _SETTINGS = ("pad_token", "padding_side", "truncation_side", "model_max_length", "bos_token", "unk_token",
+                 "clean_up_tokenization_spaces")
+
+    def _with_settings(self, settings, who):
+        """The tokenizer with ``settings`` (``padding_side="left"``, ``pad_token=...``, ...) set, in the
+        order given; ``use_fast`` is accepted and ignored (one implementation), anything else refused."""
+        settings = {name: value for name, value in settings.items() if name != "use_fast"}
+        unknown = sorted(set(settings) - set(self._SETTINGS))
+        if unknown:
+            raise TypeError(f"{who}: unknown argument(s) {unknown}; it takes {', '.join(self._SETTINGS)} "
+                            "(and use_fast, which changes nothing)")
+        for name, value in settings.items():
+            setattr(self, name, _model_max_length(value, who) if name == "model_max_length" else value)
+        return self
 
     def __repr__(self):
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
@@ -640,10 +948,17 @@ class AutoTokenizer:
         raise TypeError("AutoTokenizer is not instantiated: use AutoTokenizer.from_pretrained(dir)")
 
     @staticmethod
-    def from_pretrained(path):
+    def from_pretrained(path, **settings):
         """``path``: a directory holding ``tinyllm_tokenizer.json`` (any tinyllm tokenizer), or
         GPT-2's ``vocab.json`` + ``merges.txt`` or Hugging Face's ``tokenizer.json`` (a BPE),
-        or a tinyllm JSON file itself."""
+        or a tinyllm JSON file itself. ``settings`` override what the files say, as transformers'
+        keyword arguments: ``pad_token``, ``padding_side``, ``truncation_side``,
+        ``model_max_length``, ``bos_token``, ``unk_token``, ``clean_up_tokenization_spaces``
+        (and ``use_fast``, accepted and ignored), e.g. ``from_pretrained(dir, padding_side="left")``."""
+        return AutoTokenizer._load(path)._with_settings(settings, "AutoTokenizer.from_pretrained")
+
+    @staticmethod
+    def _load(path):
         path = Path(path)
         if path.is_file():
             return Tokenizer.load(path)
@@ -868,15 +1183,37 @@ class BPETokenizer(Tokenizer):
             return next(s for s, i in self.special_tokens.items() if i == token_id)
         return _token_to_str(self._vocab[token_id]) if token_id in self._vocab else None
 
+    def _other_special_tokens(self):
+        return list(self.special_tokens)
+
+    def get_added_vocab(self):
+        return dict(self.special_tokens)
+
+    def convert_tokens_to_string(self, tokens):
+        """Tokens in GPT-2's spelling -> text, as transformers' byte-level decoder: each character
+        stands for its byte (``"Ġ"`` for a space), one outside GPT-2's alphabet for its own UTF-8;
+        the bytes are read as UTF-8, an incomplete character as U+FFFD."""
+        data = b"".join(_CHAR_BYTES.get(c) or c.encode("utf-8", "replace") for token in tokens for c in token)
+        return data.decode("utf-8", errors="replace")
+
+    _byte_level_bpe = True
+
     # ---- encode --------------------------------------------------------------------------
-    def encode(self, text, return_tensors=None, allowed_special="all"):
-        """``text`` -> ids (see the class docstring for the algorithm).
+    def encode(self, text, return_tensors=None, allowed_special="all", add_special_tokens=True, **call_kwargs):
+        """``text`` -> ids (see the class docstring for the algorithm). ``return_tensors``,
+        ``add_special_tokens`` (GPT-2 adds none) and ``call_kwargs`` (``truncation``,
+        ``max_length``, ...) as in :meth:`Tokenizer.encode`.
 
         ``allowed_special``: which special tokens written in ``text`` become their ids:
         ``"all"`` (the default, as Hugging Face does for added tokens), ``"none"``, or a set of
         them. A special token that is not allowed is encoded as ordinary text, byte by byte
         (tiktoken would raise instead; here the text always round-trips through decode).
         """
+        if call_kwargs:
+            if allowed_special != "all":
+                raise ValueError(f"BPETokenizer.encode: allowed_special={allowed_special!r} cannot be combined with "
+                                 f"{sorted(call_kwargs)} (calling the tokenizer encodes with allowed_special='all')")
+            return self._encode_by_call(text, return_tensors, add_special_tokens, call_kwargs)
         _check_text(text, "BPETokenizer.encode")
         special_re = self._special_re_for(allowed_special)
         try:
@@ -890,7 +1227,7 @@ class BPETokenizer(Tokenizer):
                     "cannot be encoded as UTF-8 (a lone surrogate)"
                 ) from None
             raise
-        return _to_tensors(ids, return_tensors)
+        return _to_tensors(self._with_special_tokens(ids) if add_special_tokens else ids, return_tensors)
 
     def _special_re_for(self, allowed_special):
         if allowed_special == "all":
@@ -1084,6 +1421,7 @@ class BPETokenizer(Tokenizer):
     def _from_gpt2_vocab(cls, encoder, merges, special_tokens, pattern=GPT2_SPLIT_PATTERN,
                          eos_token=None, source="vocab"):
         """Build from GPT-2 spelled strings: ``encoder`` {token_str: id}, ``merges`` [(a, b)]."""
+        special_tokens = _without_ordinary_tokens(special_tokens, encoder, merges)
         vocab = {}
         for s, i in encoder.items():
             if s in special_tokens:
@@ -1144,13 +1482,7 @@ class BPETokenizer(Tokenizer):
         merges_path = save_directory / "merges.txt"
         _write_text(merges_path, "#version: 0.2\n" + "".join(m + "\n" for m in self._gpt2_merges()))
 
-        special_map = {}
-        if self.eos_token is not None:
-            # GPT-2 uses its one special token as bos, eos and unk alike.
-            special_map = {"bos_token": self.eos_token, "eos_token": self.eos_token,
-                           "unk_token": self.eos_token}
-        if self.pad_token is not None:
-            special_map["pad_token"] = self.pad_token
+        special_map = self.special_tokens_map  # GPT-2's: its one special token as bos, eos and unk alike
         added = {
             str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
                      "single_word": False, "special": True}
@@ -1160,7 +1492,7 @@ class BPETokenizer(Tokenizer):
             "tokenizer_class": "GPT2Tokenizer",
             "add_prefix_space": False,
             "add_bos_token": False,
-            "clean_up_tokenization_spaces": False,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
             "errors": "replace",
             "added_tokens_decoder": added,
             **special_map,
@@ -1178,11 +1510,16 @@ class BPETokenizer(Tokenizer):
         return paths + [vocab_path, merges_path, config_path, map_path]
 
     @classmethod
-    def from_pretrained(cls, path):
+    def from_pretrained(cls, path, **settings):
         """Load a directory from :meth:`save_pretrained`, or a Hugging Face GPT-2 directory:
         ``vocab.json`` + ``merges.txt`` (special tokens: ``"<|endoftext|>"`` if in the
         vocabulary plus the added tokens listed in ``tokenizer_config.json`` /
-        ``added_tokens.json``), or else the ``tokenizer.json`` that transformers >= 5 writes."""
+        ``added_tokens.json``), or else the ``tokenizer.json`` that transformers >= 5 writes.
+        ``settings`` as in :meth:`AutoTokenizer.from_pretrained`."""
+        return cls._load_pretrained(path)._with_settings(settings, "BPETokenizer.from_pretrained")
+
+    @classmethod
+    def _load_pretrained(cls, path):
         path = Path(path)
         if path.is_file() or (path / TOKENIZER_FILE).is_file():
             return super().from_pretrained(path)
@@ -1325,6 +1662,19 @@ def _read_merges(path):
     return merges
 
 
+def _without_ordinary_tokens(specials, encoder, merges):
+    """``specials`` without the ordinary tokens among them (a byte, or what a merge makes, at its
+    own id): transformers marks a token special when it becomes the pad token, say."""
+    if not specials:
+        return specials
+    merged = {a + b for a, b in merges}
+
+    def ordinary(token, token_id):
+        return encoder.get(token) == token_id and (token in merged or len(_str_to_token(token) or b"") == 1)
+
+    return {token: i for token, i in specials.items() if not ordinary(token, i)}
+
+
 def _hf_special_tokens(directory, encoder):
     specials = {}
     if "<|endoftext|>" in encoder:
@@ -1346,16 +1696,24 @@ def _hf_eos_token(directory, specials):
 
 
 def _with_hf_padding(tokenizer, directory):
-    """The padding settings of a Hugging Face directory's ``tokenizer_config.json`` (or
-    ``special_tokens_map.json`` for the pad token): ``pad_token``, ``padding_side``,
-    ``truncation_side``, ``model_max_length`` (transformers' 1e30 meaning "no limit" -> None)."""
+    """The settings of a Hugging Face directory's ``tokenizer_config.json`` (or
+    ``special_tokens_map.json`` for the special tokens): ``pad_token``, ``padding_side``,
+    ``truncation_side``, ``model_max_length`` (transformers' 1e30 meaning "no limit" -> None), and
+    ``bos_token`` / ``unk_token`` when they are tokens of the vocabulary (transformers would add
+    a token otherwise; tinyllm keeps its default, the eos token). ``clean_up_tokenization_spaces``
+    is not read: transformers 5 does not apply it to a BPE either."""
     directory = Path(directory)
     config = _read_json_if_exists(directory / "tokenizer_config.json")
+    special_map = _read_json_if_exists(directory / "special_tokens_map.json")
     settings = {name: config.get(name) for name in ("pad_token", "padding_side", "truncation_side", "model_max_length")}
-    if settings["pad_token"] is None:
-        settings["pad_token"] = _read_json_if_exists(directory / "special_tokens_map.json").get("pad_token")
-    if isinstance(settings["pad_token"], dict):  # an AddedToken written out
-        settings["pad_token"] = settings["pad_token"].get("content")
+    for name in ("pad_token", "bos_token", "unk_token"):
+        token = config.get(name) if config.get(name) is not None else special_map.get(name)
+        if isinstance(token, dict):  # an AddedToken written out
+            token = token.get("content")
+        if name == "pad_token":
+            settings[name] = token  # one that is not in the vocabulary is an error
+        elif token not in (None, getattr(tokenizer, name)) and tokenizer._token_to_id(token) is not None:
+            settings[name] = token
     with _names_file(directory):
         return tokenizer._set_padding_fields(settings)
 
@@ -1589,7 +1947,7 @@ class Seq2SeqTokenizer(Tokenizer):
         first = base.vocab_size
         self._special = {first: pad_token, first + 1: bos_token, first + 2: eos_token}
         self.bos_token, self.eos_token = bos_token, eos_token
-        self.bos_token_id, self.eos_token_id = first + 1, first + 2
+        self.eos_token_id = first + 2  # bos_token_id (first + 1) follows from bos_token
 
     @classmethod
     def train(cls, texts, vocab_size=1024, pattern=GPT2_SPLIT_PATTERN, **special_tokens):
@@ -1609,9 +1967,17 @@ class Seq2SeqTokenizer(Tokenizer):
     def __len__(self):
         return len(self.base) + 3
 
+    unk_token = None  # the byte-level base covers every string
+
+    def get_added_vocab(self):
+        return {token: i for i, token in self._special.items()}
+
+    def convert_tokens_to_string(self, tokens):
+        return self.base.convert_tokens_to_string(tokens)  # "<pad>", "<s>", "</s>" spell themselves in both
+
     @property
-    def all_special_ids(self):
-        return [self.pad_token_id, self.bos_token_id, self.eos_token_id]
+    def _byte_level_bpe(self):
+        return self.base._byte_level_bpe
 
     @property
     def pad_token(self):
@@ -1647,8 +2013,11 @@ class Seq2SeqTokenizer(Tokenizer):
     def _with_special_tokens(self, ids):
         return list(ids) + [self.eos_token_id]  # as encode: the text, then EOS
 
-    def encode(self, text, return_tensors=None, add_special_tokens=True):
-        """``text`` -> its ids followed by EOS (without it if ``add_special_tokens=False``)."""
+    def encode(self, text, return_tensors=None, add_special_tokens=True, **call_kwargs):
+        """``text`` -> its ids followed by EOS (without it if ``add_special_tokens=False``);
+        ``call_kwargs`` (``truncation``, ``max_length``, ...) as in :meth:`Tokenizer.encode`."""
+        if call_kwargs:
+            return self._encode_by_call(text, return_tensors, add_special_tokens, call_kwargs)
         _check_text(text, "Seq2SeqTokenizer.encode")
         ids = self.base.encode(text, allowed_special="none") if isinstance(self.base, BPETokenizer) \
             else self.base.encode(text)

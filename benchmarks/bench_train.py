@@ -261,7 +261,7 @@ def cold_start(args):
     kernel compiles on first call, in the process; the reference) and on (the default: the step's
     kernels compile in one worker process per core, kernels/systems/precompile.py), each in its
     own empty cache; then warm, from the filled one."""
-    rows, cold = [], {}
+    cold = {}
     for mode, workers in (("off", "0"), ("on", None)):
         cache_dir = tempfile.mkdtemp(prefix="tinyllm-numba-cache-")
         try:

@@ -26,7 +26,6 @@ compilations, "total" with them. ``--passes`` adds the CPU time per numba compil
 LLVM stage (function passes, module passes, machine code) of each code library.
 """
 import argparse
-import json
 import os
 import shutil
 import sys

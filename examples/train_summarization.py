@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import tinyllm  # noqa: F401  (before NumPy: see tinyllm/_runtime.py)
-import numpy as np
 
 from tinyllm import cli
 from tinyllm.code_data import CODE_SPLIT_PATTERN, code_corpus, extract_functions, stdlib_corpus

@@ -5,7 +5,7 @@ cached attention of MultiHeadAttention (equal to the step-by-step path it replac
 import numpy as np
 import pytest
 
-from tinyllm import Tensor, nn, no_grad
+from tinyllm import nn, no_grad
 from tinyllm.generation import _descending_order, apply_top_k, apply_top_p
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.models import io

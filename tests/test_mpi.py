@@ -106,7 +106,7 @@ def rank_pids(text):
 
 
 def test_two_ranks_follow_one_process_for_100_steps_and_rank_0_alone_writes(corpus, tmp_path):
-    one = ok(run_one(example_args(corpus, tmp_path / "one")))
+    ok(run_one(example_args(corpus, tmp_path / "one")))
     two = ok(run_mpi(example_args(corpus, tmp_path / "two")))
 
     losses_one, losses_two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")

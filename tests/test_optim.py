@@ -110,11 +110,11 @@ def test_adamw_one_call_per_group_equals_one_call_per_parameter_bit_for_bit(layo
     for t in range(4):
         if t == 2:  # the user rebinds a parameter's array between steps
             params[1].data, manual[1].data = params[1].data.copy(), manual[1].data.copy()
-        for p, q, g in zip(params, manual, grads_for(t)):
+        for i, (p, q, g) in enumerate(zip(params, manual, grads_for(t))):
             if layout == "one transposed" and g.ndim == 2:
                 g = np.ascontiguousarray(g.T).T  # same values, Fortran order
             p.grad = g
-            adamw_step(q.data, g, *moments[manual.index(q)], lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8,
+            adamw_step(q.data, g, *moments[i], lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8,
                        weight_decay=0.1, step=t + 1)
         opt.step()
     assert opt._kernel_cache[0]["flat"] is not None  # the flat fast path did run

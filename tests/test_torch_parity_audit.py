@@ -959,15 +959,25 @@ def test_documented_difference_is_causal_combines_with_attn_mask():
         tF.scaled_dot_product_attention(*map(torch.tensor, (q, k, v)), attn_mask=torch.tensor(padding), is_causal=True)
 
 
-def test_documented_difference_equality_is_object_identity():
-    """torch's ``x == y`` and ``x != y`` compare element-wise; tinyllm's Tensor defines only <,
-    <=, >, >= (element-wise, as torch), so == and != are Python's identity test: ``x == 1.0`` is
-    False. Compare ``x.data == y`` instead. (Left as is: element-wise == would change
-    ``tensor in list`` and ``list.index`` for code that relies on identity.)"""
-    x, t = pair(np.array([1.0, 2.0]), requires_grad=False)
-    assert (x == 1.0) is False and (x != 1.0) is True
-    np.testing.assert_array_equal((t == 1.0).numpy(), [True, False])
-    np.testing.assert_array_equal(x.data == 1.0, (t == 1.0).numpy())
+def test_equality_is_element_wise_and_truth_needs_one_element_as_in_torch():
+    """``x == y`` / ``x != y`` compare element-wise (an accuracy is ``(pred == y).float().mean()``);
+    ``bool`` of a one-element tensor is its truth, of more an error (torch: RuntimeError); a
+    tensor stays hashable by identity, so it can be a dict key and ``x in [x]`` holds."""
+    x, t = pair(np.array([1.0, 2.0, 3.0]), requires_grad=False)
+    y, u = pair(np.array([1.0, 5.0, 3.0]), requires_grad=False)
+    np.testing.assert_array_equal((x == y).data, (t == u).numpy())
+    np.testing.assert_array_equal((x != 1.0).data, (t != 1.0).numpy())
+    assert (x == y).data.dtype == bool
+    assert float((x == y).float().mean().item()) == pytest.approx(float((t == u).float().mean()))
+    assert (x == None) is False and (x != None) is True  # noqa: E711  (as torch)
+    one, one_t = pair(np.array(3.0), requires_grad=False)
+    assert bool(one < 5) is bool(one_t < 5) is True
+    assert bool(one > 5) is bool(one_t > 5) is False
+    with pytest.raises(RuntimeError):
+        bool(t == u)
+    with pytest.raises(RuntimeError, match="ambiguous"):
+        bool(x == y)
+    assert {x: 1}[x] == 1 and x in [x] and x in {x}
 
 
 def test_documented_difference_adamw_rebinds_parameter_arrays():

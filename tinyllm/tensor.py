@@ -347,7 +347,27 @@ class Tensor:
     def __ge__(self, other):
         return Tensor._wrap(self.data >= _data(other))
 
+    # == and != compare element-wise too, as PyTorch's (``(logits.argmax(-1) == y).float().mean()``
+    # is an accuracy); a tensor stays hashable by identity (a dict key, a set member), as PyTorch's
+    def __eq__(self, other):
+        if other is None:
+            return False
+        return Tensor._wrap(np.asarray(self.data == _data(other)))
+
+    def __ne__(self, other):
+        if other is None:
+            return True
+        return Tensor._wrap(np.asarray(self.data != _data(other)))
+
     __hash__ = object.__hash__
+
+    def __bool__(self):
+        """The truth of a one-element tensor (``if (loss < 5):``); more elements are ambiguous, an
+        error as in PyTorch (``x in some_list`` compares with ==, so it needs identity or one element)."""
+        if self.data.size != 1:
+            raise RuntimeError(f"the truth value of a tensor of shape {self.shape} is ambiguous: use (x).all() "
+                               "or (x).any() on its .data, or compare one element")
+        return bool(self.data.reshape(()))
 
     # --- element-wise functions ---------------------------------------------------------------
     def exp(self):

@@ -4,6 +4,7 @@ Import them as ``from kernel_helpers import ...``, the way tests import from ``c
 no ``__init__.py`` in tests/, so pytest's default (prepend) import mode puts this folder on
 ``sys.path``. The file name does not match ``test_*.py``, so pytest does not collect it.
 """
+import math
 import os
 import subprocess
 import sys
@@ -129,3 +130,16 @@ def small_gpt2_pair(directory, generation=None):
         path.write_text(json.dumps({**json.loads(path.read_text()), **generation}))
     hf = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
     return hf, GPT.from_pretrained(directory)
+
+
+# the learning-rate schedule tinyllm.optim.cosine_lr must equal (tests/test_optim.py, test_torch_parity_audit.py)
+def nanogpt_get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
+    """nanoGPT's train.py get_lr, verbatim apart from the arguments."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    assert 0 <= decay_ratio <= 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (learning_rate - min_lr)

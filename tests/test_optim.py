@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from kernel_helpers import nanogpt_get_lr
 from tinyllm import optim
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.nn import Parameter
@@ -22,18 +23,6 @@ def make_params(seed=0, dtype=np.float32):
 def grads_for(step, seed=100):
     rng = np.random.default_rng([seed, step])
     return [rng.standard_normal(s).astype(np.float32) * (1 + step) for s in SHAPES]
-
-
-def nanogpt_get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
-    """nanoGPT's train.py get_lr, verbatim apart from the arguments."""
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
-        return min_lr
-    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    assert 0 <= decay_ratio <= 1
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-    return min_lr + coeff * (learning_rate - min_lr)
 
 
 def adamw_reference(params, grads_per_step, groups):

@@ -20,6 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 tF = torch.nn.functional
 
+from kernel_helpers import nanogpt_get_lr  # noqa: E402
 import tinyllm  # noqa: E402
 import tinyllm.functional as F  # noqa: E402
 from tinyllm import Tensor, gradcheck, nn, optim  # noqa: E402
@@ -855,18 +856,6 @@ def test_clip_grad_norm_accepts_torch_keywords_norm_type_2_and_inf():
             assert_close(p.grad, t.grad, rtol=1e-12)
     with pytest.raises(ValueError, match="norm_type 1"):
         optim.clip_grad_norm_(ps, 1.0, norm_type=1)
-
-
-def nanogpt_get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
-    """nanoGPT's train.py get_lr, as written there (the reference for the schedule)."""
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
-        return min_lr
-    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    assert 0 <= decay_ratio <= 1
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-    return min_lr + coeff * (learning_rate - min_lr)
 
 
 def test_cosine_lr_matches_nanogpt_get_lr():

@@ -130,3 +130,75 @@ def test_save_pretrained_writes_what_transformers_loads(tmp_path):
     assert (again.config.bos_token_id, again.config.eos_token_id) == (BOS, EOS)
     assert (again.generation_config.max_length, again.generation_config.top_k) == (12, 9)
     assert GPT.from_pretrained(tmp_path / "out").generation_config == ours.generation_config
+
+
+# 8 -----------------------------------------------------------------------------------------------
+# GPT-2 directories as transformers writes them in other ways: several shards, bfloat16, pickle.
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor(ids)).logits.float().numpy()
+
+
+def test_a_sharded_checkpoint_loads_as_one(tmp_path, pair):
+    hf, ours = pair
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) > 1
+    sharded = GPT.from_pretrained(tmp_path)
+    ids = prompts()
+    np.testing.assert_array_equal(sharded(ids).logits.data, ours(ids).logits.data)
+    np.testing.assert_allclose(sharded(ids).logits.data, _logits(hf, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_a_sharded_checkpoint_with_a_missing_shard_names_it(tmp_path, pair):
+    from tinyllm.errors import FileFormatError
+
+    pair[0].save_pretrained(tmp_path, max_shard_size="100KB")
+    missing = sorted(tmp_path.glob("model-*-of-*.safetensors"))[-1]
+    missing.unlink()
+    with pytest.raises(FileFormatError, match=missing.name):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_bfloat16_weights_load_widened_to_float32_as_transformers_reads_them(tmp_path):
+    import torch
+    import transformers
+
+    hf, _ = small_gpt2_pair(tmp_path / "f32")
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32).eval()
+    ours = GPT.from_pretrained(tmp_path / "bf16")
+    assert ours.transformer.wte.weight.data.dtype == np.float32
+    np.testing.assert_array_equal(ours.transformer.wte.weight.data, theirs.transformer.wte.weight.detach().numpy())
+    ids = prompts()
+    np.testing.assert_allclose(ours(ids).logits.data, _logits(theirs, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_widening_is_exact_on_awkward_values(tmp_path):
+    """inf, NaN, -0.0, subnormals, the largest and smallest bfloat16: the same float32 bits as
+    torch's ``.float()``, through both of tinyllm's safetensors readers."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tinyllm.models.io import load_safetensors, map_safetensors
+
+    values = [0.0, -0.0, 1.0, -2.5, float("inf"), -float("inf"), float("nan"), 1e-40, -3e-39, 3.3895e38, 1.2e-38]
+    bf16 = torch.tensor(values, dtype=torch.float32).to(torch.bfloat16).reshape(1, -1)
+    save_file({"x": bf16}, str(tmp_path / "x.safetensors"))
+    want = bf16.float().numpy().view(np.uint32)
+    for read in (load_safetensors, map_safetensors):
+        got = read(tmp_path / "x.safetensors")["x"]
+        assert got.dtype == np.float32 and got.shape == (1, len(values))
+        np.testing.assert_array_equal(got.view(np.uint32), want)
+
+
+def test_a_pickled_pytorch_model_bin_is_refused_with_the_way_to_convert_it(tmp_path, pair):
+    import torch
+
+    hf, _ = pair
+    hf.config.save_pretrained(tmp_path)
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=r"pytorch_model\.bin.*pickle.*save_pretrained"):
+        GPT.from_pretrained(tmp_path)

@@ -6,6 +6,10 @@ Two layouts are understood:
   weights stored (out, in) as in PyTorch;
 * Hugging Face GPT-2 (``"model_type": "gpt2"``): GPT-2's config names (``n_positions``,
   ``activation_function``, ...) and GPT-2's ``Conv1D`` weights, stored transposed as (in, out).
+
+As transformers writes them, the weights may also be split into shards listed by
+``model.safetensors.index.json``, or stored as bfloat16 (widened to float32, exactly). A
+``pytorch_model.bin`` (pickle) is never read: the error says how to convert it.
 """
 import inspect
 import json
@@ -20,6 +24,9 @@ from ..errors import FileFormatError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# a checkpoint transformers saved in several files: {"weight_map": {tensor name: file name}}
+SHARDED_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # never read: pickle runs code
 
 # GPT-2's Conv1D layers keep their weight as (in, out): these are transposed on the way in and out.
 _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -28,7 +35,6 @@ _HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "g
 # safetensors' element types and their sizes in bytes (the format's specification).
 SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
                       "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
-_FLOAT_DTYPES = ("F16", "F32", "F64")  # what a weight may be stored as and NumPy reads
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
 
@@ -214,8 +220,9 @@ def _check_tiling(path, tensors, data_size):
 
 
 # safetensors' element types that NumPy holds, as little-endian NumPy dtypes (the format's byte order)
-_NUMPY_DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "F16": "<f2", "I32": "<i4",
-                 "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8"}
+# (BF16 is read as its raw 16 bits and widened to float32 by _widen_bf16)
+_NUMPY_DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "F16": "<f2", "BF16": "<u2",
+                 "I32": "<i4", "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8"}
 
 
 def _check_numpy_dtypes(path, tensors):
@@ -233,8 +240,8 @@ def _data_start(f):
 
 def load_safetensors(path, header=None):
     """All tensors of a safetensors file as NumPy arrays, after :func:`read_safetensors_header`
-    (pass its result as ``header`` if you already have it). BF16 and FP8, which NumPy lacks, are
-    refused by name.
+    (pass its result as ``header`` if you already have it). BF16, which NumPy lacks, comes back
+    widened to float32 (exactly); FP8 is refused by name.
 
     Each tensor is read from the file straight into its own new array (one ``readinto`` each):
     no second copy of the data, and ordinary arrays that the caller owns (training checkpoints).
@@ -250,7 +257,7 @@ def load_safetensors(path, header=None):
                 f.seek(data_start + begin)
                 if f.readinto(memoryview(array.reshape(-1)).cast("B")) != end - begin:
                     raise OSError(f"tensor {name!r} ends past the end of the file")
-                arrays[name] = array
+                arrays[name] = _widen_bf16(array) if dtype == "BF16" else array
     except OSError as e:  # e.g. the file changed since it was checked
         raise FileFormatError(path, f"could not be read as safetensors: {e}") from None
     return arrays
@@ -286,8 +293,17 @@ def map_safetensors(path, header=None):
         array = np.frombuffer(mapped, np_dtype, math.prod(shape), data_start + begin).reshape(shape)
         # A misaligned tensor (possible only in a hand-made file) is copied: compiled kernels
         # would need another specialisation for it.
+        if dtype == "BF16":
+            array = _widen_bf16(array)  # (a new array: the map holds only the 16-bit halves)
         arrays[name] = array if array.flags.aligned else array.copy()
     return arrays
+
+
+def _widen_bf16(bits):
+    """bfloat16 values given as their raw 16-bit patterns (uint16) -> float32, exactly: a
+    bfloat16 is the upper half of the float32 with the same sign, exponent and leading 7
+    mantissa bits, so the float32 is the pattern shifted 16 bits up."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def unique_state_dict(model):
@@ -372,13 +388,11 @@ def load_model(cls, directory):
     from .gpt import GPTConfig
 
     directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"from_pretrained: {path} not found; a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME} "
-                "(written by save_pretrained, or a Hugging Face GPT-2 directory)"
-            )
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"from_pretrained: {config_path} not found; a model directory holds {CONFIG_NAME} "
+                                f"and {WEIGHTS_NAME} (written by save_pretrained, or a Hugging Face GPT-2 directory)")
+    weights_path, weight_files = _weight_files(directory)
     raw = read_json_file(config_path, "model config")
     if not isinstance(raw, dict):
         raise FileFormatError(config_path, f"holds a JSON {type(raw).__name__}, not an object of config fields")
@@ -392,9 +406,11 @@ def load_model(cls, directory):
     except (KeyError, TypeError, ValueError) as e:
         what = f"lacks the field {e}" if isinstance(e, KeyError) else str(e)
         raise FileFormatError(config_path, f"{what} (a hand-edited or foreign config?)") from None
-    header = read_safetensors_header(weights_path)
-    _check_size_against_file(config, config_path, weights_path, header[0])
-    tensors = map_safetensors(weights_path, header)
+    headers = {path: read_safetensors_header(path) for path in weight_files}
+    _check_size_against_file(config, config_path, weights_path, _all_entries(weights_path, headers))
+    tensors = {}
+    for path, header in headers.items():
+        tensors.update(map_safetensors(path, header))
     try:
         state = _hf_state(tensors) if hf else tensors
         _check_float_weights(state)
@@ -406,6 +422,47 @@ def load_model(cls, directory):
         model.generation_config = _hf_generation_config(raw, directory)
         model.source_format = "huggingface"
     return model
+
+
+def _weight_files(directory):
+    """(the weights file to name in errors, [the safetensors files to read]): ``model.safetensors``,
+    or the shards listed by transformers' ``model.safetensors.index.json`` (its ``weight_map``:
+    tensor name -> file). A directory with only PyTorch's pickled ``pytorch_model.bin`` is refused
+    with the way to convert it: unpickling a stranger's file can run their code."""
+    single, index = directory / WEIGHTS_NAME, directory / SHARDED_INDEX_NAME
+    if single.is_file():
+        return single, [single]
+    if index.is_file():
+        weight_map = read_json_file(index, "sharded checkpoint index")
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise FileFormatError(index, "has no weight_map of tensor names to file names")
+        shards = []
+        for name in sorted(set(weight_map.values())):
+            shard = directory / name
+            if Path(name).name != name or not shard.is_file():
+                raise FileFormatError(index, f"lists the shard {name!r}, which is not a file of {directory}")
+            shards.append(shard)
+        return index, shards
+    pickled = [name for name in PICKLE_WEIGHTS_NAMES if (directory / name).is_file()]
+    if pickled:
+        raise FileNotFoundError(
+            f"from_pretrained: {directory} holds {pickled[0]}, PyTorch's pickle format, which tinyllm never loads "
+            "(unpickling a file can run any code in it). Convert it once with transformers: "
+            "AutoModelForCausalLM.from_pretrained(d).save_pretrained(d) writes model.safetensors")
+    raise FileNotFoundError(f"from_pretrained: {single} not found; a model directory holds {CONFIG_NAME} and "
+                            f"{WEIGHTS_NAME} (written by save_pretrained, or a Hugging Face GPT-2 directory)")
+
+
+def _all_entries(index, headers):
+    """The tensor entries of every shard together; a name in two shards is an error."""
+    entries = {}
+    for path, (tensors, _) in headers.items():
+        twice = sorted(set(tensors) & set(entries))
+        if twice:
+            raise FileFormatError(index, f"{path.name} and another shard both hold {twice[:3]}")
+        entries.update(tensors)
+    return entries
 
 
 def _uninitialised(cls, config):

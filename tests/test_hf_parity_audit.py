@@ -202,3 +202,26 @@ def test_a_pickled_pytorch_model_bin_is_refused_with_the_way_to_convert_it(tmp_p
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"pytorch_model\.bin.*pickle.*save_pretrained"):
         GPT.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_takes_transformers_keywords_where_they_mean_what_tinyllm_does(tmp_path, pair):
+    import torch
+    import transformers
+
+    from tinyllm.models import AutoModelForCausalLM
+
+    hf, ours = pair
+    hf.save_pretrained(tmp_path)
+    options = dict(local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, **options).eval()
+    mine = AutoModelForCausalLM.from_pretrained(tmp_path, **options)
+    ids = prompts()
+    np.testing.assert_allclose(mine(ids).logits.data, _logits(theirs, ids), rtol=1e-5, atol=1e-5)
+    for dtype in ("auto", "float32", np.float32, None):
+        GPT.from_pretrained(tmp_path, torch_dtype=dtype)
+    for name, value, why in (("dtype", torch.bfloat16, "float32"), ("torch_dtype", "float16", "float32"),
+                             ("use_safetensors", False, "safetensors only"), ("trust_remote_code", True, "code")):
+        with pytest.raises(ValueError, match=rf"{name}=.*{why}"):
+            GPT.from_pretrained(tmp_path, **{name: value})
+    with pytest.raises(TypeError, match="'revison'"):
+        GPT.from_pretrained(tmp_path, revison="main")

@@ -43,8 +43,8 @@ class AutoModelForCausalLM:
         raise TypeError("AutoModelForCausalLM is not instantiated: use AutoModelForCausalLM.from_pretrained(dir)")
 
     @staticmethod
-    def from_pretrained(name_or_path):
-        return GPT.from_pretrained(resolve_pretrained(name_or_path))
+    def from_pretrained(name_or_path, **options):
+        return GPT.from_pretrained(resolve_pretrained(name_or_path), **options)
 
 
 class AutoModelForSeq2SeqLM:
@@ -55,7 +55,7 @@ class AutoModelForSeq2SeqLM:
         raise TypeError("AutoModelForSeq2SeqLM is not instantiated: use AutoModelForSeq2SeqLM.from_pretrained(dir)")
 
     @staticmethod
-    def from_pretrained(name_or_path):
+    def from_pretrained(name_or_path, **options):
         directory = resolve_pretrained(name_or_path)
         config_path = Path(directory) / "config.json"
         if config_path.is_file():
@@ -65,4 +65,4 @@ class AutoModelForSeq2SeqLM:
                 hint = " (a causal LM: load it with AutoModelForCausalLM)" if model_type in ("tinyllm-gpt", "gpt2") else ""
                 raise ValueError(f"AutoModelForSeq2SeqLM: {config_path} has model_type {model_type!r}{hint}; "
                                  f"tinyllm's sequence-to-sequence model is {EncoderDecoderTransformer.model_type!r}")
-        return EncoderDecoderTransformer.from_pretrained(directory)
+        return EncoderDecoderTransformer.from_pretrained(directory, **options)

@@ -532,9 +532,9 @@ class EncoderDecoderTransformer(nn.Module):
         save_model(self, save_directory)
 
     @classmethod
-    def from_pretrained(cls, directory):
-        """Load a model saved by :meth:`save_pretrained`."""
+    def from_pretrained(cls, directory, **options):
+        """Load a model saved by :meth:`save_pretrained` (``options``: as :meth:`GPT.from_pretrained`)."""
         from .io import load_model
 
-        return load_model(cls, directory)
+        return load_model(cls, directory, **options)
 

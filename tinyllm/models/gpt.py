@@ -344,11 +344,13 @@ class GPT(nn.Module):
         save_model(self, save_directory, format=format)
 
     @classmethod
-    def from_pretrained(cls, directory):
-        """Load a model saved by :meth:`save_pretrained` (tinyllm or Hugging Face GPT-2 format)."""
+    def from_pretrained(cls, directory, **options):
+        """Load a model saved by :meth:`save_pretrained` (tinyllm or Hugging Face GPT-2 format).
+        ``options``: transformers' ``local_files_only``, ``use_safetensors``, ``trust_remote_code``,
+        ``dtype`` / ``torch_dtype``, where they mean what tinyllm does anyway (``models.io.check_load_options``)."""
         from .io import load_model
 
-        return load_model(cls, directory)
+        return load_model(cls, directory, **options)
 
 
 def _warn_if_right_padded(attention_mask):

@@ -381,11 +381,14 @@ def _to_huggingface(model):
 # load
 
 
-def load_model(cls, directory):
+def load_model(cls, directory, **options):
     """A model from ``config.json`` + ``model.safetensors``. Every problem with the files (missing,
     truncated, corrupt, hostile, or the two disagreeing) is one error naming the file at fault;
-    nothing is allocated before the config has been checked against the weights file's header."""
+    nothing is allocated before the config has been checked against the weights file's header.
+    ``options``: transformers' from_pretrained keywords, as :func:`check_load_options` takes them."""
     from .gpt import GPTConfig
+
+    check_load_options(f"{cls.__name__}.from_pretrained", options)
 
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
@@ -422,6 +425,39 @@ def load_model(cls, directory):
         model.generation_config = _hf_generation_config(raw, directory)
         model.source_format = "huggingface"
     return model
+
+
+def check_load_options(who, options):
+    """The keyword arguments of transformers' ``from_pretrained`` whose meaning tinyllm already
+    has: ``local_files_only`` (tinyllm never downloads), ``use_safetensors`` (True: the only
+    format read), ``trust_remote_code`` (False: no code from a model directory runs) and
+    ``dtype`` / ``torch_dtype`` (float32, or "auto": tinyllm computes in float32). Another value of
+    those is a ValueError saying why; another keyword a TypeError naming it."""
+    refusals = {
+        "use_safetensors": (lambda v: v is None or v is True, "tinyllm reads safetensors only (never pickle)"),
+        "trust_remote_code": (lambda v: not v, "tinyllm never runs code from a model directory"),
+        "dtype": (_is_float32, "tinyllm computes in float32 (bfloat16 / float16 weights are widened on loading)"),
+        "torch_dtype": (_is_float32, "tinyllm computes in float32 (bfloat16 / float16 weights are widened on loading)"),
+        "local_files_only": (lambda v: True, ""),
+    }
+    for name, value in options.items():
+        if name not in refusals:
+            raise TypeError(f"{who}: unexpected keyword argument {name!r} (tinyllm takes "
+                            f"{', '.join(sorted(refusals))} from transformers' from_pretrained)")
+        ok, why = refusals[name]
+        if not ok(value):
+            raise ValueError(f"{who}: {name}={value!r} is not possible: {why}")
+
+
+def _is_float32(value):
+    """dtype / torch_dtype values that mean float32 here: None, "auto", "float32", float32 as a
+    NumPy dtype or type, or torch.float32 (recognised by name: torch is never imported)."""
+    if value is None or value in ("auto", "float32") or str(value) == "torch.float32":
+        return True
+    try:
+        return np.dtype(value) == np.float32
+    except TypeError:
+        return False
 
 
 def _weight_files(directory):

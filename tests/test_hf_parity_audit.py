@@ -225,3 +225,67 @@ def test_from_pretrained_takes_transformers_keywords_where_they_mean_what_tinyll
             GPT.from_pretrained(tmp_path, **{name: value})
     with pytest.raises(TypeError, match="'revison'"):
         GPT.from_pretrained(tmp_path, revison="main")
+
+
+# 9 -----------------------------------------------------------------------------------------------
+def _hf_generate(hf, ids, **kwargs):
+    import torch
+
+    with torch.no_grad():
+        return hf.generate(torch.tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                           return_dict_in_generate=True, **kwargs)
+
+
+def test_return_dict_in_generate_with_scores_and_logits_as_transformers(pair):
+    hf, ours = pair
+    ids = prompts(3, 5)
+    theirs = _hf_generate(hf, ids, max_new_tokens=7, do_sample=False, output_scores=True, output_logits=True,
+                          repetition_penalty=1.3, eos_token_id=EOS, pad_token_id=PAD)
+    mine = ours.generate(ids, max_new_tokens=7, do_sample=False, return_dict_in_generate=True, output_scores=True,
+                         output_logits=True, repetition_penalty=1.3, eos_token_id=EOS, pad_token_id=PAD)
+    np.testing.assert_array_equal(mine.sequences, theirs.sequences.numpy())
+    assert len(mine.scores) == len(theirs.scores) == len(mine.logits) == mine.sequences.shape[1] - 5
+    for got, want in zip(mine.scores, theirs.scores):  # after the repetition penalty
+        assert got.dtype == np.float32 and got.shape == (3, V)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+    for got, want in zip(mine.logits, theirs.logits):  # the model's own
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(mine.scores[1], mine.logits[1])  # the penalty changed something
+    plain = ours.generate(ids, max_new_tokens=7, do_sample=False, repetition_penalty=1.3, eos_token_id=EOS,
+                          pad_token_id=PAD)
+    np.testing.assert_array_equal(plain, mine.sequences)
+
+
+def test_sampled_scores_are_the_filtered_logits_transformers_warpers_give(pair):
+    import torch
+    import transformers
+
+    _, ours = pair
+    out = ours.generate(prompts(2, 4), max_new_tokens=5, do_sample=True, temperature=0.7, top_k=9, top_p=0.8,
+                        seed=3, return_dict_in_generate=True, output_scores=True, output_logits=True)
+    warpers = [transformers.TemperatureLogitsWarper(0.7), transformers.TopKLogitsWarper(9),
+               transformers.TopPLogitsWarper(0.8)]
+    for step, (got, raw) in enumerate(zip(out.scores, out.logits)):
+        want = torch.tensor(raw)
+        for warp in warpers:
+            want = warp(torch.tensor(out.sequences[:, :4 + step]), want)
+        want = want.numpy()
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+        np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-5, atol=1e-5)
+        chosen = out.sequences[:, 4 + step]
+        assert np.isfinite(got[np.arange(2), chosen]).all()  # each token was drawn from what was kept
+
+
+def test_beam_search_returns_sequences_scores_as_transformers(pair):
+    hf, ours = pair
+    ids = prompts(2, 5)
+    theirs = _hf_generate(hf, ids, max_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=False,
+                          length_penalty=0.8, eos_token_id=EOS, pad_token_id=PAD, output_scores=True)
+    mine = ours.generate(ids, max_new_tokens=6, num_beams=3, num_return_sequences=2, length_penalty=0.8,
+                         eos_token_id=EOS, pad_token_id=PAD, return_dict_in_generate=True, output_scores=True)
+    np.testing.assert_array_equal(mine.sequences, theirs.sequences.numpy())
+    np.testing.assert_allclose(mine.sequences_scores, theirs.sequences_scores.numpy(), rtol=1e-4, atol=1e-5)
+    assert mine.scores is None  # (transformers' per-step beam scores are not given)
+    assert ours.generate(ids, max_new_tokens=2, num_beams=2, return_dict_in_generate=True).sequences_scores is None
+    with pytest.raises(ValueError, match="output_logits"):
+        ours.generate(ids, max_new_tokens=2, num_beams=2, return_dict_in_generate=True, output_logits=True)

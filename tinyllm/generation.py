@@ -100,6 +100,15 @@ def sample_from_logits(logits, rng, do_sample=True, temperature=1.0, top_k=None,
     return np.minimum(picks, logits.shape[-1] - 1)
 
 
+def _chosen_from(logits, do_sample, temperature, top_k, top_p):
+    """The scores a token is chosen from, as Hugging Face's ``output_scores`` reports them, (B, V)
+    float32: the processed logits, and when sampling also / temperature, top-k and top-p (-inf
+    where filtered)."""
+    if do_sample and temperature != 0:
+        logits = apply_top_p(apply_top_k(logits.astype(np.float64) / temperature, top_k), top_p)
+    return np.array(logits, dtype=np.float32)
+
+
 def _check_args(idx, max_new_tokens, max_length, temperature, top_k, top_p, vocab_size):
     if idx.dtype.kind not in "iu":
         raise TypeError(f"generate: input ids must be integers, got dtype {idx.dtype}")
@@ -200,8 +209,10 @@ def _prompt_attention_mask(idx, attention_mask):
 def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, temperature=1.0, top_k=None,
              top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None, num_beams=1,
              length_penalty=1.0, early_stopping=False, num_return_sequences=1, repetition_penalty=1.0,
-             no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, attention_mask=None):
-    """Prompt (B, T) or (T,) -> prompt + new tokens, see ``GPT.generate``."""
+             no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, attention_mask=None,
+             return_dict_in_generate=False, output_scores=False, output_logits=False):
+    """Prompt (B, T) or (T,) -> prompt + new tokens, see ``GPT.generate``; with
+    ``return_dict_in_generate`` a :class:`~tinyllm.models.outputs.GenerateOutput`."""
     idx = np.asarray(idx)
     one_d = idx.ndim == 1
     if one_d:
@@ -227,17 +238,28 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
         attention_mask = None if attention_mask is None else np.repeat(attention_mask, copies, axis=0)
     processors = _logits_processors(idx.shape[1], attention_mask, eos_token_id, repetition_penalty,
                                     no_repeat_ngram_size, min_length, min_new_tokens)
+    if num_beams > 1 and output_logits:
+        raise ValueError("generate: output_logits is given for greedy and sampled decoding; with num_beams > 1, "
+                         "output_scores gives each hypothesis's sequences_scores")
+    # per new token, (N, V) each (with beams: no per-step scores, the final sequences_scores only)
+    record = ([] if output_scores and num_beams == 1 else None), ([] if output_logits else None)
     was_training = model.training
     model.eval()
     try:
         if num_beams > 1:
-            out = _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_tokens, eos_token_id,
-                                 pad, length_penalty, early_stopping, num_return_sequences, use_cache)
+            out, beam_scores = _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_tokens,
+                                              eos_token_id, pad, length_penalty, early_stopping,
+                                              num_return_sequences, use_cache)
         else:
-            out = _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample,
-                                 temperature, top_k, top_p, eos_token_id, pad, use_cache)
+            out, beam_scores = _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample,
+                                              temperature, top_k, top_p, eos_token_id, pad, use_cache, record), None
     finally:
         model.train(was_training)
+    if return_dict_in_generate:
+        from .models.outputs import GenerateOutput
+
+        scores, logits = (None if r is None else tuple(r) for r in record)
+        return GenerateOutput(out, scores, logits, beam_scores if output_scores else None)
     return out[0] if one_d and out.shape[0] == 1 else out
 
 
@@ -377,17 +399,24 @@ def _model_step(model, rows, total_len, use_cache, attention_mask=None):
 
 
 def _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample, temperature, top_k,
-                   top_p, eos, pad, use_cache):
+                   top_p, eos, pad, use_cache, record=(None, None)):
     """Greedy or sampling, token by token: the next token's logits from :func:`_model_step` (the
     KV cache fed only the tokens it has not seen), through the logits ``processors`` (none unless
-    asked for), picked by :func:`sample_from_logits`; a finished sequence is padded with ``pad``."""
+    asked for), picked by :func:`sample_from_logits`; a finished sequence is padded with ``pad``.
+    ``record`` (scores, logits): lists to append each step's chosen-from scores / raw logits to."""
+    scores, raw = record
     batch, prompt_len = idx.shape
     out = np.empty((batch, prompt_len + max_new_tokens), np.int64)
     out[:, :prompt_len] = idx
     step = _model_step(model, batch, prompt_len + max_new_tokens, use_cache, attention_mask)
     done = np.zeros(batch, dtype=bool)
     for length in range(prompt_len, prompt_len + max_new_tokens):
-        logits = _apply(processors, out[:, :length], step(out[:, :length]))  # (B, V)
+        model_logits = step(out[:, :length])  # (B, V)
+        logits = _apply(processors, out[:, :length], model_logits)
+        if raw is not None:
+            raw.append(np.array(model_logits, dtype=np.float32))
+        if scores is not None:
+            scores.append(_chosen_from(logits, do_sample, temperature, top_k, top_p))
         next_ids = sample_from_logits(logits, rng, do_sample, temperature, top_k, top_p)
         if eos is not None:
             next_ids = np.where(done, pad, next_ids)
@@ -407,10 +436,9 @@ def _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_to
     rows, prompt_len = idx.shape
     prompts = idx[::num_beams]  # (B, P)
     if max_new_tokens == 0:
-        return np.repeat(prompts, num_return_sequences, axis=0)
+        return np.repeat(prompts, num_return_sequences, axis=0), np.zeros(len(prompts) * num_return_sequences)
     step = _model_step(model, rows, prompt_len + max_new_tokens, use_cache, attention_mask)
     process = (lambda ids, scores: _apply(processors, ids, scores)) if processors else None
-    out, _ = beam_search(step, prompts, num_beams, max_length=prompt_len + max_new_tokens, eos_token_id=eos,
-                         pad_token_id=pad, length_penalty=length_penalty, early_stopping=early_stopping,
-                         num_return_sequences=num_return_sequences, logits_processor=process)
-    return out
+    return beam_search(step, prompts, num_beams, max_length=prompt_len + max_new_tokens, eos_token_id=eos,
+                       pad_token_id=pad, length_penalty=length_penalty, early_stopping=early_stopping,
+                       num_return_sequences=num_return_sequences, logits_processor=process)

@@ -1,5 +1,7 @@
 """What a model's ``forward`` returns, and the Hugging Face names its arguments also take."""
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
 
 from ..tensor import Tensor
 
@@ -11,6 +13,22 @@ class LMOutput(NamedTuple):
 
     logits: Tensor
     loss: Optional[Tensor] = None
+
+
+class GenerateOutput(NamedTuple):
+    """``generate(..., return_dict_in_generate=True)``: Hugging Face's ``GenerateOutput`` fields.
+
+    ``sequences`` (N, L) the ids, prompts included; ``scores`` (with ``output_scores``) one (N, V)
+    float32 array per new token: the logits after the processors and, when sampling, the
+    temperature / top-k / top-p filters (-inf where filtered), i.e. what the token was chosen
+    from; ``logits`` (with ``output_logits``) the model's raw logits per new token;
+    ``sequences_scores`` (beam search with ``output_scores``) each returned hypothesis's score, sum
+    of log-probabilities / new tokens ** length_penalty (beam search gives no per-step ``scores``)."""
+
+    sequences: np.ndarray
+    scores: Optional[Tuple[np.ndarray, ...]] = None
+    logits: Optional[Tuple[np.ndarray, ...]] = None
+    sequences_scores: Optional[np.ndarray] = None
 
 
 def one_of(name, value, hf_name, hf_value, required=False, method="forward"):

@@ -370,3 +370,68 @@ def test_initial_distribution_sanity(model):
     p /= p.sum(-1, keepdims=True)
     entropy = -(p * np.log(p + 1e-30)).sum(-1).mean()
     assert 0.05 < entropy < math.log(V)
+
+
+# --- streaming ------------------------------------------------------------------------------------
+class RecordingStreamer:
+    def __init__(self):
+        self.puts, self.ends = [], 0
+
+    def put(self, value):
+        self.puts.append(np.asarray(value).copy())
+
+    def end(self):
+        self.ends += 1
+
+
+class ByteTokenizer:
+    """ids are bytes; decode replaces an incomplete UTF-8 character with U+FFFD, as a byte-level BPE."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def _stream_model():
+    return GPT(GPTConfig(vocab_size=256, block_size=32, n_layer=1, n_head=2, n_embd=16), seed=0)
+
+
+@pytest.mark.parametrize("eos", [None, "early"])
+def test_a_streamer_is_told_the_prompt_each_new_token_and_the_end(eos):
+    model = _stream_model()
+    prompt = np.array([[72, 105, 33]])
+    full = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    eos_id = int(full[0, 5]) if eos else None  # the second new token ends it early
+    expected = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=eos_id)
+    streamer = RecordingStreamer()
+    got = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=eos_id, streamer=streamer)
+    np.testing.assert_array_equal(got, expected)
+    assert streamer.ends == 1 and streamer.puts[0].shape == (1, 3)
+    np.testing.assert_array_equal(np.concatenate([p.reshape(-1) for p in streamer.puts]), got[0])
+    assert len(streamer.puts) == 1 + got.shape[1] - 3
+
+
+def test_text_streamer_prints_whole_characters_only(capsys):
+    from tinyllm.generation import TextStreamer
+
+    streamer = TextStreamer(ByteTokenizer())
+    streamer.put(np.array([[104, 105]]))  # "hi"
+    printed = [capsys.readouterr().out]
+    for byte in "é€!".encode():  # 2 + 3 + 1 bytes, one put each
+        streamer.put(np.array([byte]))
+        printed.append(capsys.readouterr().out)
+    streamer.end()
+    printed.append(capsys.readouterr().out)
+    assert printed == ["hi", "", "é", "", "", "€", "!", "\n"]  # each character once it is whole
+    streamer = TextStreamer(ByteTokenizer(), skip_prompt=True)
+    streamer.put(np.array([[104, 105]]))
+    streamer.put(np.array([111]))
+    streamer.end()
+    assert capsys.readouterr().out == "o\n"
+
+
+def test_a_streamer_takes_one_sequence_and_no_beams():
+    model = _stream_model()
+    with pytest.raises(ValueError, match="one sequence"):
+        model.generate(np.array([[1, 2], [3, 4]]), max_new_tokens=2, streamer=RecordingStreamer())
+    with pytest.raises(ValueError, match="num_beams=2"):
+        model.generate(np.array([[1, 2]]), max_new_tokens=2, num_beams=2, streamer=RecordingStreamer())

@@ -289,3 +289,17 @@ def test_beam_search_returns_sequences_scores_as_transformers(pair):
     assert ours.generate(ids, max_new_tokens=2, num_beams=2, return_dict_in_generate=True).sequences_scores is None
     with pytest.raises(ValueError, match="output_logits"):
         ours.generate(ids, max_new_tokens=2, num_beams=2, return_dict_in_generate=True, output_logits=True)
+
+
+def test_transformers_text_streamer_prints_what_tinyllm_streamer_prints(pair, capsys, request):
+    import transformers
+
+    from tinyllm.generation import TextStreamer
+
+    tokenizer = request.getfixturevalue("ours")  # tinyllm's tokenizer on GPT-2's real files
+    model = pair[1]
+    ids = prompts(1, 6, seed=4)
+    for streamer in (TextStreamer(tokenizer), transformers.TextStreamer(tokenizer)):
+        out = model.generate(ids, max_new_tokens=12, do_sample=False, streamer=streamer)
+        printed = capsys.readouterr().out
+        assert printed == tokenizer.decode(out[0]) + "\n", type(streamer)

@@ -18,7 +18,7 @@ import inspect
 import numpy as np
 
 __all__ = ["generate", "check_decoding_strategy", "left_pad", "apply_top_k", "apply_top_p", "sample_from_logits", "repetition_penalty_processor",
-           "no_repeat_ngram_processor", "min_length_processor", "min_new_tokens_processor"]
+           "no_repeat_ngram_processor", "min_length_processor", "min_new_tokens_processor", "TextStreamer"]
 
 
 def left_pad(sequences, pad_token_id):
@@ -98,6 +98,42 @@ def sample_from_logits(logits, rng, do_sample=True, temperature=1.0, top_k=None,
     cdf = np.cumsum(probs, axis=-1)
     picks = (cdf <= u * cdf[:, -1:]).sum(axis=-1)  # tokens of probability 0 are never picked
     return np.minimum(picks, logits.shape[-1] - 1)
+
+
+class TextStreamer:
+    """Prints the text as it is generated: ``model.generate(ids, streamer=TextStreamer(tokenizer))``.
+
+    generate calls ``put(ids)`` with the prompt (1, T), then with each new token (1,), and
+    ``end()`` (transformers' streamer protocol, so its own ``TextStreamer`` works here too). The
+    ids so far are decoded together and the new part printed once it is whole: not while it
+    ends in an incomplete UTF-8 character (decoded as U+FFFD). ``skip_prompt``: print only the
+    continuation; ``decode_kwargs`` go to ``tokenizer.decode`` (``skip_special_tokens=True``)."""
+
+    def __init__(self, tokenizer, skip_prompt=False, file=None, **decode_kwargs):
+        self.tokenizer, self.skip_prompt, self.file, self.decode_kwargs = tokenizer, skip_prompt, file, decode_kwargs
+        self.ids, self.printed, self.prompt_next = [], 0, True
+
+    def put(self, value):
+        value = np.asarray(value)
+        if value.ndim > 1 and value.shape[0] > 1:
+            raise ValueError(f"TextStreamer: one sequence at a time, got ids of shape {value.shape}")
+        if self.skip_prompt and self.prompt_next:
+            self.prompt_next = False
+            return
+        self.prompt_next = False
+        self.ids.extend(int(i) for i in value.reshape(-1))
+        text = self.tokenizer.decode(self.ids, **self.decode_kwargs)
+        if not text.endswith("\ufffd"):
+            self._print(text[self.printed:])
+            self.printed = len(text)
+
+    def end(self):
+        text = self.tokenizer.decode(self.ids, **self.decode_kwargs) if self.ids else ""
+        self._print(text[self.printed:] + "\n")
+        self.ids, self.printed, self.prompt_next = [], 0, True
+
+    def _print(self, text):
+        print(text, end="", flush=True, file=self.file)
 
 
 def _chosen_from(logits, do_sample, temperature, top_k, top_p):
@@ -210,7 +246,7 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
              top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None, num_beams=1,
              length_penalty=1.0, early_stopping=False, num_return_sequences=1, repetition_penalty=1.0,
              no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, attention_mask=None,
-             return_dict_in_generate=False, output_scores=False, output_logits=False):
+             return_dict_in_generate=False, output_scores=False, output_logits=False, streamer=None):
     """Prompt (B, T) or (T,) -> prompt + new tokens, see ``GPT.generate``; with
     ``return_dict_in_generate`` a :class:`~tinyllm.models.outputs.GenerateOutput`."""
     idx = np.asarray(idx)
@@ -243,6 +279,9 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
                          "output_scores gives each hypothesis's sequences_scores")
     # per new token, (N, V) each (with beams: no per-step scores, the final sequences_scores only)
     record = ([] if output_scores and num_beams == 1 else None), ([] if output_logits else None)
+    if streamer is not None and (idx.shape[0] != 1 or num_beams > 1):
+        raise ValueError(f"generate: a streamer takes one sequence, greedy or sampled (as transformers'), got "
+                         f"{idx.shape[0]} rows and num_beams={num_beams}")
     was_training = model.training
     model.eval()
     try:
@@ -252,7 +291,8 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
                                               num_return_sequences, use_cache)
         else:
             out, beam_scores = _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample,
-                                              temperature, top_k, top_p, eos_token_id, pad, use_cache, record), None
+                                              temperature, top_k, top_p, eos_token_id, pad, use_cache, record,
+                                              streamer), None
     finally:
         model.train(was_training)
     if return_dict_in_generate:
@@ -399,12 +439,15 @@ def _model_step(model, rows, total_len, use_cache, attention_mask=None):
 
 
 def _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample, temperature, top_k,
-                   top_p, eos, pad, use_cache, record=(None, None)):
+                   top_p, eos, pad, use_cache, record=(None, None), streamer=None):
     """Greedy or sampling, token by token: the next token's logits from :func:`_model_step` (the
     KV cache fed only the tokens it has not seen), through the logits ``processors`` (none unless
     asked for), picked by :func:`sample_from_logits`; a finished sequence is padded with ``pad``.
-    ``record`` (scores, logits): lists to append each step's chosen-from scores / raw logits to."""
+    ``record`` (scores, logits): lists to append each step's chosen-from scores / raw logits to.
+    ``streamer``: told the prompt, each new token and the end (``put`` / ``end``, transformers')."""
     scores, raw = record
+    if streamer is not None:
+        streamer.put(idx.copy())  # (1, T)
     batch, prompt_len = idx.shape
     out = np.empty((batch, prompt_len + max_new_tokens), np.int64)
     out[:, :prompt_len] = idx
@@ -422,8 +465,13 @@ def _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, 
             next_ids = np.where(done, pad, next_ids)
             done |= np.isin(next_ids, eos)
         out[:, length] = next_ids
+        if streamer is not None:
+            streamer.put(next_ids.copy())  # (1,)
         if eos is not None and done.all():
-            return out[:, :length + 1]
+            out = out[:, :length + 1]
+            break
+    if streamer is not None:
+        streamer.end()
     return out
 
 

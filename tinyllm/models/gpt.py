@@ -90,7 +90,7 @@ RIGHT_PADDING_WARNING = ("A decoder-only architecture is being used, but right-p
 _GENERATE_ARGS = ("idx (or input_ids), max_new_tokens, max_length, min_length, min_new_tokens, do_sample, temperature, top_k, "
                   "top_p, num_beams, length_penalty, early_stopping, num_return_sequences, repetition_penalty, "
                   "no_repeat_ngram_size, eos_token_id, pad_token_id, attention_mask, seed, use_cache, "
-                  "return_dict_in_generate, output_scores, output_logits")
+                  "return_dict_in_generate, output_scores, output_logits, streamer")
 
 
 class _Placeholders:
@@ -275,7 +275,8 @@ class GPT(nn.Module):
                  top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None, attention_mask=None,
                  num_beams=None, length_penalty=None, early_stopping=None, num_return_sequences=None,
                  repetition_penalty=None, no_repeat_ngram_size=None, min_length=None, min_new_tokens=None,
-                 input_ids=None, return_dict_in_generate=False, output_scores=False, output_logits=False, **unknown):
+                 input_ids=None, return_dict_in_generate=False, output_scores=False, output_logits=False, streamer=None,
+                 **unknown):
         """Continue ``idx`` (B, T) token by token; returns prompt + new tokens, as Hugging Face's.
 
         Length: ``max_length`` counts the prompt, ``max_new_tokens`` does not (it wins when both
@@ -314,6 +315,8 @@ class GPT(nn.Module):
         (``.sequences``; with ``output_scores`` the scores each token was chosen from, with
         ``output_logits`` the raw logits, one (N, V) array per new token; with beams,
         ``output_scores`` gives ``.sequences_scores``, not transformers' per-step beam scores).
+        ``streamer`` (e.g. :class:`tinyllm.generation.TextStreamer`) is shown each token as it
+        comes (one sequence, greedy or sampled).
         """
         from ..generation import generate
 
@@ -337,7 +340,7 @@ class GPT(nn.Module):
             args["min_new_tokens"] = 0
         return generate(self, idx, max_new_tokens=max_new_tokens, seed=seed, use_cache=use_cache,
                         attention_mask=attention_mask, return_dict_in_generate=return_dict_in_generate,
-                        output_scores=output_scores, output_logits=output_logits, **args)
+                        output_scores=output_scores, output_logits=output_logits, streamer=streamer, **args)
 
     # --- saving and loading --------------------------------------------------------------------------
     def save_pretrained(self, save_directory, format=None):

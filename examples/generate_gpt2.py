@@ -3,6 +3,7 @@ model.safetensors + vocab.json + merges.txt), or any directory tinyllm's save_pr
 
     python examples/generate_gpt2.py --model-dir ./gpt2 --prompt "The quick brown fox" --max-length 50
     python examples/generate_gpt2.py --model-dir ./gpt2 --prompt "Hello, my dog" --prompt "The"   # a batch
+    python examples/generate_gpt2.py --model-dir ./gpt2 --prompt "Once upon a time" --stream     # as it comes
 
 tinyllm never downloads: get a GPT-2 directory once on a machine with internet, e.g.
     huggingface-cli download gpt2 --local-dir gpt2
@@ -12,6 +13,7 @@ import sys
 import time
 
 from tinyllm import AutoModelForCausalLM, AutoTokenizer, cli
+from tinyllm.generation import TextStreamer
 from tinyllm.models import resolve_pretrained
 
 
@@ -30,6 +32,7 @@ def main(argv=None):
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="Hugging Face's: > 1 discourages repeats")
     p.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeating an n-gram of this size")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stream", action="store_true", help="print the text as it is generated (one prompt, one text)")
     args = p.parse_args(argv)
 
     try:
@@ -54,11 +57,12 @@ def main(argv=None):
                                 num_beams=args.num_beams, num_return_sequences=args.num_return_sequences,
                                 repetition_penalty=args.repetition_penalty,
                                 no_repeat_ngram_size=args.no_repeat_ngram_size,
-                                eos_token_id=getattr(tokenizer, "eos_token_id", None), seed=args.seed)
+                                eos_token_id=getattr(tokenizer, "eos_token_id", None), seed=args.seed,
+                                streamer=TextStreamer(tokenizer, skip_special_tokens=True) if args.stream else None)
     except ValueError as e:  # a bad knob (e.g. --num-beams 0): generate's message names it
         sys.exit(f"error: {e}")
     dt = time.perf_counter() - t0
-    for i, row in enumerate(output):
+    for i, row in enumerate([] if args.stream else output):  # (streamed: already printed)
         print(("" if i == 0 else "\n---\n") + tokenizer.decode(row, skip_special_tokens=True))
     new = output.shape[1] - inputs["input_ids"].shape[1]
     print(f"\n[{len(output)} x {new} new tokens in {dt:.2f} s]", file=sys.stderr)

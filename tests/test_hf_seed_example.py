@@ -61,6 +61,16 @@ def test_generate_gpt2_example_prints_the_continuation(gpt2_dir, capsys):
     assert out.startswith(PROMPT) and len(out.strip()) > len(PROMPT)
 
 
+def test_generate_gpt2_example_streams_the_text_it_would_print(gpt2_dir, capsys):
+    generate_gpt2 = _load_generate_gpt2()
+    generate_gpt2.main(["--model-dir", str(gpt2_dir), "--prompt", PROMPT, "--max-length", "30"])
+    printed = capsys.readouterr().out
+    generate_gpt2.main(["--model-dir", str(gpt2_dir), "--prompt", PROMPT, "--max-length", "30", "--stream"])
+    assert capsys.readouterr().out == printed
+    with pytest.raises(SystemExit, match="one sequence"):
+        generate_gpt2.main(["--model-dir", str(gpt2_dir), "--prompt", "a", "--prompt", "b", "--stream"])
+
+
 def test_generate_gpt2_example_with_beams_prints_what_generate_returns(gpt2_dir, capsys):
     generate_gpt2 = _load_generate_gpt2()
     knobs = ["--num-beams", "3", "--num-return-sequences", "2", "--repetition-penalty", "1.3"]

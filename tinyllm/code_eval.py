@@ -329,41 +329,54 @@ def _in_length_batches(model, prompts, batch_size, run):
 def _greedy_batch(model, idx, line_ends, max_new_tokens, skip_blank_lines):
     """Greedy decoding of the rows of ``idx`` (B, T); a row leaves the batch (and the KV cache)
     as soon as its line ends, so the cost follows the lines' real lengths."""
-    block = model.config.block_size
     if idx.shape[1] == 0:
         raise ValueError("complete_lines: a prompt is empty; start it with the end-of-text id")
-    idx = idx[:, -block:]
+    lm = _RowsModel(model, idx)
     generated = [[] for _ in range(idx.shape[0])]
     active = np.arange(idx.shape[0])  # batch row -> prompt
     has_content = np.zeros(idx.shape[0], dtype=bool)
-    cache, fed = None, 0
     for _ in range(max_new_tokens):
-        if idx.shape[1] <= block:
-            if cache is None:
-                cache = model.new_kv_cache(len(active))
-            logits, _ = model(idx[:, fed:], kv_cache=cache, last_only=True)
-            fed = idx.shape[1]
-        else:  # past block_size the positions shift every step: recompute the last window
-            logits, _ = model(idx[:, -block:], last_only=True)
-        next_ids = logits.data[:, -1, :].argmax(axis=-1)  # (rows,)
+        next_ids = lm.next_logits().argmax(axis=-1)  # (rows,)
         for row, token in zip(active, next_ids):
             generated[row].append(int(token))
-        keep = ~line_ends.done(next_ids, has_content, skip_blank_lines)
+        keep = np.flatnonzero(~line_ends.done(next_ids, has_content, skip_blank_lines))
         has_content |= line_ends.content[next_ids]
-        if not keep.any():
+        if keep.size == 0:
             break
-        idx = np.concatenate([idx, next_ids[:, None]], axis=1)
-        if not keep.all():
-            active, idx, has_content = active[keep], idx[keep], has_content[keep]
-            if cache is not None:
-                _keep_cache_rows(cache, keep)
+        active, has_content = active[keep], has_content[keep]
+        lm.append(keep, next_ids[keep])
     return generated
 
 
-def _keep_cache_rows(cache, keep):
-    """Drop the finished rows from a KV cache (n_layer, B, n_head, max_len, head_dim)."""
-    cache.k = np.ascontiguousarray(cache.k[:, keep])
-    cache.v = np.ascontiguousarray(cache.v[:, keep])
+class _RowsModel:
+    """A model continuing rows of ids (prompts of one length), one token per row at a time: a KV
+    cache whose rows follow :meth:`append`'s (rows may be dropped, or repeated as beams are);
+    past ``block_size`` the last window is recomputed, as ``generate`` does, so each row gets
+    what one-at-a-time decoding would give it."""
+
+    def __init__(self, model, idx):
+        self.model, self.block = model, model.config.block_size
+        self.idx = np.asarray(idx, dtype=np.int64)[:, -self.block:]  # (rows, T)
+        self.cache, self.fed = None, 0
+
+    def next_logits(self):
+        """The next token's logits (rows, V), feeding the model only what it has not seen."""
+        if self.idx.shape[1] <= self.block:
+            if self.cache is None:
+                self.cache = self.model.new_kv_cache(self.idx.shape[0])
+            logits, _ = self.model(self.idx[:, self.fed:], kv_cache=self.cache, last_only=True)
+            self.fed = self.idx.shape[1]
+        else:  # past block_size the positions shift every step: recompute the last window
+            logits, _ = self.model(self.idx[:, -self.block:], last_only=True)
+        return logits.data[:, -1, :]
+
+    def append(self, rows, tokens):
+        """Row i becomes row ``rows[i]`` (int array) followed by ``tokens[i]``."""
+        same_rows = np.array_equal(rows, np.arange(len(self.idx)))
+        self.idx = np.concatenate([self.idx[rows], tokens[:, None]], axis=1)
+        if self.cache is not None and not same_rows:
+            self.cache.k = np.ascontiguousarray(self.cache.k[:, rows])  # (n_layer, rows, n_head, max_len, hd)
+            self.cache.v = np.ascontiguousarray(self.cache.v[:, rows])
 
 
 def model_line_predictions(model, tokenizer, prompts, line_ends, max_new_tokens=64, batch_size=32, num_beams=1):
@@ -436,34 +449,17 @@ def beam_complete_lines(scorer, n_prompts, line_ends, num_beams=5, max_new_token
 
 
 class _ModelScorer:
-    """Next-token log-probabilities of a model for beam search over prompts of one length:
-    a KV cache whose rows follow the beams; past ``block_size`` the last window is recomputed
-    (as :func:`complete_lines` does)."""
+    """Next-token log-probabilities of a model for beam search over prompts of one length."""
 
     def __init__(self, model, idx):
-        self.model, self.block = model, model.config.block_size
-        self.idx = np.asarray(idx, dtype=np.int64)[:, -self.block:]    # (rows, T)
-        self.cache = None
-
-    def _logp(self):
-        if self.idx.shape[1] <= self.block:
-            if self.cache is None:
-                self.cache = self.model.new_kv_cache(self.idx.shape[0])
-                logits, _ = self.model(self.idx, kv_cache=self.cache, last_only=True)
-            else:
-                logits, _ = self.model(self.idx[:, -1:], kv_cache=self.cache, last_only=True)
-        else:
-            logits, _ = self.model(self.idx[:, -self.block:], last_only=True)
-        return log_softmax(logits.data[:, -1, :])
+        self.lm = _RowsModel(model, idx)
 
     def start(self):
-        return self._logp()
+        return log_softmax(self.lm.next_logits())
 
     def advance(self, parents, tokens):
-        self.idx = np.concatenate([self.idx[parents], tokens[:, None]], axis=1)
-        if self.cache is not None:
-            _keep_cache_rows(self.cache, parents)
-        return self._logp()
+        self.lm.append(parents, tokens)
+        return log_softmax(self.lm.next_logits())
 
 
 class _NGramScorer:

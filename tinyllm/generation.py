@@ -90,8 +90,7 @@ def sample_from_logits(logits, rng, do_sample=True, temperature=1.0, top_k=None,
     """Next token ids (B,) from last-position logits (B, V)."""
     if not do_sample or temperature == 0:
         return logits.argmax(axis=-1)
-    logits = logits.astype(np.float64)
-    logits = apply_top_p(apply_top_k(logits / temperature, top_k), top_p)
+    logits = warp_logits(logits, temperature, top_k, top_p)
     probs = _softmax(logits)
     # inverse-CDF sampling: one uniform number per row, so the draw depends only on the seed
     u = rng.random((logits.shape[0], 1))
@@ -136,12 +135,17 @@ class TextStreamer:
         print(text, end="", flush=True, file=self.file)
 
 
+def warp_logits(logits, temperature, top_k, top_p):
+    """What sampling draws from, float64 (B, V): logits / temperature, then the top-k and top-p
+    filters (-inf where filtered), Hugging Face's warpers in their order."""
+    return apply_top_p(apply_top_k(logits.astype(np.float64) / temperature, top_k), top_p)
+
+
 def _chosen_from(logits, do_sample, temperature, top_k, top_p):
     """The scores a token is chosen from, as Hugging Face's ``output_scores`` reports them, (B, V)
-    float32: the processed logits, and when sampling also / temperature, top-k and top-p (-inf
-    where filtered)."""
+    float32: the processed logits, warped (:func:`warp_logits`) when sampling."""
     if do_sample and temperature != 0:
-        logits = apply_top_p(apply_top_k(logits.astype(np.float64) / temperature, top_k), top_p)
+        logits = warp_logits(logits, temperature, top_k, top_p)
     return np.array(logits, dtype=np.float32)
 
 

@@ -45,6 +45,7 @@ _ROWS = 16  # rows per parallel work item (each item allocates its scratch rows 
 def cross_entropy_forward_ref(logits, targets, ignore_index=-100, label_smoothing=0.0):
     """logits (N, V), targets (N,) -> loss (0-d, logits' dtype), lse (N,)."""
     label_smoothing = _checked_smoothing("cross_entropy_forward_ref", label_smoothing)
+    check_target_range("cross_entropy_forward_ref", targets, logits.shape[1], ignore_index)
     row_max = logits.max(axis=1)                                          # (N,)
     lse = row_max + np.log(np.exp(logits - row_max[:, None]).sum(axis=1))  # (N,)
     valid = targets != ignore_index                                       # (N,)
@@ -219,13 +220,20 @@ def _check_inputs(fn, logits, targets, ignore_index):
         )
     if not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool):
         raise ValueError(f"{fn}: ignore_index must be an integer, got {ignore_index!r}")
+    check_target_range(fn, targets, vocab, ignore_index)
+    return np.ascontiguousarray(targets, dtype=np.int64)
+
+
+def check_target_range(fn, targets, vocab, ignore_index):
+    """Every target (N,) is a class id in [0, vocab) or ``ignore_index``; else a ValueError naming
+    the first that is not (NumPy indexing would raise a bare IndexError past the end and silently
+    count from the end for a negative id)."""
     bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(
             f"{fn}: targets[{i}] = {targets[i]} is outside [0, {vocab}) and is not ignore_index={ignore_index}"
         )
-    return np.ascontiguousarray(targets, dtype=np.int64)
 
 
 def cross_entropy_forward(logits, targets, ignore_index=-100, label_smoothing=0.0):

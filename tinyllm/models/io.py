@@ -393,8 +393,7 @@ def load_model(cls, directory, **options):
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
-        raise FileNotFoundError(f"from_pretrained: {config_path} not found; a model directory holds {CONFIG_NAME} "
-                                f"and {WEIGHTS_NAME} (written by save_pretrained, or a Hugging Face GPT-2 directory)")
+        raise _not_found(config_path)
     weights_path, weight_files = _weight_files(directory)
     raw = read_json_file(config_path, "model config")
     if not isinstance(raw, dict):
@@ -433,12 +432,13 @@ def check_load_options(who, options):
     format read), ``trust_remote_code`` (False: no code from a model directory runs) and
     ``dtype`` / ``torch_dtype`` (float32, or "auto": tinyllm computes in float32). Another value of
     those is a ValueError saying why; another keyword a TypeError naming it."""
+    float32_only = (_is_float32, "tinyllm computes in float32 (bfloat16 / float16 weights are widened on loading)")
     refusals = {
         "use_safetensors": (lambda v: v is None or v is True, "tinyllm reads safetensors only (never pickle)"),
         "trust_remote_code": (lambda v: not v, "tinyllm never runs code from a model directory"),
-        "dtype": (_is_float32, "tinyllm computes in float32 (bfloat16 / float16 weights are widened on loading)"),
-        "torch_dtype": (_is_float32, "tinyllm computes in float32 (bfloat16 / float16 weights are widened on loading)"),
-        "local_files_only": (lambda v: True, ""),
+        "dtype": float32_only,
+        "torch_dtype": float32_only,
+        "local_files_only": (lambda v: True, ""),  # (either way: tinyllm never downloads)
     }
     for name, value in options.items():
         if name not in refusals:
@@ -486,8 +486,12 @@ def _weight_files(directory):
             f"from_pretrained: {directory} holds {pickled[0]}, PyTorch's pickle format, which tinyllm never loads "
             "(unpickling a file can run any code in it). Convert it once with transformers: "
             "AutoModelForCausalLM.from_pretrained(d).save_pretrained(d) writes model.safetensors")
-    raise FileNotFoundError(f"from_pretrained: {single} not found; a model directory holds {CONFIG_NAME} and "
-                            f"{WEIGHTS_NAME} (written by save_pretrained, or a Hugging Face GPT-2 directory)")
+    raise _not_found(single)
+
+
+def _not_found(path):
+    return FileNotFoundError(f"from_pretrained: {path} not found; a model directory holds {CONFIG_NAME} and "
+                             f"{WEIGHTS_NAME} (written by save_pretrained, or a Hugging Face GPT-2 directory)")
 
 
 def _all_entries(index, headers):

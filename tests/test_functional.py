@@ -93,9 +93,10 @@ def test_gelu_forward_matches_numpy(approximate, data, shape):
     assert_close(y32, gelu_np(a.astype(np.float32).astype(np.float64), approximate), rtol=1e-5, atol=1e-6)
 
 
-def test_gelu_defaults_to_tanh_and_has_the_known_values():
+def test_gelu_defaults_to_the_exact_form_and_has_the_known_values():
     x = np.array([-3.0, -1.0, 0.0, 1.0, 3.0])
-    assert_close(F.gelu(Tensor(x)).data, gelu_np(x, "tanh"))
+    assert_close(F.gelu(Tensor(x)).data, gelu_np(x, "none"))  # torch's default
+    assert_close(F.gelu(Tensor(x), approximate="tanh").data, gelu_np(x, "tanh"))
     # exact GELU: x * Phi(x); Phi(1) = 0.8413447460685429
     assert_close(F.gelu(Tensor(x), approximate="none").data[3], 0.8413447460685429, rtol=1e-12)
     assert F.gelu(Tensor(x), approximate="none").data[2] == 0.0

@@ -888,13 +888,17 @@ def test_warmup_cosine_scheduler_step_and_get_last_lr_as_torch_schedulers():
 # deliberate differences, pinned so that a change on either side is noticed
 
 
-def test_documented_difference_gelu_defaults_to_tanh():
-    """tinyllm's F.gelu defaults to GPT-2's tanh approximation; torch's to the exact erf form.
-    Pass ``approximate="none"`` for torch's default."""
+def test_gelu_defaults_are_torchs():
+    """``F.gelu(x)`` and ``nn.GELU()`` are torch's exact (erf) form unless asked for "tanh"."""
     x = 2 * randn(50)
-    ours = F.gelu(Tensor(x)).data
-    assert_close(ours, tF.gelu(torch.tensor(x), approximate="tanh"))
-    assert np.abs(ours - tF.gelu(torch.tensor(x)).numpy()).max() > 1e-5
+    exact = tF.gelu(torch.tensor(x)).numpy()
+    assert np.abs(exact - tF.gelu(torch.tensor(x), approximate="tanh").numpy()).max() > 1e-5  # the two differ
+    assert_close(F.gelu(Tensor(x)).data, exact)
+    assert_close(nn.GELU()(Tensor(x)).data, exact)
+    assert_close(nn.GELU(approximate="tanh")(Tensor(x)).data, tF.gelu(torch.tensor(x), approximate="tanh").numpy())
+    assert repr(nn.GELU("tanh")) == repr(torch.nn.GELU("tanh"))
+    with pytest.raises(ValueError, match="'erf'"):
+        nn.GELU("erf")
 
 
 def test_documented_difference_max_with_axis_returns_values_only():

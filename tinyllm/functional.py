@@ -72,8 +72,10 @@ class GELU(Function):
         return _gelu.gelu_backward(x, g, ctx.approximate, tanh=t)
 
 
-def gelu(x, approximate="tanh"):
-    """GELU activation; ``approximate`` is ``"tanh"`` (GPT-2) or ``"none"`` (exact, with erf)."""
+def gelu(x, approximate="none"):
+    """GELU activation, as ``torch.nn.functional.gelu``: ``approximate="none"`` (the default) is
+    the exact x * Phi(x), with erf; ``"tanh"`` is GPT-2's approximation (``gelu_new`` in
+    transformers), which tinyllm's GPT uses."""
     if approximate not in ("tanh", "none"):
         raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
     return GELU.apply(x, approximate=approximate)

@@ -7,7 +7,7 @@ from .. import functional as F
 from ..tensor import Tensor
 from .module import Module, Parameter
 
-__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "PositionalEncoding", "LearnedPositionalEmbedding"]
+__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "GELU", "PositionalEncoding", "LearnedPositionalEmbedding"]
 
 
 def _rng(rng):
@@ -100,6 +100,22 @@ class ReLU(Module):
 
     def forward(self, x):
         return F.relu(x)
+
+
+class GELU(Module):
+    """GELU as a layer (``torch.nn.GELU``): exact by default, ``approximate="tanh"`` for GPT-2's form."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"GELU: approximate must be 'tanh' or 'none', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, approximate=self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
 
 
 def sinusoidal_table(max_len, d_model, dtype=np.float32):

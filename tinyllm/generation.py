@@ -17,7 +17,8 @@ import inspect
 
 import numpy as np
 
-__all__ = ["generate", "check_decoding_strategy", "left_pad", "apply_top_k", "apply_top_p", "sample_from_logits", "repetition_penalty_processor",
+__all__ = ["generate", "greedy_or_sample", "output_record", "generate_output", "check_decoding_strategy", "left_pad",
+           "apply_top_k", "apply_top_p", "sample_from_logits", "repetition_penalty_processor",
            "no_repeat_ngram_processor", "min_length_processor", "min_new_tokens_processor", "TextStreamer"]
 
 
@@ -278,14 +279,7 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
         attention_mask = None if attention_mask is None else np.repeat(attention_mask, copies, axis=0)
     processors = _logits_processors(idx.shape[1], attention_mask, eos_token_id, repetition_penalty,
                                     no_repeat_ngram_size, min_length, min_new_tokens)
-    if num_beams > 1 and output_logits:
-        raise ValueError("generate: output_logits is given for greedy and sampled decoding; with num_beams > 1, "
-                         "output_scores gives each hypothesis's sequences_scores")
-    # per new token, (N, V) each (with beams: no per-step scores, the final sequences_scores only)
-    record = ([] if output_scores and num_beams == 1 else None), ([] if output_logits else None)
-    if streamer is not None and (idx.shape[0] != 1 or num_beams > 1):
-        raise ValueError(f"generate: a streamer takes one sequence, greedy or sampled (as transformers'), got "
-                         f"{idx.shape[0]} rows and num_beams={num_beams}")
+    record = output_record(idx.shape[0], num_beams, output_scores, output_logits, streamer)
     was_training = model.training
     model.eval()
     try:
@@ -294,17 +288,36 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
                                               eos_token_id, pad, length_penalty, early_stopping,
                                               num_return_sequences, use_cache)
         else:
-            out, beam_scores = _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample,
-                                              temperature, top_k, top_p, eos_token_id, pad, use_cache, record,
-                                              streamer), None
+            step = _model_step(model, idx.shape[0], idx.shape[1] + max_new_tokens, use_cache, attention_mask)
+            out, beam_scores = greedy_or_sample(step, idx, max_new_tokens, rng, do_sample, temperature, top_k, top_p,
+                                                eos_token_id, pad, processors, record, streamer), None
     finally:
         model.train(was_training)
     if return_dict_in_generate:
-        from .models.outputs import GenerateOutput
-
-        scores, logits = (None if r is None else tuple(r) for r in record)
-        return GenerateOutput(out, scores, logits, beam_scores if output_scores else None)
+        return generate_output(out, record, beam_scores if output_scores else None)
     return out[0] if one_d and out.shape[0] == 1 else out
+
+
+def output_record(rows, num_beams, output_scores, output_logits, streamer):
+    """The lists :func:`greedy_or_sample` records each step's (scores, raw logits) in, None where not
+    asked for (with beams: no per-step scores, the final sequences_scores only); refuses what
+    generate cannot give (decoder-only and encoder-decoder alike). ``rows``: sequences decoded at once."""
+    if num_beams > 1 and output_logits:
+        raise ValueError("generate: output_logits is given for greedy and sampled decoding; with num_beams > 1, "
+                         "output_scores gives each hypothesis's sequences_scores")
+    if streamer is not None and (rows != 1 or num_beams > 1):
+        raise ValueError(f"generate: a streamer takes one sequence, greedy or sampled (as transformers'), got "
+                         f"{rows} rows and num_beams={num_beams}")
+    return ([] if output_scores and num_beams == 1 else None), ([] if output_logits else None)
+
+
+def generate_output(sequences, record, sequences_scores=None):
+    """The :class:`~tinyllm.models.outputs.GenerateOutput` of ``return_dict_in_generate``: the
+    ``record`` lists of :func:`output_record` as tuples of one (N, V) array per new token."""
+    from .models.outputs import GenerateOutput
+
+    scores, logits = (None if r is None else tuple(r) for r in record)
+    return GenerateOutput(sequences, scores, logits, sequences_scores)
 
 
 def _new_cache(model, batch, max_len):
@@ -442,20 +455,22 @@ def _model_step(model, rows, total_len, use_cache, attention_mask=None):
     return step
 
 
-def _generate_loop(model, idx, attention_mask, processors, max_new_tokens, rng, do_sample, temperature, top_k,
-                   top_p, eos, pad, use_cache, record=(None, None), streamer=None):
-    """Greedy or sampling, token by token: the next token's logits from :func:`_model_step` (the
+def greedy_or_sample(step, idx, max_new_tokens, rng, do_sample, temperature, top_k, top_p, eos, pad,
+                     processors=(), record=(None, None), streamer=None):
+    """Greedy or sampling, token by token, for a decoder-only model and an encoder-decoder alike:
+    the next token's logits (N, V) from ``step(sequences (N, t))`` (e.g. :func:`_model_step`, the
     KV cache fed only the tokens it has not seen), through the logits ``processors`` (none unless
-    asked for), picked by :func:`sample_from_logits`; a finished sequence is padded with ``pad``.
-    ``record`` (scores, logits): lists to append each step's chosen-from scores / raw logits to.
-    ``streamer``: told the prompt, each new token and the end (``put`` / ``end``, transformers')."""
+    asked for), picked by :func:`sample_from_logits`; a sequence that produced an ``eos`` id
+    (int64 array, or None) is padded with ``pad``. ``idx`` (N, T): the prompts (an encoder-decoder:
+    the decoder's start token). ``record`` (scores, logits): lists to append each step's
+    chosen-from scores / raw logits to (:func:`output_record`). ``streamer``: told ``idx``, each
+    new token and the end (``put`` / ``end``, transformers')."""
     scores, raw = record
     if streamer is not None:
         streamer.put(idx.copy())  # (1, T)
     batch, prompt_len = idx.shape
     out = np.empty((batch, prompt_len + max_new_tokens), np.int64)
     out[:, :prompt_len] = idx
-    step = _model_step(model, batch, prompt_len + max_new_tokens, use_cache, attention_mask)
     done = np.zeros(batch, dtype=bool)
     for length in range(prompt_len, prompt_len + max_new_tokens):
         model_logits = step(out[:, :length])  # (B, V)

@@ -381,7 +381,8 @@ class EncoderDecoderTransformer(nn.Module):
     @no_grad()
     def generate(self, src_ids=None, max_new_tokens=None, num_beams=1, length_penalty=1.0, early_stopping=False,
                  do_sample=False, temperature=1.0, top_k=None, top_p=None, seed=None, num_return_sequences=1,
-                 max_length=None, use_cache=True, input_ids=None, attention_mask=None):
+                 max_length=None, use_cache=True, input_ids=None, attention_mask=None, return_dict_in_generate=False,
+                 output_scores=False, output_logits=False, streamer=None):
         """Translate: target ids (B * num_return_sequences, L) for source ids (B, S) (rows padded
         with pad_token_id), as Hugging Face's ``generate`` for an encoder-decoder model.
 
@@ -406,8 +407,16 @@ class EncoderDecoderTransformer(nn.Module):
         ``input_ids`` is another name for ``src_ids`` and ``attention_mask`` may come along, so
         ``model.generate(**tokenizer(sources, padding=True, return_tensors="np"))`` works; the mask
         must mark the same padding as the ids (this model reads padding from ``pad_token_id``).
+
+        As the GPT's generate (transformers' encoder-decoder fields): ``return_dict_in_generate=True``
+        returns a :class:`~tinyllm.models.outputs.GenerateOutput` (``.sequences``, always 2-D; with
+        ``output_scores`` the scores each new token was chosen from, with ``output_logits`` the raw
+        logits, one (N, V) array per new token; with beams, ``output_scores`` gives
+        ``.sequences_scores``). ``streamer`` (e.g. :class:`tinyllm.generation.TextStreamer`) is
+        given BOS (1, 1), each new token and the end (one source, greedy or sampled).
         """
         from ..beam_search import beam_search
+        from ..generation import generate_output, greedy_or_sample, output_record
 
         c = self.config
         src_ids = one_of("src_ids", src_ids, "input_ids", input_ids, required=True, method="generate")
@@ -419,24 +428,29 @@ class EncoderDecoderTransformer(nn.Module):
         max_new_tokens = self._check_generate_args(max_new_tokens, max_length, num_beams, length_penalty,
                                                    early_stopping, do_sample, temperature, top_k, top_p,
                                                    num_return_sequences)
+        copies = num_beams if num_beams > 1 else num_return_sequences
+        record = output_record(src_ids.shape[0] * copies, num_beams, output_scores, output_logits, streamer)
         was_training = self.training
         self.eval()
         try:
-            copies = num_beams if num_beams > 1 else num_return_sequences
             src_ids = np.repeat(src_ids, copies, axis=0)  # each source's beams / samples next to each other
             memory = self.encode(src_ids)
             step = self._decoder_step(memory, self.source_mask(src_ids), use_cache)
             bos = np.full((src_ids.shape[0] // copies, 1), c.bos_token_id, dtype=np.int64)
             if num_beams > 1:
-                out, _ = beam_search(step, bos, num_beams, max_length=1 + max_new_tokens,
-                                     eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
-                                     length_penalty=length_penalty, early_stopping=early_stopping,
-                                     num_return_sequences=num_return_sequences)
+                out, beam_scores = beam_search(step, bos, num_beams, max_length=1 + max_new_tokens,
+                                               eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+                                               length_penalty=length_penalty, early_stopping=early_stopping,
+                                               num_return_sequences=num_return_sequences)
             else:
-                out = self._greedy_or_sample(step, np.repeat(bos, copies, axis=0), max_new_tokens, do_sample,
-                                             temperature, top_k, top_p, np.random.default_rng(seed))
+                out, beam_scores = greedy_or_sample(
+                    step, np.repeat(bos, copies, axis=0), max_new_tokens, np.random.default_rng(seed), do_sample,
+                    temperature, top_k, top_p, np.array([c.eos_token_id]), c.pad_token_id, record=record,
+                    streamer=streamer), None
         finally:
             self.train(was_training)
+        if return_dict_in_generate:
+            return generate_output(out, record, beam_scores if output_scores else None)
         return out[0] if one_d and out.shape[0] == 1 else out
 
     def _check_source_mask(self, src_ids, attention_mask, method="generate"):
@@ -486,7 +500,7 @@ class EncoderDecoderTransformer(nn.Module):
         return int(max_new_tokens)
 
     def _decoder_step(self, memory, memory_mask, use_cache):
-        """step(sequences (N, t), parents (N,) or None) -> next-token logits (N, V) as float64.
+        """step(sequences (N, t), parents (N,) or None) -> next-token logits (N, V), in the model's dtype.
 
         ``parents[i]`` is the row of the previous step that row i continues (beam search
         reorders the rows); with the cache, that reorders the cached keys and values, and only
@@ -505,23 +519,6 @@ class EncoderDecoderTransformer(nn.Module):
             return logits.data[:, -1, :]
 
         return step
-
-    def _greedy_or_sample(self, step, sequences, max_new_tokens, do_sample, temperature, top_k, top_p, rng):
-        """Greedy (or sampled) decoding of all rows at once, as Hugging Face's: a row that produced
-        EOS gets pad_token_id from then on; stops when every row is done."""
-        from ..generation import sample_from_logits
-
-        c = self.config
-        done = np.zeros(sequences.shape[0], dtype=bool)
-        for _ in range(max_new_tokens):
-            logits = step(sequences)  # (N, V)
-            next_ids = sample_from_logits(logits, rng, do_sample, temperature, top_k, top_p)
-            next_ids = np.where(done, c.pad_token_id, next_ids)
-            done |= next_ids == c.eos_token_id
-            sequences = np.concatenate([sequences, next_ids[:, None].astype(np.int64)], axis=1)
-            if done.all():
-                break
-        return sequences
 
     # --- saving and loading --------------------------------------------------------------------------
     def save_pretrained(self, save_directory):

@@ -16,12 +16,13 @@ class LMOutput(NamedTuple):
 
 
 class GenerateOutput(NamedTuple):
-    """``generate(..., return_dict_in_generate=True)``: Hugging Face's ``GenerateOutput`` fields.
+    """``generate(..., return_dict_in_generate=True)``: Hugging Face's ``GenerateOutput`` fields
+    (the GPT's and the encoder-decoder's).
 
-    ``sequences`` (N, L) the ids, prompts included; ``scores`` (with ``output_scores``) one (N, V)
-    float32 array per new token: the logits after the processors and, when sampling, the
-    temperature / top-k / top-p filters (-inf where filtered), i.e. what the token was chosen
-    from; ``logits`` (with ``output_logits``) the model's raw logits per new token;
+    ``sequences`` (N, L) the ids, prompts (an encoder-decoder's: BOS) included; ``scores`` (with
+    ``output_scores``) one (N, V) float32 array per new token: the logits after the processors
+    and, when sampling, the temperature / top-k / top-p filters (-inf where filtered), i.e. what
+    the token was chosen from; ``logits`` (with ``output_logits``) the model's raw logits per new token;
     ``sequences_scores`` (beam search with ``output_scores``) each returned hypothesis's score, sum
     of log-probabilities / new tokens ** length_penalty (beam search gives no per-step ``scores``)."""
 

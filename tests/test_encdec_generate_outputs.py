@@ -137,8 +137,8 @@ def test_beam_sequences_scores_are_the_hypotheses_length_normalized_log_probabil
         ends = np.flatnonzero(seq == EOS)
         n_new = int(ends[0]) if len(ends) else len(seq) - 1
         logits = model.decode(seq[None, :n_new], model.encode(source), model.source_mask(source)).data[0]
-        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-            - logits.max(-1, keepdims=True)
+        z = logits - logits.max(axis=-1, keepdims=True)
+        log_probs = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))  # (n_new, V)
         want = log_probs[np.arange(n_new), seq[1:n_new + 1]].sum() / n_new ** 0.8
         np.testing.assert_allclose(got[row], want, rtol=1e-9)
 
@@ -202,6 +202,7 @@ def char_model_and_tokenizer(seed=6):
 
 
 def text_streamer(kind, tok, skip_prompt, **decode_kwargs):
+    """tinyllm's TextStreamer, or transformers' own (skipped if transformers is not installed)."""
     if kind == "transformers":
         transformers = pytest.importorskip("transformers")
         return transformers.TextStreamer(tok, skip_prompt=skip_prompt, **decode_kwargs)
@@ -216,10 +217,10 @@ def test_text_streamer_prints_the_decoded_target(capsys, kind, skip_prompt, deco
     """tinyllm's TextStreamer and transformers' own print what the returned ids decode to;
     skip_prompt (transformers' meaning): the decoder's start token is the prompt, not printed."""
     model, tok = char_model_and_tokenizer()
+    streamer = text_streamer(kind, tok, skip_prompt, **decode_kwargs)
     source = np.asarray(tok.encode("abc-hg"))
     plain = model.generate(source, **kwargs)
     assert len(set(plain[1:].tolist())) >= 3  # varied text, not one repeated token
     want = tok.decode(plain[1:] if skip_prompt else plain, **decode_kwargs) + "\n"
-    streamer = text_streamer(kind, tok, skip_prompt, **decode_kwargs)
     np.testing.assert_array_equal(model.generate(source, streamer=streamer, **kwargs), plain)
     assert capsys.readouterr().out == want

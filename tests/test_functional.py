@@ -655,3 +655,23 @@ def test_self_attention_heads_do_not_mix():
 def test_self_attention_rejects_a_width_that_does_not_split():
     with pytest.raises(ValueError, match=r"\(1, 2, 10\).*n_head=2"):
         F.self_attention(Tensor(np.ones((1, 2, 10))), 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# mean squared error
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_mse_loss_values_and_gradients_to_both_sides(reduction):
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    expected = {"mean": ((x - y) ** 2).mean(), "sum": ((x - y) ** 2).sum(), "none": (x - y) ** 2}[reduction]
+    assert_close(F.mse_loss(Tensor(x), y, reduction=reduction).data, expected)
+    check(lambda a, b: F.mse_loss(a, b, reduction=reduction), x, y)  # finite differences, both inputs
+
+
+def test_mse_loss_refuses_mismatched_shapes_and_unknown_reductions():
+    with pytest.raises(ValueError, match=r"\(3,\).*\(3, 1\)"):
+        F.mse_loss(Tensor(np.zeros((3, 1))), np.zeros(3))
+    with pytest.raises(ValueError, match="'avg'"):
+        F.mse_loss(Tensor(np.zeros(3)), np.zeros(3), reduction="avg")

@@ -901,6 +901,29 @@ def test_gelu_defaults_are_torchs():
         nn.GELU("erf")
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_loss_modules_match_torchs(reduction):
+    """``nn.CrossEntropyLoss`` and ``nn.MSELoss`` (with F.mse_loss) as torch's, gradients included."""
+    logits, targets = randn(6, 5), np.array([0, 4, -100, 2, 2, 1])
+    ours, theirs = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=0.1), \
+        torch.nn.CrossEntropyLoss(reduction=reduction, label_smoothing=0.1)
+    parity(lambda z: ours(z, targets), lambda z: theirs(z, torch.tensor(targets)), [logits])
+    parity(nn.MSELoss(reduction=reduction), torch.nn.MSELoss(reduction=reduction), [randn(3, 4), randn(3, 4, seed=1)])
+    with pytest.raises(ValueError, match="weight"):
+        nn.CrossEntropyLoss(weight=np.ones(5))
+
+
+@pytest.mark.parametrize("name", ["Identity", "Tanh", "Softmax", "LogSoftmax"])
+def test_small_modules_match_torchs(name):
+    args = {"Softmax": dict(dim=1), "LogSoftmax": dict(dim=1)}.get(name, {})
+    ours, theirs = getattr(nn, name)(**args), getattr(torch.nn, name)(**args)
+    parity(ours, theirs, [randn(3, 5)])
+    assert repr(ours) == repr(theirs)
+    if args:  # torch guesses the axis when none is given; tinyllm asks for it
+        with pytest.raises(ValueError, match="dim=-1"):
+            getattr(nn, name)()
+
+
 def test_documented_difference_max_with_axis_returns_values_only():
     """torch's ``x.max(dim)`` returns (values, indices) and sends a tied gradient to one index;
     tinyllm's ``x.max(axis)`` is torch's ``x.amax(dim)``: values only, ties split evenly."""

@@ -25,7 +25,7 @@ _gelu = dispatch("gelu")
 _ln = dispatch("layernorm")
 
 __all__ = [
-    "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "embedding", "dropout",
+    "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "mse_loss", "embedding", "dropout",
     "concatenate", "cat", "stack", "where", "scaled_dot_product_attention", "self_attention", "linear",
     "attention_composed", "key_lengths_from_mask", "key_starts_from_mask", "cached_self_attention",
     "transformer_block_step",
@@ -203,6 +203,20 @@ def cross_entropy(logits, targets, ignore_index=-100, label_smoothing=0.0, reduc
     _ce.check_target_range("cross_entropy", targets.reshape(-1), V, ignore_index)
     row_loss = _cross_entropy_rows(flat, targets.reshape(-1), ignore_index, float(label_smoothing))  # (N,)
     return row_loss.sum() if reduction == "sum" else row_loss.reshape(targets.shape)
+
+
+def mse_loss(input, target, reduction="mean"):
+    """Mean squared error, as ``torch.nn.functional.mse_loss``: (input - target)^2, averaged
+    (``"mean"``), summed (``"sum"``) or per element (``"none"``). ``target`` is a Tensor or an
+    array of ``input``'s shape (gradients flow to both when both are Tensors)."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"mse_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if tuple(np.shape(target.data if isinstance(target, Tensor) else target)) != tuple(input.shape):
+        raise ValueError(f"mse_loss: target of shape {np.shape(getattr(target, 'data', target))} must match the "
+                         f"input's shape {tuple(input.shape)} (torch would broadcast, usually a mistake)")
+    err = input - target
+    squared = err * err
+    return squared.mean() if reduction == "mean" else squared.sum() if reduction == "sum" else squared
 
 
 def _cross_entropy_rows(logits, targets, ignore_index, label_smoothing):

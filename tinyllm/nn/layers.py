@@ -1,4 +1,5 @@
-"""The basic layers: Linear, Embedding, LayerNorm, Dropout and the positional encodings."""
+"""The basic layers: Linear, Embedding, LayerNorm, Dropout, the positional encodings, the activations
+and the losses as modules (``torch.nn``'s names)."""
 import math
 
 import numpy as np
@@ -7,7 +8,8 @@ from .. import functional as F
 from ..tensor import Tensor
 from .module import Module, Parameter
 
-__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "ReLU", "GELU", "PositionalEncoding", "LearnedPositionalEmbedding"]
+__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "Identity", "ReLU", "GELU", "Tanh", "Softmax", "LogSoftmax",
+           "CrossEntropyLoss", "MSELoss", "PositionalEncoding", "LearnedPositionalEmbedding"]
 
 
 def _rng(rng):
@@ -116,6 +118,84 @@ class GELU(Module):
 
     def extra_repr(self):
         return f"approximate={self.approximate!r}"
+
+
+class Identity(Module):
+    """Returns its input (``torch.nn.Identity``): a placeholder where a layer may be switched off."""
+
+    def __init__(self, *args, **kwargs):  # torch's takes and ignores any arguments
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+
+class Tanh(Module):
+    """tanh as a layer (``torch.nn.Tanh``)."""
+
+    def forward(self, x):
+        return x.tanh()
+
+
+def _softmax_dim(cls_name, dim):
+    if dim is None:  # torch guesses an axis from the input's rank (deprecated there); say which one instead
+        raise ValueError(f"{cls_name}: pass the axis, e.g. {cls_name}(dim=-1)")
+    return dim
+
+
+class Softmax(Module):
+    """softmax along ``dim`` as a layer (``torch.nn.Softmax``)."""
+
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = _softmax_dim("Softmax", dim)
+
+    def forward(self, x):
+        return F.softmax(x, dim=self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    """log softmax along ``dim`` as a layer (``torch.nn.LogSoftmax``)."""
+
+    def __init__(self, dim=None):
+        Module.__init__(self)
+        self.dim = _softmax_dim("LogSoftmax", dim)
+
+    def forward(self, x):
+        return F.log_softmax(x, dim=self.dim)
+
+
+class CrossEntropyLoss(Module):
+    """``loss_fn = CrossEntropyLoss(); loss = loss_fn(logits, targets)``, as ``torch.nn.CrossEntropyLoss``:
+    :func:`tinyllm.functional.cross_entropy` with the arguments kept (classes on the last axis)."""
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        super().__init__()
+        if weight is not None:
+            raise ValueError("CrossEntropyLoss: per-class weight is not supported; pass weight=None")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+
+    def forward(self, input, target):
+        return F.cross_entropy(input, target, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                               reduction=self.reduction)
+
+
+class MSELoss(Module):
+    """Mean squared error as a module (``torch.nn.MSELoss``), see :func:`tinyllm.functional.mse_loss`."""
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"MSELoss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return F.mse_loss(input, target, reduction=self.reduction)
 
 
 def sinusoidal_table(max_len, d_model, dtype=np.float32):

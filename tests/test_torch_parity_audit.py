@@ -828,14 +828,15 @@ def test_optimizer_state_dict_has_torch_names_and_values(kind):
 
 
 @pytest.mark.parametrize("max_norm", [0.5, 100.0])
-@pytest.mark.parametrize("name", ["clip_grad_norm", "clip_grad_norm_"])
-def test_clip_grad_norm_matches_torch(name, max_norm):
+@pytest.mark.parametrize("where, name", [(optim, "clip_grad_norm"), (optim, "clip_grad_norm_"),
+                                         (nn.utils, "clip_grad_norm_")])  # nn.utils: torch's place for it
+def test_clip_grad_norm_matches_torch(where, name, max_norm):
     grads = grads_sequence(((3, 4), (4,), (2, 3)), 1)[0]
     ps = [nn.Parameter(np.zeros(g.shape)) for g in grads]
     ts = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64)) for g in grads]
     for p, t, g in zip(ps, ts, grads):
         p.grad, t.grad = g.copy(), torch.tensor(g)
-    norm = getattr(optim, name)(ps, max_norm)
+    norm = getattr(where, name)(ps, max_norm)
     tnorm = torch.nn.utils.clip_grad_norm_(ts, max_norm)
     assert norm == pytest.approx(tnorm.item(), rel=1e-12)
     for p, t in zip(ps, ts):

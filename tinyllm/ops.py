@@ -33,6 +33,18 @@ class Cast(Function):
         return g.astype(ctx.in_dtype, copy=False)
 
 
+class Clone(Function):
+    """y = a copy of x (its own memory);  dy/dx = 1."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
 class Add(Function):
     """y = a + b;  dy/da = 1, dy/db = 1."""
 
@@ -239,6 +251,40 @@ class ReLU(Function):
         return g * (x > 0)
 
 
+class Abs(Function):
+    """y = |x|;  dy/dx = sign(x) (0 at x = 0, as in PyTorch)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.abs(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * np.sign(x)
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + e^-x);  dy/dx = y (1 - y).
+
+    Computed as 1 / (1 + e^-|x|) for x >= 0 and e^-|x| / (1 + e^-|x|) below, so e^ never
+    overflows (at x = -1000, e^-x would be inf).
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        e = np.exp(-np.abs(x))
+        out = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        return g * out * (1 - out)
+
+
 # ----------------------------------------------------------------------------------------------
 # reductions (axis is a sorted tuple of non-negative ints, normalised by Tensor)
 
@@ -285,11 +331,13 @@ class Max(Function):
     maximum of [1, 3, 3] is [0, 1/2, 1/2].
     """
 
-    @staticmethod
-    def forward(ctx, x, axis, keepdims):
+    name, reduce = "max", staticmethod(np.max)
+
+    @classmethod
+    def forward(cls, ctx, x, axis, keepdims):
         if x.size == 0:
-            raise ValueError(f"max: cannot take the max of an empty tensor of shape {x.shape}")
-        out = np.asarray(x.max(axis=axis, keepdims=True))
+            raise ValueError(f"{cls.name}: cannot take the {cls.name} of an empty tensor of shape {x.shape}")
+        out = np.asarray(cls.reduce(x, axis=axis, keepdims=True))
         ctx.save_for_backward(x, out)
         ctx.axis, ctx.keepdims = axis, keepdims
         return out if keepdims else np.squeeze(out, axis=axis)
@@ -297,10 +345,17 @@ class Max(Function):
     @staticmethod
     def backward(ctx, g):
         x, out = ctx.saved_tensors
-        is_max = x == out
-        count = is_max.sum(axis=ctx.axis, keepdims=True)
+        is_extreme = x == out
+        count = is_extreme.sum(axis=ctx.axis, keepdims=True)
         g = g if ctx.keepdims else np.expand_dims(g, ctx.axis)
-        return is_max * (g / count).astype(x.dtype)
+        return is_extreme * (g / count).astype(x.dtype)
+
+
+class Min(Max):
+    """y = min of x over ``axis``;  dy/dx = 1/k on each of the k elements equal to the min, else 0
+    (ties split evenly, as :class:`Max`, whose backward this is)."""
+
+    name, reduce = "min", staticmethod(np.min)
 
 
 class Softmax(Function):
@@ -403,3 +458,38 @@ class GetItem(Function):
         else:
             np.add.at(grad, ctx.index, g)
         return grad
+
+
+class Expand(Function):
+    """y = x broadcast to ``shape`` (a read-only view: no copy);  dx = g summed over the
+    broadcast axes (:func:`~tinyllm.tensor.unbroadcast`)."""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.in_shape = x.shape
+        return np.broadcast_to(x, shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return unbroadcast(g, ctx.in_shape)
+
+
+class Repeat(Function):
+    """y = x tiled ``reps[i]`` times along axis i (``np.tile``; x's shape is padded with leading 1s
+    to len(reps) axes).
+
+    Viewing y (r_0 s_0, r_1 s_1, ...) as (r_0, s_0, r_1, s_1, ...), every copy index r_i holds the
+    same x, so dx = g of that shape summed over the r_i axes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, reps):
+        ctx.in_shape, ctx.reps = x.shape, reps
+        return np.tile(x, reps)
+
+    @staticmethod
+    def backward(ctx, g):
+        sizes = (1,) * (len(ctx.reps) - len(ctx.in_shape)) + ctx.in_shape  # x's shape as tiled
+        pairs = g.reshape([n for r, s in zip(ctx.reps, sizes) for n in (r, s)])  # (r_0, s_0, r_1, s_1, ...)
+        return pairs.sum(axis=tuple(range(0, 2 * len(sizes), 2))).reshape(ctx.in_shape)
+

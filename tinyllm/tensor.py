@@ -258,6 +258,26 @@ class Tensor:
     def double(self):
         return self.astype(np.float64)
 
+    def long(self):
+        """int64 values (truncated toward zero, as PyTorch's); an integer tensor has no gradient."""
+        return self.astype(np.int64)
+
+    def int(self):
+        """int32 values (truncated toward zero, as PyTorch's); an integer tensor has no gradient."""
+        return self.astype(np.int32)
+
+    def to(self, dtype):
+        """This tensor as ``dtype`` (anything ``np.dtype`` takes: ``np.float64``, ``"float32"``,
+        ``"int64"``), through the graph as :meth:`astype`; ``self`` when it already has that dtype.
+        PyTorch's ``x.to("cpu")`` is accepted and changes nothing (tinyllm runs on the CPU); another
+        device is a ValueError naming it, as ``Module.to``."""
+        dtype = dtype_or_cpu(dtype, "Tensor.to")
+        return self if dtype is None or dtype == self.dtype else self.astype(dtype)
+
+    def clone(self):
+        """A copy with its own memory that stays in the graph (the gradient passes through)."""
+        return _ops.Clone.apply(self)
+
     def zero_grad(self):
         self.grad = None
 
@@ -328,6 +348,9 @@ class Tensor:
     def __neg__(self):
         return _ops.Neg.apply(self)
 
+    def __abs__(self):
+        return _ops.Abs.apply(self)
+
     def __matmul__(self, other):
         return _ops.MatMul.apply(self, _operand(other, self))
 
@@ -385,6 +408,17 @@ class Tensor:
     def relu(self):
         return _ops.ReLU.apply(self)
 
+    def sigmoid(self):
+        return _ops.Sigmoid.apply(self)
+
+    def abs(self):
+        """|x|; its gradient at 0 is 0, as PyTorch's."""
+        return _ops.Abs.apply(self)
+
+    def pow(self, exponent):
+        """``self ** exponent`` (a number or a Tensor), PyTorch's name for it."""
+        return self ** exponent
+
     # --- reductions -----------------------------------------------------------------------------
     # ``dim=`` and ``keepdim=`` are PyTorch's names for NumPy's ``axis=`` and ``keepdims=``
     def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
@@ -407,6 +441,50 @@ class Tensor:
     def amax(self, dim=None, keepdim=False):
         """PyTorch's ``amax``: :meth:`max` over ``dim`` with ``keepdim``."""
         return self.max(dim, keepdim)
+
+    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The smallest values over ``axis`` (NumPy's ``min``, PyTorch's ``amin``); tied minima
+        share the gradient evenly. As :meth:`max`, ``dim=`` is refused: torch's
+        ``x.min(dim=...)`` returns (values, indices)."""
+        if dim is not None or keepdim is not None:
+            raise TypeError(f"min: got dim={dim!r}, keepdim={keepdim!r}; x.min(axis=...) returns the values only, "
+                            "as torch's x.amin(dim=...) (also here), while torch's x.min(dim=...) returns "
+                            "(values, indices): use x.amin(dim=...) and x.argmin(dim=...)")
+        return _ops.Min.apply(self, axis=_norm_axis(axis, self.ndim, "min"), keepdims=keepdims)
+
+    def amin(self, dim=None, keepdim=False):
+        """PyTorch's ``amin``: :meth:`min` over ``dim`` with ``keepdim``."""
+        return self.min(dim, keepdim)
+
+    def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        """The variance over ``dim`` (all axes when None), with PyTorch's arguments and defaults::
+
+            var = sum((x - mean)^2) / max(0, N - correction),   N elements per result
+
+        ``correction=1`` (the default, Bessel's: the unbiased estimate) or ``unbiased=True`` /
+        ``False`` (correction 1 / 0); not both. Positional arguments as PyTorch's:
+        ``x.var(dim, unbiased, keepdim)``, and ``x.var(False)`` is ``unbiased=False`` over all axes.
+        NumPy's ``np.var`` divides by N (``correction=0``). N - correction <= 0 gives inf or nan,
+        as in PyTorch. Composed from mean, sum and division, so its gradient,
+        2 (x - mean) / (N - correction), comes from theirs.
+        """
+        if isinstance(dim, bool):  # torch's x.var(False): the one positional argument is unbiased
+            dim, unbiased = None, dim
+        if unbiased is not None and correction is not None:
+            raise TypeError(f"var: pass unbiased= or correction=, not both (got unbiased={unbiased!r}, "
+                            f"correction={correction!r})")
+        correction = 1 if correction is None and unbiased is None else \
+            correction if correction is not None else int(bool(unbiased))
+        axis = _norm_axis(dim, self.ndim, "var")
+        count = int(np.prod([self.shape[a] for a in axis]))
+        centred = self - self.mean(axis, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):  # N - correction <= 0: inf or nan, as torch
+            return (centred * centred).sum(axis, keepdims=keepdim) / float(max(0, count - correction))
+
+    def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        """The standard deviation, sqrt(:meth:`var`) with the same arguments and PyTorch's
+        defaults (``correction=1``)."""
+        return self.var(dim, unbiased, keepdim, correction=correction).sqrt()
 
     def softmax(self, axis=-1, *, dim=None):
         axis = _either_name("softmax", "axis", axis, -1, "dim", dim)
@@ -454,6 +532,89 @@ class Tensor:
     def T(self):
         return self.transpose()
 
+    @property
+    def mT(self):
+        """The last two axes swapped (PyTorch's ``x.mT``: each matrix of a batch transposed)."""
+        if self.ndim < 2:
+            raise ValueError(f"mT: needs a matrix or a batch of matrices, got a tensor of shape {self.shape}")
+        return self.transpose(-2, -1)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        """Axes ``start_dim .. end_dim`` (inclusive) merged into one, as PyTorch's; a 0-d tensor
+        becomes shape (1,)."""
+        if self.ndim == 0:
+            for d in (start_dim, end_dim):
+                _norm_axis(d, 0, "flatten")  # 0 or -1 only
+            return self.reshape(1)
+        start, end = (_single_axis(d, self.ndim, "flatten") for d in (start_dim, end_dim))
+        if start > end:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
+                             f"for a tensor of shape {self.shape}")
+        return self.reshape(self.shape[:start] + (-1,) + self.shape[end + 1:])
+
+    def expand(self, *sizes):
+        """A view of this tensor repeated along axes of size 1 (and new leading axes) to ``sizes``,
+        as PyTorch's: -1 keeps an axis's size; the gradient sums over the repeated axes."""
+        sizes = _sizes_arg(sizes)
+        shape = self.shape
+        if len(sizes) < len(shape):
+            raise ValueError(f"expand: {len(sizes)} sizes {sizes} for a tensor of shape {shape}: "
+                             f"give at least one size per axis")
+        new_axes = len(sizes) - len(shape)
+        target = []
+        for i, size in enumerate(sizes):
+            old = shape[i - new_axes] if i >= new_axes else None
+            if size == -1 and old is None:
+                raise ValueError(f"expand: size -1 at new leading axis {i} in {sizes}: a new axis needs its size")
+            size = old if size == -1 else size
+            if size < 0 or (old is not None and old != 1 and old != size):
+                raise ValueError(f"expand: cannot expand shape {shape} to {sizes}: size {sizes[i]} at axis {i} "
+                                 f"does not match the existing size {old} (only size-1 axes expand)")
+            target.append(size)
+        return _ops.Expand.apply(self, shape=tuple(target))
+
+    def repeat(self, *sizes):
+        """This tensor tiled ``sizes[i]`` times along axis i, as PyTorch's ``repeat`` (NumPy's
+        ``tile``); more sizes than axes add leading axes. The data is copied."""
+        sizes = _sizes_arg(sizes)
+        if len(sizes) < self.ndim or any(n < 0 for n in sizes):
+            raise ValueError(f"repeat: sizes {sizes} for a tensor of shape {self.shape}: give one non-negative "
+                             f"count per axis (at least {self.ndim})")
+        return _ops.Repeat.apply(self, reps=sizes)
+
+    def split(self, split_size_or_sections, dim=0):
+        """Pieces along ``dim``, as PyTorch's: an int gives pieces of that size (the last may be
+        smaller), a list gives one piece per size (they must add up to the axis's length). Returns
+        a tuple of Tensors, each in the graph (nanoGPT: ``q, k, v = qkv.split(n_embd, dim=2)``)."""
+        axis = _single_axis(dim, self.ndim, "split")
+        if axis is None:
+            raise ValueError("split: a tensor with 0 dimensions has no axis to split")
+        length = self.shape[axis]
+        if isinstance(split_size_or_sections, (int, np.integer)):
+            size = int(split_size_or_sections)
+            if size <= 0 and length > 0:
+                raise ValueError(f"split: split size must be positive, got {size}")
+            sizes = [min(size, length - start) for start in range(0, length, size)] if length else [0]
+        else:
+            sizes = [int(n) for n in split_size_or_sections]
+            if sum(sizes) != length or any(n < 0 for n in sizes):
+                raise ValueError(f"split: sizes {sizes} must be non-negative and add up to {length}, the length of "
+                                 f"axis {dim} of a tensor of shape {self.shape} (they add up to {sum(sizes)})")
+        starts = np.cumsum([0] + sizes[:-1])
+        lead = (slice(None),) * axis
+        return tuple(self[lead + (slice(int(start), int(start) + n),)] for start, n in zip(starts, sizes))
+
+    def chunk(self, chunks, dim=0):
+        """``chunks`` pieces along ``dim`` of ceil(length / chunks) each, as PyTorch's (the last may
+        be smaller, and there may be fewer than ``chunks``). A tuple of Tensors, as :meth:`split`."""
+        if not isinstance(chunks, (int, np.integer)) or chunks <= 0:
+            raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
+        axis = _single_axis(dim, self.ndim, "chunk")
+        if axis is None:
+            raise ValueError("chunk: a tensor with 0 dimensions has no axis to split")
+        length = self.shape[axis]
+        return self.split(max(1, -(-length // int(chunks))), dim)
+
     def unsqueeze(self, dim):
         """A new axis of size 1 at ``dim`` (PyTorch's; ``x[:, None]`` in NumPy), -ndim-1 <= dim <= ndim."""
         if not -self.ndim - 1 <= dim <= self.ndim:
@@ -483,6 +644,12 @@ class Tensor:
         gradient; ties give the first index, as NumPy and PyTorch."""
         axis = None if dim is None else _single_axis(dim, self.ndim, "argmax")
         return Tensor._wrap(np.asarray(self.data.argmax(axis=axis, keepdims=keepdim and axis is not None),
+                                       dtype=np.int64))
+
+    def argmin(self, dim=None, keepdim=False):
+        """Index of the smallest element, as :meth:`argmax` (ties give the first index)."""
+        axis = None if dim is None else _single_axis(dim, self.ndim, "argmin")
+        return Tensor._wrap(np.asarray(self.data.argmin(axis=axis, keepdims=keepdim and axis is not None),
                                        dtype=np.int64))
 
     def __getitem__(self, index):
@@ -533,6 +700,27 @@ def _operand(other, like):
             return Tensor._wrap(np.asarray(other, dtype=like.data.dtype))
         return Tensor._wrap(np.asarray(other, dtype=np.float32))
     return Tensor(other)
+
+
+def _sizes_arg(sizes):
+    """A shape given as separate ints or as one tuple / list (``x.expand(2, 3)``, ``x.expand((2, 3))``)."""
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    return tuple(int(n) for n in sizes)
+
+
+def dtype_or_cpu(value, op):
+    """The ``np.dtype`` that ``value`` names, or None for PyTorch's device "cpu" (tinyllm runs on
+    the CPU, so moving there changes nothing); another device is a ValueError naming it."""
+    if isinstance(value, str) and value.split(":")[0] in ("cpu", "cuda", "mps", "xpu", "meta"):
+        if value.split(":")[0] != "cpu":
+            raise ValueError(f"{op}: tinyllm runs on the CPU only, got device {value!r}")
+        return None
+    try:
+        return np.dtype(value)
+    except TypeError:
+        raise TypeError(f"{op}: {value!r} is neither a dtype (np.float32, 'float64', 'int64', ...) "
+                        "nor the device 'cpu'") from None
 
 
 def _either_name(op, name, value, default, torch_name, torch_value):

@@ -9,7 +9,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from ..errors import StateDictError
-from ..tensor import Tensor
+from ..tensor import Tensor, dtype_or_cpu
 
 __all__ = ["Parameter", "Module", "ModuleList", "ModuleDict", "Sequential", "IncompatibleKeys"]
 
@@ -195,11 +195,9 @@ class Module:
         PyTorch's ``model.to("cpu")`` is accepted and changes nothing (tinyllm runs on the CPU);
         another device is a ValueError naming it.
         """
-        if isinstance(dtype, str) and (dtype.split(":")[0] in ("cpu", "cuda", "mps", "xpu", "meta")):
-            if dtype.split(":")[0] != "cpu":
-                raise ValueError(f"Module.to: tinyllm runs on the CPU only, got device {dtype!r}")
+        dtype = dtype_or_cpu(dtype, "Module.to")
+        if dtype is None:
             return self
-        dtype = np.dtype(dtype)
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = None

@@ -248,7 +248,7 @@ def test_repr_shows_layers_and_parameter_counts():
     assert text.startswith("Tiny(")
     assert "(fc1): Linear(in_features=3, out_features=4, bias=True)" in text
     assert "(fc2): Linear(in_features=4, out_features=2, bias=False)" in text
-    assert "(norm): LayerNorm(4, eps=1e-05)" in text
+    assert "(norm): LayerNorm((4,), eps=1e-05, elementwise_affine=True, bias=True)" in text
     assert text.rstrip().endswith(f"# {m.num_parameters():,} parameters")
     assert repr(nn.Embedding(10, 3)) == "Embedding(10, 3)"
 

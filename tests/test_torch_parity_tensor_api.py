@@ -1,5 +1,6 @@
-"""Tensor API that PyTorch code reaches for (clone, flatten, pow, abs, min / amin, var / std,
-sigmoid, expand, repeat, split, chunk, long / int / to, mT).
+"""Tensor, nn and functional API that PyTorch code reaches for (clone, flatten, pow, abs, min /
+amin, var / std, sigmoid, expand, repeat, split, chunk, long / int / to, mT; nn.LayerNorm's and
+nn.Embedding's full signatures, nn.SiLU; F.silu, F.pad, F.one_hot).
 
 Two halves. The first runs without torch: every new gradient against finite differences in
 float64 (``tinyllm.gradcheck``, which weights the output by a fixed random R), and the errors a
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 import tinyllm
-from tinyllm import Tensor
+import tinyllm.functional as F
+from tinyllm import Tensor, nn
 
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -192,6 +194,74 @@ def test_mT_and_flatten_values_and_casts():
     assert x.to("int64").dtype == np.int64 and x.to("cpu") is x and x.to(np.float64) is x
 
 
+def test_silu_and_pad_gradcheck():
+    check(F.silu, randn(3, 4) * 3)
+    check(lambda a: nn.SiLU()(a), randn(3, 4))
+    check(lambda a: F.pad(a, (1, 2)), randn(2, 3))
+    check(lambda a: F.pad(a, (0, 1, 2, 0), value=-1.5), randn(2, 3, 4))
+    check(lambda a: F.pad(a, (-1, 2, 1, -1)), randn(3, 4))  # negative widths cut off
+
+
+def test_pad_values_follow_torch_order_last_axis_first():
+    a = np.arange(6.0).reshape(2, 3)
+    y = F.pad(Tensor(a), (1, 0, 0, 2), value=9.0)
+    expected = np.full((4, 4), 9.0)
+    expected[:2, 1:] = a
+    np.testing.assert_array_equal(y.data, expected)
+    assert F.pad(Tensor(a.astype(np.int64)), (1, 1)).dtype == np.int64
+
+
+def test_one_hot():
+    ids = np.array([[0, 3], [2, 2]])
+    out = F.one_hot(ids)
+    assert out.dtype == np.int64 and out.shape == (2, 2, 4) and not out.requires_grad
+    np.testing.assert_array_equal(out.data, np.eye(4, dtype=np.int64)[ids])
+    assert F.one_hot(Tensor(ids), num_classes=6).shape == (2, 2, 6)
+
+
+def test_layer_norm_module_variants_gradcheck():
+    """Gradients to the input and to each parameter the module has, set away from their ones /
+    zeros init (so a swapped weight and bias would show)."""
+    x = randn(2, 3, 4)
+    for ln in (nn.LayerNorm(4, dtype=np.float64), nn.LayerNorm((3, 4), dtype=np.float64),
+               nn.LayerNorm(4, elementwise_affine=False, dtype=np.float64), nn.LayerNorm(4, bias=False, dtype=np.float64)):
+        names = [n for n, _ in ln.named_parameters()]
+
+        def run(a, *params, ln=ln, names=names):
+            for name, p in zip(names, params):
+                object.__setattr__(ln, name, p)  # the checker's leaf in place of the parameter
+            return ln(a)
+
+        check(run, x, *[p.data + randn(*p.shape, seed=3) for p in ln.parameters()])
+
+
+def test_layer_norm_module_parameters():
+    assert [n for n, _ in nn.LayerNorm(4).named_parameters()] == ["weight", "bias"]
+    assert [n for n, _ in nn.LayerNorm(4, bias=False).named_parameters()] == ["weight"]
+    ln = nn.LayerNorm(4, elementwise_affine=False)
+    assert ln.parameters() == [] and ln.weight is None and ln.bias is None
+    assert nn.LayerNorm((2, 3)).weight.shape == (2, 3) and nn.LayerNorm(5).normalized_shape == (5,)
+
+
+@pytest.mark.parametrize("padding_idx", [0, 3, -1])
+def test_embedding_padding_row_is_zero_and_gets_no_gradient(padding_idx):
+    emb = nn.Embedding(5, 3, padding_idx=padding_idx, rng=np.random.default_rng(0), dtype=np.float64)
+    row = padding_idx % 5
+    np.testing.assert_array_equal(emb.weight.data[row], 0.0)
+    assert np.abs(np.delete(emb.weight.data, row, axis=0)).min() > 0
+    ids = np.array([[row, 1, row], [2, row, 4]])
+    R = randn(2, 3, 3, seed=1)
+    (emb(ids) * R).sum().backward()
+    expected = np.zeros((5, 3))
+    np.add.at(expected, ids, R)
+    expected[row] = 0
+    np.testing.assert_allclose(emb.weight.grad, expected, rtol=1e-12)
+    # finite differences see the padding row's true gradient, which padding_idx withholds on
+    # purpose (pinned above): check the other rows, with ids that miss the padding row
+    others = np.array([[v for v in range(5) if v != row][:3]])
+    check(lambda w: F.embedding(others, w, padding_idx=padding_idx), emb.weight.data + 1.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # errors a user can cause name the offending value
 
@@ -224,6 +294,26 @@ def test_errors_name_the_offending_values():
         x.to("cuda")
     with pytest.raises(TypeError, match="'cpux'"):
         x.to("cpux")
+    with pytest.raises(ValueError, match="mode='reflect'"):
+        F.pad(x, (1, 1), mode="reflect")
+    with pytest.raises(ValueError, match=r"pad \(1, 1, 1\)"):
+        F.pad(x, (1, 1, 1))
+    with pytest.raises(ValueError, match=r"leave axis 2 .* with -1 elements"):
+        F.pad(x, (-3, -2))
+    with pytest.raises(ValueError, match="id 5 is out of range for num_classes=4"):
+        F.one_hot(np.array([1, 5]), 4)
+    with pytest.raises(ValueError, match="non-negative, got -1"):
+        F.one_hot(np.array([1, -1]))
+    with pytest.raises(TypeError, match="float64"):
+        F.one_hot(np.array([1.0]))
+    with pytest.raises(ValueError, match="padding_idx 5 is out of range for 5 embeddings"):
+        nn.Embedding(5, 3, padding_idx=5)
+    with pytest.raises(TypeError, match="rng="):
+        nn.Embedding(5, 3, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"input of shape \(2, 3, 4\) does not end in normalized_shape \(3,\)"):
+        nn.LayerNorm(3)(x)
+    with pytest.raises(ValueError, match="inplace"):
+        nn.SiLU(inplace=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,6 +395,9 @@ def test_elementwise_and_clone_match_torch(torch, dtype):
     parity(torch, lambda x, y: x.pow(y), lambda t, u: t.pow(u), [positive(3, 4), randn(4, seed=1)], dtype)
     parity(torch, lambda x: x.sigmoid(), lambda t: t.sigmoid(), [randn(3, 4) * 5], dtype)
     parity(torch, lambda x: x.sigmoid(), lambda t: t.sigmoid(), [np.array([-80.0, -20.0, 0.0, 20.0, 80.0])], dtype)
+    parity(torch, F.silu, torch.nn.functional.silu, [randn(3, 4) * 3], dtype)
+    parity(torch, nn.SiLU(), torch.nn.SiLU(), [randn(3, 4)], dtype)
+    assert repr(nn.SiLU()) == repr(torch.nn.SiLU())
 
 
 def test_abs_at_zero_matches_torch(torch):
@@ -372,3 +465,66 @@ def test_casts_and_to_match_torch(torch):
         np.testing.assert_array_equal(ours.data, theirs.numpy())
     parity(torch, lambda x: x.to(np.float32).to(np.float64) * x, lambda t: t.to(torch.float32).to(torch.float64) * t,
            [randn(3)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pad_matches_torch(torch, dtype):
+    for widths, value in [((1, 2), 0.0), ((0, 1, 2, 0), -1.5), ((1, 1, 1, 1, 1, 1), 2.0), ((-1, 2, 1, -1), 0.0),
+                          ((2, -3), 4.0)]:
+        parity(torch, lambda x: F.pad(x, widths, value=value),
+               lambda t: torch.nn.functional.pad(t, widths, value=value), [randn(2, 3, 4)], dtype)
+
+
+def test_one_hot_matches_torch(torch):
+    ids = np.array([[0, 3], [2, 2]])
+    for n in (-1, 4, 7):
+        ours, theirs = F.one_hot(ids, n), torch.nn.functional.one_hot(torch.tensor(ids), n)
+        assert ours.dtype == np.int64 and theirs.dtype == torch.int64
+        np.testing.assert_array_equal(ours.data, theirs.numpy())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("args, kwargs", [((4,), {}), (((3, 4),), {}), ((4,), {"elementwise_affine": False}),
+                                          ((4,), {"bias": False}), ((4, 1e-3), {}), (((3, 4), 1e-5, False), {})])
+def test_layer_norm_module_matches_torch(torch, args, kwargs, dtype):
+    ours, theirs = nn.LayerNorm(*args, **kwargs, dtype=dtype), torch.nn.LayerNorm(*args, **kwargs, dtype=torch.float64)
+    assert repr(ours) == repr(theirs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert [(n, tuple(p.shape)) for n, p in ours.named_parameters()] == \
+        [(n, tuple(p.shape)) for n, p in theirs.named_parameters()]
+    state = {k: v.detach().numpy() + randn(*v.shape, seed=i + 1) for i, (k, v) in enumerate(theirs.state_dict().items())}
+    ours.load_state_dict(state)
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+    theirs = theirs.to(torch.float32) if dtype == np.float32 else theirs
+    parity(torch, ours, theirs, [randn(2, 3, 4)], dtype, rtol=1e-4 if dtype == np.float32 else 1e-10)
+    if not ours.parameters():
+        return
+    ours.zero_grad(), theirs.zero_grad()
+    x, R = randn(2, 3, 4).astype(dtype), randn(2, 3, 4, seed=9).astype(dtype)
+    (ours(Tensor(x)) * R).sum().backward()
+    (theirs(torch.tensor(x)) * torch.tensor(R)).sum().backward()
+    for (name, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert_close(p.grad, q.grad, dtype, **({"rtol": 1e-4, "atol": 1e-5} if dtype == np.float32 else {}))
+
+
+@pytest.mark.parametrize("padding_idx", [None, 0, 2, -1, -5])
+def test_embedding_padding_idx_matches_torch(torch, padding_idx):
+    ours = nn.Embedding(5, 3, padding_idx=padding_idx, dtype=np.float64)
+    theirs = torch.nn.Embedding(5, 3, padding_idx=padding_idx, dtype=torch.float64)
+    assert repr(ours) == repr(theirs) and ours.padding_idx == theirs.padding_idx
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    if padding_idx is not None:  # both start the padding row at zero
+        np.testing.assert_array_equal(ours.weight.data[padding_idx], 0.0)
+        np.testing.assert_array_equal(theirs.weight.detach().numpy()[padding_idx], 0.0)
+    weight = randn(5, 3, seed=4)  # a non-zero padding row: its gradient must still be zero
+    ours.load_state_dict({"weight": weight})
+    theirs.load_state_dict({"weight": torch.tensor(weight)})
+    ids = np.array([[0, 2, 4, 2], [4, 4, 1, 0]])
+    R = randn(2, 4, 3, seed=5)
+    out, ref = ours(ids), theirs(torch.tensor(ids))
+    assert_close(out.data, ref)
+    (out * R).sum().backward()
+    (ref * torch.tensor(R)).sum().backward()
+    assert_close(ours.weight.grad, theirs.weight.grad)
+    parity(torch, lambda w: F.embedding(ids, w, padding_idx=padding_idx),
+           lambda w: torch.nn.functional.embedding(torch.tensor(ids), w, padding_idx=padding_idx), [weight])

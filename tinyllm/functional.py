@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .kernels.dispatch import dispatch
+from .ops import Pad as PadFunction
 from .tensor import Function, Tensor, is_grad_enabled, unbroadcast
 
 # tinyllm/kernels/<name>.py; _ln.layernorm_forward is the numba kernel, or layernorm_forward_ref
@@ -25,15 +26,21 @@ _gelu = dispatch("gelu")
 _ln = dispatch("layernorm")
 
 __all__ = [
-    "gelu", "relu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "mse_loss", "embedding", "dropout",
+    "gelu", "relu", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "mse_loss", "embedding", "dropout",
     "concatenate", "cat", "stack", "where", "scaled_dot_product_attention", "self_attention", "linear",
     "attention_composed", "key_lengths_from_mask", "key_starts_from_mask", "cached_self_attention",
-    "transformer_block_step",
+    "transformer_block_step", "pad", "one_hot",
 ]
 
 
 def relu(x):
     return x.relu()
+
+
+def silu(x):
+    """SiLU (swish), as ``torch.nn.functional.silu``: x * sigmoid(x), composed from those two
+    operations, so its gradient is sigmoid(x) (1 + x (1 - sigmoid(x)))."""
+    return x * x.sigmoid()
 
 
 def softmax(x, axis=-1, *, dim=None):
@@ -249,28 +256,49 @@ class Embedding(Function):
     """
 
     @staticmethod
-    def forward(ctx, ids, weight):
+    def forward(ctx, ids, weight, padding_idx=None):
         ctx.save_for_backward(ids)
-        ctx.weight_shape = weight.shape
+        ctx.weight_shape, ctx.padding_idx = weight.shape, padding_idx
         return weight[ids]
 
     @staticmethod
     def backward(ctx, g):
         (ids,) = ctx.saved_tensors
         rows = g.reshape(-1, ctx.weight_shape[1])  # (..., C) -> (P, C)
-        return None, _emb.embedding_backward(ids.reshape(-1), rows, ctx.weight_shape[0])
+        dweight = _emb.embedding_backward(ids.reshape(-1), rows, ctx.weight_shape[0])
+        if ctx.padding_idx is not None:
+            dweight[ctx.padding_idx] = 0  # the padding row is not trained (PyTorch's padding_idx)
+        return None, dweight
 
 
-def embedding(ids, weight):
-    """Rows of ``weight`` (V, C) picked by integer ``ids`` (any shape) -> (*ids.shape, C)."""
+def embedding(ids, weight, padding_idx=None):
+    """Rows of ``weight`` (V, C) picked by integer ``ids`` (any shape) -> (*ids.shape, C).
+
+    ``padding_idx`` (as ``torch.nn.functional.embedding``'s; negative counts from the end): that
+    row receives no gradient, so a padding token's vector stays what it is (zeros in
+    :class:`tinyllm.nn.Embedding`)."""
     ids = ids.data if isinstance(ids, Tensor) else np.asarray(ids)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
     V = weight.shape[0]
+    padding_idx = padding_row(padding_idx, V, "embedding")
     if ids.size and (ids.min() < 0 or ids.max() >= V):
         bad = ids.min() if ids.min() < 0 else ids.max()
         raise ValueError(f"embedding: id {int(bad)} is out of range for a vocabulary of {V} (valid ids are 0..{V - 1})")
-    return Embedding.apply(ids, weight)
+    return Embedding.apply(ids, weight, padding_idx=padding_idx)
+
+
+def padding_row(padding_idx, num_embeddings, op):
+    """``padding_idx`` as a row number in [0, num_embeddings) (negative counts from the end, as
+    PyTorch's), or None."""
+    if padding_idx is None:
+        return None
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
+        raise TypeError(f"{op}: padding_idx must be an int or None, got {padding_idx!r}")
+    if not -num_embeddings <= padding_idx < num_embeddings:
+        raise ValueError(f"{op}: padding_idx {padding_idx} is out of range for {num_embeddings} embeddings "
+                         f"(valid: {-num_embeddings}..{num_embeddings - 1})")
+    return int(padding_idx) % num_embeddings
 
 
 class Dropout(Function):
@@ -418,6 +446,47 @@ def where(cond, a, b):
     a = a if isinstance(a, Tensor) else Tensor(np.asarray(a, dtype=dtype))
     b = b if isinstance(b, Tensor) else Tensor(np.asarray(b, dtype=dtype))
     return Where.apply(cond, a, b)
+
+
+def pad(x, pad, mode="constant", value=0.0):
+    """``x`` with ``value`` added before and after its last axes, as ``torch.nn.functional.pad``
+    in constant mode: ``pad`` lists (before, after) pairs from the *last* axis backwards,
+    ``(left, right)`` pads the last axis, ``(left, right, top, bottom)`` the last two. A negative
+    width cuts that many elements off instead (as PyTorch's). The gradient is g with the padding
+    removed (and zeros where elements were cut off).
+    """
+    if mode != "constant":
+        raise ValueError(f"pad: only mode='constant' is supported, got mode={mode!r}")
+    widths = [int(w) for w in pad]
+    if len(widths) % 2 or len(widths) // 2 > x.ndim:
+        raise ValueError(f"pad: pad {tuple(pad)} must hold one (before, after) pair per padded axis, at most "
+                         f"{x.ndim} pairs for a tensor of shape {x.shape}")
+    pairs = [(0, 0)] * (x.ndim - len(widths) // 2) + [tuple(widths[i:i + 2]) for i in range(len(widths) - 2, -1, -2)]
+    for axis, ((before, after), n) in enumerate(zip(pairs, x.shape)):
+        if n + before + after < 0:
+            raise ValueError(f"pad: pad {tuple(pad)} would leave axis {axis} of shape {x.shape} with "
+                             f"{n + before + after} elements")
+    crop = tuple(slice(max(0, -before), n - max(0, -after)) for (before, after), n in zip(pairs, x.shape))
+    if any(before < 0 or after < 0 for before, after in pairs):
+        x = x[crop]  # the negative widths, as indexing (its backward puts zeros there)
+    return PadFunction.apply(x, widths=tuple((max(0, b), max(0, a)) for b, a in pairs), value=value)
+
+
+def one_hot(ids, num_classes=-1):
+    """``(..., num_classes)`` int64 rows with a 1 at each id, as ``torch.nn.functional.one_hot``
+    (no gradient); ``num_classes=-1`` takes the largest id + 1."""
+    ids = ids.data if isinstance(ids, Tensor) else np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: ids must be integers, got dtype {ids.dtype}")
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"one_hot: ids must be non-negative, got {int(ids.min())}")
+    if num_classes == -1:
+        if not ids.size:
+            raise ValueError("one_hot: cannot infer num_classes from no ids; pass num_classes=")
+        num_classes = int(ids.max()) + 1
+    if ids.size and ids.max() >= num_classes:
+        raise ValueError(f"one_hot: id {int(ids.max())} is out of range for num_classes={num_classes}")
+    return Tensor._wrap((ids[..., None] == np.arange(num_classes)).astype(np.int64))
 
 
 # ----------------------------------------------------------------------------------------------

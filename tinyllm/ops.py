@@ -493,3 +493,16 @@ class Repeat(Function):
         pairs = g.reshape([n for r, s in zip(ctx.reps, sizes) for n in (r, s)])  # (r_0, s_0, r_1, s_1, ...)
         return pairs.sum(axis=tuple(range(0, 2 * len(sizes), 2))).reshape(ctx.in_shape)
 
+
+class Pad(Function):
+    """y = x with ``widths[i] = (before, after)`` elements of ``value`` added at each end of axis i
+    (``np.pad``, constant mode, widths >= 0);  dx = g with the padding cut off again."""
+
+    @staticmethod
+    def forward(ctx, x, widths, value):
+        ctx.inner = tuple(slice(before, before + n) for (before, _), n in zip(widths, x.shape))
+        return np.pad(x, widths, mode="constant", constant_values=np.asarray(value, dtype=x.dtype))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g[ctx.inner]

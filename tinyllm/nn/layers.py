@@ -8,7 +8,8 @@ from .. import functional as F
 from ..tensor import Tensor
 from .module import Module, Parameter
 
-__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "Identity", "ReLU", "GELU", "Tanh", "Softmax", "LogSoftmax",
+__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "Identity", "ReLU", "GELU", "SiLU", "Tanh", "Softmax",
+           "LogSoftmax",
            "CrossEntropyLoss", "MSELoss", "PositionalEncoding", "LearnedPositionalEmbedding"]
 
 
@@ -42,35 +43,61 @@ class Linear(Module):
 class Embedding(Module):
     """A table of ``num_embeddings`` vectors of size ``embedding_dim``; ``forward(ids)`` looks rows up.
 
-    Initialised N(0, 1) as in PyTorch (GPT re-initialises it N(0, 0.02)).
+    Initialised N(0, 1) as in PyTorch (GPT re-initialises it N(0, 0.02)). ``padding_idx`` (as
+    ``torch.nn.Embedding``'s, negative counts from the end): that row starts as zeros and
+    receives no gradient, so a padding token maps to a zero vector that training leaves alone.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, rng=None, dtype=np.float32):
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, rng=None, dtype=np.float32):
         super().__init__()
+        if isinstance(padding_idx, np.random.Generator):  # the third argument used to be rng
+            raise TypeError("Embedding: the third argument is padding_idx, as in torch.nn.Embedding; pass the "
+                            "Generator as rng=")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = Parameter(_rng(rng).standard_normal((num_embeddings, embedding_dim)).astype(dtype, copy=False))
+        self.padding_idx = F.padding_row(padding_idx, num_embeddings, "Embedding")
+        table = _rng(rng).standard_normal((num_embeddings, embedding_dim)).astype(dtype, copy=False)
+        if self.padding_idx is not None:
+            table[self.padding_idx] = 0
+        self.weight = Parameter(table)
 
     def forward(self, ids):
-        return F.embedding(ids, self.weight)  # (...,) -> (..., embedding_dim)
+        return F.embedding(ids, self.weight, padding_idx=self.padding_idx)  # (...,) -> (..., embedding_dim)
 
     def extra_repr(self):
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        padding = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}{padding}"
 
 
 class LayerNorm(Module):
-    """Normalise the last axis to zero mean and unit variance, then scale and shift (weight=1, bias=0)."""
+    """Normalise the last ``len(normalized_shape)`` axes to zero mean and unit variance, then scale
+    and shift by ``weight`` (ones) and ``bias`` (zeros), as ``torch.nn.LayerNorm``:
+    ``elementwise_affine=False`` has neither parameter, ``bias=False`` only the weight.
+    """
 
-    def __init__(self, normalized_shape, eps=1e-5, bias=True, dtype=np.float32):
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
         super().__init__()
-        self.normalized_shape, self.eps = normalized_shape, eps
-        self.weight = Parameter(np.ones(normalized_shape, dtype=dtype))
-        self.bias = Parameter(np.zeros(normalized_shape, dtype=dtype)) if bias else None
+        if isinstance(normalized_shape, (int, np.integer)):
+            normalized_shape = (normalized_shape,)
+        self.normalized_shape, self.eps = tuple(int(n) for n in normalized_shape), eps
+        self.elementwise_affine = elementwise_affine
+        self.weight = Parameter(np.ones(self.normalized_shape, dtype=dtype)) if elementwise_affine else None
+        self.bias = Parameter(np.zeros(self.normalized_shape, dtype=dtype)) if elementwise_affine and bias else None
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight, self.bias, self.eps)
+        k = len(self.normalized_shape)
+        if tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
+            raise ValueError(f"LayerNorm: input of shape {x.shape} does not end in normalized_shape "
+                             f"{self.normalized_shape}")
+        if k == 1:
+            return F.layer_norm(x, self.weight, self.bias, self.eps)
+        # several normalised axes: one row of their product, normalised as the last axis
+        flat = lambda p: None if p is None else p.reshape(-1)  # noqa: E731
+        rows = x.reshape(x.shape[:x.ndim - k] + (-1,))  # (..., *normalized_shape) -> (..., C)
+        return F.layer_norm(rows, flat(self.weight), flat(self.bias), self.eps).reshape(x.shape)
 
     def extra_repr(self):
-        return f"{self.normalized_shape}, eps={self.eps}"
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self.bias is not None}")
 
 
 class Dropout(Module):
@@ -118,6 +145,18 @@ class GELU(Module):
 
     def extra_repr(self):
         return f"approximate={self.approximate!r}"
+
+
+class SiLU(Module):
+    """x * sigmoid(x) as a layer (``torch.nn.SiLU``); see :func:`tinyllm.functional.silu`."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        if inplace:
+            raise ValueError("SiLU: inplace=True is not supported (tinyllm's operations never overwrite their input)")
+
+    def forward(self, x):
+        return F.silu(x)
 
 
 class Identity(Module):

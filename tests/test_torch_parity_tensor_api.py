@@ -262,6 +262,42 @@ def test_embedding_padding_row_is_zero_and_gets_no_gradient(padding_idx):
     check(lambda w: F.embedding(others, w, padding_idx=padding_idx), emb.weight.data + 1.0)
 
 
+def _transposed(a):
+    """The same values in a non-contiguous (Fortran-order) array."""
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float64).T).T
+
+
+def test_new_ops_on_non_contiguous_inputs_gradcheck():
+    a = _transposed(distinct(3, 4))
+    assert not a.flags.c_contiguous
+    for fn in (lambda t: t.clone(), lambda t: t.abs(), lambda t: t.sigmoid(), lambda t: t.amin(0),
+               lambda t: t.var(1), lambda t: t.flatten(), lambda t: t[:, :1].expand(2, 3, 4), lambda t: t.repeat(2, 1),
+               lambda t: t.split([1, 3], 1), lambda t: t.mT, lambda t: F.pad(t, (1, -1, 0, 2)), F.silu):
+        check(fn, a)
+
+
+def test_composed_graph_with_a_tensor_used_twice_gradcheck():
+    """nanoGPT-like use: pieces of one tensor recombined, normalised by std, activated, padded."""
+    def fn(a, b):
+        q, k = a.split(2, dim=-1)  # (3, 4) -> two (3, 2)
+        left, right = b.chunk(2, dim=0)  # (4, 2) -> two (2, 2)
+        h = (q * k.sigmoid()) @ (left + right.abs())  # (3, 2)
+        h = (h - h.mean(-1, keepdim=True)) / (h.std(-1, keepdim=True) + 1.0)
+        return F.pad(F.silu(h), (1, 0)).expand(2, 3, 3) + a.amin(-1, keepdim=True)
+    check(fn, distinct(3, 4), away_from_zero(4, 2, seed=1))
+
+
+def test_backward_twice_through_the_new_functions_accumulates():
+    x = Tensor(away_from_zero(3, 4), requires_grad=True)
+    y = (x.abs() + x.sigmoid()).clone().repeat(2, 1)[:, :1].expand(6, 3).amin(0) + F.pad(x, (1, 1)).var()
+    y.sum().backward(retain_graph=True)
+    first = x.grad.copy()
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, 2 * first, rtol=1e-12)
+    with pytest.raises(RuntimeError, match="already freed"):
+        y.sum().backward()
+
+
 # ----------------------------------------------------------------------------------------------
 # errors a user can cause name the offending value
 

@@ -473,8 +473,8 @@ class Tensor:
         if unbiased is not None and correction is not None:
             raise TypeError(f"var: pass unbiased= or correction=, not both (got unbiased={unbiased!r}, "
                             f"correction={correction!r})")
-        correction = 1 if correction is None and unbiased is None else \
-            correction if correction is not None else int(bool(unbiased))
+        if correction is None:
+            correction = 1 if unbiased is None or unbiased else 0
         axis = _norm_axis(dim, self.ndim, "var")
         count = int(np.prod([self.shape[a] for a in axis]))
         centred = self - self.mean(axis, keepdims=True)

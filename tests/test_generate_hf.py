@@ -315,16 +315,21 @@ def small_model(seed=0):
     return GPT(GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=2, n_embd=16), seed=seed).eval()
 
 
-def test_left_padded_forward_equals_unpadded_at_the_real_tokens():
+def test_left_padded_forward_equals_unpadded_at_the_real_tokens_given_gpt2s_positions():
+    """As transformers' GPT-2: the mask hides the padding; positions are 0..T-1 unless
+    position_ids = cumsum(mask) - 1 are given (what generate passes), which makes a left-padded
+    row's logits those of the unpadded one."""
     model = small_model()
     ids = np.random.default_rng(0).integers(0, 23, (1, 6))
     ref, _ = model(ids)
     for pad in (1, 4):
         padded = np.concatenate([np.full((1, pad), 5), ids], axis=1)
         mask = np.concatenate([np.zeros((1, pad), np.int64), np.ones_like(ids)], axis=1)
-        out, _ = model(padded, attention_mask=mask)
+        out, _ = model(padded, attention_mask=mask, position_ids=np.maximum(np.cumsum(mask, axis=1) - 1, 0))
         assert np.isfinite(out.data).all()  # padded queries see no key: zeros, not NaN
         np.testing.assert_allclose(out.data[:, pad:], ref.data, rtol=1e-5, atol=1e-5)
+        shifted, _ = model(padded, attention_mask=mask)  # positions pad .. pad + 5 for the real tokens
+        assert np.abs(shifted.data[:, pad:] - ref.data).max() > 1e-3
 
 
 def test_masked_forward_with_a_cache_equals_without():

@@ -303,3 +303,49 @@ def test_transformers_text_streamer_prints_what_tinyllm_streamer_prints(pair, ca
         out = model.generate(ids, max_new_tokens=12, do_sample=False, streamer=streamer)
         printed = capsys.readouterr().out
         assert printed == tokenizer.decode(out[0]) + "\n", type(streamer)
+
+
+# past_key_values / use_cache, and the model's and config's Hugging Face attributes --------------
+def test_a_manual_decoding_loop_with_past_key_values_as_transformers(pair):
+    """``out = model(ids, use_cache=True)``, then one token at a time with
+    ``past_key_values=out.past_key_values`` (and the attention mask over past + new), as one
+    writes it for transformers: the same logits at every step, and the greedy tokens equal."""
+    import torch
+
+    hf, ours = pair
+    ids = prompts(2, 5, seed=3)
+    mask = np.ones((2, 5), dtype=np.int64)
+    mask[1, :2] = 0  # row 1 is left-padded
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), use_cache=True)
+    mine = ours(ids, attention_mask=mask, use_cache=True)
+    for step in range(4):
+        np.testing.assert_allclose(mine.logits.data[:, -1], theirs.logits[:, -1].numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=f"step {step}")
+        nxt = mine.logits.data[:, -1].argmax(-1)[:, None]
+        np.testing.assert_array_equal(nxt[:, 0], theirs.logits[:, -1].numpy().argmax(-1))
+        mask = np.concatenate([mask, np.ones((2, 1), dtype=np.int64)], axis=1)
+        with torch.no_grad():
+            theirs = hf(torch.tensor(nxt), attention_mask=torch.tensor(mask), past_key_values=theirs.past_key_values,
+                        use_cache=True)
+        mine = ours(nxt, attention_mask=mask, past_key_values=mine.past_key_values, use_cache=True)
+    assert mine.past_key_values.length == 5 + 4
+    logits, loss = ours(ids)  # still nanoGPT's pair, and no cache unless asked for
+    assert loss is None and ours(ids).past_key_values is None
+    with pytest.raises(TypeError, match="not both"):
+        ours(nxt, kv_cache=mine.past_key_values, past_key_values=mine.past_key_values)
+
+
+def test_model_and_config_attributes_transformers_code_reads(pair):
+    hf, ours = pair
+    for name in ("n_positions", "max_position_embeddings", "hidden_size", "num_hidden_layers",
+                 "num_attention_heads", "n_embd", "n_layer", "n_head", "vocab_size"):
+        assert getattr(ours.config, name) == getattr(hf.config, name), name
+    assert ours.device == "cpu" and str(hf.device) == "cpu"
+    assert ours.dtype == np.float32 and str(hf.dtype) == "torch.float32"
+    assert ours.double().dtype == np.float64
+    ours.float()
+    np.testing.assert_array_equal(ours.get_input_embeddings().weight.data,
+                                  hf.get_input_embeddings().weight.detach().numpy())
+    assert ours.get_output_embeddings().weight is ours.get_input_embeddings().weight  # tied, as GPT-2's
+    assert ours.num_parameters() == hf.num_parameters()

@@ -426,30 +426,38 @@ def _model_step(model, rows, total_len, use_cache, attention_mask=None):
     With the cache, only the tokens it has not seen are fed; ``parents[i]``, the row of the
     previous step that row i continues (beam search), reorders the cached keys and values first.
     Past block_size the window is recomputed. ``attention_mask``
-    (N, P) covers the prompt; every generated token is real (1)."""
+    (N, P) covers the prompt; every generated token is real (1). With it, positions count the
+    real tokens only (GPT-2's ``cumsum(mask) - 1``, as transformers' generate), so a left-padded
+    prompt continues as the unpadded one would."""
     block = model.config.block_size
-    full_mask = None
+    full_mask = full_pos = None
     if attention_mask is not None:
         full_mask = np.concatenate([attention_mask, np.ones((rows, total_len - attention_mask.shape[1]),
                                                             attention_mask.dtype)], axis=1)
+        real = full_mask != 0
+        full_pos = np.where(real, np.cumsum(real, axis=1) - 1, 0)  # (N, total_len), 0 at padding
     state = {"cache": None, "fed": 0}  # fed: how many tokens of each sequence the cache holds
+
+    def masked(start, length):  # the mask and the positions of tokens start .. length - 1
+        return {} if full_mask is None else {"attention_mask": full_mask[:, :length],
+                                             "position_ids": full_pos[:, start:length]}
 
     def step(sequences, parents=None):
         length = sequences.shape[1]
-        kwargs = {} if full_mask is None else {"attention_mask": full_mask[:, :length]}
         if use_cache and length <= block:
             cache = state["cache"]
             if state["fed"] == 0:
                 cache = state["cache"] = _new_cache(model, rows, min(block, total_len))
             elif parents is not None:
                 cache.reorder(parents)
-            logits, _ = model(sequences[:, state["fed"]:], kv_cache=cache, last_only=True, **kwargs)
+            logits, _ = model(sequences[:, state["fed"]:], kv_cache=cache, last_only=True,
+                              **masked(state["fed"], length))
             state["fed"] = length
         else:
             # Past block_size the positions shift every step, so the window is recomputed: exactly
             # what the uncached path does, which keeps cached and uncached outputs identical.
             # (With a mask, generate keeps total_len <= block_size.)
-            logits, _ = model(sequences[:, max(0, length - block):], last_only=True, **kwargs)
+            logits, _ = model(sequences[:, max(0, length - block):], last_only=True, **masked(0, length))
         return logits.data[:, -1, :]
 
     return step

@@ -22,7 +22,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
-from .outputs import LMOutput, one_of
+from .outputs import LMOutput, PretrainedModelMixin, one_of
 
 __all__ = ["EncoderDecoderConfig", "EncoderDecoderTransformer"]
 
@@ -142,7 +142,7 @@ def _stack(c, vocab_size, max_len, n_layers, block, rng, wte=None):
     return nn.ModuleDict(modules)
 
 
-class EncoderDecoderTransformer(nn.Module):
+class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
     """``logits, loss = model(src_ids, tgt_in_ids, targets=tgt_out_ids)``; ``model.generate(src_ids)``."""
 
     config_class = EncoderDecoderConfig

@@ -12,7 +12,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
-from .outputs import LMOutput, one_of
+from .outputs import LMOutput, PretrainedModelMixin, one_of
 
 __all__ = ["GPTConfig", "GPT", "check_attention_mask"]
 
@@ -50,6 +50,12 @@ class GPTConfig:
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[int] = None
     pad_token_id: Optional[int] = None
+
+    # transformers' names for the sizes (GPT2Config's and the generic ones), read-only
+    n_positions = max_position_embeddings = property(lambda self: self.block_size)
+    hidden_size = property(lambda self: self.n_embd)
+    num_hidden_layers = property(lambda self: self.n_layer)
+    num_attention_heads = property(lambda self: self.n_head)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -111,7 +117,7 @@ class _Placeholders:
         return self._zeros(size)
 
 
-class GPT(nn.Module):
+class GPT(PretrainedModelMixin, nn.Module):
     """GPT causal LM. ``logits, loss = model(idx, targets)``; ``model.generate(idx, ...)``.
 
     ``init_weights=False`` leaves the weights as read-only placeholders, for a loader that
@@ -193,7 +199,7 @@ class GPT(nn.Module):
         return idx
 
     def forward(self, idx=None, targets=None, kv_cache=None, last_only=False, attention_mask=None, position_ids=None,
-                input_ids=None, labels=None):
+                input_ids=None, labels=None, past_key_values=None, use_cache=None):
         """idx (B, T) int -> (logits (B, T, V), loss or None), nanoGPT's pair, as an :class:`LMOutput`
         (also ``.logits``, ``.loss``). ``input_ids`` is another name for ``idx``, so
         ``model(**tokenizer(texts, return_tensors="np", padding=True)).logits`` works.
@@ -203,17 +209,25 @@ class GPT(nn.Module):
         is that of ``logits[:, :-1]`` against ``labels[:, 1:]`` (-100 ignored), transformers' loss.
         ``kv_cache`` (a :class:`~tinyllm.nn.KVCache`) continues a sequence whose first
         ``kv_cache.length`` positions were already processed. ``last_only`` computes logits for
-        the last position only (what generation needs).
+        the last position only (what generation needs). Hugging Face's names work too:
+        ``past_key_values`` is ``kv_cache``, and ``use_cache=True`` without one starts a cache (of
+        ``block_size`` positions); either way the cache comes back as ``.past_key_values``, so
+        ``out = model(ids, use_cache=True)`` then ``model(next_ids, past_key_values=out.past_key_values)``
+        decodes one token at a time.
 
         ``attention_mask`` (B, past + T) of 0/1, as Hugging Face's: 1 at real tokens, 0 at padding
-        (past + T: it covers the cached positions too). Padded keys take part in no attention, and
-        unless ``position_ids`` (B, T) are given, positions count real tokens only, GPT-2's
-        ``cumsum(attention_mask) - 1`` (0 at padding): a left-padded prompt then gets the same
-        logits at its real tokens as the unpadded prompt. A query that sees no real key (a padded
-        position of a left-padded row) gets zeros from attention, never NaN; its logits mean
-        nothing. Without a mask (or with one of all ones) nothing of this is built.
+        (past + T: it covers the cached positions too). Padded keys take part in no attention. The
+        positions are ``past .. past + T - 1`` unless ``position_ids`` (B, T) or (T,) are given,
+        as in transformers' GPT-2 forward; for a left-padded prompt to get the logits of the
+        unpadded one, pass GPT-2's ``position_ids = cumsum(attention_mask) - 1`` (0 at padding), as
+        ``generate`` does. A query that sees no real key (a padded position of a left-padded row)
+        gets zeros from attention, never NaN; its logits mean nothing. Without a mask (or with one
+        of all ones) nothing of this is built.
         """
         idx = one_of("idx", idx, "input_ids", input_ids, required=True, method="GPT.forward")
+        kv_cache = one_of("kv_cache", kv_cache, "past_key_values", past_key_values, method="GPT.forward")
+        if use_cache and kv_cache is None:
+            kv_cache = self.new_kv_cache(np.shape(getattr(idx, "data", idx))[0])
         past = kv_cache.length if kv_cache is not None else 0
         idx = self._check_ids(idx, past)
         T = idx.shape[1]
@@ -240,7 +254,7 @@ class GPT(nn.Module):
                 raise ValueError(f"GPT.forward: labels must have the shape of the input ids {idx.shape} (and "
                                  f"last_only=False), got {labels.shape}")
             loss = F.cross_entropy(logits[:, :-1, :], labels[:, 1:])  # token t predicts token t + 1
-        return LMOutput(logits, loss)
+        return LMOutput(logits, loss, past_key_values=kv_cache if use_cache is not False else None)
 
     def _positions_and_mask(self, shape, past, attention_mask, position_ids):
         """Positions (T,) or (B, T) and the attention mask (B, 1, 1, past + T) bool or None."""
@@ -259,11 +273,17 @@ class GPT(nn.Module):
                 bad = pos.min() if pos.min() < 0 else pos.max()
                 raise ValueError(f"GPT: position id {int(bad)} is outside 0..{self.config.block_size - 1} "
                                  f"(block_size {self.config.block_size})")
-        elif keys is not None:
-            pos = np.where(keys, np.cumsum(keys, axis=1) - 1, 0)[:, past:]  # (B, T): real tokens counted
         else:
             pos = np.arange(past, past + T)
         return pos, (None if keys is None else keys[:, None, None, :])
+
+    def get_input_embeddings(self):
+        """The token embedding (``transformer.wte``), as Hugging Face's."""
+        return self.transformer.wte
+
+    def get_output_embeddings(self):
+        """The output projection (``lm_head``, its weight tied to the token embedding's)."""
+        return self.lm_head
 
     def new_kv_cache(self, batch_size, max_len=None, dtype=None):
         c = self.config

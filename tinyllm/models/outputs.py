@@ -6,13 +6,38 @@ import numpy as np
 from ..tensor import Tensor
 
 
-class LMOutput(NamedTuple):
-    """``(logits, loss)``, nanoGPT's pair (``logits, loss = model(x, y)``), with the names Hugging
-    Face's outputs carry as attributes (``model(**inputs).logits``). ``loss`` is None without
-    targets. (Hugging Face's own outputs, as tuples, put the loss first; this keeps nanoGPT's order.)"""
+class PretrainedModelMixin:
+    """What Hugging Face's ``PreTrainedModel`` has beside torch's Module: ``.device`` and ``.dtype``."""
 
+    @property
+    def device(self):
+        """Always "cpu": tinyllm runs on the CPU."""
+        return "cpu"
+
+    @property
+    def dtype(self):
+        """The dtype of the first floating parameter, as Hugging Face's ``model.dtype``."""
+        return next(p.dtype for p in self.parameters() if p.dtype.kind == "f")
+
+
+class _LogitsAndLoss(NamedTuple):
     logits: Tensor
     loss: Optional[Tensor] = None
+
+
+class LMOutput(_LogitsAndLoss):
+    """``(logits, loss)``, nanoGPT's pair (``logits, loss = model(x, y)``), with the names Hugging
+    Face's outputs carry as attributes (``model(**inputs).logits``). ``loss`` is None without
+    targets. (Hugging Face's own outputs, as tuples, put the loss first; this keeps nanoGPT's order.)
+
+    ``past_key_values``: the KV cache that holds this call's keys and values (``use_cache=True``,
+    or a cache passed in), to pass to the next call, as Hugging Face's; None otherwise. It is an
+    attribute beside the pair, so the pair still unpacks as two."""
+
+    def __new__(cls, logits, loss=None, past_key_values=None):
+        out = super().__new__(cls, logits, loss)
+        out.past_key_values = past_key_values
+        return out
 
 
 class GenerateOutput(NamedTuple):

@@ -108,6 +108,15 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self, prefix=""):
+        """(name, array) pairs of every registered buffer, as torch's."""
+        for mod_name, module in self.named_modules(prefix):
+            for name, b in module._buffers.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), b
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
     def num_parameters(self):
         return sum(p.size for p in self.parameters())
 

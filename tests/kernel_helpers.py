@@ -143,3 +143,17 @@ def nanogpt_get_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     assert 0 <= decay_ratio <= 1
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
     return min_lr + coeff * (learning_rate - min_lr)
+
+
+# a generate(streamer=) that keeps what it is given (tests/test_generation.py, test_encdec_generate_outputs.py)
+class RecordingStreamer:
+    """transformers' streamer protocol: every ``put`` value kept, ``end`` calls counted."""
+
+    def __init__(self):
+        self.puts, self.ends = [], 0
+
+    def put(self, value):
+        self.puts.append(np.asarray(value).copy())
+
+    def end(self):
+        self.ends += 1

@@ -6,22 +6,12 @@ import numpy as np
 import pytest
 
 from test_encdec import BOS, EOS, GENERATE_CASES, PAD, batch, one_thread, trained_ish_model  # noqa: F401
+from kernel_helpers import RecordingStreamer
 from tinyllm.beam_search import beam_search
 from tinyllm.generation import TextStreamer, warp_logits
 from tinyllm.models.outputs import GenerateOutput
 
 SAMPLE = dict(do_sample=True, seed=3, temperature=1.3, top_k=5, top_p=0.9)
-
-
-class RecordingStreamer:
-    def __init__(self):
-        self.puts, self.ends = [], 0
-
-    def put(self, value):
-        self.puts.append(np.asarray(value).copy())
-
-    def end(self):
-        self.ends += 1
 
 
 def model_and_sources(seed=9, B=3):

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from kernel_helpers import RecordingStreamer
 from tinyllm.generation import apply_top_k, apply_top_p, generate, sample_from_logits
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.tensor import Tensor
@@ -373,17 +374,6 @@ def test_initial_distribution_sanity(model):
 
 
 # --- streaming ------------------------------------------------------------------------------------
-class RecordingStreamer:
-    def __init__(self):
-        self.puts, self.ends = [], 0
-
-    def put(self, value):
-        self.puts.append(np.asarray(value).copy())
-
-    def end(self):
-        self.ends += 1
-
-
 class ByteTokenizer:
     """ids are bytes; decode replaces an incomplete UTF-8 character with U+FFFD, as a byte-level BPE."""
 

@@ -176,21 +176,19 @@ class Tanh(Module):
         return x.tanh()
 
 
-def _softmax_dim(cls_name, dim):
-    if dim is None:  # torch guesses an axis from the input's rank (deprecated there); say which one instead
-        raise ValueError(f"{cls_name}: pass the axis, e.g. {cls_name}(dim=-1)")
-    return dim
-
-
 class Softmax(Module):
     """softmax along ``dim`` as a layer (``torch.nn.Softmax``)."""
 
+    function = staticmethod(F.softmax)
+
     def __init__(self, dim=None):
         super().__init__()
-        self.dim = _softmax_dim("Softmax", dim)
+        if dim is None:  # torch guesses an axis from the input's rank (deprecated there); ask instead
+            raise ValueError(f"{type(self).__name__}: pass the axis, e.g. {type(self).__name__}(dim=-1)")
+        self.dim = dim
 
     def forward(self, x):
-        return F.softmax(x, dim=self.dim)
+        return self.function(x, dim=self.dim)
 
     def extra_repr(self):
         return f"dim={self.dim}"
@@ -199,12 +197,7 @@ class Softmax(Module):
 class LogSoftmax(Softmax):
     """log softmax along ``dim`` as a layer (``torch.nn.LogSoftmax``)."""
 
-    def __init__(self, dim=None):
-        Module.__init__(self)
-        self.dim = _softmax_dim("LogSoftmax", dim)
-
-    def forward(self, x):
-        return F.log_softmax(x, dim=self.dim)
+    function = staticmethod(F.log_softmax)
 
 
 class CrossEntropyLoss(Module):

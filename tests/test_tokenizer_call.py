@@ -451,17 +451,21 @@ def test_generate_takes_the_prompt_once(char_model):
 
 
 def test_forward_takes_the_tokenizers_output(char_model):
-    """model(**inputs): input_ids is idx's other name, the mask goes through; a left-padded row's
-    last logits equal those of its prompt alone."""
+    """model(**inputs): input_ids is idx's other name, the mask goes through; with GPT-2's
+    position_ids (cumsum(mask) - 1, what generate passes; transformers' forward, as tinyllm's,
+    otherwise numbers positions 0..T-1) a left-padded row's last logits equal those of its prompt
+    alone."""
     tok, model = char_model
     tok.pad_token, tok.padding_side = " ", "left"
     inputs = tok(PROMPTS, return_tensors="np", padding=True)
     out = model(**inputs)
     logits, loss = out  # nanoGPT's pair, with Hugging Face's names as attributes
     assert out.logits is logits and out.loss is None is loss and logits.shape[:2] == inputs.input_ids.shape
+    positions = np.maximum(np.cumsum(inputs.attention_mask, axis=1) - 1, 0)
+    counted, _ = model(**inputs, position_ids=positions)
     for row, prompt in enumerate(PROMPTS):
         alone, _ = model(tok(prompt, return_tensors="np").input_ids)
-        np.testing.assert_allclose(logits.data[row, -1], alone.data[0, -1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(counted.data[row, -1], alone.data[0, -1], rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match="GPT.forward: pass idx or input_ids, not both"):
         model(inputs.input_ids, input_ids=inputs.input_ids)
     with pytest.raises(TypeError, match=r"GPT.forward: idx \(or input_ids\) is required, got neither"):

@@ -914,7 +914,7 @@ def test_loss_modules_match_torchs(reduction):
         nn.CrossEntropyLoss(weight=np.ones(5))
 
 
-@pytest.mark.parametrize("name", ["Identity", "Tanh", "Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("name", ["Identity", "Tanh", "Sigmoid", "Softmax", "LogSoftmax"])
 def test_small_modules_match_torchs(name):
     args = {"Softmax": dict(dim=1), "LogSoftmax": dict(dim=1)}.get(name, {})
     ours, theirs = getattr(nn, name)(**args), getattr(torch.nn, name)(**args)

@@ -8,7 +8,7 @@ from .. import functional as F
 from ..tensor import Tensor
 from .module import Module, Parameter
 
-__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "Identity", "ReLU", "GELU", "SiLU", "Tanh", "Softmax",
+__all__ = ["Linear", "Embedding", "LayerNorm", "Dropout", "Identity", "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax",
            "LogSoftmax",
            "CrossEntropyLoss", "MSELoss", "PositionalEncoding", "LearnedPositionalEmbedding"]
 
@@ -174,6 +174,13 @@ class Tanh(Module):
 
     def forward(self, x):
         return x.tanh()
+
+
+class Sigmoid(Module):
+    """1 / (1 + e^-x) as a layer (``torch.nn.Sigmoid``)."""
+
+    def forward(self, x):
+        return x.sigmoid()
 
 
 class Softmax(Module):

@@ -1,5 +1,5 @@
 """Tensor, nn and functional API that PyTorch code reaches for (clone, flatten, pow, abs, min /
-amin, var / std, sigmoid, expand, repeat, split, chunk, long / int / to, mT; nn.LayerNorm's and
+amin, var / std, sigmoid, expand, repeat, split, chunk, clamp, maximum / minimum, long / int / to, mT; nn.LayerNorm's and
 nn.Embedding's full signatures, nn.SiLU; F.silu, F.pad, F.one_hot).
 
 Two halves. The first runs without torch: every new gradient against finite differences in
@@ -356,6 +356,31 @@ def test_errors_name_the_offending_values():
 # torch parity (skipped without torch)
 
 
+def test_clamp_maximum_minimum_gradcheck():
+    x = distinct(3, 4)  # no value within 0.05 of the bounds below: the finite differences stay on one side
+    lo, hi = -0.425, 0.325
+    check(lambda a: a.clamp(min=lo, max=hi), x)
+    check(lambda a: a.clamp(min=lo), x)
+    check(lambda a: a.clip(max=hi), x)
+    b = distinct(3, 4, seed=1) + 0.025  # never equal to x
+    check(lambda a, c: a.maximum(c), x, b)
+    check(lambda a, c: a.minimum(c), x, b[:1])  # broadcast: the gradient sums back to (1, 4)
+
+
+def test_clamp_maximum_minimum_at_the_boundary_and_at_ties():
+    x = Tensor(np.array([-1.0, 0.0, 0.5, 1.0, 2.0]), requires_grad=True)
+    x.clamp(0.0, 1.0).backward(np.ones(5))
+    np.testing.assert_array_equal(x.grad, [0, 1, 1, 1, 0])  # both ends pass the gradient (torch's choice)
+    a, b = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True), Tensor(np.array([1.0, 5.0, 0.0]), requires_grad=True)
+    a.maximum(b).backward(np.ones(3))
+    np.testing.assert_array_equal(a.grad, [0.5, 0, 1])
+    np.testing.assert_array_equal(b.grad, [0.5, 1, 0])
+    with pytest.raises(ValueError, match="min, max"):
+        x.clamp()
+    with pytest.raises(TypeError, match="maximum"):
+        x.clamp(min=Tensor(np.zeros(5)))
+
+
 @pytest.fixture
 def torch():
     return pytest.importorskip("torch")
@@ -564,3 +589,13 @@ def test_embedding_padding_idx_matches_torch(torch, padding_idx):
     assert_close(ours.weight.grad, theirs.weight.grad)
     parity(torch, lambda w: F.embedding(ids, w, padding_idx=padding_idx),
            lambda w: torch.nn.functional.embedding(torch.tensor(ids), w, padding_idx=padding_idx), [weight])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_clamp_maximum_minimum_match_torch(torch, dtype):
+    x = np.array([[-1.0, 0.0, 0.5, 1.0, 2.0], [0.3, -0.2, 1.0, 0.0, 0.7]])  # values on both bounds
+    parity(torch, lambda a: a.clamp(0.0, 1.0), lambda t: t.clamp(0.0, 1.0), [x], dtype)
+    parity(torch, lambda a: a.clamp(max=0.5), lambda t: t.clamp(max=0.5), [x], dtype)
+    y = np.array([[-1.0, 1.0, 0.5, 0.0, 3.0], [0.3, 0.2, -1.0, 0.0, 0.7]])  # ties with x in places
+    parity(torch, lambda a, b: a.maximum(b), torch.maximum, [x, y], dtype)
+    parity(torch, lambda a, b: a.minimum(b), torch.minimum, [x, y[:1]], dtype)

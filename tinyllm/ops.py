@@ -265,6 +265,51 @@ class Abs(Function):
         return g * np.sign(x)
 
 
+class Clamp(Function):
+    """y = min(max(x, lo), hi) (either bound may be None);  dy/dx = 1 where lo <= x <= hi, both
+    ends included (PyTorch's choice at the boundary), else 0."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        y = x if lo is None else np.maximum(x, np.asarray(lo, dtype=x.dtype))
+        return y if hi is None else np.minimum(y, np.asarray(hi, dtype=x.dtype))
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        inside = np.ones(x.shape, dtype=bool)
+        if ctx.lo is not None:
+            inside &= x >= ctx.lo
+        if ctx.hi is not None:
+            inside &= x <= ctx.hi
+        return g * inside
+
+
+class Maximum(Function):
+    """y = max(a, b) element-wise (broadcasting);  g goes to the larger of the two, half to each
+    where they are equal (PyTorch's ``maximum``). ``Minimum`` is the same with the smaller."""
+
+    pick = staticmethod(np.maximum)
+
+    @classmethod
+    def forward(cls, ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return cls.pick(a, b)
+
+    @classmethod
+    def backward(cls, ctx, g):
+        a, b = ctx.saved_tensors
+        wins = (cls.pick(a, b) == a) & (a != b)  # a strictly chosen
+        share = np.where(a == b, 0.5, wins).astype(g.dtype)  # a's share of g: 1, 1/2 or 0
+        return unbroadcast(g * share, a.shape), unbroadcast(g * (1 - share), b.shape)
+
+
+class Minimum(Maximum):
+    pick = staticmethod(np.minimum)
+
+
 class Sigmoid(Function):
     """y = 1 / (1 + e^-x);  dy/dx = y (1 - y).
 

@@ -408,6 +408,27 @@ class Tensor:
     def relu(self):
         return _ops.ReLU.apply(self)
 
+    def clamp(self, min=None, max=None):
+        """Each value held in [min, max] (either may be None), as PyTorch's ``clamp`` / ``clip``;
+        the gradient passes where min <= x <= max. Bounds are numbers (for a tensor bound, use
+        :meth:`maximum` / :meth:`minimum`)."""
+        if min is None and max is None:
+            raise ValueError("clamp: give min, max or both")
+        if isinstance(min, Tensor) or isinstance(max, Tensor):
+            raise TypeError("clamp: min and max must be numbers here; for a tensor bound use x.maximum(lo) / "
+                            "x.minimum(hi)")
+        return _ops.Clamp.apply(self, lo=min, hi=max)
+
+    clip = clamp
+
+    def maximum(self, other):
+        """Element-wise max with ``other`` (broadcast), as ``torch.maximum``: ties split the gradient."""
+        return _ops.Maximum.apply(self, _operand(other, self))
+
+    def minimum(self, other):
+        """Element-wise min with ``other`` (broadcast), as ``torch.minimum``: ties split the gradient."""
+        return _ops.Minimum.apply(self, _operand(other, self))
+
     def sigmoid(self):
         return _ops.Sigmoid.apply(self)
 

@@ -1,6 +1,6 @@
 """Tensor, nn and functional API that PyTorch code reaches for (clone, flatten, pow, abs, min /
-amin, var / std, sigmoid, expand, repeat, split, chunk, clamp, maximum / minimum, long / int / to, mT; nn.LayerNorm's and
-nn.Embedding's full signatures, nn.SiLU; F.silu, F.pad, F.one_hot).
+amin, var / std, sigmoid, expand, repeat, split, chunk, clamp, maximum / minimum, long / int /
+to, mT; nn.LayerNorm's and nn.Embedding's full signatures, nn.SiLU; F.silu, F.pad, F.one_hot).
 
 Two halves. The first runs without torch: every new gradient against finite differences in
 float64 (``tinyllm.gradcheck``, which weights the output by a fixed random R), and the errors a

@@ -599,3 +599,5 @@ def test_clamp_maximum_minimum_match_torch(torch, dtype):
     y = np.array([[-1.0, 1.0, 0.5, 0.0, 3.0], [0.3, 0.2, -1.0, 0.0, 0.7]])  # ties with x in places
     parity(torch, lambda a, b: a.maximum(b), torch.maximum, [x, y], dtype)
     parity(torch, lambda a, b: a.minimum(b), torch.minimum, [x, y[:1]], dtype)
+    parity(torch, lambda a, b: a.max(b), lambda t, u: t.max(u), [x, y], dtype)  # torch's element-wise overloads
+    parity(torch, lambda a, b: a.min(b), lambda t, u: t.min(u), [x, y], dtype)

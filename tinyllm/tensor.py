@@ -452,7 +452,10 @@ class Tensor:
 
     def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         """The largest values over ``axis`` (NumPy's ``max``, PyTorch's ``amax``); tied maxima
-        share the gradient evenly."""
+        share the gradient evenly. ``x.max(other)`` with a Tensor is torch's element-wise
+        :meth:`maximum`."""
+        if isinstance(axis, Tensor):
+            return self.maximum(axis)
         if dim is not None or keepdim is not None:  # torch's x.max(dim=...) is (values, indices): refuse, not differ
             raise TypeError(f"max: got dim={dim!r}, keepdim={keepdim!r}; x.max(axis=...) returns the values only, "
                             "as torch's x.amax(dim=...) (also here), while torch's x.max(dim=...) returns "
@@ -466,7 +469,10 @@ class Tensor:
     def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         """The smallest values over ``axis`` (NumPy's ``min``, PyTorch's ``amin``); tied minima
         share the gradient evenly. As :meth:`max`, ``dim=`` is refused: torch's
-        ``x.min(dim=...)`` returns (values, indices)."""
+        ``x.min(dim=...)`` returns (values, indices). ``x.min(other)`` with a Tensor is
+        :meth:`minimum`."""
+        if isinstance(axis, Tensor):
+            return self.minimum(axis)
         if dim is not None or keepdim is not None:
             raise TypeError(f"min: got dim={dim!r}, keepdim={keepdim!r}; x.min(axis=...) returns the values only, "
                             "as torch's x.amin(dim=...) (also here), while torch's x.min(dim=...) returns "

@@ -218,8 +218,9 @@ def mse_loss(input, target, reduction="mean"):
     array of ``input``'s shape (gradients flow to both when both are Tensors)."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"mse_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if tuple(np.shape(target.data if isinstance(target, Tensor) else target)) != tuple(input.shape):
-        raise ValueError(f"mse_loss: target of shape {np.shape(getattr(target, 'data', target))} must match the "
+    target_shape = np.shape(target.data if isinstance(target, Tensor) else target)
+    if tuple(target_shape) != tuple(input.shape):
+        raise ValueError(f"mse_loss: target of shape {target_shape} must match the "
                          f"input's shape {tuple(input.shape)} (torch would broadcast, usually a mistake)")
     err = input - target
     squared = err * err

@@ -226,10 +226,10 @@ class GPT(PretrainedModelMixin, nn.Module):
         """
         idx = one_of("idx", idx, "input_ids", input_ids, required=True, method="GPT.forward")
         kv_cache = one_of("kv_cache", kv_cache, "past_key_values", past_key_values, method="GPT.forward")
-        if use_cache and kv_cache is None:
-            kv_cache = self.new_kv_cache(np.shape(getattr(idx, "data", idx))[0])
         past = kv_cache.length if kv_cache is not None else 0
         idx = self._check_ids(idx, past)
+        if use_cache and kv_cache is None:
+            kv_cache = self.new_kv_cache(idx.shape[0])
         T = idx.shape[1]
         tr = self.transformer
         pos, attn_mask = self._positions_and_mask(idx.shape, past, attention_mask, position_ids)

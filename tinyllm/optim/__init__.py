@@ -1,16 +1,20 @@
-"""Optimizers (AdamW, SGD), gradient clipping and the warmup + cosine learning-rate schedule,
+"""Optimizers (AdamW, Adam, SGD), gradient clipping and the warmup + cosine learning-rate schedule,
 with PyTorch's API: ``opt = AdamW(model.parameters(), lr=1e-3); loss.backward(); opt.step()``.
+
+PyTorch's schedulers (``LambdaLR``, ``CosineAnnealingLR``, ...) are in :mod:`tinyllm.optim.lr_scheduler`,
+where ``torch.optim.lr_scheduler`` keeps them.
 """
 import math
 
 import numpy as np
 
-from .kernels.dispatch import dispatch
-from .tensor import Tensor
+from ..kernels.dispatch import dispatch
+from ..tensor import Tensor
+from . import lr_scheduler  # noqa: E402,F401  (torch.optim.lr_scheduler's place)
 
 _adamw = dispatch("adamw")  # tinyllm/kernels/adamw.py: numba, or NumPy in reference mode
 
-__all__ = ["Optimizer", "AdamW", "SGD", "clip_grad_norm", "clip_grad_norm_", "cosine_lr", "WarmupCosineLR"]
+__all__ = ["Optimizer", "AdamW", "Adam", "SGD", "clip_grad_norm", "clip_grad_norm_", "cosine_lr", "WarmupCosineLR"]
 
 
 class Optimizer:
@@ -96,14 +100,15 @@ class AdamW(Optimizer):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        name = type(self).__name__
         if not lr >= 0:
-            raise ValueError(f"AdamW: lr must be >= 0, got {lr}")
+            raise ValueError(f"{name}: lr must be >= 0, got {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"AdamW: betas must be in [0, 1), got {betas}")
+            raise ValueError(f"{name}: betas must be in [0, 1), got {betas}")
         if not eps >= 0:
-            raise ValueError(f"AdamW: eps must be >= 0, got {eps}")
+            raise ValueError(f"{name}: eps must be >= 0, got {eps}")
         if not weight_decay >= 0:
-            raise ValueError(f"AdamW: weight_decay must be >= 0, got {weight_decay}")
+            raise ValueError(f"{name}: weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self._kernel_cache = {}  # group index -> what the fast kernel keeps between steps
 
@@ -115,10 +120,19 @@ class AdamW(Optimizer):
             states = [self._state_of(p) for p in params]
             beta1, beta2 = group["betas"]
             updated = _adamw.adamw_group_step(
-                [p.data for p in params], [p.grad for p in params], states, self._kernel_cache.setdefault(index, {}),
-                lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"])
+                [p.data for p in params], self._gradients(params, group), states,
+                self._kernel_cache.setdefault(index, {}), lr=group["lr"], beta1=beta1, beta2=beta2,
+                eps=group["eps"], weight_decay=self._decoupled_decay(group))
             for p, data in zip(params, updated):
                 p.data = data  # the same array, or (fast kernel) a view of the group's flat buffer
+
+    def _gradients(self, params, group):
+        """The gradients the moments see (AdamW: the parameters' own)."""
+        return [p.grad for p in params]
+
+    def _decoupled_decay(self, group):
+        """The weight decay applied to the parameters directly, beside the gradient step."""
+        return group["weight_decay"]
 
     def _state_of(self, p):
         """The step count and the two moment estimates of p (zeros before its first step)."""
@@ -126,6 +140,32 @@ class AdamW(Optimizer):
         if state is None:
             state = self.state[id(p)] = dict(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
         return state
+
+
+class Adam(AdamW):
+    """Adam with the weight decay added to the gradient (L2 regularisation), as ``torch.optim.Adam``
+    (whose default weight_decay is 0)::
+
+        g  <- g + weight_decay * p
+        m  <- beta1 m + (1 - beta1) g          v <- beta2 v + (1 - beta2) g^2
+        p  <- p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+
+    With weight_decay 0 it is AdamW with weight_decay 0, step for step. With decay, AdamW (which
+    decays the parameters directly) is what transformer training uses: the decay through the
+    gradient is divided by sqrt(v) like the rest of it, so it shrinks rarely-updated weights most.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _gradients(self, params, group):
+        decay = group["weight_decay"]
+        if not decay:
+            return [p.grad for p in params]
+        return [p.grad + np.asarray(decay, dtype=p.grad.dtype) * p.data for p in params]  # new arrays: p.grad stays
+
+    def _decoupled_decay(self, group):
+        return 0.0
 
 
 class SGD(Optimizer):

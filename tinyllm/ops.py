@@ -330,6 +330,34 @@ class Sigmoid(Function):
         return g * out * (1 - out)
 
 
+class Sin(Function):
+    """y = sin x;  dy/dx = cos x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.sin(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * np.cos(x)
+
+
+class Cos(Function):
+    """y = cos x;  dy/dx = -sin x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return np.cos(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return -g * np.sin(x)
+
+
 # ----------------------------------------------------------------------------------------------
 # reductions (axis is a sorted tuple of non-negative ints, normalised by Tensor)
 
@@ -401,6 +429,39 @@ class Min(Max):
     (ties split evenly, as :class:`Max`, whose backward this is)."""
 
     name, reduce = "min", staticmethod(np.min)
+
+
+class Norm(Function):
+    """y = sqrt(sum of x^2 over ``axis``) (the 2-norm);  dy/dx = x / y, and 0 where y = 0 (PyTorch's
+    choice at the kink: the zero vector's gradient is 0, not 0/0)."""
+
+    @staticmethod
+    def forward(ctx, x, axis, keepdims):
+        out = np.sqrt(np.sum(np.square(x), axis=axis, keepdims=True))
+        ctx.save_for_backward(x, out)
+        ctx.axis, ctx.keepdims = axis, keepdims
+        return out if keepdims else np.squeeze(out, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, out = ctx.saved_tensors
+        g = g if ctx.keepdims else np.expand_dims(g, ctx.axis)
+        safe = np.where(out == 0, 1, out)
+        return np.where(out == 0, 0, x * (g / safe)).astype(x.dtype, copy=False)
+
+
+class CumSum(Function):
+    """y_i = x_0 + ... + x_i along ``axis``;  dx_j = g_j + ... + g_last (a cumulative sum from the
+    end: x_j appears in every y_i with i >= j)."""
+
+    @staticmethod
+    def forward(ctx, x, axis):
+        ctx.axis = axis
+        return np.cumsum(x, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return np.flip(np.cumsum(np.flip(g, ctx.axis), axis=ctx.axis), ctx.axis)
 
 
 class Softmax(Function):
@@ -551,3 +612,23 @@ class Pad(Function):
     @staticmethod
     def backward(ctx, g):
         return g[ctx.inner]
+
+
+class Gather(Function):
+    """y[..., i, ...] = x[..., index[..., i, ...], ...] along ``axis`` (``torch.gather``: y has
+    index's shape; index may be smaller than x on the other axes);  dx = g scatter-*added* to the
+    gathered places (an index may repeat)."""
+
+    @staticmethod
+    def forward(ctx, x, index, axis):
+        window = tuple(slice(None) if a == axis else slice(0, n) for a, n in enumerate(index.shape))
+        ctx.in_shape, ctx.in_dtype, ctx.index, ctx.axis = x.shape, x.dtype, index, axis
+        return np.take_along_axis(x[window], index, axis=axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        grad = np.zeros(ctx.in_shape, dtype=ctx.in_dtype)
+        places = list(np.indices(ctx.index.shape, sparse=True))
+        places[ctx.axis] = ctx.index
+        np.add.at(grad, tuple(places), g)
+        return grad

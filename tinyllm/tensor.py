@@ -183,13 +183,14 @@ class Tensor:
     gradients (token ids, indices).
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_hooks", "__weakref__")
     __array_priority__ = 100  # ndarray + Tensor -> Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None):
         self.data = _as_array(data, dtype)
         self.grad = None
         self._ctx = None
+        self._hooks = None  # register_hook's functions (and retain_grad's), run on this tensor's gradient
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -201,6 +202,7 @@ class Tensor:
         t.data = array if isinstance(array, np.ndarray) else np.asarray(array)
         t.grad = None
         t._ctx = None
+        t._hooks = None
         t.requires_grad = requires_grad
         return t
 
@@ -440,6 +442,86 @@ class Tensor:
         """``self ** exponent`` (a number or a Tensor), PyTorch's name for it."""
         return self ** exponent
 
+    def sin(self):
+        return _ops.Sin.apply(self)
+
+    def cos(self):
+        return _ops.Cos.apply(self)
+
+    def square(self):
+        """x * x."""
+        return self * self
+
+    def rsqrt(self):
+        """1 / sqrt(x)."""
+        return self ** -0.5
+
+    def tril(self, diagonal=0):
+        """The last two axes' lower triangle (j <= i + diagonal) kept, the rest 0, as ``torch.tril``."""
+        return self._triangle(np.tril, diagonal, "tril")
+
+    def triu(self, diagonal=0):
+        """The last two axes' upper triangle (j >= i + diagonal) kept, the rest 0, as ``torch.triu``."""
+        return self._triangle(np.triu, diagonal, "triu")
+
+    def _triangle(self, keep, diagonal, op):
+        if self.ndim < 2:
+            raise ValueError(f"{op}: needs at least 2 dimensions, got shape {self.shape}")
+        kept = keep(np.ones(self.shape[-2:], dtype=bool), int(diagonal))
+        return self.masked_fill(~kept, 0)
+
+    # --- PyTorch's method names for the operators -------------------------------------------------
+    def add(self, other, *, alpha=1):
+        """self + alpha * other, as ``torch.add``."""
+        return self + (other if alpha == 1 else other * alpha)
+
+    def sub(self, other, *, alpha=1):
+        """self - alpha * other, as ``torch.sub``."""
+        return self - (other if alpha == 1 else other * alpha)
+
+    def mul(self, other):
+        return self * other
+
+    def div(self, other, *, rounding_mode=None):
+        """self / other (true division; torch's rounding modes have no gradient and are not here)."""
+        if rounding_mode is not None:
+            raise ValueError(f"div: rounding_mode {rounding_mode!r} is not supported; use (a / b).data with "
+                             "np.floor or np.trunc for a rounded quotient")
+        return self / other
+
+    def neg(self):
+        return -self
+
+    def matmul(self, other):
+        return self @ other
+
+    def bmm(self, other):
+        """Batched matrix product of (B, n, m) and (B, m, p) tensors, as ``torch.bmm`` (which,
+        unlike ``matmul``, does not broadcast)."""
+        other_shape = np.shape(_data(other))
+        if self.ndim != 3 or len(other_shape) != 3 or self.shape[0] != other_shape[0]:
+            raise ValueError(f"bmm: needs two 3-D tensors with the same batch size, got shapes {self.shape} "
+                             f"and {other_shape}")
+        return self @ other
+
+    def eq(self, other):
+        return self == other
+
+    def ne(self, other):
+        return self != other
+
+    def lt(self, other):
+        return self < other
+
+    def le(self, other):
+        return self <= other
+
+    def gt(self, other):
+        return self > other
+
+    def ge(self, other):
+        return self >= other
+
     # --- reductions -----------------------------------------------------------------------------
     # ``dim=`` and ``keepdim=`` are PyTorch's names for NumPy's ``axis=`` and ``keepdims=``
     def sum(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
@@ -482,6 +564,34 @@ class Tensor:
     def amin(self, dim=None, keepdim=False):
         """PyTorch's ``amin``: :meth:`min` over ``dim`` with ``keepdim``."""
         return self.min(dim, keepdim)
+
+    def all(self, dim=None, keepdim=False):
+        """Whether every element (along ``dim``) is nonzero: a bool tensor without gradient."""
+        axis = None if dim is None else _norm_axis(dim, self.ndim, "all")
+        return Tensor._wrap(np.asarray(self.data.astype(bool).all(axis=axis, keepdims=keepdim)))
+
+    def any(self, dim=None, keepdim=False):
+        """Whether some element (along ``dim``) is nonzero: a bool tensor without gradient."""
+        axis = None if dim is None else _norm_axis(dim, self.ndim, "any")
+        return Tensor._wrap(np.asarray(self.data.astype(bool).any(axis=axis, keepdims=keepdim)))
+
+    def norm(self, p="fro", dim=None, keepdim=False):
+        """The p-norm over ``dim`` (all elements when None), as ``torch.Tensor.norm``: p = 2 or "fro"
+        (sqrt of the sum of squares; its gradient at the zero vector is 0), 1, or inf."""
+        axis = _norm_axis(dim, self.ndim, "norm")
+        if p in (2, "fro"):
+            return _ops.Norm.apply(self, axis=axis, keepdims=keepdim)
+        if p == 1:
+            return self.abs().sum(axis=axis, keepdims=keepdim)
+        if p in (float("inf"), "inf"):
+            return self.abs().max(axis=axis, keepdims=keepdim)
+        raise ValueError(f"norm: p={p!r} is not supported; use 2 (or 'fro'), 1 or inf")
+
+    def cumsum(self, dim):
+        """Running sums along ``dim``, as ``torch.cumsum``."""
+        if self.ndim == 0:
+            return self.clone()
+        return _ops.CumSum.apply(self, axis=_single_axis(dim, self.ndim, "cumsum"))
 
     def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
         """The variance over ``dim`` (all axes when None), with PyTorch's arguments and defaults::
@@ -682,6 +792,132 @@ class Tensor:
     def __getitem__(self, index):
         return _ops.GetItem.apply(self, index=_check_index(index, self.shape))
 
+    def gather(self, dim, index):
+        """Values picked along ``dim`` by ``index`` (int, same number of dimensions, each other
+        axis at most x's), as ``torch.gather``: out[i][j] = x[i][index[i][j]] for dim = 1. The
+        gradient goes back to the picked places (added up where an index repeats)."""
+        axis = _single_axis(dim, self.ndim, "gather")
+        index = np.asarray(_data(index))
+        if index.dtype.kind not in "iu" or index.ndim != self.ndim:
+            raise ValueError(f"gather: index must be an integer tensor with {self.ndim} dimensions like the input, "
+                             f"got dtype {index.dtype} and shape {index.shape}")
+        if any(n > m for a, (n, m) in enumerate(zip(index.shape, self.shape)) if a != axis):
+            raise ValueError(f"gather: index of shape {index.shape} is larger than the input {self.shape} outside "
+                             f"dim {dim}")
+        if index.size and not (-self.shape[axis] <= index.min() and index.max() < self.shape[axis]):
+            raise IndexError(f"gather: index values {index.min()}..{index.max()} out of range for dim {dim} of "
+                             f"size {self.shape[axis]}")
+        return _ops.Gather.apply(self, index=index % max(self.shape[axis], 1), axis=axis)
+
+    def topk(self, k, dim=-1, largest=True, sorted=True):
+        """The k largest (or smallest) values along ``dim`` and their indices, as ``torch.topk``:
+        a pair ``(values, indices)`` with ``.values`` and ``.indices``. Equal values come in index
+        order. The gradient flows to the chosen elements."""
+        axis = _single_axis(dim, self.ndim, "topk")
+        size = self.shape[axis] if self.ndim else 1
+        if not 0 <= k <= size:
+            raise ValueError(f"topk: k={k} is out of range for dim {dim} of size {size}")
+        order = self._order(axis, descending=largest)
+        indices = np.take(order, np.arange(k), axis=axis) if self.ndim else order
+        return SortResult(self.gather(axis, indices) if self.ndim else self.clone(), Tensor._wrap(indices))
+
+    def sort(self, dim=-1, descending=False, stable=False):
+        """The values along ``dim`` in order and where they came from, as ``torch.sort``: a pair
+        ``(values, indices)``. Always stable here (equal values keep their order)."""
+        axis = _single_axis(dim, self.ndim, "sort")
+        indices = self._order(axis, descending)
+        return SortResult(self.gather(axis, indices) if self.ndim else self.clone(), Tensor._wrap(indices))
+
+    def _order(self, axis, descending):
+        """int64 indices that sort along ``axis``, stably: equal values keep their index order.
+        Descending: the reversed axis sorted ascending, read backwards (no negation, which would
+        overflow integers and reorder -0.0); NaN counts as the largest, as in PyTorch."""
+        if self.ndim == 0:
+            return np.zeros((), dtype=np.int64)
+        if not descending:
+            return np.argsort(self.data, axis=axis, kind="stable").astype(np.int64, copy=False)
+        backwards = np.argsort(np.flip(self.data, axis), axis=axis, kind="stable")
+        return (self.shape[axis] - 1 - np.flip(backwards, axis)).astype(np.int64, copy=False)
+
+    # --- new tensors like this one, and in-place fills ----------------------------------------------
+    def type_as(self, other):
+        """This tensor in ``other``'s dtype."""
+        return self.astype(other.dtype)
+
+    def new_tensor(self, data, dtype=None, requires_grad=False):
+        return Tensor(np.array(data, dtype=dtype or self.dtype), requires_grad=requires_grad)
+
+    def new_full(self, size, fill_value, dtype=None, requires_grad=False):
+        return Tensor(np.full(_sizes_arg((size,)), fill_value, dtype=dtype or self.dtype), requires_grad=requires_grad)
+
+    def new_zeros(self, *size, dtype=None, requires_grad=False):
+        return self.new_full(_sizes_arg(size), 0, dtype, requires_grad)
+
+    def new_ones(self, *size, dtype=None, requires_grad=False):
+        return self.new_full(_sizes_arg(size), 1, dtype, requires_grad)
+
+    new_empty = new_zeros  # NumPy's empty would hand out whatever memory held; zeros cost little more
+
+    def fill_(self, value):
+        """Every element := ``value``, in place (allowed on a tensor that requires a gradient only
+        under ``no_grad()``, as in PyTorch: the graph would not know the values changed)."""
+        if self.requires_grad and _GradMode.enabled:
+            raise RuntimeError(f"fill_: a tensor of shape {self.shape} that requires grad cannot be changed in "
+                               "place while grad mode is on; wrap the change in tinyllm.no_grad()")
+        if self.data.flags.writeable:
+            self.data[...] = value
+        else:  # a read-only array (memory-mapped weights): a new one
+            self.data = np.full(self.shape, value, dtype=self.dtype)
+        return self
+
+    def zero_(self):
+        return self.fill_(0)
+
+    # --- looking at gradients as they pass ----------------------------------------------------------
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` with this tensor's gradient (an ndarray) each time backward computes
+        it, before it goes on (to ``.grad`` for a leaf); a returned array replaces it. As PyTorch's;
+        returns a handle whose ``remove()`` unregisters the hook."""
+        if not self.requires_grad:
+            raise RuntimeError(f"register_hook: a tensor of shape {self.shape} that does not require grad gets no "
+                               "gradient")
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(hook)
+        return _HookHandle(self._hooks, hook)
+
+    def retain_grad(self):
+        """Keep this non-leaf tensor's gradient in ``.grad`` after backward (leaves always do)."""
+        if not self.requires_grad:
+            raise RuntimeError(f"retain_grad: a tensor of shape {self.shape} that does not require grad gets no "
+                               "gradient")
+        if self._ctx is None or any(h is _RETAIN for h in self._hooks or ()):
+            return
+        self.register_hook(_RETAIN)
+
+
+class SortResult(tuple):
+    """``(values, indices)`` of :meth:`Tensor.topk` and :meth:`Tensor.sort`, with PyTorch's names."""
+
+    def __new__(cls, values, indices):
+        return super().__new__(cls, (values, indices))
+
+    values = property(lambda self: self[0])
+    indices = property(lambda self: self[1])
+
+
+class _HookHandle:
+    def __init__(self, hooks, hook):
+        self.hooks, self.hook = hooks, hook
+
+    def remove(self):
+        if self.hook in self.hooks:
+            self.hooks.remove(self.hook)
+
+
+def _RETAIN(grad):
+    """The marker hook of retain_grad: _run_backward stores the gradient in the tensor's .grad."""
+
 
 class _Size(int):
     """A tensor's element count, NumPy's ``x.size``, that is also PyTorch's ``x.size()``: called,
@@ -855,6 +1091,8 @@ def _run_backward(root, grad, retain_graph):
         g = grads.pop(id(node), None)
         if g is None:
             continue
+        if node._hooks:
+            g = _run_hooks(node, g)
         if node._ctx is None:  # a leaf: accumulate, as PyTorch does
             node.grad = _grad_sums.accumulate_grad(node.grad, g, leaf=True)
             continue
@@ -862,6 +1100,22 @@ def _run_backward(root, grad, retain_graph):
         if not retain_graph:
             node._ctx.parents = None
             node._ctx.saved_tensors = None
+
+
+def _run_hooks(node, g):
+    """``node``'s gradient g after its register_hook functions (retain_grad's keeps it in .grad)."""
+    for hook in list(node._hooks):
+        if hook is _RETAIN:
+            node.grad = _grad_sums.accumulate_grad(node.grad, g, leaf=True)
+            continue
+        out = hook(g)
+        if out is not None:
+            out = np.asarray(out.data if isinstance(out, Tensor) else out)
+            if out.shape != g.shape:
+                raise ValueError(f"register_hook: the hook returned a gradient of shape {out.shape} for a tensor of "
+                                 f"shape {g.shape}")
+            g = out.astype(g.dtype, copy=False)
+    return g
 
 
 def _backward_through(ctx, g, grads):

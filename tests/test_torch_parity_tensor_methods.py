@@ -206,3 +206,38 @@ def test_retain_grad_and_hooks_match_torch(torch):
     (u * u).sum().backward()
     assert_close(y.grad, u.grad)
     assert_close(x.grad, t.grad)
+
+
+def test_setitem_in_place_as_nanogpts_top_k_filter(torch):
+    logits = randn(2, 6).astype(np.float32)
+    x, t = Tensor(logits.copy()), torch.tensor(logits.copy())
+    v, _ = x.topk(3)
+    tv, _ = torch.topk(t, 3)
+    x[x < v[:, [-1]]] = -float("inf")
+    t[t < tv[:, [-1]]] = -float("inf")
+    np.testing.assert_array_equal(x.data, t.numpy())
+    x[0, 1:3] = Tensor(np.array([1.5, 2.5], np.float32))
+    assert x.data[0, 1:3].tolist() == [1.5, 2.5]
+
+
+def test_setitem_refuses_a_tensor_that_requires_grad_outside_no_grad():
+    p = Tensor(randn(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"x\[index\] = value: a tensor of shape \(3,\) that requires grad"):
+        p[0] = 1.0
+    with tinyllm.no_grad():
+        p[0] = 1.0
+    assert p.data[0] == 1.0
+    with pytest.raises(IndexError, match=r"index 5 does not fit a tensor of shape \(3,\)"):
+        Tensor(randn(3))[5] = 0.0
+
+
+def test_optimizers_accept_torchs_implementation_switches():
+    from tinyllm import optim
+    from tinyllm.nn import Parameter
+    for cls, switch in [(optim.AdamW, dict(fused=True)), (optim.Adam, dict(foreach=False))]:
+        a, b = Parameter(np.ones(3, np.float32)), Parameter(np.ones(3, np.float32))
+        for p, opt in [(a, cls([a], lr=0.1, **switch)), (b, cls([b], lr=0.1))]:
+            p.grad = np.array([1.0, -2.0, 0.5], np.float32)
+            opt.step()
+        np.testing.assert_array_equal(a.data, b.data)  # the switch changes no number
+        assert (a.data != 1).all()

@@ -792,6 +792,18 @@ class Tensor:
     def __getitem__(self, index):
         return _ops.GetItem.apply(self, index=_check_index(index, self.shape))
 
+    def __setitem__(self, index, value):
+        """x[index] = value in place, as in PyTorch (nanoGPT's top-k filter:
+        ``logits[logits < v[:, [-1]]] = -float("inf")``), for a tensor whose values no graph
+        depends on: one that does not require grad, or any under ``no_grad()``."""
+        if self.requires_grad and _GradMode.enabled:
+            raise RuntimeError(f"x[index] = value: a tensor of shape {self.shape} that requires grad cannot be "
+                               "changed in place while grad mode is on; build a new tensor (torch.where-style: "
+                               "F.where, x.masked_fill) or wrap the change in tinyllm.no_grad()")
+        if not self.data.flags.writeable:  # a read-only array (memory-mapped weights, a broadcast view): a copy
+            self.data = self.data.copy()
+        self.data[_check_index(index, self.shape)] = _data(value)
+
     def gather(self, dim, index):
         """Values picked along ``dim`` by ``index`` (int, same number of dimensions, each other
         axis at most x's), as ``torch.gather``: out[i][j] = x[i][index[i][j]] for dim = 1. The

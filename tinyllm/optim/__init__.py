@@ -99,7 +99,10 @@ class AdamW(Optimizer):
     ``p.data`` yourself is fine: the next step rebuilds the buffer from the current values.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, foreach=None, fused=None):
+        """``foreach`` and ``fused`` are accepted so that torch code (nanoGPT passes ``fused=True``)
+        runs unchanged; they pick torch's implementation and change no number. tinyllm's step is
+        always one fused kernel call per group."""
         name = type(self).__name__
         if not lr >= 0:
             raise ValueError(f"{name}: lr must be >= 0, got {lr}")
@@ -155,7 +158,7 @@ class Adam(AdamW):
     gradient is divided by sqrt(v) like the rest of it, so it shrinks rarely-updated weights most.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, foreach=None, fused=None):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _gradients(self, params, group):

@@ -8,6 +8,10 @@ from .kernels.dispatch import is_reference, reference_mode, use_reference  # noq
 from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, tensor  # noqa: F401
 from .gradcheck import GradcheckError, gradcheck  # noqa: F401
 from . import functional, nn, optim  # noqa: F401,E402
+from .factories import (  # noqa: F401,E402  (torch.zeros, torch.arange, torch.cat, ... : PyTorch's top-level names)
+    arange, cat, empty, eye, full, full_like, multinomial, ones, ones_like, rand, randint, randn, stack, tril, triu,
+    where, zeros, zeros_like,
+)
 from .models import (  # noqa: F401,E402
     GPT, AutoModelForCausalLM, AutoModelForSeq2SeqLM, EncoderDecoderConfig, EncoderDecoderTransformer, GPTConfig,
 )

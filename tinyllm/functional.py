@@ -387,7 +387,9 @@ class Concatenate(Function):
         return tuple(np.split(g, ctx.splits, axis=ctx.axis))
 
 
-def concatenate(tensors, axis=0):
+def concatenate(tensors, axis=0, *, dim=None):
+    """Join tensors along an existing axis (``dim=`` is PyTorch's name: ``torch.cat((a, b), dim=1)``)."""
+    axis = axis if dim is None else dim
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
     if not tensors:
         raise ValueError("concatenate: need at least one tensor")
@@ -406,8 +408,9 @@ def concatenate(tensors, axis=0):
 cat = concatenate
 
 
-def stack(tensors, axis=0):
-    """Join tensors of one shape along a new axis."""
+def stack(tensors, axis=0, *, dim=None):
+    """Join tensors of one shape along a new axis (``dim=`` is PyTorch's name for it)."""
+    axis = axis if dim is None else dim
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
     if not tensors:
         raise ValueError("stack: need at least one tensor")

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from ..factories import require_generator
 from ..tensor import Tensor
 
 __all__ = ["calculate_gain", "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_",
@@ -73,14 +74,14 @@ def uniform_(tensor, a=0.0, b=1.0, generator=None):
     """Values drawn from U(a, b)."""
     if not a <= b:
         raise ValueError(f"uniform_: needs a <= b, got a={a}, b={b}")
-    return _fill(tensor, _generator(generator, "uniform_").uniform(a, b, tensor.shape), "uniform_")
+    return _fill(tensor, require_generator(generator, "uniform_").uniform(a, b, tensor.shape), "uniform_")
 
 
 def normal_(tensor, mean=0.0, std=1.0, generator=None):
     """Values drawn from N(mean, std^2)."""
     if not std >= 0:
         raise ValueError(f"normal_: std must be >= 0, got {std}")
-    return _fill(tensor, _generator(generator, "normal_").normal(mean, std, tensor.shape), "normal_")
+    return _fill(tensor, require_generator(generator, "normal_").normal(mean, std, tensor.shape), "normal_")
 
 
 def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
@@ -93,7 +94,7 @@ def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
     if max((a - mean) / std, (mean - b) / std) > 6:
         raise ValueError(f"trunc_normal_: [a, b] = [{a}, {b}] lies more than 6 std from mean {mean}: almost no "
                          "draw would land there")
-    rng = _generator(generator, "trunc_normal_")
+    rng = require_generator(generator, "trunc_normal_")
     values = rng.normal(mean, std, tensor.shape)
     outside = (values < a) | (values > b)
     while outside.any():
@@ -130,15 +131,6 @@ def kaiming_normal_(tensor, a=0, mode="fan_in", nonlinearity="leaky_relu", gener
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-def _generator(generator, who):
-    if isinstance(generator, np.random.Generator):
-        return generator
-    if generator is None:
-        raise ValueError(f"{who}: pass generator=np.random.default_rng(seed); tinyllm keeps no global random "
-                         "state, so a random initialisation needs its generator")
-    raise TypeError(f"{who}: generator must be a np.random.Generator, got {type(generator).__name__}")
-
 
 def _fans(tensor, who):
     """(fan_in, fan_out) of a weight of shape (out, in, *kernel)."""

@@ -9,7 +9,7 @@ from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad, ten
 from .gradcheck import GradcheckError, gradcheck  # noqa: F401
 from . import functional, nn, optim  # noqa: F401,E402
 from .factories import (  # noqa: F401,E402  (torch.zeros, torch.arange, torch.cat, ... : PyTorch's top-level names)
-    arange, cat, empty, eye, full, full_like, multinomial, ones, ones_like, rand, randint, randn, stack, tril, triu,
+    arange, cat, empty, eye, full, full_like, multinomial, ones, ones_like, rand, randint, randn, stack, topk, tril, triu,
     where, zeros, zeros_like,
 )
 from .models import (  # noqa: F401,E402

@@ -11,7 +11,7 @@ import numpy as np
 from .functional import cat, stack, where  # noqa: F401  (torch.cat, torch.stack, torch.where)
 from .tensor import Tensor, _sizes_arg
 
-__all__ = ["require_generator", "zeros", "ones", "full", "empty", "zeros_like", "ones_like", "full_like", "arange", "eye", "tril", "triu",
+__all__ = ["require_generator", "zeros", "ones", "full", "empty", "zeros_like", "ones_like", "full_like", "arange", "eye", "topk", "tril", "triu",
            "rand", "randn", "randint", "multinomial", "cat", "stack", "where"]
 
 
@@ -68,6 +68,11 @@ def arange(start, end=None, step=1, *, dtype=None, requires_grad=False):
 
 def eye(n, m=None, *, dtype=None, requires_grad=False):
     return _new(np.eye(n, m, dtype=dtype or np.float32), requires_grad)
+
+
+def topk(x, k, dim=-1, largest=True, sorted=True):
+    """``x.topk(k, dim, largest, sorted)``: ``(values, indices)``, as ``torch.topk``."""
+    return x.topk(k, dim, largest, sorted)
 
 
 def tril(x, diagonal=0):

@@ -7,4 +7,4 @@ from .module import IncompatibleKeys, Module, ModuleDict, ModuleList, Parameter,
 from .transformer import (  # noqa: F401
     Block, CrossAttention, DecoderBlock, EncoderBlock, FeedForward, KVCache, MultiHeadAttention,
 )
-from . import init, utils  # noqa: F401,E402  (nn.init.normal_, nn.utils.clip_grad_norm_: torch.nn's places)
+from . import functional, init, utils  # noqa: F401,E402  (nn.functional, nn.init, nn.utils: torch.nn's places)

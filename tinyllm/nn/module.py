@@ -129,7 +129,8 @@ class Module:
             state[name] = p.data
         for mod_name, module in self.named_modules():
             for name in module._persistent:
-                state[f"{mod_name}.{name}" if mod_name else name] = module._buffers[name]
+                buffer = module._buffers[name]  # an ndarray, or a Tensor (torch code registers tensors)
+                state[f"{mod_name}.{name}" if mod_name else name] = _as_array(buffer)
         return state
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
@@ -177,7 +178,8 @@ class Module:
                 p.data = np.asarray(v, dtype=p.dtype) if assign else np.array(v, dtype=p.dtype, copy=True)
             elif k in buffers:
                 mod, n = buffers[k]
-                mod.register_buffer(n, np.array(v, copy=True), persistent=True)
+                value = np.array(v, copy=True)
+                mod.register_buffer(n, Tensor(value) if isinstance(mod._buffers[n], Tensor) else value, persistent=True)
         return IncompatibleKeys(missing, unexpected)
 
     # --- modes and gradients -------------------------------------------------------------------

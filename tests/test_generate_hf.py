@@ -90,7 +90,8 @@ def test_greedy_with_processors_equals_transformers(pair, knobs):
     assert not np.array_equal(out, plain), "the knob changed nothing: the comparison proves little"
 
 
-@pytest.mark.parametrize("knobs", [dict(min_new_tokens=6), dict(min_length=12), dict(min_length=3)], ids=str)
+@pytest.mark.parametrize("knobs", [dict(min_new_tokens=6), dict(min_length=12), dict(min_length=3),
+                                   dict(min_length=18, min_new_tokens=2)], ids=str)
 def test_min_lengths_hold_eos_back_as_transformers(pair, knobs):
     ids = prompts()
     eos = likely_eos(pair[1], ids, step=1)

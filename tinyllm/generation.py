@@ -403,7 +403,8 @@ def _logits_processors(prompt_len, attention_mask, eos_token_id, repetition_pena
         processors.append(repetition_penalty_processor(float(repetition_penalty), ignore))
     if no_repeat_ngram_size > 0:
         processors.append(no_repeat_ngram_processor(no_repeat_ngram_size))
-    if eos_token_id is not None and min_length > 0:
+    if eos_token_id is not None and min_length > 0 and min_new_tokens == 0:
+        # given both, transformers replaces min_length by prompt_len + min_new_tokens
         processors.append(min_length_processor(min_length, eos_token_id))
     if eos_token_id is not None and min_new_tokens > 0:
         processors.append(min_new_tokens_processor(prompt_len, min_new_tokens, eos_token_id))

@@ -398,13 +398,15 @@ def no_repeat_ngram_processor(ngram_size):
 
 def min_length_processor(min_length, eos_token_id):
     """Hugging Face's ``MinLengthLogitsProcessor``: EOS gets -inf while the sequence (prompt
-    included) is shorter than ``min_length``."""
+    included) is shorter than ``min_length``. ``eos_token_id``: an id or an array of them; one
+    outside the scores' vocabulary is never produced and is passed over, as Hugging Face's."""
+    eos = np.atleast_1d(eos_token_id)
 
     def process(input_ids, scores):
         if input_ids.shape[1] >= min_length:
             return scores
         scores = scores.copy()
-        scores[:, eos_token_id] = -np.inf
+        scores[:, eos[eos < scores.shape[1]]] = -np.inf
         return scores
 
     return process

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from kernel_helpers import SMALL_BOS, SMALL_EOS, SMALL_PAD, SMALL_V, make_gpt2_dir, small_gpt2_pair
-from tinyllm.generation import (left_pad, min_length_processor, min_new_tokens_processor, no_repeat_ngram_processor,
-                                repetition_penalty_processor)
+from tinyllm.generation import (encoder_repetition_penalty_processor, left_pad, min_length_processor,
+                                min_new_tokens_processor, no_repeat_ngram_processor, repetition_penalty_processor)
 from tinyllm.models.gpt import GPT, GPTConfig
 
 V, BOS, EOS, PAD = SMALL_V, SMALL_BOS, SMALL_EOS, SMALL_PAD
@@ -90,7 +90,8 @@ def test_greedy_with_processors_equals_transformers(pair, knobs):
     assert not np.array_equal(out, plain), "the knob changed nothing: the comparison proves little"
 
 
-@pytest.mark.parametrize("knobs", [dict(min_new_tokens=6), dict(min_length=12), dict(min_length=3)], ids=str)
+@pytest.mark.parametrize("knobs", [dict(min_new_tokens=6), dict(min_length=12), dict(min_length=3),
+                                   dict(min_length=18, min_new_tokens=2)], ids=str)
 def test_min_lengths_hold_eos_back_as_transformers(pair, knobs):
     ids = prompts()
     eos = likely_eos(pair[1], ids, step=1)
@@ -299,6 +300,36 @@ def test_processors_equal_transformers_classes():
         expected = theirs(torch.tensor(input_ids), torch.tensor(scores)).numpy()
         got = ours(input_ids, scores.copy())
         assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected, err_msg=type(theirs).__name__)
+
+
+def test_processors_pass_over_ids_outside_the_vocabulary_as_transformers():
+    """An EOS id past the scores' vocabulary, or a source token id (an encoder-decoder's
+    encoder_repetition_penalty reads the source as target ids), is never produced: transformers
+    passes over it (isin over the vocabulary; ids clamped into a spare column), so do we."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers.generation import logits_process as lp
+
+    rng = np.random.default_rng(1)
+    input_ids = rng.integers(0, 9, (4, 7))  # ids 6..8 lie outside the vocabulary of 6
+    scores = (rng.standard_normal((4, 6)) * 3).astype(np.float32)
+    in_vocab = input_ids % 6  # transformers' encoder penalty gathers the ids: only those in the vocabulary
+    cases = [
+        (input_ids, min_length_processor(10, np.array([2, 99])), lp.MinLengthLogitsProcessor(10, [2, 99])),
+        (input_ids, min_new_tokens_processor(5, 4, np.array([99, 3])),
+         lp.MinNewTokensLengthLogitsProcessor(5, 4, [99, 3])),
+        (input_ids, repetition_penalty_processor(1.7), lp.RepetitionPenaltyLogitsProcessor(1.7)),
+        (in_vocab, encoder_repetition_penalty_processor(1.7, np.repeat(in_vocab[:2], 2, axis=0)),
+         lp.EncoderRepetitionPenaltyLogitsProcessor(1.7, torch.tensor(in_vocab[:2]))),  # 2 sources, 2 beams each
+        (in_vocab, encoder_repetition_penalty_processor(0.6, in_vocab),
+         lp.EncoderRepetitionPenaltyLogitsProcessor(0.6, torch.tensor(in_vocab))),
+    ]
+    for ids, ours, theirs in cases:
+        expected = theirs(torch.tensor(ids), torch.tensor(scores)).numpy()
+        got = ours(ids, scores.copy())
+        assert got.dtype == np.float32
+        assert not np.array_equal(got, scores), type(theirs).__name__  # the processor did something
         np.testing.assert_array_equal(got, expected, err_msg=type(theirs).__name__)
 
 

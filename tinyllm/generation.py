@@ -6,8 +6,9 @@ One step of generation turns the logits of the last position into the next token
                                                       \\--argmax (greedy)--> token
 
 Before that, Hugging Face's logits processors change the logits when their knobs ask for it, in
-Hugging Face's order: ``repetition_penalty``, ``no_repeat_ngram_size``, ``min_length``,
-``min_new_tokens``. ``num_beams > 1`` runs beam search (:mod:`tinyllm.beam_search`) instead, with
+Hugging Face's order: ``encoder_repetition_penalty`` (an encoder-decoder's), ``repetition_penalty``,
+``no_repeat_ngram_size``, ``min_length``, ``min_new_tokens``. They see the ids so far: the prompt
+and the new tokens, or an encoder-decoder's decoder ids (its start token and the new tokens). ``num_beams > 1`` runs beam search (:mod:`tinyllm.beam_search`) instead, with
 the processors applied to each step's log-probabilities, as Hugging Face does.
 
 The model is anything with ``forward(idx, kv_cache=..., last_only=True)``, ``new_kv_cache(B)``
@@ -19,7 +20,8 @@ import numpy as np
 
 __all__ = ["generate", "greedy_or_sample", "output_record", "generate_output", "check_decoding_strategy", "left_pad",
            "apply_top_k", "apply_top_p", "sample_from_logits", "repetition_penalty_processor",
-           "no_repeat_ngram_processor", "min_length_processor", "min_new_tokens_processor", "TextStreamer"]
+           "no_repeat_ngram_processor", "min_length_processor", "min_new_tokens_processor",
+           "encoder_repetition_penalty_processor", "check_sampling_args", "TextStreamer"]
 
 
 def left_pad(sequences, pad_token_id):
@@ -162,6 +164,11 @@ def _check_args(idx, max_new_tokens, max_length, temperature, top_k, top_p, voca
         raise ValueError(f"generate: max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if max_length is not None and (not isinstance(max_length, (int, np.integer)) or max_length < 1):
         raise ValueError(f"generate: max_length must be a positive integer, got {max_length!r}")
+    check_sampling_args(temperature, top_k, top_p)
+
+
+def check_sampling_args(temperature, top_k, top_p):
+    """temperature >= 0, top_k >= 0 (0 or None: off), top_p in (0, 1] (decoder-only and encoder-decoder alike)."""
     if not (isinstance(temperature, (int, float)) and temperature >= 0 and np.isfinite(temperature)):
         raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 0):
@@ -175,21 +182,24 @@ def _is_int(value):
 
 
 def _check_hf_args(num_beams, length_penalty, early_stopping, num_return_sequences, repetition_penalty,
-                   no_repeat_ngram_size, min_length, min_new_tokens, sampling):
+                   no_repeat_ngram_size, min_length, min_new_tokens, sampling, per="prompt",
+                   encoder_repetition_penalty=1.0):
+    """The checks of transformers' knobs that decoder-only and encoder-decoder generate share; ``per``
+    names one input in the messages ("prompt", "source")."""
     if not _is_int(num_beams) or num_beams < 1:
         raise ValueError(f"generate: num_beams must be an integer >= 1, got {num_beams!r}")
     if not _is_int(num_return_sequences) or num_return_sequences < 1:
         raise ValueError(f"generate: num_return_sequences must be an integer >= 1, got {num_return_sequences!r}")
-    check_decoding_strategy(num_beams, num_return_sequences, sampling, "prompt")
+    check_decoding_strategy(num_beams, num_return_sequences, sampling, per)
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
             or not np.isfinite(length_penalty):
         raise ValueError(f"generate: length_penalty must be a finite number, got {length_penalty!r}")
     if not any(early_stopping is v for v in (True, False)) and early_stopping != "never":
         raise ValueError(f"generate: early_stopping must be True, False or 'never', got {early_stopping!r}")
-    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)) \
-            or not (np.isfinite(repetition_penalty) and repetition_penalty > 0):
-        raise ValueError(f"generate: repetition_penalty must be a finite number > 0 (1.0: no penalty), "
-                         f"got {repetition_penalty!r}")
+    for name, value in (("repetition_penalty", repetition_penalty),
+                        ("encoder_repetition_penalty", encoder_repetition_penalty)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
+            raise ValueError(f"generate: {name} must be a finite number > 0 (1.0: no penalty), got {value!r}")
     for name, value in (("no_repeat_ngram_size", no_repeat_ngram_size), ("min_length", min_length),
                         ("min_new_tokens", min_new_tokens)):
         if not _is_int(value) or value < 0:
@@ -337,17 +347,32 @@ def repetition_penalty_processor(penalty, prompt_ignore_lengths=None):
     """Hugging Face's ``RepetitionPenaltyLogitsProcessor``: a token already in the sequence gets
     ``score * penalty`` if its score is < 0, else ``score / penalty`` (penalty > 1 makes repeats
     less likely). ``prompt_ignore_lengths`` (N,): the first positions of each row not to count
-    (its left padding)."""
+    (its left padding). Ids outside the scores' vocabulary (an encoder's, see
+    :func:`encoder_repetition_penalty_processor`) count for nothing, as Hugging Face's."""
 
     def process(input_ids, scores):
         seen = np.zeros(scores.shape, dtype=bool)  # (N, V): token v occurs in row n
-        counted = np.ones(input_ids.shape, dtype=bool)
+        counted = input_ids < scores.shape[1]
         if prompt_ignore_lengths is not None:
-            counted = np.arange(input_ids.shape[1]) >= prompt_ignore_lengths[:, None]
+            counted &= np.arange(input_ids.shape[1]) >= prompt_ignore_lengths[:, None]
         rows = np.broadcast_to(np.arange(input_ids.shape[0])[:, None], input_ids.shape)
         seen[rows[counted], input_ids[counted]] = True
         penalized = np.where(scores < 0, scores * penalty, scores / penalty).astype(scores.dtype)
         return np.where(seen, penalized, scores)
+
+    return process
+
+
+def encoder_repetition_penalty_processor(penalty, encoder_ids):
+    """Hugging Face's ``EncoderRepetitionPenaltyLogitsProcessor`` (an encoder-decoder's
+    ``encoder_repetition_penalty``): a token of the source gets the inverse of the repetition
+    penalty, ``score / penalty`` if its score is < 0, else ``score * penalty`` (penalty > 1 makes
+    copying the source more likely). ``encoder_ids`` (N, S): each row's source, its padding
+    included, as transformers passes the padded input ids."""
+    inverse = repetition_penalty_processor(1.0 / penalty)
+
+    def process(input_ids, scores):
+        return inverse(encoder_ids, scores)
 
     return process
 
@@ -373,13 +398,15 @@ def no_repeat_ngram_processor(ngram_size):
 
 def min_length_processor(min_length, eos_token_id):
     """Hugging Face's ``MinLengthLogitsProcessor``: EOS gets -inf while the sequence (prompt
-    included) is shorter than ``min_length``."""
+    included) is shorter than ``min_length``. ``eos_token_id``: an id or an array of them; one
+    outside the scores' vocabulary is never produced and is passed over, as Hugging Face's."""
+    eos = np.atleast_1d(eos_token_id)
 
     def process(input_ids, scores):
         if input_ids.shape[1] >= min_length:
             return scores
         scores = scores.copy()
-        scores[:, eos_token_id] = -np.inf
+        scores[:, eos[eos < scores.shape[1]]] = -np.inf
         return scores
 
     return process
@@ -403,7 +430,8 @@ def _logits_processors(prompt_len, attention_mask, eos_token_id, repetition_pena
         processors.append(repetition_penalty_processor(float(repetition_penalty), ignore))
     if no_repeat_ngram_size > 0:
         processors.append(no_repeat_ngram_processor(no_repeat_ngram_size))
-    if eos_token_id is not None and min_length > 0:
+    if eos_token_id is not None and min_length > 0 and min_new_tokens == 0:
+        # given both, transformers replaces min_length by prompt_len + min_new_tokens
         processors.append(min_length_processor(min_length, eos_token_id))
     if eos_token_id is not None and min_new_tokens > 0:
         processors.append(min_new_tokens_processor(prompt_len, min_new_tokens, eos_token_id))
@@ -414,6 +442,11 @@ def _apply(processors, input_ids, scores):
     for process in processors:
         scores = process(input_ids, scores)
     return scores
+
+
+def chain(processors):
+    """One processor that applies ``processors`` in order (what beam search takes), None for none."""
+    return (lambda input_ids, scores: _apply(processors, input_ids, scores)) if processors else None
 
 
 # --- the loops ------------------------------------------------------------------------------------
@@ -513,7 +546,6 @@ def _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_to
     if max_new_tokens == 0:
         return np.repeat(prompts, num_return_sequences, axis=0), np.zeros(len(prompts) * num_return_sequences)
     step = _model_step(model, rows, prompt_len + max_new_tokens, use_cache, attention_mask)
-    process = (lambda ids, scores: _apply(processors, ids, scores)) if processors else None
     return beam_search(step, prompts, num_beams, max_length=prompt_len + max_new_tokens, eos_token_id=eos,
                        pad_token_id=pad, length_penalty=length_penalty, early_stopping=early_stopping,
-                       num_return_sequences=num_return_sequences, logits_processor=process)
+                       num_return_sequences=num_return_sequences, logits_processor=chain(processors))

@@ -382,12 +382,15 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
     def generate(self, src_ids=None, max_new_tokens=None, num_beams=1, length_penalty=1.0, early_stopping=False,
                  do_sample=False, temperature=1.0, top_k=None, top_p=None, seed=None, num_return_sequences=1,
                  max_length=None, use_cache=True, input_ids=None, attention_mask=None, return_dict_in_generate=False,
-                 output_scores=False, output_logits=False, streamer=None):
+                 output_scores=False, output_logits=False, streamer=None, eos_token_id=None, pad_token_id=None,
+                 repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0, min_new_tokens=0,
+                 encoder_repetition_penalty=1.0):
         """Translate: target ids (B * num_return_sequences, L) for source ids (B, S) (rows padded
         with pad_token_id), as Hugging Face's ``generate`` for an encoder-decoder model.
 
-        Each output row starts with the decoder start token (BOS) and ends at EOS; rows that
-        finished early are padded with pad_token_id. ``max_new_tokens`` (default and largest:
+        Each output row starts with the decoder start token (BOS) and ends at EOS (``eos_token_id``:
+        an id or a list of ids, default the config's); rows that finished early are padded with
+        ``pad_token_id`` (default the config's). ``max_new_tokens`` (default and largest:
         max_tgt_len, as the decoder reads BOS and all new tokens but the last) counts the tokens
         after BOS, ``max_length`` the whole row with BOS (if both are given, ``max_new_tokens``
         wins). The encoder runs once; the decoder uses a KV
@@ -403,6 +406,17 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
           or "never" as in Hugging Face (see :mod:`tinyllm.beam_search`); returns the
           ``num_return_sequences`` best per source, best first.
 
+        Logits processors, transformers' for an encoder-decoder, in its order, each off at its
+        default: ``encoder_repetition_penalty`` p (a token of the source, padding included, gets
+        logit / p if its logit < 0, else logit * p: p > 1 favours copying the source; its ids are
+        read as target ids, which makes sense when both sides share one vocabulary),
+        ``repetition_penalty`` p (a token already in the decoder ids, BOS included, gets logit * p
+        if its logit < 0, else logit / p), ``no_repeat_ngram_size`` n (a token that would repeat an
+        n-gram of the decoder ids gets -inf), ``min_length`` (EOS gets -inf while the decoder ids,
+        BOS counted, are shorter) and ``min_new_tokens`` (the same, counting the tokens after
+        BOS; given, it replaces ``min_length``). They act in greedy, sampling (before temperature,
+        top-k and top-p) and beam search (on each step's log-probabilities), as transformers'.
+
         A 1-D ``src_ids`` (one source) gives a 1-D result when ``num_return_sequences`` is 1.
         ``input_ids`` is another name for ``src_ids`` and ``attention_mask`` may come along, so
         ``model.generate(**tokenizer(sources, padding=True, return_tensors="np"))`` works; the mask
@@ -416,7 +430,7 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
         given BOS (1, 1), each new token and the end (one source, greedy or sampled).
         """
         from ..beam_search import beam_search
-        from ..generation import generate_output, greedy_or_sample, output_record
+        from ..generation import _eos_ids, chain, generate_output, greedy_or_sample, output_record
 
         c = self.config
         src_ids = one_of("src_ids", src_ids, "input_ids", input_ids, required=True, method="generate")
@@ -425,33 +439,54 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
             self._check_source_mask(src_ids, attention_mask)
         one_d = src_ids.ndim == 1
         src_ids = self._check_src(src_ids[None, :] if one_d else src_ids)
-        max_new_tokens = self._check_generate_args(max_new_tokens, max_length, num_beams, length_penalty,
-                                                   early_stopping, do_sample, temperature, top_k, top_p,
-                                                   num_return_sequences)
+        max_new_tokens = self._check_generate_args(
+            max_new_tokens, max_length, do_sample, temperature, top_k, top_p,
+            dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+                 num_return_sequences=num_return_sequences, repetition_penalty=repetition_penalty,
+                 no_repeat_ngram_size=no_repeat_ngram_size, min_length=min_length, min_new_tokens=min_new_tokens,
+                 encoder_repetition_penalty=encoder_repetition_penalty))
+        eos = _eos_ids(c.eos_token_id if eos_token_id is None else eos_token_id)
+        pad = c.pad_token_id if pad_token_id is None else pad_token_id
         copies = num_beams if num_beams > 1 else num_return_sequences
         record = output_record(src_ids.shape[0] * copies, num_beams, output_scores, output_logits, streamer)
         was_training = self.training
         self.eval()
         try:
             src_ids = np.repeat(src_ids, copies, axis=0)  # each source's beams / samples next to each other
+            processors = self._logits_processors(src_ids, eos, repetition_penalty, no_repeat_ngram_size, min_length,
+                                                 min_new_tokens, encoder_repetition_penalty)
             memory = self.encode(src_ids)
             step = self._decoder_step(memory, self.source_mask(src_ids), use_cache)
             bos = np.full((src_ids.shape[0] // copies, 1), c.bos_token_id, dtype=np.int64)
             if num_beams > 1:
-                out, beam_scores = beam_search(step, bos, num_beams, max_length=1 + max_new_tokens,
-                                               eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
-                                               length_penalty=length_penalty, early_stopping=early_stopping,
-                                               num_return_sequences=num_return_sequences)
+                out, beam_scores = beam_search(step, bos, num_beams, max_length=1 + max_new_tokens, eos_token_id=eos,
+                                               pad_token_id=pad, length_penalty=length_penalty,
+                                               early_stopping=early_stopping,
+                                               num_return_sequences=num_return_sequences,
+                                               logits_processor=chain(processors))
             else:
                 out, beam_scores = greedy_or_sample(
                     step, np.repeat(bos, copies, axis=0), max_new_tokens, np.random.default_rng(seed), do_sample,
-                    temperature, top_k, top_p, np.array([c.eos_token_id]), c.pad_token_id, record=record,
-                    streamer=streamer), None
+                    temperature, top_k or None, top_p, eos, pad, processors, record, streamer), None
         finally:
             self.train(was_training)
         if return_dict_in_generate:
             return generate_output(out, record, beam_scores if output_scores else None)
         return out[0] if one_d and out.shape[0] == 1 else out
+
+    @staticmethod
+    def _logits_processors(src_ids, eos, repetition_penalty, no_repeat_ngram_size, min_length, min_new_tokens,
+                           encoder_repetition_penalty):
+        """generate's logits processors, in transformers' order: they see the decoder ids (BOS and
+        the new tokens; BOS is the "prompt" that ``min_new_tokens`` does not count), and
+        ``encoder_repetition_penalty`` sees ``src_ids`` (N, S), one row per decoded sequence."""
+        from ..generation import _logits_processors, encoder_repetition_penalty_processor
+
+        processors = _logits_processors(1, None, eos, repetition_penalty, no_repeat_ngram_size, min_length,
+                                        min_new_tokens)
+        if encoder_repetition_penalty != 1.0:
+            processors.insert(0, encoder_repetition_penalty_processor(float(encoder_repetition_penalty), src_ids))
+        return processors
 
     def _check_source_mask(self, src_ids, attention_mask, method="generate"):
         """An attention_mask given with the sources must say what pad_token_id says."""
@@ -464,10 +499,10 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
                              f"this model reads padding from pad_token_id={self.config.pad_token_id} (pad the "
                              "sources with it, e.g. with the Seq2SeqTokenizer's call)")
 
-    def _check_generate_args(self, max_new_tokens, max_length, num_beams, length_penalty, early_stopping,
-                             do_sample, temperature, top_k, top_p, num_return_sequences):
-        """Validate generate's arguments; return max_new_tokens."""
-        from ..generation import check_decoding_strategy
+    def _check_generate_args(self, max_new_tokens, max_length, do_sample, temperature, top_k, top_p, hf_args):
+        """Validate generate's arguments (``hf_args``: the knobs the GPT's generate checks alike,
+        ``generation._check_hf_args``); return max_new_tokens."""
+        from ..generation import _check_hf_args, check_sampling_args
 
         c = self.config
 
@@ -483,20 +518,8 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
         if max_new_tokens > c.max_tgt_len:  # the last new token is never fed back: max_tgt_len inputs
             raise ValueError(f"generate: max_new_tokens={max_new_tokens} exceeds max_tgt_len={c.max_tgt_len}: the "
                              f"decoder reads at most {c.max_tgt_len} positions (BOS and the tokens before the last)")
-        positive_int("num_beams", num_beams)
-        positive_int("num_return_sequences", num_return_sequences)
-        check_decoding_strategy(num_beams, num_return_sequences, do_sample, "source")
-        if early_stopping not in (True, False, "never"):
-            raise ValueError(f"generate: early_stopping must be True, False or 'never', got {early_stopping!r}")
-        if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
-                or not math.isfinite(length_penalty):
-            raise ValueError(f"generate: length_penalty must be a finite number, got {length_penalty!r}")
-        if not (isinstance(temperature, (int, float)) and temperature >= 0 and math.isfinite(temperature)):
-            raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature!r}")
-        if top_k is not None:
-            positive_int("top_k", top_k)
-        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-            raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+        check_sampling_args(temperature, top_k, top_p)
+        _check_hf_args(sampling=bool(do_sample) and temperature != 0, per="source", **hf_args)
         return int(max_new_tokens)
 
     def _decoder_step(self, memory, memory_mask, use_cache):

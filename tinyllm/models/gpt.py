@@ -301,7 +301,8 @@ class GPT(PretrainedModelMixin, nn.Module):
 
         Length: ``max_length`` counts the prompt, ``max_new_tokens`` does not (it wins when both
         are given). ``min_length`` (prompt counted) / ``min_new_tokens`` (not counted): EOS is
-        forbidden (logit -inf) until the sequence is that long.
+        forbidden (logit -inf) until the sequence is that long (given both, ``min_new_tokens``
+        wins, as in transformers).
 
         Decoding: ``do_sample=False`` or ``temperature=0`` picks the most likely token (greedy);
         otherwise logits / temperature are filtered by ``top_k`` then ``top_p`` and sampled with a

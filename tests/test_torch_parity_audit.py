@@ -199,13 +199,21 @@ def test_max_ties_split_the_gradient_like_torch_max_and_amax():
     parity(lambda x: x.max(axis=0, keepdims=True), lambda t: t.amax(dim=0, keepdim=True), [ties])
 
 
-def test_amax_and_a_clear_error_for_torch_max_with_dim():
+def test_amax_and_torch_max_with_dim_giving_values_and_indices():
     ties = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, -1.0]])
     for kw in ({}, {"dim": 1}, {"dim": 0, "keepdim": True}, {"dim": (0, 1)}):
         parity(lambda x: x.amax(**kw), lambda t: t.amax(**kw), [ties])
     parity(lambda x: x.amax(-1, True), lambda t: t.amax(-1, True), [randn(3, 4)])
-    with pytest.raises(TypeError, match=r"amax\(dim=\.\.\.\) and x.argmax"):
-        Tensor(ties).max(dim=1)
+    for kw in ({"dim": 1}, {"dim": 0, "keepdim": True}, {"dim": -1, "keepdim": False}):
+        # the whole tied gradient goes to the first maximum's index, as torch sends it
+        parity(lambda x: x.max(**kw).values, lambda t: t.max(**kw).values, [ties])
+        parity(lambda x: x.min(**kw)[0], lambda t: t.min(**kw)[0], [-ties])
+        assert Tensor(ties).max(**kw).indices.tolist() == torch.tensor(ties).max(**kw).indices.tolist()
+        assert Tensor(-ties).min(**kw)[1].tolist() == torch.tensor(-ties).min(**kw)[1].tolist()
+    with pytest.raises(TypeError, match="max: pass axis= .* or dim= .*, not both"):
+        Tensor(ties).max(1, dim=1)
+    with pytest.raises(TypeError, match="min: keepdim= goes with dim="):
+        Tensor(ties).min(keepdim=True)
 
 
 def test_comparisons_give_the_same_booleans():

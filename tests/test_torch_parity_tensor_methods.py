@@ -48,6 +48,11 @@ def test_norm_gradcheck(dim, keepdim):
     check(lambda x: x.norm(float("inf"), dim=dim, keepdim=keepdim), distinct(3, 4, 2))
 
 
+def test_max_and_min_with_dim_values_gradcheck():
+    check(lambda x: x.max(dim=1).values, distinct(3, 5))
+    check(lambda x: x.min(dim=0, keepdim=True).values, distinct(3, 5))
+
+
 def test_topk_and_sort_values_gradcheck():
     check(lambda x: x.topk(2, dim=1).values, distinct(3, 5))
     check(lambda x: x.topk(3, dim=0, largest=False).values, distinct(4, 2))

@@ -533,37 +533,47 @@ class Tensor:
         return _ops.Mean.apply(self, axis=_norm_axis(axis, self.ndim, "mean"), keepdims=keepdims)
 
     def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        """The largest values over ``axis`` (NumPy's ``max``, PyTorch's ``amax``); tied maxima
-        share the gradient evenly. ``x.max(other)`` with a Tensor is torch's element-wise
-        :meth:`maximum`."""
-        if isinstance(axis, Tensor):
-            return self.maximum(axis)
-        if dim is not None or keepdim is not None:  # torch's x.max(dim=...) is (values, indices): refuse, not differ
-            raise TypeError(f"max: got dim={dim!r}, keepdim={keepdim!r}; x.max(axis=...) returns the values only, "
-                            "as torch's x.amax(dim=...) (also here), while torch's x.max(dim=...) returns "
-                            "(values, indices): use x.amax(dim=...) and x.argmax(dim=...)")
-        return _ops.Max.apply(self, axis=_norm_axis(axis, self.ndim, "max"), keepdims=keepdims)
+        """The largest values, NumPy's way and PyTorch's:
+
+        * ``x.max()`` / ``x.max(axis, keepdims)``: the values (NumPy's ``max``, PyTorch's ``amax``);
+          tied maxima share the gradient evenly;
+        * ``x.max(dim=d, keepdim=False)``: PyTorch's pair ``(values, indices)``, the index of the
+          first maximum, which receives the whole gradient (as PyTorch sends it);
+        * ``x.max(other)`` with a Tensor: the element-wise :meth:`maximum`.
+        """
+        return self._extreme(_ops.Max, self.maximum, self.argmax, axis, keepdims, dim, keepdim)
 
     def amax(self, dim=None, keepdim=False):
-        """PyTorch's ``amax``: :meth:`max` over ``dim`` with ``keepdim``."""
+        """PyTorch's ``amax``: the largest values over ``dim`` (ties share the gradient)."""
         return self.max(dim, keepdim)
 
     def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
-        """The smallest values over ``axis`` (NumPy's ``min``, PyTorch's ``amin``); tied minima
-        share the gradient evenly. As :meth:`max`, ``dim=`` is refused: torch's
-        ``x.min(dim=...)`` returns (values, indices). ``x.min(other)`` with a Tensor is
-        :meth:`minimum`."""
-        if isinstance(axis, Tensor):
-            return self.minimum(axis)
-        if dim is not None or keepdim is not None:
-            raise TypeError(f"min: got dim={dim!r}, keepdim={keepdim!r}; x.min(axis=...) returns the values only, "
-                            "as torch's x.amin(dim=...) (also here), while torch's x.min(dim=...) returns "
-                            "(values, indices): use x.amin(dim=...) and x.argmin(dim=...)")
-        return _ops.Min.apply(self, axis=_norm_axis(axis, self.ndim, "min"), keepdims=keepdims)
+        """The smallest values, as :meth:`max`: values for ``axis`` (PyTorch's ``amin``), the pair
+        ``(values, indices)`` for ``dim=``, :meth:`minimum` for a Tensor."""
+        return self._extreme(_ops.Min, self.minimum, self.argmin, axis, keepdims, dim, keepdim)
 
     def amin(self, dim=None, keepdim=False):
-        """PyTorch's ``amin``: :meth:`min` over ``dim`` with ``keepdim``."""
+        """PyTorch's ``amin``: the smallest values over ``dim`` (ties share the gradient)."""
         return self.min(dim, keepdim)
+
+    def _extreme(self, reduce, elementwise, arg, axis, keepdims, dim, keepdim):
+        """max / min: the reduction ``reduce`` (ops.Max / ops.Min) over ``axis``, PyTorch's
+        (values, indices) over ``dim`` (values gathered at ``arg``'s indices), or ``elementwise``."""
+        name = reduce.name
+        if isinstance(axis, Tensor):
+            return elementwise(axis)
+        if dim is None:
+            if keepdim is not None:
+                raise TypeError(f"{name}: keepdim= goes with dim= (PyTorch's (values, indices) form); with axis= "
+                                "it is keepdims=")
+            return reduce.apply(self, axis=_norm_axis(axis, self.ndim, name), keepdims=keepdims)
+        if axis is not None or keepdims:
+            raise TypeError(f"{name}: pass axis= (values) or dim= (values and indices), not both")
+        indices = arg(dim, keepdim=True)
+        values = self.gather(dim, indices)
+        if not keepdim:
+            values, indices = values.squeeze(dim), indices.squeeze(dim)
+        return ValuesIndices(values, indices)
 
     def all(self, dim=None, keepdim=False):
         """Whether every element (along ``dim``) is nonzero: a bool tensor without gradient."""
@@ -831,14 +841,14 @@ class Tensor:
             raise ValueError(f"topk: k={k} is out of range for dim {dim} of size {size}")
         order = self._order(axis, descending=largest)
         indices = np.take(order, np.arange(k), axis=axis) if self.ndim else order
-        return SortResult(self.gather(axis, indices) if self.ndim else self.clone(), Tensor._wrap(indices))
+        return ValuesIndices(self.gather(axis, indices) if self.ndim else self.clone(), Tensor._wrap(indices))
 
     def sort(self, dim=-1, descending=False, stable=False):
         """The values along ``dim`` in order and where they came from, as ``torch.sort``: a pair
         ``(values, indices)``. Always stable here (equal values keep their order)."""
         axis = _single_axis(dim, self.ndim, "sort")
         indices = self._order(axis, descending)
-        return SortResult(self.gather(axis, indices) if self.ndim else self.clone(), Tensor._wrap(indices))
+        return ValuesIndices(self.gather(axis, indices) if self.ndim else self.clone(), Tensor._wrap(indices))
 
     def _order(self, axis, descending):
         """int64 indices that sort along ``axis``, stably: equal values keep their index order.
@@ -908,8 +918,9 @@ class Tensor:
         self.register_hook(_RETAIN)
 
 
-class SortResult(tuple):
-    """``(values, indices)`` of :meth:`Tensor.topk` and :meth:`Tensor.sort`, with PyTorch's names."""
+class ValuesIndices(tuple):
+    """``(values, indices)`` of :meth:`Tensor.topk`, :meth:`Tensor.sort` and ``max`` / ``min`` with
+    ``dim=``, with PyTorch's names for the two."""
 
     def __new__(cls, values, indices):
         return super().__new__(cls, (values, indices))

@@ -246,3 +246,13 @@ def test_optimizers_accept_torchs_implementation_switches():
             opt.step()
         np.testing.assert_array_equal(a.data, b.data)  # the switch changes no number
         assert (a.data != 1).all()
+
+
+def test_floor_division_and_modulo_match_torch_and_refuse_a_wanted_gradient(torch):
+    a = np.array([-7, -3, 0, 4, 9])
+    for ours, theirs in [(Tensor(a) // 3, torch.tensor(a) // 3), (Tensor(a) % 4, torch.tensor(a) % 4),
+                         (10 % Tensor(a[3:]), 10 % torch.tensor(a[3:])),
+                         (Tensor(a * 1.5) % 2.0, torch.tensor(a * 1.5) % 2.0)]:
+        assert ours.tolist() == theirs.tolist() and not ours.requires_grad
+    with pytest.raises(RuntimeError, match="%: has no gradient here"):
+        Tensor(randn(3), requires_grad=True) % 2

@@ -359,6 +359,29 @@ class Tensor:
     def __rmatmul__(self, other):
         return _ops.MatMul.apply(_operand(other, self), self)
 
+    # // and % (integer arithmetic on ids, mostly): values without a gradient
+    def __floordiv__(self, other):
+        return self._integer_op(np.floor_divide, self, other, "//")
+
+    def __rfloordiv__(self, other):
+        return self._integer_op(np.floor_divide, other, self, "//")
+
+    def __mod__(self, other):
+        return self._integer_op(np.remainder, self, other, "%")
+
+    def __rmod__(self, other):
+        return self._integer_op(np.remainder, other, self, "%")
+
+    @staticmethod
+    def _integer_op(fn, a, b, symbol):
+        """``fn(a, b)`` (Python's floor division / modulo, as PyTorch's) as a tensor without gradient;
+        refused where a gradient was wanted, rather than dropped silently."""
+        for t in (a, b):
+            if isinstance(t, Tensor) and t.requires_grad and _GradMode.enabled:
+                raise RuntimeError(f"{symbol}: has no gradient here; apply it to x.detach() (or under no_grad())")
+        like = a if isinstance(a, Tensor) else b
+        return Tensor._wrap(np.asarray(fn(_operand(a, like).data, _operand(b, like).data)))
+
     # comparisons give plain bool arrays: they have no gradient
     def __lt__(self, other):
         return Tensor._wrap(self.data < _data(other))

@@ -298,7 +298,11 @@ def test_chat_without_template_is_an_openai_error(tmp_path):
     (dict(seed=-1), "seed", "invalid_value"),
     (dict(stop=["a", "b", "c", "d", "e"]), "stop", "invalid_value"),
     (dict(echo="yes"), "echo", "invalid_type"),
-    (dict(presence_penalty=0.5), "presence_penalty", "unsupported_parameter"),
+    (dict(presence_penalty=2.5), "presence_penalty", "invalid_value"),
+    (dict(frequency_penalty="lots"), "frequency_penalty", "invalid_type"),
+    (dict(logit_bias={"abc": 1}), "logit_bias", "invalid_value"),
+    (dict(logit_bias={"999": 1}), "logit_bias", "invalid_value"),
+    (dict(logit_bias={"1": 101}), "logit_bias", "invalid_value"),
     (dict(extra_body={"frobnicate": 1}), "frobnicate", "unknown_parameter"),
     (dict(prompt="xyz"), "prompt", "invalid_value"),  # characters the vocabulary lacks
     (dict(prompt=""), "prompt", "invalid_value"),

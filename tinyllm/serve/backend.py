@@ -56,6 +56,28 @@ class SamplingParams:
     stop_token_ids: tuple = ()  # ids that end it (e.g. GPT-2's <|endoftext|>)
     logprobs: int = None
     echo_logprobs: bool = False  # also score the prompt's tokens (completions' echo + logprobs)
+    frequency_penalty: float = 0.0  # OpenAI's penalties on the tokens generated so far (adjusted_logits)
+    presence_penalty: float = 0.0
+    logit_bias: tuple = ()  # ((token_id, bias), ...): added to those tokens' logits at every step
+
+
+def adjusted_logits(logits, counts, sampling):
+    """OpenAI's logit adjustments before sampling, on (1, V) logits:
+
+        logit[j] + bias[j] - counts[j] * frequency_penalty - (counts[j] > 0) * presence_penalty
+
+    with ``counts`` (V,) the times each token was generated so far in this completion (not the
+    prompt, as OpenAI defines them and vLLM applies them). The logprobs a response reports stay
+    the model's own. Returns ``logits`` itself when every knob is neutral (the tokens are then
+    ``model.generate``'s, bit for bit).
+    """
+    if not (sampling.frequency_penalty or sampling.presence_penalty or sampling.logit_bias):
+        return logits
+    out = logits.astype(np.float64)
+    for token_id, bias in sampling.logit_bias:
+        out[:, token_id] += bias
+    out -= counts * sampling.frequency_penalty + (counts > 0) * sampling.presence_penalty
+    return out.astype(logits.dtype)
 
 
 class CausalLMBackend:
@@ -94,10 +116,13 @@ class CausalLMBackend:
         do_sample = sampling.temperature > 0
         cache = self.model.new_kv_cache(1)
         idx = np.asarray(prompt_ids, dtype=np.int64)[None, :]  # (1, T), then (1, 1) per step
+        counts = np.zeros(self.model.config.vocab_size)  # how often each token was generated
         while True:
             logits, _ = self.model(idx, kv_cache=cache, last_only=True)
             last = logits.data[:, -1, :]  # (1, V)
-            next_ids = sample_from_logits(last, rng, do_sample, sampling.temperature, sampling.top_k, sampling.top_p)
+            next_ids = sample_from_logits(adjusted_logits(last, counts, sampling), rng, do_sample,
+                                          sampling.temperature, sampling.top_k, sampling.top_p)
+            counts[next_ids[0]] += 1
             yield int(next_ids[0]), last[0]
             idx = next_ids[:, None].astype(np.int64)
 
@@ -155,10 +180,13 @@ class Seq2SeqLMBackend:
         memory_mask = model.source_mask(src_ids)
         cache = model.new_kv_cache(1)
         ids = np.full((1, 1), model.config.bos_token_id, dtype=np.int64)  # BOS, then (1, 1) per step
+        counts = np.zeros(self.target_vocab_size)  # how often each token was generated
         while True:
             logits = model.decode(ids, memory, memory_mask, kv_cache=cache, last_only=True)
             last = logits.data[:, -1, :]  # (1, V)
-            next_ids = sample_from_logits(last, rng, do_sample, sampling.temperature, sampling.top_k, sampling.top_p)
+            next_ids = sample_from_logits(adjusted_logits(last, counts, sampling), rng, do_sample,
+                                          sampling.temperature, sampling.top_k, sampling.top_p)
+            counts[next_ids[0]] += 1
             yield int(next_ids[0]), last[0]
             ids = next_ids[:, None].astype(np.int64)
 

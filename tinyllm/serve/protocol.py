@@ -126,8 +126,8 @@ def _check_fields(body, known, neutral):
 
 
 _COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "n", "stream", "stream_options", "stop",
-           "seed", "user"}
-_NEUTRAL = {"presence_penalty": (0, None), "frequency_penalty": (0, None), "logit_bias": (None, {})}
+           "seed", "user", "presence_penalty", "frequency_penalty", "logit_bias"}
+_NEUTRAL = {}
 _COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "logprobs"}
 _COMPLETION_NEUTRAL = {**_NEUTRAL, "suffix": (None, ""), "best_of": (None, 1)}
 _CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs", "metadata", "store",
@@ -166,7 +166,7 @@ def _check_model(body, served):
                        param="model", code="model_not_found")
 
 
-def _common_sampling(body, tokenizer):
+def _common_sampling(body, served):
     """Fields shared by both endpoints -> (SamplingParams keywords, n, stream, include_usage)."""
     n = _in_range("n", _get(body, "n", ("integer",), 1), 1, MAX_N)
     stream = _get(body, "stream", ("boolean",), False)
@@ -189,10 +189,30 @@ def _common_sampling(body, tokenizer):
     stop = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
         raise _invalid("stop", f"'stop' must be a non-empty string or a list of at most {MAX_STOP} non-empty strings.")
-    eos = getattr(tokenizer, "eos_token_id", None)
+    eos = getattr(served.tokenizer, "eos_token_id", None)
     sampling = dict(temperature=float(temperature), top_p=float(top_p), top_k=top_k, seed=seed, stop=tuple(stop),
-                    stop_token_ids=() if eos is None else (eos,))
+                    stop_token_ids=() if eos is None else (eos,), **_penalties(body, served))
     return sampling, n, stream, include_usage
+
+
+def _penalties(body, served):
+    """OpenAI's ``frequency_penalty``, ``presence_penalty`` (each in [-2, 2]) and ``logit_bias``
+    ({token id as a string: bias in [-100, 100]}) -> SamplingParams keywords."""
+    out = {name: float(_in_range(name, _get(body, name, ("number",), 0.0), -2, 2))
+           for name in ("frequency_penalty", "presence_penalty")}
+    bias = _get(body, "logit_bias", ("object",), {})
+    vocab = getattr(served.backend, "target_vocab_size", None) or served.backend.vocab_size
+    pairs = []
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.lstrip("-").isdigit() and 0 <= int(key) < vocab):
+            raise _invalid("logit_bias", f"Invalid key in 'logit_bias': {key!r}; keys are token ids from 0 to "
+                                         f"{vocab - 1}.")
+        if _json_type(value) not in ("number", "integer") or not -100 <= value <= 100:
+            raise _invalid("logit_bias", f"Invalid value in 'logit_bias' for token {key}: {value!r}; it must be a "
+                                         "number from -100 to 100.")
+        pairs.append((int(key), float(value)))
+    out["logit_bias"] = tuple(pairs)
+    return out
 
 
 def _max_tokens(body, name):
@@ -258,7 +278,7 @@ def parse_completion(body, served):
     """A /v1/completions body -> Job."""
     _check_fields(body, _COMPLETION_FIELDS, _COMPLETION_NEUTRAL)
     _check_model(body, served)
-    common, n, stream, include_usage = _common_sampling(body, served.tokenizer)
+    common, n, stream, include_usage = _common_sampling(body, served)
     echo = _get(body, "echo", ("boolean",), False)
     logprobs = _in_range("logprobs", _get(body, "logprobs", ("integer",)), 0, MAX_LOGPROBS)
     _check_logprobs_supported(served, logprobs is not None, "logprobs")
@@ -381,7 +401,7 @@ def parse_chat(body, served):
     """A /v1/chat/completions body -> Job."""
     _check_fields(body, _CHAT_FIELDS, _CHAT_NEUTRAL)
     _check_model(body, served)
-    common, n, stream, include_usage = _common_sampling(body, served.tokenizer)
+    common, n, stream, include_usage = _common_sampling(body, served)
     logprobs = _get(body, "logprobs", ("boolean",), False)
     top = _in_range("top_logprobs", _get(body, "top_logprobs", ("integer",)), 0, MAX_TOP_LOGPROBS)
     if top is not None and not logprobs:

@@ -16,3 +16,4 @@ from .models import (  # noqa: F401,E402
     GPT, AutoModelForCausalLM, AutoModelForSeq2SeqLM, EncoderDecoderConfig, EncoderDecoderTransformer, GPTConfig,
 )
 from .tokenizers import AutoTokenizer, BPETokenizer, CharTokenizer  # noqa: F401,E402
+from .serialization import load, save  # noqa: F401,E402  (torch.save / torch.load, without pickle)

@@ -7,7 +7,7 @@ import pytest
 
 from tinyllm import optim
 from tinyllm.models import GPT, GPTConfig
-from tinyllm.models.gpt import new_embedding_rows
+from tinyllm.models.resize import new_embedding_rows
 
 TINY = dict(vocab_size=40, block_size=8, n_layer=2, n_head=2, n_embd=8)
 
@@ -152,3 +152,43 @@ def test_parity_with_transformers_gpt2(tmp_path):
     theirs.save_pretrained(tmp_path / "theirs")
     back = GPT.from_pretrained(tmp_path / "theirs")
     np.testing.assert_array_equal(back.transformer.wte.weight.data, their_w)
+
+
+# ---- the encoder-decoder: one vocabulary, its tables resized together --------------------------
+@pytest.mark.parametrize("share, tie", [(True, True), (False, True), (False, False)])
+def test_encoder_decoder_resizes_every_table_of_its_vocabulary(share, tie, tmp_path):
+    from tinyllm.models import EncoderDecoderConfig, EncoderDecoderTransformer
+
+    config = EncoderDecoderConfig(src_vocab_size=30, tgt_vocab_size=30, max_src_len=8, max_tgt_len=8,
+                                  n_encoder_layers=1, n_decoder_layers=1, n_head=2, d_model=8, d_ff=16, dropout=0.0,
+                                  share_embeddings=share, tie_word_embeddings=tie)
+    model = EncoderDecoderTransformer(config, seed=0)
+    tables = (model.encoder.wte.weight, model.decoder.wte.weight, model.lm_head.weight)
+    old = [t.data.copy() for t in tables]
+    assert model.resize_token_embeddings(35) is model.get_input_embeddings()
+    for table, before in zip(tables, old):
+        assert table.shape == (35, 8)
+        np.testing.assert_array_equal(table.data[:30], before)
+    assert (model.decoder.wte.weight is model.encoder.wte.weight) == share
+    assert (model.lm_head.weight is model.decoder.wte.weight) == tie
+    assert model.config.src_vocab_size == model.config.tgt_vocab_size == 35
+    src, targets = ids((2, 5), 35), ids((2, 4), 35, seed=1)
+    targets[:, -1] = 34  # a new token, learned as a target
+    tgt = model.shift_right(targets)  # [BOS, y_1, ..]
+    out = model(src, tgt, targets=targets)
+    out.loss.backward()
+    assert out.logits.shape == (2, 4, 35) and np.isfinite(out.loss.data)
+    model.save_pretrained(tmp_path)
+    back = EncoderDecoderTransformer.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(back(src, tgt).logits.data, model(src, tgt).logits.data)
+    with pytest.raises(ValueError, match="would drop the special token id 2"):
+        model.resize_token_embeddings(2)
+
+
+def test_encoder_decoder_with_two_vocabularies_refuses():
+    from tinyllm.models import EncoderDecoderConfig, EncoderDecoderTransformer
+
+    model = EncoderDecoderTransformer(EncoderDecoderConfig(src_vocab_size=30, tgt_vocab_size=20, n_encoder_layers=1,
+                                                           n_decoder_layers=1, d_model=8, d_ff=16, n_head=2))
+    with pytest.raises(ValueError, match="src_vocab_size=30, tgt_vocab_size=20"):
+        model.resize_token_embeddings(40)

@@ -13,6 +13,7 @@ from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
 from .outputs import LMOutput, PretrainedModelMixin, one_of
+from .resize import resize_rows, resized_vocab_size
 
 __all__ = ["GPTConfig", "GPT", "check_attention_mask"]
 
@@ -307,12 +308,12 @@ class GPT(PretrainedModelMixin, nn.Module):
         if new_num_tokens is None:
             return wte
         rng = np.random.default_rng(0) if rng is None else rng
-        _resize_rows(wte.weight, new_num_tokens, mean_resizing, rng)
+        resize_rows(wte.weight, new_num_tokens, mean_resizing, rng)
         wte.num_embeddings = new_num_tokens
         if wte.padding_idx is not None and wte.padding_idx >= new_num_tokens:
             wte.padding_idx = None  # the padding row was cut off, as transformers
         if self.lm_head.weight is not wte.weight:  # an untied head gets its own new rows
-            _resize_rows(self.lm_head.weight, new_num_tokens, mean_resizing, rng)
+            resize_rows(self.lm_head.weight, new_num_tokens, mean_resizing, rng)
         self.lm_head.out_features = new_num_tokens
         self.config.vocab_size = new_num_tokens
         return wte
@@ -413,48 +414,6 @@ class GPT(PretrainedModelMixin, nn.Module):
         from .io import load_model
 
         return load_model(cls, directory, **options)
-
-
-def resized_vocab_size(current, new_num_tokens, pad_to_multiple_of):
-    """The number of rows ``resize_token_embeddings`` makes (None: leave the table as it is):
-    ``new_num_tokens`` (or ``current``) rounded up to a multiple of ``pad_to_multiple_of``."""
-    for name, value in (("new_num_tokens", new_num_tokens), ("pad_to_multiple_of", pad_to_multiple_of)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"resize_token_embeddings: {name} must be a positive integer or None, got {value!r}")
-    if pad_to_multiple_of is None:
-        return None if new_num_tokens is None else int(new_num_tokens)
-    size = current if new_num_tokens is None else int(new_num_tokens)
-    return -(-size // int(pad_to_multiple_of)) * int(pad_to_multiple_of)  # round up
-
-
-def _resize_rows(weight, num_rows, mean_resizing, rng):
-    """Give the Parameter ``weight`` (V, C) ``num_rows`` rows in place of its data (its gradient is
-    dropped): the old rows first, then :func:`new_embedding_rows`."""
-    old = weight.data
-    keep = min(old.shape[0], num_rows)
-    rows = np.empty((num_rows, old.shape[1]), dtype=old.dtype)
-    rows[:keep] = old[:keep]
-    if num_rows > old.shape[0]:
-        rows[keep:] = new_embedding_rows(old, num_rows - old.shape[0], mean_resizing, rng)
-    weight.data, weight.grad = rows, None
-
-
-def new_embedding_rows(old, n_new, mean_resizing, rng, std=0.02, epsilon=1e-9):
-    """``n_new`` rows (n_new, C) for an embedding table ``old`` (V, C), as transformers'
-    ``_init_added_embeddings_weights_with_mean``: with ``mean_resizing``, samples of
-    N(mu, epsilon * Sigma), mu = mean of the rows, Sigma = (old - mu)^T (old - mu) / V, drawn as
-    mu + z L^T with z ~ N(0, I) and L L^T = epsilon * Sigma (Cholesky); every row is mu when that
-    matrix is not positive definite. Without: N(0, ``std``). Computed in float64, returned in old's dtype."""
-    if not mean_resizing:
-        return (rng.standard_normal((n_new, old.shape[1])) * std).astype(old.dtype)
-    rows = old.astype(np.float64)
-    mu = rows.mean(axis=0)
-    centred = rows - mu
-    try:
-        chol = np.linalg.cholesky(epsilon * (centred.T @ centred) / len(rows))  # (C, C), lower
-    except np.linalg.LinAlgError:
-        return np.broadcast_to(mu, (n_new, old.shape[1])).astype(old.dtype)
-    return (mu + rng.standard_normal((n_new, old.shape[1])) @ chol.T).astype(old.dtype)
 
 
 def _warn_if_right_padded(attention_mask):

@@ -92,9 +92,11 @@ def test_a_new_eos_leaves_bos_and_unk_as_transformers(pair):
 def test_transformers_loads_the_saved_directory_and_tinyllm_loads_every_format(pair, tmp_path):
     mine, theirs = pair
     transformers = pytest.importorskip("transformers")
-    mine.add_special_tokens({"pad_token": "[PAD]"})  # specials first: transformers 5 reads that order back
-    mine.add_tokens(["<user>", "<bot>", "hello"])
+    for method, args, kwargs in CALLS:  # plain and special tokens interleaved
+        getattr(mine, method)(*args, **kwargs)
     mine.save_pretrained(tmp_path / "mine")
+    vocab = json.loads((tmp_path / "mine" / "vocab.json").read_text())
+    assert len(vocab) == 50263 and vocab["<bot>"] == 50259  # every id: else transformers renumbers past a gap
     loaded = transformers.GPT2Tokenizer.from_pretrained(tmp_path / "mine")
     assert_same_behaviour(mine, loaded, "transformers reading tinyllm's directory")
     for again in (AutoTokenizer.from_pretrained(tmp_path / "mine"),
@@ -103,7 +105,7 @@ def test_transformers_loads_the_saved_directory_and_tinyllm_loads_every_format(p
     (tmp_path / "mine" / "tinyllm_tokenizer.json").unlink()  # now vocab.json + merges.txt + tokenizer_config.json
     assert_same_behaviour(AutoTokenizer.from_pretrained(tmp_path / "mine"), loaded, "tinyllm reading the GPT-2 files")
 
-    for method, args, kwargs in CALLS:  # any order, through transformers' own files (tokenizer.json)
+    for method, args, kwargs in CALLS:  # through transformers' own files (tokenizer.json)
         getattr(theirs, method)(*args, **kwargs)
     theirs.save_pretrained(tmp_path / "theirs")
     assert_same_behaviour(AutoTokenizer.from_pretrained(tmp_path / "theirs"), theirs, "tinyllm reading transformers'")

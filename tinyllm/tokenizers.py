@@ -1684,11 +1684,14 @@ class BPETokenizer(Tokenizer):
         return cls(vocab, merge_ids, special_tokens, pattern=pattern, eos_token=eos_token, added_tokens=added_tokens)
 
     def _gpt2_vocab(self):
-        """``{token_str: id}`` in GPT-2's spelling, special tokens as their plain text."""
+        """``{token_str: id}`` in GPT-2's spelling, special and added tokens as their plain text.
+        Every id is there, added ones too: transformers numbers an added token that its vocab.json
+        lacks from the vocabulary's size, which would shift the ids after a gap."""
         encoder = {_token_to_str(b): i for i, b in self._vocab.items()}
-        for s, i in self.special_tokens.items():
+        added = {s: i for s, i in self.added_tokens.items() if i not in self._vocab}
+        for s, i in {**self.special_tokens, **added}.items():
             if s in encoder:
-                raise ValueError(f"special token {s!r} is spelled like the ordinary token id "
+                raise ValueError(f"added token {s!r} is spelled like the ordinary token id "
                                  f"{encoder[s]}; GPT-2's vocab.json cannot hold both")
             encoder[s] = i
         return dict(sorted(encoder.items(), key=lambda kv: kv[1]))

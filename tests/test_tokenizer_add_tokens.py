@@ -43,6 +43,9 @@ def assert_same_behaviour(mine, theirs, context):
     assert len(mine) == len(theirs), context
     assert mine.get_added_vocab() == theirs.get_added_vocab(), context
     assert (mine.pad_token, mine.pad_token_id) == (theirs.pad_token, theirs.pad_token_id), context
+    assert mine.special_tokens_map == theirs.special_tokens_map and mine.get_vocab() == theirs.get_vocab(), context
+    added = list(theirs.get_added_vocab())
+    assert mine.convert_tokens_to_ids(added) == theirs.convert_tokens_to_ids(added), context
     for text in TEXTS:
         ids = mine.encode(text)
         assert ids == theirs.encode(text), (context, text)

@@ -1447,7 +1447,8 @@ class BPETokenizer(Tokenizer):
         ``allowed_special``: which special tokens written in ``text`` become their ids:
         ``"all"`` (the default, as Hugging Face does for added tokens), ``"none"``, or a set of
         them. A special token that is not allowed is encoded as ordinary text, byte by byte
-        (tiktoken would raise instead; here the text always round-trips through decode).
+        (tiktoken would raise instead; here the text always round-trips through decode). Plain
+        added tokens (:meth:`add_tokens`) are matched whatever ``allowed_special`` says.
         """
         if call_kwargs:
             if allowed_special != "all":

@@ -152,6 +152,12 @@ def test_parity_with_transformers_gpt2(tmp_path):
     theirs.save_pretrained(tmp_path / "theirs")
     back = GPT.from_pretrained(tmp_path / "theirs")
     np.testing.assert_array_equal(back.transformer.wte.weight.data, their_w)
+    model.save_pretrained(tmp_path / "mine", format="huggingface")  # and the other way
+    mine_in_theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "mine").eval()
+    x = ids((1, 6), 2100)
+    with torch.no_grad():
+        their_logits = mine_in_theirs(torch.tensor(x)).logits.numpy()
+    np.testing.assert_allclose(their_logits, model(x).logits.data, atol=1e-4, rtol=0)
 
 
 # ---- the encoder-decoder: one vocabulary, its tables resized together --------------------------

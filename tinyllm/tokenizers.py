@@ -23,6 +23,11 @@ Tokens, ids and special tokens, with transformers' names and values (GPT-2's fil
 ``bos_token`` / ``eos_token`` / ``unk_token`` / ``pad_token`` and their ``*_id``,
 ``all_special_tokens``, ``all_special_ids``, ``special_tokens_map``.
 
+Adding tokens, for fine-tuning, as transformers: ``tok.add_special_tokens({"pad_token": "[PAD]"})``,
+``tok.add_tokens(["<user>", "<bot>"])`` (each returns how many it added), then
+``model.resize_token_embeddings(len(tok))``. An added token is matched whole by encode and kept
+by save_pretrained (see :meth:`Tokenizer.add_tokens`, docs/bpe.md).
+
 Batches: calling the tokenizer
 ------------------------------
 ``tokenizer(texts, padding=True, truncation=True, max_length=..., return_tensors="np")`` gives a
@@ -191,6 +196,55 @@ def _to_tensors(ids, return_tensors):
 def _check_text(text, who):
     if not isinstance(text, str):
         raise TypeError(f"{who}: expected a str, got {type(text).__name__}")
+
+
+def _check_new_tokens(new_tokens, who):
+    """add_tokens' argument -> a list of str (transformers' AddedToken objects are not supported)."""
+    texts = [new_tokens] if isinstance(new_tokens, str) else new_tokens
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"{who}: expected a str or a list of str, got {new_tokens!r:.80} ({type(new_tokens).__name__})")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{who}: token {i} must be a str, got {text!r} ({type(text).__name__}); "
+                            "transformers' AddedToken is not supported")
+    return list(texts)
+
+
+def _check_special_tokens_dict(special_tokens_dict, named_keys, extra_keys, who):
+    """add_special_tokens' dict -> ({name: text}, [extra texts]), every key and value checked first,
+    so a bad one changes nothing."""
+    if not isinstance(special_tokens_dict, Mapping):
+        raise TypeError(f"{who}: expected a dict such as {{'pad_token': '[PAD]'}}, got "
+                        f"{type(special_tokens_dict).__name__}")
+    named, extra = {}, []
+    for key, value in special_tokens_dict.items():
+        if key in extra_keys:
+            if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
+                    not all(isinstance(t, str) for t in value):
+                raise ValueError(f"{who}: {key} must be a list of str, got {value!r}")
+            extra.extend(value)
+        elif key in named_keys:
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{who}: {key} must be a non-empty str, got {value!r}")
+            named[key] = value
+        else:
+            raise ValueError(f"{who}: unknown key {key!r}; the keys are {', '.join(named_keys + extra_keys)}")
+    return named, extra
+
+
+def _alternation_re(tokens):
+    """A regex that matches any of ``tokens`` (None for none), the longest first, so that
+    "<|a|><|b|>"-style overlaps pick the longer token (transformers' leftmost-longest match)."""
+    if not tokens:
+        return None
+    return regex.compile("(" + "|".join(regex.escape(t) for t in sorted(tokens, key=len, reverse=True)) + ")")
+
+
+def _added_token_bytes(text):
+    """The bytes an added token decodes to, as transformers' byte-level decoder reads its text: a
+    character of GPT-2's byte alphabet stands for its byte (so "é", which is in it, becomes the lone
+    byte 0xE9 and decodes as U+FFFD), any other character for its UTF-8. ASCII texts decode as themselves."""
+    return b"".join(_CHAR_BYTES.get(c) or c.encode("utf-8", "replace") for c in text)
 
 
 # ------------------------------------------------------------------------------------------
@@ -472,7 +526,7 @@ class Tokenizer:
 
     def get_added_vocab(self):
         """``{token: id}`` of the special tokens that are no merge of bytes or characters (GPT-2's
-        ``"<|endoftext|>"``; none for a CharTokenizer)."""
+        ``"<|endoftext|>"``; none for a CharTokenizer) and of the tokens :meth:`add_tokens` added."""
         return {}
 
     def num_special_tokens_to_add(self, pair=False):
@@ -650,8 +704,9 @@ class Tokenizer:
     def pad_token(self):
         """The token that pads a batch (None by default: padding is then an error). Set it to one of
         the tokenizer's tokens, e.g. ``tokenizer.pad_token = tokenizer.eos_token``; that also sets
-        :attr:`pad_token_id`. A string that is not a token is an error: a new token would need a new
-        row in the model's embedding table."""
+        :attr:`pad_token_id`. A string that is not a token is an error: add it first with
+        ``tokenizer.add_special_tokens({"pad_token": "[PAD]"})`` (then
+        ``model.resize_token_embeddings(len(tokenizer))``: a new token needs a new embedding row)."""
         return self.__dict__.get("_pad_token")
 
     @pad_token.setter
@@ -670,9 +725,10 @@ class Tokenizer:
                             f"got {type(value).__name__}")
         token_id = self._token_to_id(value)
         if token_id is None:
-            raise ValueError(f"{type(self).__name__}: {name} {value!r} is not a token of this tokenizer (a new "
-                             "token would need a new row in the model's embedding table); use one it has, e.g. "
-                             f"tokenizer.{name} = tokenizer.eos_token")
+            raise ValueError(f"{type(self).__name__}: {name} {value!r} is not a token of this tokenizer; use one it "
+                             f"has, e.g. tokenizer.{name} = tokenizer.eos_token, or add it with "
+                             f"tokenizer.add_special_tokens({{{name!r}: {value!r}}}) and give the model its new row "
+                             "with model.resize_token_embeddings(len(tokenizer))")
         return token_id
 
     @property
@@ -793,6 +849,99 @@ class Tokenizer:
     def _other_special_tokens(self):
         """Special tokens that are none of bos, eos, unk and pad (a BPE's added tokens)."""
         return []
+
+    # ---- adding tokens: transformers' add_tokens / add_special_tokens ---------------------
+    # Subclasses that allow it keep two dicts, ``special_tokens`` and ``added_tokens`` ({text: id}),
+    # and rebuild what depends on them in _added_tokens_changed().
+    _SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+    _EXTRA_SPECIAL_KEYS = ("additional_special_tokens", "extra_special_tokens")  # transformers 4's and 5's name
+
+    def add_tokens(self, new_tokens, special_tokens=False):
+        """Add ``new_tokens`` (a str or a list of str) to the vocabulary, as transformers' ``add_tokens``;
+        returns how many were added. A new text gets the next id (:attr:`vocab_size`, then + 1, ...);
+        a text that is already an ordinary token keeps its id. Either way encode now matches the text
+        whole wherever it occurs ("a<user>b" -> a, <user>, b; the spaces around it stay ordinary
+        text, as transformers 5's tokenizers do). A text already added is not counted again (unless a
+        plain added token becomes special). ``special_tokens=True`` makes them special: dropped by
+        ``decode(..., skip_special_tokens=True)``. Resize the model to match:
+        ``model.resize_token_embeddings(len(tokenizer))``.
+
+        The ids, counts, encodings and decodings are transformers 5's (its ``tokenizers``-backed
+        GPT2Tokenizer; tests/test_tokenizer_add_tokens.py), including its decoding of an added
+        token as GPT-2 spelling (see :func:`_added_token_bytes`). Where tinyllm differs: a special
+        token whose text is already an ordinary token is matched whole but not skipped; re-adding
+        a special token as a plain one counts 0 (transformers counts it once and then forgets that
+        it was special when saved); ``all_special_tokens`` lists every special token."""
+        texts = _check_new_tokens(new_tokens, f"{type(self).__name__}.add_tokens")
+        self._check_can_add_tokens()
+        added = sum(self._add_token(text, bool(special_tokens)) for text in texts if text)
+        self._added_tokens_changed()
+        return added
+
+    def add_special_tokens(self, special_tokens_dict):
+        """transformers' ``add_special_tokens``: ``{"pad_token": "[PAD]", "eos_token": ...,
+        "additional_special_tokens": ["<a>", ...]}`` (keys: bos_token, eos_token, unk_token,
+        pad_token, additional_special_tokens / extra_special_tokens). Adds each token as a special
+        one (:meth:`add_tokens`) and sets the named attribute (``tokenizer.pad_token == "[PAD]"``,
+        ``pad_token_id`` its id); returns how many tokens were added."""
+        who = f"{type(self).__name__}.add_special_tokens"
+        named, extra = _check_special_tokens_dict(special_tokens_dict, self._SPECIAL_TOKEN_KEYS,
+                                                  self._EXTRA_SPECIAL_KEYS, who)
+        added = self.add_tokens([*named.values(), *extra], special_tokens=True)
+        for name, text in named.items():
+            self._set_special_token(name, text)
+        return added
+
+    def _check_can_add_tokens(self):
+        if not hasattr(self, "added_tokens"):
+            raise NotImplementedError(f"{type(self).__name__} does not support adding tokens")
+
+    def _add_token(self, text, special):
+        """Add one non-empty text; -> whether it counts as added (as transformers counts). A special
+        token whose text is an ordinary token stays a plain added one at that id (matched whole, not
+        skipped by decode; transformers would also skip it)."""
+        if text in self.special_tokens or (text in self.added_tokens and not special):
+            return False
+        if text in self.added_tokens:  # a plain added token becomes special
+            if not self._is_ordinary_id(self.added_tokens[text]):
+                self.special_tokens[text] = self.added_tokens.pop(text)
+            return True
+        ordinary_id = self._ordinary_token_id(text)
+        if ordinary_id is not None:
+            self.added_tokens[text] = ordinary_id
+        else:
+            (self.special_tokens if special else self.added_tokens)[text] = self._next_token_id()
+        return True
+
+    def _next_token_id(self):
+        """The id a new token gets: one past the largest so far (vocab_size is rebuilt only once
+        add_tokens is done, so the tokens it already added count here)."""
+        return max([self.vocab_size - 1, *self.special_tokens.values(), *self.added_tokens.values()]) + 1
+
+    def _set_special_token(self, name, text):
+        """Make the token ``text`` (in the vocabulary by now) the ``name`` (bos_token, ...). A new eos
+        leaves bos and unk as they were (their default follows eos), as transformers."""
+        if name != "eos_token":
+            setattr(self, name, text)
+            return
+        for follower in ("_bos_token", "_unk_token"):
+            self.__dict__.setdefault(follower, self.eos_token)
+        self.eos_token, self.eos_token_id = text, self._token_to_id(text)
+
+    def _split_added(self, text, special_re):
+        """``text`` cut at its added tokens -> [(piece, its id, or None for ordinary text)], pieces
+        in order and joining to ``text``. As transformers' added vocabulary: the special tokens
+        (those ``special_re`` matches) first, then the plain added tokens in the text between them;
+        at each place the longest token that matches."""
+        pieces = []
+        for k, part in enumerate(special_re.split(text) if special_re is not None else [text]):
+            if k % 2:  # split with a capturing group alternates: text, token, text, ...
+                pieces.append((part, self.special_tokens[part]))
+                continue
+            for j, piece in enumerate(self._added_re.split(part) if self._added_re is not None else [part]):
+                if j % 2 or piece:
+                    pieces.append((piece, self.added_tokens[piece] if j % 2 else None))
+        return pieces
 
     def set_chat_template(self, chat_template, stop_strings=(), check=True):
         """Attach a chat template (Jinja source, see :meth:`apply_chat_template`), and the text that
@@ -984,7 +1133,12 @@ class AutoTokenizer:
 # ------------------------------------------------------------------------------------------
 class CharTokenizer(Tokenizer):
     """One id per character; ``chars[i]`` is the character of id ``i``. There are no special
-    tokens (``decode`` accepts ``skip_special_tokens`` and has nothing to skip)."""
+    tokens until some are added.
+
+    :meth:`add_tokens` / :meth:`add_special_tokens` give a text of any length (``"<user>"``,
+    ``"[PAD]"``) the next id after the characters; encode matches it whole wherever it occurs, as a
+    BPE does, so an added token may hold characters the training text lacked. Adding a single
+    character that is already in ``chars`` keeps its id (it is matched whole anyway)."""
 
     def __init__(self, chars):
         chars = list(chars)
@@ -998,6 +1152,8 @@ class CharTokenizer(Tokenizer):
             raise ValueError(f"CharTokenizer: character {dup!r} appears twice in the vocabulary")
         self.chars = chars
         self._stoi = {c: i for i, c in enumerate(chars)}
+        self.special_tokens, self.added_tokens = {}, {}
+        self._added_tokens_changed()
 
     @classmethod
     def from_text(cls, text):
@@ -1009,42 +1165,91 @@ class CharTokenizer(Tokenizer):
 
     @property
     def vocab_size(self):
-        return len(self.chars)
+        return len(self._itos)
 
     def __len__(self):
-        return len(self.chars)
+        return len(self._itos)
 
     def _encode(self, text):
+        if self._special_re is None and self._added_re is None:
+            return self._encode_chars(text, 0)
+        ids, start = [], 0
+        for piece, token_id in self._split_added(text, self._special_re):
+            ids.extend([token_id] if token_id is not None else self._encode_chars(piece, start))
+            start += len(piece)
+        return ids
+
+    def _encode_chars(self, text, start):
+        """The ids of ``text``'s characters; ``start``: where ``text`` begins in what was encoded."""
         stoi = self._stoi
         try:
             return [stoi[c] for c in text]
         except KeyError:
             pos, char = next((i, c) for i, c in enumerate(text) if c not in stoi)
             raise ValueError(
-                f"CharTokenizer.encode: character {char!r} at position {pos} is not in the "
+                f"CharTokenizer.encode: character {char!r} at position {start + pos} is not in the "
                 f"vocabulary ({len(self.chars)} characters, built from the training text)"
             ) from None
 
     def _decode(self, ids, skip_special_tokens):
-        n = len(self.chars)
+        n = len(self._itos)
         bad = next((i for i in ids if not 0 <= i < n), None)
         if bad is not None:
             raise ValueError(f"CharTokenizer.decode: id {bad} is out of range for vocab_size {n}")
-        chars = self.chars
-        return "".join([chars[i] for i in ids])
+        if skip_special_tokens and self._special_ids:
+            ids = [i for i in ids if i not in self._special_ids]
+        itos = self._itos
+        return "".join([itos[i] for i in ids])
 
     def _token_to_id(self, token):
-        return self._stoi.get(token)
+        return self.special_tokens.get(token, self.added_tokens.get(token, self._stoi.get(token)))
 
     def _id_to_token(self, token_id):
-        return self.chars[token_id] if 0 <= token_id < len(self.chars) else None
+        return self._itos[token_id] if 0 <= token_id < len(self._itos) else None
+
+    # ---- added tokens (see Tokenizer.add_tokens) -------------------------------------------
+    def _ordinary_token_id(self, text):
+        return self._stoi.get(text)
+
+    def _is_ordinary_id(self, token_id):
+        return token_id < len(self.chars)
+
+    def _added_tokens_changed(self):
+        """Rebuild the id -> text table (characters, then added tokens by id) and the regexes that
+        cut the added tokens out of a text; check that the added ids follow the characters."""
+        added = {i: t for t, i in {**self.added_tokens, **self.special_tokens}.items() if i >= len(self.chars)}
+        if sorted(added) != list(range(len(self.chars), len(self.chars) + len(added))):
+            raise ValueError(f"CharTokenizer: added token ids {sorted(added)} do not follow the "
+                             f"{len(self.chars)} characters one by one")
+        self._itos = self.chars + [added[i] for i in sorted(added)]
+        self._special_ids = frozenset(self.special_tokens.values())
+        self._special_re = _alternation_re(self.special_tokens)
+        self._added_re = _alternation_re(self.added_tokens)
+
+    def get_added_vocab(self):
+        """``{token: id}`` of the tokens added by :meth:`add_tokens` / :meth:`add_special_tokens`."""
+        return dict(sorted({**self.special_tokens, **self.added_tokens}.items(), key=lambda kv: kv[1]))
+
+    def _other_special_tokens(self):
+        return list(self.special_tokens)
 
     def _to_dict(self):
-        return {"chars": self.chars}
+        d = {"chars": self.chars}
+        if self.special_tokens or self.added_tokens:
+            d.update(special_tokens=self.special_tokens, added_tokens=self.added_tokens)
+        if self.eos_token is not None:
+            d["eos_token"] = self.eos_token
+        return d
 
     @classmethod
     def _from_dict(cls, d):
-        return cls(d["chars"])
+        tok = cls(d["chars"])
+        tok.special_tokens = {str(s): int(i) for s, i in d.get("special_tokens", {}).items()}
+        tok.added_tokens = {str(s): int(i) for s, i in d.get("added_tokens", {}).items()}
+        tok._added_tokens_changed()
+        if d.get("eos_token") is not None:
+            tok.eos_token, tok.eos_token_id = d["eos_token"], tok._check_token(d["eos_token"], "eos_token")
+        return tok
 
 
 # ------------------------------------------------------------------------------------------
@@ -1067,13 +1272,17 @@ class BPETokenizer(Tokenizer):
             ``{"<|endoftext|>": 50256}``.
         pattern: the pre-tokenizer regex (``regex`` syntax).
         eos_token: the end-of-text token; defaults to ``"<|endoftext|>"`` if it is special.
+        added_tokens: ``{text: id}`` of plain (not special) added tokens (:meth:`add_tokens`):
+            matched whole as the special ones are, but kept by ``skip_special_tokens``. An id is
+            new, or that of the ordinary token spelled ``text`` in GPT-2's alphabet.
     """
 
     def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
-                 eos_token=None, cache_size=65536):
+                 eos_token=None, cache_size=65536, added_tokens=None):
         self._vocab = {int(i): bytes(b) for i, b in vocab.items()}
         self._merges = [(int(a), int(b), int(m)) for a, b, m in merges]
         self.special_tokens = dict(special_tokens or {})
+        self.added_tokens = {s: int(i) for s, i in (added_tokens or {}).items()}
         self.pattern = pattern
         self._validate()
 
@@ -1082,20 +1291,17 @@ class BPETokenizer(Tokenizer):
         self._ranks = {}
         for rank, (a, b, _) in enumerate(self._merges):
             self._ranks.setdefault((a, b), rank)  # a pair listed twice keeps its first rank
-        self._decoder = dict(self._vocab)
-        self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
-        self._special_ids = frozenset(self.special_tokens.values())
         self._split_re = regex.compile(pattern)
-        self._special_re = self._compile_special_re(self.special_tokens)
+        self._added_tokens_changed()
         self._cache = OrderedDict()  # chunk -> ids, least recently used first
         self._cache_size = cache_size
 
         if eos_token is None and "<|endoftext|>" in self.special_tokens:
             eos_token = "<|endoftext|>"
-        if eos_token is not None and eos_token not in self.special_tokens:
+        if eos_token is not None and eos_token not in self.special_tokens and eos_token not in self.added_tokens:
             raise ValueError(f"BPETokenizer: eos_token {eos_token!r} is not a special token")
         self.eos_token = eos_token
-        self.eos_token_id = None if eos_token is None else self.special_tokens[eos_token]
+        self.eos_token_id = None if eos_token is None else self._token_to_id(eos_token)
 
     def _validate(self):
         vocab = self._vocab
@@ -1122,17 +1328,51 @@ class BPETokenizer(Tokenizer):
                                  f"ordinary token {vocab[i]!r}")
         if len(set(self.special_tokens.values())) != len(self.special_tokens):
             raise ValueError(f"BPETokenizer: two special tokens share an id: {self.special_tokens}")
+        self._validate_added_tokens()
         self._validate_id_range()
         try:
             regex.compile(self.pattern)
         except regex.error as e:
             raise ValueError(f"BPETokenizer: pattern {self.pattern!r} does not compile: {e}") from None
 
+    def _validate_added_tokens(self):
+        """A plain added token has an id of its own or the id of the ordinary token it spells."""
+        special_ids = set(self.special_tokens.values())
+        for s, i in self.added_tokens.items():
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"BPETokenizer: added token {s!r} must be a non-empty str")
+            if s in self.special_tokens or i in special_ids:
+                raise ValueError(f"BPETokenizer: added token {s!r} (id {i}) is also a special token")
+            if i in self._vocab and _str_to_token(s) != self._vocab[i]:
+                raise ValueError(f"BPETokenizer: added token {s!r} has id {i}, which is the ordinary token "
+                                 f"{self._vocab[i]!r}")
+        new_ids = [i for i in self.added_tokens.values() if i not in self._vocab]
+        if len(set(new_ids)) != len(new_ids):
+            raise ValueError(f"BPETokenizer: two added tokens share an id: {self.added_tokens}")
+
+    def _added_tokens_changed(self):
+        """Rebuild what the added tokens (special and plain) feed: the decoder, the skipped ids, the
+        regexes that cut them out of a text."""
+        self._decoder = dict(self._vocab)
+        self._decoder.update({i: _added_token_bytes(s) for s, i in self.added_tokens.items() if i not in self._vocab})
+        self._decoder.update({i: _added_token_bytes(s) for s, i in self.special_tokens.items()})
+        self._special_ids = frozenset(self.special_tokens.values())
+        self._special_re = _alternation_re(self.special_tokens)
+        self._added_re = _alternation_re(self.added_tokens)
+
+    def _ordinary_token_id(self, text):
+        """The id of the ordinary token spelled ``text`` in GPT-2's alphabet ("Ġthe"), or None."""
+        token_bytes = _str_to_token(text)
+        return None if token_bytes is None else self._token_id.get(token_bytes)
+
+    def _is_ordinary_id(self, token_id):
+        return token_id in self._vocab
+
     def _validate_id_range(self):
         """Ids are the rows of the model's embedding table (vocab_size = largest id + 1), so gaps
         are allowed (tiktoken's special tokens sit past a gap) but not a table that would be
         mostly rows no token uses: a file with one id of 10**12 is corrupt, not a vocabulary."""
-        ids = list(self._vocab) + list(self.special_tokens.values())
+        ids = list(self._vocab) + list(self.special_tokens.values()) + list(self.added_tokens.values())
         bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0), None)
         if bad is not None:
             raise ValueError(f"BPETokenizer: token id {bad!r} is not a non-negative integer")
@@ -1143,16 +1383,13 @@ class BPETokenizer(Tokenizer):
 
     @staticmethod
     def _compile_special_re(specials):
-        if not specials:
-            return None
-        # Longest first, so that "<|a|><|b|>"-style overlaps pick the longer token.
-        alternatives = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
-        return regex.compile(f"({alternatives})")
+        return _alternation_re(specials)
 
     # ---- sizes ---------------------------------------------------------------------------
     @property
     def vocab_size(self):
-        """Largest id + 1 (50257 for GPT-2), the size an embedding table needs."""
+        """Largest id + 1 (50257 for GPT-2), the size an embedding table needs: added tokens count
+        (transformers' ``vocab_size`` leaves them out; ``len(tokenizer)`` is the same in both)."""
         return max(self._decoder) + 1
 
     def __len__(self):
@@ -1165,29 +1402,32 @@ class BPETokenizer(Tokenizer):
         return [(self._vocab[a], self._vocab[b]) for a, b, _ in self._merges]
 
     def id_to_token(self, token_id):
-        """The bytes of an ordinary token, or the text of a special one."""
-        for s, i in self.special_tokens.items():
-            if i == token_id:
-                return s
-        return self._vocab[token_id]
+        """The bytes of an ordinary token, or the text of a special or added one."""
+        if token_id in self._vocab:
+            return self._vocab[token_id]
+        return {i: s for s, i in {**self.added_tokens, **self.special_tokens}.items()}[token_id]
 
     def _token_to_id(self, token):
-        """A special token's text, or an ordinary token in GPT-2's spelling (``"Ġthe"``), as in vocab.json."""
+        """A special or added token's text, or an ordinary token in GPT-2's spelling (``"Ġthe"``), as in vocab.json."""
         if token in self.special_tokens:
             return self.special_tokens[token]
-        token_bytes = _str_to_token(token)
-        return None if token_bytes is None else self._token_id.get(token_bytes)
+        if token in self.added_tokens:
+            return self.added_tokens[token]
+        return self._ordinary_token_id(token)
 
     def _id_to_token(self, token_id):
         if token_id in self._special_ids:
             return next(s for s, i in self.special_tokens.items() if i == token_id)
-        return _token_to_str(self._vocab[token_id]) if token_id in self._vocab else None
+        if token_id in self._vocab:
+            return _token_to_str(self._vocab[token_id])
+        return next((s for s, i in self.added_tokens.items() if i == token_id), None)
 
     def _other_special_tokens(self):
         return list(self.special_tokens)
 
     def get_added_vocab(self):
-        return dict(self.special_tokens)
+        """``{token: id}`` of the special and the added tokens (:meth:`add_tokens`), by id."""
+        return dict(sorted({**self.special_tokens, **self.added_tokens}.items(), key=lambda kv: kv[1]))
 
     def convert_tokens_to_string(self, tokens):
         """Tokens in GPT-2's spelling -> text, as transformers' byte-level decoder: each character
@@ -1207,7 +1447,8 @@ class BPETokenizer(Tokenizer):
         ``allowed_special``: which special tokens written in ``text`` become their ids:
         ``"all"`` (the default, as Hugging Face does for added tokens), ``"none"``, or a set of
         them. A special token that is not allowed is encoded as ordinary text, byte by byte
-        (tiktoken would raise instead; here the text always round-trips through decode).
+        (tiktoken would raise instead; here the text always round-trips through decode). Plain
+        added tokens (:meth:`add_tokens`) are matched whatever ``allowed_special`` says.
         """
         if call_kwargs:
             if allowed_special != "all":
@@ -1244,15 +1485,14 @@ class BPETokenizer(Tokenizer):
         return self._compile_special_re(allowed)
 
     def _encode_text(self, text, special_re):
-        if special_re is None:
+        if special_re is None and self._added_re is None:
             return self._encode_ordinary(text)
         ids = []
-        # re.split with a capturing group alternates: ordinary, special, ordinary, ...
-        for k, part in enumerate(special_re.split(text)):
-            if k % 2:
-                ids.append(self.special_tokens[part])
-            elif part:
-                ids.extend(self._encode_ordinary(part))
+        for piece, token_id in self._split_added(text, special_re):
+            if token_id is not None:
+                ids.append(token_id)
+            else:
+                ids.extend(self._encode_ordinary(piece))
         return ids
 
     def _encode_ordinary(self, text):
@@ -1419,12 +1659,16 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def _from_gpt2_vocab(cls, encoder, merges, special_tokens, pattern=GPT2_SPLIT_PATTERN,
-                         eos_token=None, source="vocab"):
-        """Build from GPT-2 spelled strings: ``encoder`` {token_str: id}, ``merges`` [(a, b)]."""
+                         eos_token=None, source="vocab", added_tokens=None):
+        """Build from GPT-2 spelled strings: ``encoder`` {token_str: id}, ``merges`` [(a, b)];
+        ``added_tokens`` {text: id}: the plain added tokens (those that are no ordinary token are
+        left out of the vocabulary if ``encoder`` lists them)."""
         special_tokens = _without_ordinary_tokens(special_tokens, encoder, merges)
+        added_tokens = {s: int(i) for s, i in (added_tokens or {}).items() if s not in special_tokens}
+        not_ordinary = _without_ordinary_tokens(added_tokens, encoder, merges)
         vocab = {}
         for s, i in encoder.items():
-            if s in special_tokens:
+            if s in special_tokens or (s in not_ordinary and not_ordinary[s] == i):
                 continue
             b = _str_to_token(s)
             if b is None:
@@ -1438,14 +1682,17 @@ class BPETokenizer(Tokenizer):
             except KeyError as e:
                 raise ValueError(f"{source}: merge {rank} ({a!r} {b!r}) uses the token {e.args[0]!r}, "
                                  "which is not in the vocabulary") from None
-        return cls(vocab, merge_ids, special_tokens, pattern=pattern, eos_token=eos_token)
+        return cls(vocab, merge_ids, special_tokens, pattern=pattern, eos_token=eos_token, added_tokens=added_tokens)
 
     def _gpt2_vocab(self):
-        """``{token_str: id}`` in GPT-2's spelling, special tokens as their plain text."""
+        """``{token_str: id}`` in GPT-2's spelling, special and added tokens as their plain text.
+        Every id is there, added ones too: transformers numbers an added token that its vocab.json
+        lacks from the vocabulary's size, which would shift the ids after a gap."""
         encoder = {_token_to_str(b): i for i, b in self._vocab.items()}
-        for s, i in self.special_tokens.items():
+        added = {s: i for s, i in self.added_tokens.items() if i not in self._vocab}
+        for s, i in {**self.special_tokens, **added}.items():
             if s in encoder:
-                raise ValueError(f"special token {s!r} is spelled like the ordinary token id "
+                raise ValueError(f"added token {s!r} is spelled like the ordinary token id "
                                  f"{encoder[s]}; GPT-2's vocab.json cannot hold both")
             encoder[s] = i
         return dict(sorted(encoder.items(), key=lambda kv: kv[1]))
@@ -1461,6 +1708,7 @@ class BPETokenizer(Tokenizer):
             "eos_token": self.eos_token,
             "vocab": self._gpt2_vocab(),
             "merges": self._gpt2_merges(),
+            **({"added_tokens": self.added_tokens} if self.added_tokens else {}),
         }
 
     @classmethod
@@ -1468,7 +1716,8 @@ class BPETokenizer(Tokenizer):
         merges = [tuple(m.split(" ")) for m in d["merges"]]
         return cls._from_gpt2_vocab(d["vocab"], merges, d.get("special_tokens", {}),
                                     pattern=d.get("pattern", GPT2_SPLIT_PATTERN),
-                                    eos_token=d.get("eos_token"), source="tokenizer JSON")
+                                    eos_token=d.get("eos_token"), source="tokenizer JSON",
+                                    added_tokens=d.get("added_tokens"))
 
     def save_pretrained(self, save_directory):
         """Write tinyllm's JSON plus GPT-2's / Hugging Face's files, so that
@@ -1483,10 +1732,10 @@ class BPETokenizer(Tokenizer):
         _write_text(merges_path, "#version: 0.2\n" + "".join(m + "\n" for m in self._gpt2_merges()))
 
         special_map = self.special_tokens_map  # GPT-2's: its one special token as bos, eos and unk alike
-        added = {
-            str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False,
-                     "single_word": False, "special": True}
-            for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])
+        added = {  # transformers' flags: a plain added token is normalized, a special one is not
+            str(i): {"content": s, "lstrip": False, "normalized": s not in self.special_tokens, "rstrip": False,
+                     "single_word": False, "special": s in self.special_tokens}
+            for s, i in self.get_added_vocab().items()
         }
         config = {
             "tokenizer_class": "GPT2Tokenizer",
@@ -1532,11 +1781,12 @@ class BPETokenizer(Tokenizer):
                                     f"vocab.json + merges.txt nor tokenizer.json")
         encoder = _read_json(vocab_path, dict)
         with _names_file(path):
-            specials = _hf_special_tokens(path, encoder)
+            specials, added = _hf_added_tokens(path, encoder)
             for s, i in specials.items():
                 encoder.setdefault(s, i)
             tok = cls._from_gpt2_vocab(encoder, _read_merges(merges_path), specials,
-                                       eos_token=_hf_eos_token(path, specials), source=str(vocab_path))
+                                       eos_token=_hf_eos_token(path, {**specials, **added}), source=str(vocab_path),
+                                       added_tokens=added)
         return _with_hf_padding(_with_hf_chat_template(tok, path), path)
 
     @classmethod
@@ -1567,14 +1817,16 @@ class BPETokenizer(Tokenizer):
                              f"exactly: {'; '.join(problems)}")
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         encoder = dict(model["vocab"])
-        specials = {t["content"]: int(t["id"]) for t in d.get("added_tokens", [])}
-        if "<|endoftext|>" in encoder:
+        added_tokens = d.get("added_tokens", [])
+        specials = {t["content"]: int(t["id"]) for t in added_tokens if t.get("special", True)}
+        added = {t["content"]: int(t["id"]) for t in added_tokens if not t.get("special", True)}
+        if "<|endoftext|>" in encoder and "<|endoftext|>" not in added:
             specials.setdefault("<|endoftext|>", encoder["<|endoftext|>"])
         for s, i in specials.items():
             encoder.setdefault(s, i)
         return cls._from_gpt2_vocab(encoder, merges, specials,
-                                    eos_token=_hf_eos_token(Path(path).parent, specials),
-                                    source=str(path))
+                                    eos_token=_hf_eos_token(Path(path).parent, {**specials, **added}),
+                                    source=str(path), added_tokens=added)
 
 
 # ---- helpers for BPETokenizer -----------------------------------------------------------
@@ -1675,20 +1927,24 @@ def _without_ordinary_tokens(specials, encoder, merges):
     return {token: i for token, i in specials.items() if not ordinary(token, i)}
 
 
-def _hf_special_tokens(directory, encoder):
-    specials = {}
+def _hf_added_tokens(directory, encoder):
+    """The added tokens of a Hugging Face directory -> ({special text: id}, {plain text: id}):
+    ``"<|endoftext|>"`` if in the vocabulary, ``tokenizer_config.json``'s ``added_tokens_decoder``
+    (by their ``"special"`` flag) and ``added_tokens.json`` (taken as special)."""
+    specials, added = {}, {}
     if "<|endoftext|>" in encoder:
         specials["<|endoftext|>"] = encoder["<|endoftext|>"]
     config = _read_json_if_exists(directory / "tokenizer_config.json")
     for i, tok in config.get("added_tokens_decoder", {}).items():
-        specials[tok["content"]] = int(i)
+        specials.pop(tok["content"], None)
+        (specials if tok.get("special", True) else added)[tok["content"]] = int(i)
     for s, i in _read_json_if_exists(directory / "added_tokens.json").items():
         specials[s] = int(i)
-    return specials
+    return specials, added
 
 
 def _hf_eos_token(directory, specials):
-    """``eos_token`` of a Hugging Face ``tokenizer_config.json`` if it is a special token."""
+    """``eos_token`` of a Hugging Face ``tokenizer_config.json`` if it is one of the added tokens ``specials``."""
     eos = _read_json_if_exists(directory / "tokenizer_config.json").get("eos_token")
     if isinstance(eos, dict):
         eos = eos.get("content")

@@ -23,6 +23,7 @@ from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
 from .outputs import LMOutput, PretrainedModelMixin, one_of
+from .resize import resize_rows, resized_vocab_size
 
 __all__ = ["EncoderDecoderConfig", "EncoderDecoderTransformer"]
 
@@ -542,6 +543,41 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
             return logits.data[:, -1, :]
 
         return step
+
+    # --- the token embeddings, as Hugging Face's ------------------------------------------------------
+    def get_input_embeddings(self):
+        """The encoder's token embedding (the decoder's too when ``share_embeddings``)."""
+        return self.encoder.wte
+
+    def get_output_embeddings(self):
+        """The output projection (``lm_head``; its weight is the decoder's embedding when tied)."""
+        return self.lm_head
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True, rng=None):
+        """:meth:`GPT.resize_token_embeddings <tinyllm.models.gpt.GPT.resize_token_embeddings>` for a
+        model of one vocabulary (``src_vocab_size == tgt_vocab_size``, as a Seq2SeqTokenizer's):
+        the encoder's and decoder's embeddings and an untied ``lm_head`` all get ``new_num_tokens``
+        rows (one table when shared or tied), both vocabulary sizes follow. New rows: N(mu, 1e-9
+        Sigma) of the old rows, or (``mean_resizing=False``) N(0, 1/d_model), the model's own init.
+        Shrinking below pad/bos/eos_token_id is an error. Returns the encoder's embedding."""
+        c = self.config
+        if c.src_vocab_size != c.tgt_vocab_size:
+            raise ValueError(f"resize_token_embeddings: the model has two vocabularies (src_vocab_size="
+                             f"{c.src_vocab_size}, tgt_vocab_size={c.tgt_vocab_size}); only one can be resized")
+        size = resized_vocab_size(c.src_vocab_size, new_num_tokens, pad_to_multiple_of)
+        if size is None:
+            return self.encoder.wte
+        largest = max(c.pad_token_id, c.bos_token_id, c.eos_token_id)
+        if size <= largest:
+            raise ValueError(f"resize_token_embeddings: {size} tokens would drop the special token id {largest} "
+                             "(pad, bos or eos)")
+        rng = np.random.default_rng(0) if rng is None else rng
+        tables = (self.encoder.wte.weight, self.decoder.wte.weight, self.lm_head.weight)
+        for weight in {id(w): w for w in tables}.values():  # a shared or tied table once
+            resize_rows(weight, size, mean_resizing, rng, std=1 / math.sqrt(c.d_model))
+        self.encoder.wte.num_embeddings = self.decoder.wte.num_embeddings = self.lm_head.out_features = size
+        c.src_vocab_size = c.tgt_vocab_size = size
+        return self.encoder.wte
 
     # --- saving and loading --------------------------------------------------------------------------
     def save_pretrained(self, save_directory):

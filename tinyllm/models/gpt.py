@@ -13,6 +13,7 @@ from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
 from .outputs import LMOutput, PretrainedModelMixin, one_of
+from .resize import resize_rows, resized_vocab_size
 
 __all__ = ["GPTConfig", "GPT", "check_attention_mask"]
 
@@ -284,6 +285,38 @@ class GPT(PretrainedModelMixin, nn.Module):
     def get_output_embeddings(self):
         """The output projection (``lm_head``, its weight tied to the token embedding's)."""
         return self.lm_head
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True, rng=None):
+        """Give the token embedding ``new_num_tokens`` rows, as transformers' ``resize_token_embeddings``
+        after ``tokenizer.add_tokens(...)``: ``model.resize_token_embeddings(len(tokenizer))``.
+
+        wte.weight (V, C) -> (V', C), V' = ``new_num_tokens`` rounded up to a multiple of
+        ``pad_to_multiple_of`` (if given; ``new_num_tokens=None`` then pads the current size). The first
+        min(V, V') rows stay bit for bit; shrinking drops the last ones. New rows, with
+        ``mean_resizing`` (transformers' default): drawn from N(mu, 1e-9 Sigma), mu and Sigma the mean
+        and covariance of the old rows -- so close to mu that a new token starts with the average
+        logit and the model's predictions barely move (every new row is exactly mu when 1e-9 Sigma is
+        not positive definite, e.g. V <= C); without it: N(0, 0.02), the model's own init. ``rng``:
+        the ``np.random.Generator`` they are drawn from (default ``np.random.default_rng(0)``).
+
+        The weight stays the same Parameter with new data, so ``lm_head`` (tied) follows;
+        ``config.vocab_size`` is updated. Returns the embedding; with both sizes None, it is
+        returned unchanged. An optimizer built before holds moments of the old shape: build a new one.
+        """
+        wte = self.transformer.wte
+        new_num_tokens = resized_vocab_size(wte.weight.shape[0], new_num_tokens, pad_to_multiple_of)
+        if new_num_tokens is None:
+            return wte
+        rng = np.random.default_rng(0) if rng is None else rng
+        resize_rows(wte.weight, new_num_tokens, mean_resizing, rng)
+        wte.num_embeddings = new_num_tokens
+        if wte.padding_idx is not None and wte.padding_idx >= new_num_tokens:
+            wte.padding_idx = None  # the padding row was cut off, as transformers
+        if self.lm_head.weight is not wte.weight:  # an untied head gets its own new rows
+            resize_rows(self.lm_head.weight, new_num_tokens, mean_resizing, rng)
+        self.lm_head.out_features = new_num_tokens
+        self.config.vocab_size = new_num_tokens
+        return wte
 
     def new_kv_cache(self, batch_size, max_len=None, dtype=None):
         c = self.config

@@ -142,6 +142,9 @@ class AdamW(Optimizer):
         state = self.state.get(id(p))
         if state is None:
             state = self.state[id(p)] = dict(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+        if state["exp_avg"].shape != p.shape:
+            raise ValueError(f"AdamW: a parameter of shape {p.shape} has moments of shape {state['exp_avg'].shape}: "
+                             "it changed shape since (resize_token_embeddings?); build a new optimizer")
         return state
 
 

@@ -214,3 +214,49 @@ def test_model_errors_reach_the_client_and_the_engine_goes_on(char_setup):
     (delta,) = sink.wait()
     assert "generation failed" in delta.error and "out of range" in delta.error
     assert run(engine, tok, "ab", max_tokens=3, seed=0).final().finish_reason == "length"
+
+
+def test_a_call_runs_between_the_tokens_of_a_long_sequence_and_reports_its_result(char_setup):
+    """An embeddings request is one Call: the worker runs it whole, without waiting for the
+    sequences it is stepping, and hands back its result or its error."""
+    model, tok, engine = char_setup
+    sink = Collector()
+    engine.submit([Sequence(0, tok.encode("ab"), SamplingParams(max_tokens=60, seed=0), tok, sink=sink)])
+    answers, done = [], threading.Event()
+
+    def keep(result, error):
+        answers.append((result, error, len(sink.deltas)))
+        done.set()
+
+    while not sink.deltas:
+        time.sleep(0.001)
+    engine.call(lambda backend: backend.embed(tok.encode("ROMEO:")), keep)
+    assert done.wait(60)
+    (vector, error, deltas_then), = answers
+    sink.wait()
+    assert error is None and deltas_then < len(sink.deltas)  # the sequence was still going
+    states = model(np.asarray([tok.encode("ROMEO:")]), output_hidden_states=True).hidden_states[-1].data[0]
+    mean = states.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-6)
+    done.clear()
+    engine.call(lambda backend: backend.embed([tok.vocab_size + 5]), keep)  # an id out of range
+    assert done.wait(60)
+    assert answers[-1][0] is None and "out of range" in str(answers[-1][1])
+    assert run(engine, tok, "ab", max_tokens=3, seed=0).final().finish_reason == "length"
+
+
+def test_a_full_queue_refuses_a_call(char_setup):
+    _, tok, _ = char_setup
+    engine = Engine(CausalLMBackend(tiny_gpt(tok.vocab_size)), max_active=1, max_waiting=1)
+    try:
+        gate = threading.Event()
+        engine.call(lambda backend: gate.wait(60), lambda result, error: None)  # holds the worker
+        deadline = time.monotonic() + 10
+        while engine.stats()["waiting"] and time.monotonic() < deadline:
+            time.sleep(0.001)
+        engine.call(lambda backend: None, lambda result, error: None)  # waits: the queue is now full
+        with pytest.raises(EngineBusy, match="limit 1"):
+            engine.call(lambda backend: None, lambda result, error: None)
+        gate.set()
+    finally:
+        engine.close()

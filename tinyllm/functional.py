@@ -28,7 +28,7 @@ _ln = dispatch("layernorm")
 __all__ = [
     "gelu", "relu", "silu", "softmax", "log_softmax", "layer_norm", "cross_entropy", "mse_loss", "embedding", "dropout",
     "concatenate", "cat", "stack", "where", "scaled_dot_product_attention", "self_attention", "linear",
-    "attention_composed", "key_lengths_from_mask", "key_starts_from_mask", "cached_self_attention",
+    "attention_composed", "attention_probs", "key_lengths_from_mask", "key_starts_from_mask", "cached_self_attention",
     "transformer_block_step", "pad", "one_hot",
 ]
 
@@ -556,13 +556,13 @@ def key_starts_from_mask(mask, batch, tk):
     return starts.astype(np.int64)
 
 
-def attention_composed(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, rng=None):
-    """softmax(q k^T * scale + mask) v, composed from Tensor operations (stores the (Tq, Tk) matrix).
+def attention_probs(q, k, attn_mask=None, is_causal=False, scale=None):
+    """The attention weights softmax(q k^T * scale + mask): q (..., Tq, D), k (..., Tk, D) ->
+    (..., Tq, Tk), each row summing to 1 over the keys its query may see, composed from Tensor
+    operations (what ``output_attentions=True`` returns; the fused kernel never forms them).
 
-    The readable version of attention; :func:`scaled_dot_product_attention` computes the same with
-    the fused kernel. Used when attention dropout is on, for masks that are not key padding,
-    and as the test oracle. ``attn_mask`` and ``is_causal`` as in that function; a query that
-    may see no key at all gets zeros (and zero gradients), not NaN.
+    ``attn_mask`` and ``is_causal`` as in :func:`scaled_dot_product_attention`; a query that may
+    see no key at all gets a row of zeros (and zero gradients), not NaN.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     tq, tk = q.shape[-2], k.shape[-2]
@@ -572,7 +572,7 @@ def attention_composed(q, k, v, attn_mask=None, is_causal=False, scale=None, dro
         # bottom-right aligned: with a KV cache the Tq queries are the *last* Tq positions
         allowed = _attn.causal_mask(tq, tk)
     if attn_mask is not None:
-        mask = _mask_array(attn_mask, "attention_composed", q.shape[:-2], tq, tk)
+        mask = _mask_array(attn_mask, "attention_probs", q.shape[:-2], tq, tk)
         if mask.dtype == bool:
             allowed = allowed & mask
         else:
@@ -587,6 +587,19 @@ def attention_composed(q, k, v, attn_mask=None, is_causal=False, scale=None, dro
     probs = scores.softmax(-1)
     if not allowed.any(-1).all():
         probs = where(allowed.any(-1, keepdims=True), probs, np.asarray(0.0, dtype=probs.dtype))
+    return probs
+
+
+def attention_composed(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, rng=None):
+    """softmax(q k^T * scale + mask) v, composed from Tensor operations (stores the (Tq, Tk) matrix).
+
+    The readable version of attention; :func:`scaled_dot_product_attention` computes the same with
+    the fused kernel. Used when attention dropout is on, for masks that are not key padding,
+    and as the test oracle. ``attn_mask`` and ``is_causal`` as in that function; a query that
+    may see no key at all gets zeros (and zero gradients), not NaN. The weights are
+    :func:`attention_probs`.
+    """
+    probs = attention_probs(q, k, attn_mask, is_causal, scale)  # (..., Tq, Tk)
     if dropout_p > 0.0:
         probs = dropout(probs, dropout_p, training=True, rng=rng)
     return probs @ v

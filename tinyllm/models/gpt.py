@@ -200,7 +200,8 @@ class GPT(PretrainedModelMixin, nn.Module):
         return idx
 
     def forward(self, idx=None, targets=None, kv_cache=None, last_only=False, attention_mask=None, position_ids=None,
-                input_ids=None, labels=None, past_key_values=None, use_cache=None):
+                input_ids=None, labels=None, past_key_values=None, use_cache=None, output_hidden_states=False,
+                output_attentions=False, return_dict=None):
         """idx (B, T) int -> (logits (B, T, V), loss or None), nanoGPT's pair, as an :class:`LMOutput`
         (also ``.logits``, ``.loss``). ``input_ids`` is another name for ``idx``, so
         ``model(**tokenizer(texts, return_tensors="np", padding=True)).logits`` works.
@@ -224,6 +225,19 @@ class GPT(PretrainedModelMixin, nn.Module):
         ``generate`` does. A query that sees no real key (a padded position of a left-padded row)
         gets zeros from attention, never NaN; its logits mean nothing. Without a mask (or with one
         of all ones) nothing of this is built.
+
+        transformers' GPT-2 flags: ``output_hidden_states=True`` gives ``.hidden_states``, n_layer + 1
+        Tensors (B, T, C): the input of each block (the first: the embeddings, after dropout), and
+        last the output of the last block after ``ln_f`` (the states ``lm_head`` reads), over all T
+        positions even with ``last_only``. ``output_attentions=True`` gives ``.attentions``, one
+        Tensor (B, n_head, T, past + T) per layer of softmax weights; the fused kernels never form
+        them, so the blocks then attend on the composed path (slower; logits equal to float
+        rounding). A query that sees no real key (a padded position of a left-padded row) has
+        weights of zeros, where transformers spreads them evenly over every key (its additive mask
+        is a finite minimum); a real query's weights on padded keys are 0 in both. With a KV
+        cache both cover the new positions only, as transformers'. ``return_dict=False`` returns
+        transformers' plain tuple, ``(loss, logits, past_key_values, hidden_states, attentions)``
+        without the entries that are None; otherwise (True or None) the :class:`LMOutput`.
         """
         idx = one_of("idx", idx, "input_ids", input_ids, required=True, method="GPT.forward")
         kv_cache = one_of("kv_cache", kv_cache, "past_key_values", past_key_values, method="GPT.forward")
@@ -235,11 +249,9 @@ class GPT(PretrainedModelMixin, nn.Module):
         tr = self.transformer
         pos, attn_mask = self._positions_and_mask(idx.shape, past, attention_mask, position_ids)
         x = tr.drop(tr.wte(idx) + tr.wpe(pos))  # (B, T, C) + (T, C) or (B, T, C)
-        for block in tr.h:
-            x = block(x, kv_cache, attn_mask)
+        x, hidden_states, attentions = self._blocks(x, kv_cache, attn_mask, output_hidden_states, output_attentions)
         if kv_cache is not None:
             kv_cache.advance(T)
-        x = tr.ln_f(x)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         logits = self.lm_head(x)  # (B, T, V)
@@ -255,7 +267,28 @@ class GPT(PretrainedModelMixin, nn.Module):
                 raise ValueError(f"GPT.forward: labels must have the shape of the input ids {idx.shape} (and "
                                  f"last_only=False), got {labels.shape}")
             loss = F.cross_entropy(logits[:, :-1, :], labels[:, 1:])  # token t predicts token t + 1
-        return LMOutput(logits, loss, past_key_values=kv_cache if use_cache is not False else None)
+        out = LMOutput(logits, loss, past_key_values=kv_cache if use_cache is not False else None,
+                       hidden_states=hidden_states, attentions=attentions)
+        return out if return_dict is not False else out.to_tuple()
+
+    def _blocks(self, x, kv_cache, attn_mask, output_hidden_states, output_attentions):
+        """x (B, T, C) through every block and ``ln_f`` -> (x (B, T, C), hidden_states or None,
+        attentions or None), the last two as transformers' GPT-2 forward collects them."""
+        hidden_states = [] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for block in self.transformer.h:
+            if hidden_states is not None:
+                hidden_states.append(x)  # the input of each block
+            if output_attentions:
+                x, attn_probs = block(x, kv_cache, attn_mask, output_attentions=True)
+                attentions.append(attn_probs)
+            else:
+                x = block(x, kv_cache, attn_mask)
+        x = self.transformer.ln_f(x)
+        if hidden_states is not None:
+            hidden_states.append(x)  # the last after ln_f, as transformers'
+        return x, (None if hidden_states is None else tuple(hidden_states)), (
+            None if attentions is None else tuple(attentions))
 
     def _positions_and_mask(self, shape, past, attention_mask, position_ids):
         """Positions (T,) or (B, T) and the attention mask (B, 1, 1, past + T) bool or None."""

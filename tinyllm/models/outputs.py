@@ -32,12 +32,22 @@ class LMOutput(_LogitsAndLoss):
 
     ``past_key_values``: the KV cache that holds this call's keys and values (``use_cache=True``,
     or a cache passed in), to pass to the next call, as Hugging Face's; None otherwise. It is an
-    attribute beside the pair, so the pair still unpacks as two."""
+    attribute beside the pair, so the pair still unpacks as two.
 
-    def __new__(cls, logits, loss=None, past_key_values=None):
+    ``hidden_states`` and ``attentions``: tuples of Tensors with ``output_hidden_states=True`` /
+    ``output_attentions=True`` (see ``GPT.forward``), None otherwise; attributes too."""
+
+    def __new__(cls, logits, loss=None, past_key_values=None, hidden_states=None, attentions=None):
         out = super().__new__(cls, logits, loss)
         out.past_key_values = past_key_values
+        out.hidden_states, out.attentions = hidden_states, attentions
         return out
+
+    def to_tuple(self):
+        """transformers' ``return_dict=False`` tuple: (loss, logits, past_key_values, hidden_states,
+        attentions) without the entries that are None (its order: the loss first)."""
+        return tuple(v for v in (self.loss, self.logits, self.past_key_values, self.hidden_states, self.attentions)
+                     if v is not None)
 
 
 class GenerateOutput(NamedTuple):

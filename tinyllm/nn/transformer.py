@@ -79,7 +79,7 @@ class MultiHeadAttention(Module):
 
     def forward(self, x, kv_cache=None, attn_mask=None):
         B, T, C = x.shape
-        H, D = self.n_head, self.head_dim
+        H = self.n_head
         qkv = self.c_attn(x)  # (B, T, 3C)
         p = self.dropout if self.training else 0.0
         if kv_cache is None and p == 0.0:  # the common case: split, attend, merge in one Function
@@ -93,17 +93,40 @@ class MultiHeadAttention(Module):
             y = F.cached_self_attention(qkv, kv_cache.k[self.layer_idx], kv_cache.v[self.layer_idx],
                                         kv_cache.length, H, key_starts=key_starts)
             return self.resid_dropout(self.c_proj(y))
-        qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, D)
-        if kv_cache is not None:
-            k_all, v_all = kv_cache.update(self.layer_idx, k.data, v.data)
-            k, v = Tensor._wrap(k_all), Tensor._wrap(v_all)  # (B, H, past+T, D)
+        q, k, v = self._heads(qkv, kv_cache)
         if p > 0.0 and self.attn_rng is None:
             self.attn_rng = np.random.default_rng(0)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal, dropout_p=p,
                                            rng=self.attn_rng)
         y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def forward_with_probs(self, x, kv_cache=None, attn_mask=None):
+        """``forward``'s output (B, T, C) and the attention weights it used, (B, n_head, T, past + T)
+        (after attention dropout, as transformers' ``output_attentions``), by the composed path
+        (:func:`tinyllm.functional.attention_probs`): slower, and equal to ``forward`` to float
+        rounding. A query that sees no key (a left-padded position) has a row of zeros."""
+        B, T, C = x.shape
+        q, k, v = self._heads(self.c_attn(x), kv_cache)
+        probs = F.attention_probs(q, k, attn_mask, is_causal=self.causal)  # (B, H, T, past + T)
+        p = self.dropout if self.training else 0.0
+        if p > 0.0:
+            if self.attn_rng is None:
+                self.attn_rng = np.random.default_rng(0)
+            probs = F.dropout(probs, p, training=True, rng=self.attn_rng)
+        y = (probs @ v).permute(0, 2, 1, 3).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y)), probs
+
+    def _heads(self, qkv, kv_cache):
+        """qkv (B, T, 3C) -> q (B, H, T, D) and k, v (B, H, past + T, D): with a cache, the new keys and
+        values are stored in it and all of its keys and values returned."""
+        B, T, _ = qkv.shape
+        qkv = qkv.reshape(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # -> (3, B, H, T, D)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, H, T, D)
+        if kv_cache is not None:
+            k_all, v_all = kv_cache.update(self.layer_idx, k.data, v.data)
+            k, v = Tensor._wrap(k_all), Tensor._wrap(v_all)  # (B, H, past+T, D)
+        return q, k, v
 
     def extra_repr(self):
         return f"n_embd={self.n_embd}, n_head={self.n_head}, causal={self.causal}"
@@ -142,9 +165,16 @@ class Block(Module):
         self.ln_2 = LayerNorm(n_embd, eps=eps, bias=bias)
         self.mlp = FeedForward(n_embd, bias, dropout, activation, rng=rng)
 
-    def forward(self, x, kv_cache=None, attn_mask=None):
+    def forward(self, x, kv_cache=None, attn_mask=None, output_attentions=False):
         """x (B, T, C); ``attn_mask`` (e.g. (B, 1, 1, past + T) bool, False at padded keys) is
-        applied on top of the causal mask (None: causal only, the fast path)."""
+        applied on top of the causal mask (None: causal only, the fast path).
+        ``output_attentions=True`` returns ``(x, attn_probs)``, the attention weights
+        (B, n_head, T, past + T) computed on the composed path (see
+        :meth:`MultiHeadAttention.forward_with_probs`)."""
+        if output_attentions:
+            a, attn_probs = self.attn.forward_with_probs(self.ln_1(x), kv_cache, attn_mask)
+            x = x + a
+            return x + self.mlp(self.ln_2(x)), attn_probs
         if kv_cache is not None and attn_mask is None and x.shape[1] == 1 and not self._dropout_active():
             # generating: one new position per sequence, usually under no_grad: one kernel call
             # for the whole block (None where it does not apply; then the lines below)

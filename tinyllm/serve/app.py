@@ -4,12 +4,14 @@
     GET  /v1/models              the one model served (and /v1/models/{id})
     POST /v1/completions         text in, text out (prompt: a string, strings, or token ids)
     POST /v1/chat/completions    messages through the model's chat template
+    POST /v1/embeddings          a unit vector per input: mean-pooled final hidden states (backend.pool_embedding)
 
 Handlers run on the asyncio event loop and never touch the model: they validate the request
 (protocol.py), put its sequences on the engine's queue, and wait for deltas, which the engine's
 worker thread posts back to the loop. ``stream: true`` sends them as Server-Sent Events as they
 come (``data: {...}`` lines, then ``data: [DONE]``). A client that disconnects cancels its
-sequences, so the worker stops spending tokens on them.
+sequences, so the worker stops spending tokens on them. An embeddings request is one Call on the
+same worker (a forward pass per input, no tokens), awaited as a future.
 """
 import asyncio
 import hmac
@@ -28,8 +30,8 @@ except ImportError:  # pragma: no cover  (the message is the point)
     raise ImportError('tinyllm\'s server needs the serve extra: pip install "tinyllm[serve]"') from None
 
 from .engine import Engine, EngineBusy, Sequence
-from .protocol import (SYSTEM_FINGERPRINT, APIError, ServedModel, chat_logprobs, legacy_logprobs, new_id,
-                       parse_chat, parse_completion, parse_json, usage)
+from .protocol import (SYSTEM_FINGERPRINT, APIError, ServedModel, chat_logprobs, embeddings_response,
+                       legacy_logprobs, new_id, parse_chat, parse_completion, parse_embeddings, parse_json, usage)
 
 __all__ = ["create_app"]
 
@@ -56,6 +58,7 @@ def create_app(backend, tokenizer, model_name, api_key=None, max_active=16, max_
         Route("/v1/models/{model_id:path}", api.get_model, methods=["GET"]),
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", api.embeddings, methods=["POST"]),
     ]
     middleware = [Middleware(BearerAuth, api_key=api_key)] if api_key else []
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={
@@ -170,6 +173,32 @@ class _API:
         if job.stream:
             return _event_stream(run.chat_events())
         return JSONResponse(await run.chat_response())
+
+
+    async def embeddings(self, request):
+        job = parse_embeddings(await _read_json(request), self.served)
+        vectors = await self._on_worker(lambda backend: [backend.embed(ids) for ids in job.inputs])
+        return JSONResponse(embeddings_response(job, vectors, self.served.name))
+
+    async def _on_worker(self, fn):
+        """``fn(backend)`` run by the engine's worker thread (which owns the model), awaited."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(result, error):  # on the event loop
+            if not future.done():
+                future.set_exception(error) if error is not None else future.set_result(result)
+
+        try:
+            self.engine.call(fn, lambda result, error: loop.call_soon_threadsafe(settle, result, error))
+        except EngineBusy as e:
+            raise APIError(503, f"The server is busy ({e}); retry in a moment.", type="server_error",
+                           code="server_overloaded") from None
+        try:
+            return await future
+        except Exception as e:  # noqa: BLE001  (the model failed: say so, as a failed generation does)
+            raise APIError(500, f"the model failed: {type(e).__name__}: {e}", type="server_error",
+                           code="embedding_failed") from None
 
 
 def _event_stream(events):

@@ -16,6 +16,9 @@ A backend turns a prompt into a stream of tokens. The engine (engine.py) and the
            stops asking); logits (V,) are the scores the token was drawn from, or None
     backend.prompt_logits(prompt_ids) -> (T, V) logits at every prompt position (for echo +
            logprobs, which protocol.py refuses for an encoder-decoder: it does not predict its source)
+    backend.embedding_size          the length of an embedding vector (n_embd / d_model)
+    backend.embed(ids) -> (embedding_size,) float32, unit length: /v1/embeddings' vector of a
+           prompt of at most context_length ids (see :func:`pool_embedding`)
 
 :class:`CausalLMBackend` serves a decoder-only model (tinyllm's GPT, a GPT-2 directory): the
 prompt is the beginning of the text, and each step runs ``model.forward`` on the new token with
@@ -34,7 +37,27 @@ from ..generation import sample_from_logits
 from ..models import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from ..tokenizers import AutoTokenizer
 
-__all__ = ["SamplingParams", "CausalLMBackend", "Seq2SeqLMBackend", "load_backend"]
+__all__ = ["SamplingParams", "CausalLMBackend", "Seq2SeqLMBackend", "load_backend", "pool_embedding"]
+
+
+def pool_embedding(states, keep=None):
+    """/v1/embeddings' vector: the mean of a sequence's final hidden states (T, C) over its
+    positions (those where ``keep`` (T,) bool is True, if given), scaled to unit L2 norm -> (C,)
+    float32 (a zero mean stays zero).
+
+    Why this pooling: llama.cpp's server, which serves causal LMs as embedders too, pools with
+    ``--pooling mean`` (its embedding example's) and normalises with ``embd_normalize`` = 2 (the
+    Euclidean norm) by default, and OpenAI's vectors are unit length, so a cosine similarity is
+    a dot product. The mean (rather than llama.cpp's ``last``, the one state that has seen every
+    token) weighs the whole text, and is what an encoder's output is pooled with (Sentence-T5).
+    Computed in float64, returned as float32 (no position kept: zeros).
+    """
+    states = np.asarray(states, dtype=np.float64)
+    if keep is not None:
+        states = states[np.asarray(keep, dtype=bool)]
+    mean = states.mean(axis=0) if len(states) else np.zeros(states.shape[1:])  # (C,)
+    norm = np.sqrt(mean @ mean)
+    return (mean / norm if norm > 0 else mean).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,7 @@ class CausalLMBackend:
         model.eval()  # dropout off; the server never trains
         self.context_length = int(model.config.block_size)
         self.vocab_size = int(model.config.vocab_size)
+        self.embedding_size = int(model.config.n_embd)
 
     def length_error(self, n_prompt, max_tokens):
         limit = self.context_length
@@ -131,6 +155,14 @@ class CausalLMBackend:
         logits, _ = self.model(np.asarray(prompt_ids, dtype=np.int64)[None, :])
         return logits.data[0]
 
+    def embed(self, prompt_ids):
+        """The mean of the last hidden states (after ``ln_f``, what ``lm_head`` reads), unit length:
+        ``pool_embedding(model(ids, output_hidden_states=True).hidden_states[-1][0])`` -> (C,).
+        ``last_only`` spares the (T, V) logits nobody reads here."""
+        idx = np.asarray(prompt_ids, dtype=np.int64)[None, :]  # (1, T)
+        out = self.model(idx, last_only=True, output_hidden_states=True)
+        return pool_embedding(out.hidden_states[-1].data[0])  # (T, C) -> (C,)
+
 
 class Seq2SeqLMBackend:
     """An encoder-decoder: ``encode(src_ids)``, ``decode(tgt_ids, memory, memory_mask, kv_cache=...,
@@ -154,6 +186,7 @@ class Seq2SeqLMBackend:
         self.max_target_length = int(c.max_tgt_len)
         self.vocab_size = int(c.src_vocab_size)  # the prompt is a source
         self.target_vocab_size = int(c.tgt_vocab_size)
+        self.embedding_size = int(c.d_model)
 
     def length_error(self, n_prompt, max_tokens):
         if n_prompt > self.context_length:
@@ -189,6 +222,15 @@ class Seq2SeqLMBackend:
             counts[next_ids[0]] += 1
             yield int(next_ids[0]), last[0]
             ids = next_ids[:, None].astype(np.int64)
+
+    def embed(self, prompt_ids):
+        """The mean of the encoder's output over the source's real (not padding) tokens, unit length
+        -> (d_model,). The encoder reads the whole source in both directions, so its output is the
+        model's own summary of the text (the decoder only ever sees it through cross-attention);
+        mean-pooled, as Sentence-T5 pools T5's encoder."""
+        src_ids = np.asarray(prompt_ids, dtype=np.int64)[None, :]  # (1, S)
+        memory = self.model.encode(src_ids)  # (1, S, C)
+        return pool_embedding(memory.data[0], keep=self.model.source_mask(src_ids)[0])
 
     def prompt_logits(self, prompt_ids):
         raise ValueError("an encoder-decoder reads its source without predicting it: the prompt's tokens have no "

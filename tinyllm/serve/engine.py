@@ -13,6 +13,9 @@ Why not batching: a batch of sequences must share one position per step (tinyllm
 no padding mask and its KV cache one length), and a batch of one gives the same bits as
 ``model.generate``, which the tests hold it to.
 
+A request that needs one forward pass and no tokens (``/v1/embeddings``) is a :class:`Call`:
+the worker runs it whole when it takes it from the queue, between two tokens of the others.
+
 Text leaves the worker through ``sequence.sink(delta)`` (the server hands each sequence a sink
 that forwards to its asyncio loop); a client that goes away sets ``sequence.cancelled`` and the
 worker drops the sequence before its next token, freeing its place.
@@ -29,7 +32,7 @@ import numpy as np
 from ..kernels import set_num_threads
 from ..tensor import no_grad
 
-__all__ = ["Delta", "TokenLogprob", "Sequence", "Engine", "EngineBusy", "token_bytes"]
+__all__ = ["Delta", "TokenLogprob", "Sequence", "Call", "Engine", "EngineBusy", "token_bytes"]
 
 log = logging.getLogger("tinyllm.serve")
 
@@ -208,6 +211,26 @@ class Sequence:
         return Delta(self.index, text, entries, self.finish_reason, self.n_generated)
 
 
+class Call:
+    """One piece of work run whole by the worker: ``fn(backend)``, whose result (or the exception it
+    raised) goes to ``done(result, error)``, called from the worker thread."""
+
+    def __init__(self, fn, done):
+        self.fn, self.done = fn, done
+        self.cancelled = False
+
+    def run(self, backend):
+        try:
+            result, error = self.fn(backend), None
+        except Exception as e:  # noqa: BLE001  (reported to the client, logged here)
+            log.exception("a call on the worker failed", exc_info=e)
+            result, error = None, e
+        try:
+            self.done(result, error)
+        except Exception:  # noqa: BLE001  (e.g. the server's event loop is gone): nobody is listening
+            pass
+
+
 class Engine:
     """The worker thread and its queue. ``submit(sequences)`` from any thread; deltas come back
     through each sequence's ``sink``."""
@@ -239,6 +262,15 @@ class Engine:
             self._waiting += len(sequences)
         for seq in sequences:
             self._inbox.put(seq)
+
+    def call(self, fn, done):
+        """Queue ``fn(backend)`` to run on the worker (see :class:`Call`). Raises EngineBusy if the
+        queue is full."""
+        with self._lock:
+            if self._waiting + 1 > self.max_waiting:
+                raise EngineBusy(f"{self._waiting} sequences are already waiting (limit {self.max_waiting})")
+            self._waiting += 1
+        self._inbox.put(Call(fn, done))
 
     def stats(self):
         with self._lock:
@@ -275,6 +307,9 @@ class Engine:
             with self._lock:
                 self._waiting -= 1
             if seq.cancelled:
+                continue
+            if isinstance(seq, Call):
+                seq.run(self.backend)
                 continue
             try:
                 first = seq.first_delta(self.backend)

@@ -9,15 +9,19 @@ Fields OpenAI defines that tinyllm does not implement (penalties, logit_bias, to
 accepted at their neutral value and refused otherwise; a field OpenAI does not define is refused,
 as OpenAI does ("Unrecognized request argument supplied").
 """
+import base64
 import json
 import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .. import __version__
 from .backend import SamplingParams
 
-__all__ = ["APIError", "ServedModel", "parse_json", "parse_completion", "parse_chat", "SYSTEM_FINGERPRINT"]
+__all__ = ["APIError", "ServedModel", "parse_json", "parse_completion", "parse_chat", "parse_embeddings",
+           "embeddings_response", "SYSTEM_FINGERPRINT"]
 
 SYSTEM_FINGERPRINT = f"tinyllm-{__version__}"
 MAX_N = 16  # choices per prompt
@@ -26,6 +30,7 @@ MAX_LOGPROBS = 5  # legacy completions, as OpenAI
 MAX_TOP_LOGPROBS = 20  # chat, as OpenAI
 MAX_STOP = 4  # stop strings, as OpenAI
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+MAX_EMBEDDING_INPUTS = 2048  # inputs in one /v1/embeddings request, as OpenAI
 
 
 class APIError(Exception):
@@ -418,6 +423,94 @@ def parse_chat(body, served):
     stop += tuple(s for s in served.tokenizer.chat_stop_strings if s not in stop)
     sampling = SamplingParams(max_tokens=max_tokens, logprobs=(top or 0) if logprobs else None, stop=stop, **common)
     return Job([(text, ids)], [sampling], n, stream, include_usage)
+
+
+# ----------------------------------------------------------------------------------------------
+# /v1/embeddings
+
+_EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
+
+
+@dataclass
+class EmbeddingJob:
+    """A validated /v1/embeddings request: each input's token ids, in the request's order."""
+
+    inputs: list  # [[id, ...]]
+    encoding_format: str  # "float" or "base64"
+
+
+def parse_embeddings(body, served):
+    """A /v1/embeddings body -> EmbeddingJob. ``input``: a string, a list of strings, a list of token ids
+    or a list of lists of them (OpenAI's four forms); each at most the model's context length."""
+    _check_fields(body, _EMBEDDING_FIELDS, {})
+    _check_model(body, served)
+    _get(body, "user", ("string",))
+    encoding_format = _get(body, "encoding_format", ("string",), "float")
+    if encoding_format not in ("float", "base64"):
+        raise _invalid("encoding_format", f"Invalid value for 'encoding_format': {encoding_format!r}; it must be "
+                                          "'float' or 'base64'.")
+    size = served.backend.embedding_size
+    dimensions = _in_range("dimensions", _get(body, "dimensions", ("integer",)), 1)
+    if dimensions is not None and dimensions != size:
+        raise _invalid("dimensions", f"Invalid value for 'dimensions': {dimensions}; the model `{served.name}` makes "
+                                     f"vectors of {size} dimensions only (it was not trained for shorter ones).",
+                       code="unsupported_parameter")
+    inputs = [_embedding_input(item, i, served) for i, item in enumerate(_embedding_inputs(body))]
+    return EmbeddingJob(inputs, encoding_format)
+
+
+def _embedding_inputs(body):
+    """``input`` as a list of items (strings or lists of ids)."""
+    value = body.get("input")
+    if value is None:
+        raise _invalid("input", "you must provide an input parameter", code="missing_required_parameter")
+    if isinstance(value, str) or (isinstance(value, list) and value and _is_ids(value)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise _invalid("input", "'input' must be a non-empty string, a list of strings, a list of token ids or a "
+                                "list of lists of token ids, and not empty.", code="invalid_type")
+    if len(value) > MAX_EMBEDDING_INPUTS:
+        raise _invalid("input", f"At most {MAX_EMBEDDING_INPUTS} inputs in one request, got {len(value)}.")
+    return value
+
+
+def _embedding_input(item, i, served):
+    """One input -> its ids, checked against the vocabulary and the context length."""
+    backend = served.backend
+    if isinstance(item, list) and item and _is_ids(item):
+        bad = next((t for t in item if not 0 <= t < backend.vocab_size), None)
+        if bad is not None:
+            raise _invalid("input", f"Token id {bad} in input {i} is out of range (the vocabulary has "
+                                    f"{backend.vocab_size}).")
+        ids = list(item)
+    elif isinstance(item, str) and item:
+        ids = _encode(served.tokenizer, item, "input")
+    else:
+        raise _invalid("input", f"Input {i} must be a non-empty string or a non-empty list of token ids, got "
+                                f"{_JSON_TYPES.get(_json_type(item), _json_type(item))} {item!r:.40}.",
+                       code="invalid_type")
+    if not ids:
+        raise _invalid("input", f"Input {i} has no tokens once tokenized; give at least one character the model's "
+                                "vocabulary holds.")
+    if len(ids) > backend.context_length:
+        raise APIError(400, f"This model's maximum context length is {backend.context_length} tokens, however input "
+                            f"{i} has {len(ids)} tokens. Please reduce the length of the input.", param="input",
+                       code="context_length_exceeded")
+    return ids
+
+
+def embeddings_response(job, vectors, model):
+    """OpenAI's embeddings list: one entry per input, in order; a vector (C,) float32 as a list of
+    floats, or as base64 of its little-endian float32 bytes (what OpenAI's client decodes)."""
+    def encode(vector):
+        if job.encoding_format == "base64":
+            return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+        return np.asarray(vector, dtype=np.float32).tolist()
+
+    n_tokens = sum(len(ids) for ids in job.inputs)
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -220,7 +220,15 @@ def test_a_call_runs_between_the_tokens_of_a_long_sequence_and_reports_its_resul
     """An embeddings request is one Call: the worker runs it whole, without waiting for the
     sequences it is stepping, and hands back its result or its error."""
     model, tok, engine = char_setup
-    sink = Collector()
+    submitted = threading.Event()
+
+    class Gated(Collector):  # holds the worker at the first token until the call is queued (no race)
+        def __call__(self, delta):
+            super().__call__(delta)
+            if len(self.deltas) == 1:
+                assert submitted.wait(60)
+
+    sink = Gated()
     engine.submit([Sequence(0, tok.encode("ab"), SamplingParams(max_tokens=60, seed=0), tok, sink=sink)])
     answers, done = [], threading.Event()
 
@@ -228,9 +236,8 @@ def test_a_call_runs_between_the_tokens_of_a_long_sequence_and_reports_its_resul
         answers.append((result, error, len(sink.deltas)))
         done.set()
 
-    while not sink.deltas:
-        time.sleep(0.001)
     engine.call(lambda backend: backend.embed(tok.encode("ROMEO:")), keep)
+    submitted.set()
     assert done.wait(60)
     (vector, error, deltas_then), = answers
     sink.wait()

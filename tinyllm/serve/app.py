@@ -5,6 +5,7 @@
     POST /v1/completions         text in, text out (prompt: a string, strings, or token ids)
     POST /v1/chat/completions    messages through the model's chat template
     POST /v1/embeddings          a unit vector per input: mean-pooled final hidden states (backend.pool_embedding)
+    POST /tokenize, /detokenize  text (or chat messages) <-> token ids, as vLLM's (no model runs)
 
 Handlers run on the asyncio event loop and never touch the model: they validate the request
 (protocol.py), put its sequences on the engine's queue, and wait for deltas, which the engine's
@@ -30,8 +31,9 @@ except ImportError:  # pragma: no cover  (the message is the point)
     raise ImportError('tinyllm\'s server needs the serve extra: pip install "tinyllm[serve]"') from None
 
 from .engine import Engine, EngineBusy, Sequence
-from .protocol import (SYSTEM_FINGERPRINT, APIError, ServedModel, chat_logprobs, embeddings_response,
-                       legacy_logprobs, new_id, parse_chat, parse_completion, parse_embeddings, parse_json, usage)
+from .protocol import (SYSTEM_FINGERPRINT, APIError, ServedModel, chat_logprobs, detokenize_response,
+                       embeddings_response, legacy_logprobs, new_id, parse_chat, parse_completion, parse_embeddings,
+                       parse_json, tokenize_response, usage)
 
 __all__ = ["create_app"]
 
@@ -59,6 +61,8 @@ def create_app(backend, tokenizer, model_name, api_key=None, max_active=16, max_
         Route("/v1/completions", api.completions, methods=["POST"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+        Route("/tokenize", api.tokenize, methods=["POST"]),
+        Route("/detokenize", api.detokenize, methods=["POST"]),
     ]
     middleware = [Middleware(BearerAuth, api_key=api_key)] if api_key else []
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={
@@ -174,6 +178,12 @@ class _API:
             return _event_stream(run.chat_events())
         return JSONResponse(await run.chat_response())
 
+
+    async def tokenize(self, request):
+        return JSONResponse(tokenize_response(await _read_json(request), self.served))
+
+    async def detokenize(self, request):
+        return JSONResponse(detokenize_response(await _read_json(request), self.served))
 
     async def embeddings(self, request):
         job = parse_embeddings(await _read_json(request), self.served)

@@ -426,6 +426,44 @@ def parse_chat(body, served):
 
 
 # ----------------------------------------------------------------------------------------------
+# /tokenize and /detokenize (vLLM's; no model runs)
+
+_TOKENIZE_FIELDS = {"model", "prompt", "messages", "chat_template_kwargs"}
+
+
+def tokenize_response(body, served):
+    """A /tokenize body -> vLLM's answer ``{"tokens", "count", "max_model_len"}``: the ids the model
+    would read for ``prompt`` (a string), or for ``messages`` rendered by the chat template as
+    /v1/chat/completions renders them. ``model`` may be left out, as in vLLM."""
+    _check_fields(body, _TOKENIZE_FIELDS, {})
+    if body.get("model") is not None:
+        _check_model(body, served)
+    if (body.get("prompt") is None) == (body.get("messages") is None):
+        raise _invalid("prompt", "give either 'prompt' (a string) or 'messages' (a conversation)",
+                       code="missing_required_parameter")
+    if "messages" in body:
+        _, ids = _render_chat(_messages(body), served, _get(body, "chat_template_kwargs", ("object",), {}))
+    else:
+        ids = _encode(served.tokenizer, _get(body, "prompt", ("string",)), "prompt")
+    return {"tokens": list(ids), "count": len(ids), "max_model_len": served.backend.context_length}
+
+
+def detokenize_response(body, served):
+    """A /detokenize body ``{"tokens": [ids]}`` -> ``{"prompt": text}`` (vLLM's)."""
+    _check_fields(body, {"model", "tokens"}, {})
+    if body.get("model") is not None:
+        _check_model(body, served)
+    tokens = _get(body, "tokens", ("array",))
+    if tokens is None or not _is_ids(tokens):
+        raise _invalid("tokens", "'tokens' must be a list of token ids", code="invalid_type")
+    vocab_size = getattr(served.backend, "target_vocab_size", None) or served.backend.vocab_size
+    bad = next((i for i in tokens if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise _invalid("tokens", f"Token id {bad} in 'tokens' is out of range (the vocabulary has {vocab_size}).")
+    return {"prompt": served.tokenizer.decode(tokens)}
+
+
+# ----------------------------------------------------------------------------------------------
 # /v1/embeddings
 
 _EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}

@@ -17,3 +17,4 @@ from .models import (  # noqa: F401,E402
 )
 from .tokenizers import AutoTokenizer, BPETokenizer, CharTokenizer  # noqa: F401,E402
 from .serialization import load, save  # noqa: F401,E402  (torch.save / torch.load, without pickle)
+from .pipelines import pipeline  # noqa: F401,E402  (transformers.pipeline)

@@ -236,17 +236,24 @@ def _check_context(served, n_prompt, max_tokens, param):
 
 def _prompts(body, served):
     """``prompt`` in any of OpenAI's four forms -> [(text, ids)]."""
-    prompt = body.get("prompt")
-    if prompt is None:
-        raise _invalid("prompt", "you must provide a prompt parameter", code="missing_required_parameter")
-    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and _is_ids(prompt)):
-        prompt = [prompt]
-    if not isinstance(prompt, list) or not prompt:
-        raise _invalid("prompt", "'prompt' must be a string, a list of strings, a list of token ids or a list of "
-                                 "lists of token ids, and not empty.", code="invalid_type")
-    if len(prompt) > MAX_SEQUENCES:
-        raise _invalid("prompt", f"At most {MAX_SEQUENCES} prompts in one request, got {len(prompt)}.")
-    return [_one_prompt(p, served) for p in prompt]
+    return [_one_prompt(p, served) for p in _four_forms(body, "prompt", "prompts", MAX_SEQUENCES)]
+
+
+def _four_forms(body, name, plural, limit):
+    """``body[name]`` in OpenAI's four forms (a string, strings, token ids, lists of token ids) as a
+    list of items, each a string or a list of ids; at most ``limit`` of them."""
+    value = body.get(name)
+    if value is None:
+        raise _invalid(name, f"you must provide {'an' if name[0] in 'aeiou' else 'a'} {name} parameter",
+                       code="missing_required_parameter")
+    if isinstance(value, str) or (isinstance(value, list) and value and _is_ids(value)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise _invalid(name, f"'{name}' must be a string, a list of strings, a list of token ids or a list of "
+                             "lists of token ids, and not empty.", code="invalid_type")
+    if len(value) > limit:
+        raise _invalid(name, f"At most {limit} {plural} in one request, got {len(value)}.")
+    return value
 
 
 def _is_ids(value):
@@ -499,17 +506,7 @@ def parse_embeddings(body, served):
 
 def _embedding_inputs(body):
     """``input`` as a list of items (strings or lists of ids)."""
-    value = body.get("input")
-    if value is None:
-        raise _invalid("input", "you must provide an input parameter", code="missing_required_parameter")
-    if isinstance(value, str) or (isinstance(value, list) and value and _is_ids(value)):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise _invalid("input", "'input' must be a non-empty string, a list of strings, a list of token ids or a "
-                                "list of lists of token ids, and not empty.", code="invalid_type")
-    if len(value) > MAX_EMBEDDING_INPUTS:
-        raise _invalid("input", f"At most {MAX_EMBEDDING_INPUTS} inputs in one request, got {len(value)}.")
-    return value
+    return _four_forms(body, "input", "inputs", MAX_EMBEDDING_INPUTS)
 
 
 def _embedding_input(item, i, served):

@@ -282,6 +282,24 @@ def test_stop_strings_equal_transformers_with_a_string_spanning_two_tokens(gpt2_
     assert stop in hf_tok.decode(theirs[0, :second + 1]) and stop not in hf_tok.decode(theirs[0, :second])
 
 
+def test_stop_strings_in_beam_search_equal_transformers(gpt2_real_vocab):
+    import torch
+
+    hf, ours, hf_tok, our_tok = gpt2_real_vocab
+    ids = np.array(hf_tok(["The quick brown fox", "Once upon a time"])["input_ids"][:1] * 2)
+    ids[1, -1] = hf_tok.encode(" cat")[0]
+    eos = hf_tok.eos_token_id
+    kwargs = dict(max_new_tokens=10, do_sample=False, num_beams=3, num_return_sequences=2, pad_token_id=eos)
+    plain = ours.generate(ids, **kwargs)
+    stop, _ = spanning_stop_string(hf_tok, plain[0], ids.shape[1] + 1)
+    with torch.no_grad():
+        theirs = hf.generate(torch.tensor(ids), attention_mask=torch.ones(ids.shape, dtype=torch.long),
+                             stop_strings=stop, tokenizer=hf_tok, **kwargs).numpy()
+    mine = ours.generate(ids, stop_strings=stop, tokenizer=our_tok, **kwargs)
+    np.testing.assert_array_equal(mine, theirs, err_msg=f"stop string {stop!r}")
+    assert not np.array_equal(mine, plain), f"the stop string {stop!r} changed nothing"
+
+
 def test_stop_strings_end_sampled_rows_where_the_string_is_made(gpt2_real_vocab):
     _, ours, hf_tok, our_tok = gpt2_real_vocab
     ids = np.array(hf_tok(["Once upon a time", "Once upon a time"])["input_ids"])
@@ -353,6 +371,33 @@ def test_a_transformers_generation_config_gives_the_fields_it_sets():
         model.generate(ids, generation_config=transformers.GenerationConfig(guidance_scale=2.0))
 
 
+def test_a_generation_config_sets_the_switches_too():
+    model = small_model()
+    ids = np.array([[1, 2, 3]])
+    out = model.generate(ids, max_new_tokens=3, generation_config=dict(return_dict_in_generate=True, output_scores=True,
+                                                                       do_sample=False))
+    assert len(out.scores) == 3 and out.sequences.shape == (1, 6)
+    assert isinstance(model.generate(ids, max_new_tokens=3, generation_config=dict(return_dict_in_generate=True),
+                                     return_dict_in_generate=False), np.ndarray)
+
+
+def test_the_new_knobs_of_generation_config_survive_a_gpt2_directory(pair, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    _, ours = pair
+    ids = prompts()
+    knobs = dict(sequence_bias={(5,): -3.0, (7, 8): 2.0}, suppress_tokens=[9, 10], do_sample=False, max_new_tokens=6)
+    ours.generation_config.update(knobs)
+    try:
+        expected = ours.generate(ids, pad_token_id=PAD)
+        ours.save_pretrained(tmp_path)
+    finally:
+        ours.generation_config.update(sequence_bias=None, suppress_tokens=None, do_sample=False, max_new_tokens=None)
+    assert not np.array_equal(expected, ours.generate(ids, pad_token_id=PAD, max_new_tokens=6))
+    np.testing.assert_array_equal(GPT.from_pretrained(tmp_path).generate(ids, pad_token_id=PAD), expected)
+    theirs = transformers.GenerationConfig.from_pretrained(tmp_path)
+    assert theirs.suppress_tokens == [9, 10] and theirs.sequence_bias == [[[5], -3.0], [[7, 8], 2.0]]
+
+
 # --- the encoder-decoder ------------------------------------------------------------------------------------
 
 
@@ -372,6 +417,28 @@ def test_encoder_decoder_takes_the_knobs_on_its_decoder_ids():
         out = model.generate(src, max_new_tokens=6, num_beams=num_beams, do_sample=do_sample, seed=0,
                              bad_words_ids=[[int(t)] for t in np.unique(plain[:, 1:])], min_p=0.05)
         assert not np.isin(out[:, 1:], plain[:, 1:]).any()
+
+
+def test_encoder_decoder_stops_at_stop_strings_of_its_decoder_text():
+    from tinyllm.models.encdec import EncoderDecoderConfig, EncoderDecoderTransformer
+
+    model = EncoderDecoderTransformer(EncoderDecoderConfig(src_vocab_size=20, tgt_vocab_size=20, max_src_len=8,
+                                                           max_tgt_len=10, d_model=16, n_head=2, d_ff=32,
+                                                           n_encoder_layers=1, n_decoder_layers=1), seed=1)
+    letters = {chr(ord("a") + i): i for i in range(20)}  # token i spells one letter
+    tokenizer = type("Letters", (), {"get_vocab": lambda self: dict(letters),
+                                     "convert_tokens_to_string": lambda self, tokens: "".join(tokens)})()
+    src = np.array([[5, 6, 7, 8], [9, 10, 11, 12]])
+    plain = model.generate(src, max_new_tokens=8, eos_token_id=19)
+    assert plain.shape == (2, 9) and 19 not in plain
+    stop = "".join(chr(ord("a") + int(t)) for t in plain[0, 3:5])
+    for num_beams in (1, 3):
+        out = model.generate(src, max_new_tokens=8, eos_token_id=19, pad_token_id=0, num_beams=num_beams,
+                             stop_strings=stop, tokenizer=tokenizer)
+        text = "".join(chr(ord("a") + int(t)) for t in out[0])
+        assert stop in text[:6] and out.shape[1] <= 9
+        if num_beams == 1:
+            assert (out[0, 5:] == 0).all() and 0 not in out[1, 1:]  # row 0 padded after the stop, row 1 went on
 
 
 # --- errors -------------------------------------------------------------------------------------------------
@@ -396,7 +463,6 @@ def test_encoder_decoder_takes_the_knobs_on_its_decoder_ids():
     (dict(forced_eos_token_id=[4, 5], suppress_tokens=[5, 4, 6]), "forced_eos_token_id=.* also in suppress_tokens"),
     (dict(stop_strings=""), "stop_strings must be a non-empty string"),
     (dict(stop_strings="ab"), "pass tokenizer="),
-    (dict(stop_strings="ab", tokenizer=object(), num_beams=2, do_sample=False), "beam search does not take them"),
     (dict(generation_config=dict(min_q=0.1)), r"generation_config sets \['min_q'\]"),
 ])
 def test_bad_values_are_named(kwargs, match):

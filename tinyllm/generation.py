@@ -308,7 +308,7 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
     processors = _logits_processors(idx.shape[1], attention_mask, eos_token_id, repetition_penalty,
                                     no_repeat_ngram_size, min_length, min_new_tokens, knobs,
                                     idx.shape[1] + max_new_tokens)
-    stopping = stopping_criterion(knobs, tokenizer, model.config.vocab_size, num_beams)
+    stopping = stopping_criterion(knobs, tokenizer, model.config.vocab_size)
     record = output_record(idx.shape[0], num_beams, output_scores, output_logits, streamer)
     was_training = model.training
     model.eval()
@@ -316,7 +316,7 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
         if num_beams > 1:
             out, beam_scores = _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_tokens,
                                               eos_token_id, pad, length_penalty, early_stopping,
-                                              num_return_sequences, use_cache)
+                                              num_return_sequences, use_cache, stopping)
         else:
             step = _model_step(model, idx.shape[0], idx.shape[1] + max_new_tokens, use_cache, attention_mask)
             out, beam_scores = greedy_or_sample(step, idx, max_new_tokens, rng, do_sample, temperature, top_k, top_p,
@@ -506,16 +506,13 @@ def sampling_warpers(knobs):
     return warpers
 
 
-def stopping_criterion(knobs, tokenizer, vocab_size, num_beams):
+def stopping_criterion(knobs, tokenizer, vocab_size):
     """``stop_strings`` as a criterion (see :func:`tinyllm.logits_process.stop_strings_criterion`), or None."""
     if knobs.get("stop_strings") is None:
         return None
     if tokenizer is None:
         raise ValueError(f"generate: stop_strings={knobs['stop_strings']!r} need the tokenizer that reads them: pass "
                          "tokenizer=")
-    if num_beams > 1:
-        raise ValueError("generate: stop_strings end greedy and sampled rows; tinyllm's beam search does not take them "
-                         f"(num_beams={num_beams})")
     return lp.stop_strings_criterion(knobs["stop_strings"], tokenizer, vocab_size)
 
 
@@ -621,7 +618,7 @@ def greedy_or_sample(step, idx, max_new_tokens, rng, do_sample, temperature, top
 
 
 def _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_tokens, eos, pad, length_penalty,
-                   early_stopping, num_return_sequences, use_cache):
+                   early_stopping, num_return_sequences, use_cache, stopping=None):
     """Beam search (see :mod:`tinyllm.beam_search`) over prompts already repeated num_beams times:
     idx (B * num_beams, P) -> (B * num_return_sequences, L), prompts included, best first."""
     from .beam_search import beam_search
@@ -633,4 +630,4 @@ def _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_to
     step = _model_step(model, rows, prompt_len + max_new_tokens, use_cache, attention_mask)
     return beam_search(step, prompts, num_beams, max_length=prompt_len + max_new_tokens, eos_token_id=eos,
                        pad_token_id=pad, length_penalty=length_penalty, early_stopping=early_stopping,
-                       num_return_sequences=num_return_sequences, logits_processor=chain(processors))
+                       num_return_sequences=num_return_sequences, logits_processor=chain(processors), stopping=stopping)

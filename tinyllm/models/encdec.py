@@ -434,7 +434,7 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
         ``bad_words_ids``, ``forced_bos_token_id`` (the first token after BOS),
         ``forced_eos_token_id`` (the last), ``exponential_decay_length_penalty``,
         ``suppress_tokens``, ``begin_suppress_tokens``, and ``stop_strings`` with ``tokenizer``
-        (greedy and sampling).
+        (greedy, sampling and beam search).
         """
         from ..beam_search import beam_search
         from ..generation import (_eos_ids, chain, generate_output, greedy_or_sample, output_record, sampling_warpers,
@@ -461,7 +461,7 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
         eos = _eos_ids(c.eos_token_id if eos_token_id is None else eos_token_id)
         pad = c.pad_token_id if pad_token_id is None else pad_token_id
         copies = num_beams if num_beams > 1 else num_return_sequences
-        stopping = stopping_criterion(knobs, tokenizer, c.tgt_vocab_size, num_beams)
+        stopping = stopping_criterion(knobs, tokenizer, c.tgt_vocab_size)
         record = output_record(src_ids.shape[0] * copies, num_beams, output_scores, output_logits, streamer)
         was_training = self.training
         self.eval()
@@ -477,7 +477,7 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
                                                pad_token_id=pad, length_penalty=length_penalty,
                                                early_stopping=early_stopping,
                                                num_return_sequences=num_return_sequences,
-                                               logits_processor=chain(processors))
+                                               logits_processor=chain(processors), stopping=stopping)
             else:
                 out, beam_scores = greedy_or_sample(
                     step, np.repeat(bos, copies, axis=0), max_new_tokens, np.random.default_rng(seed), do_sample,

@@ -92,8 +92,9 @@ GENERATION_DEFAULTS = dict(max_length=None, do_sample=True, temperature=1.0, top
                            num_return_sequences=1, repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
                            min_new_tokens=0, max_new_tokens=None, **KNOB_DEFAULTS)
 # fields of a transformers GenerationConfig that generate reads elsewhere or that mean nothing here
-_IGNORED_CONFIG_FIELDS = {"bos_token_id", "decoder_start_token_id", "transformers_version", "_from_model_config",
-                          "use_cache", "return_dict_in_generate", "output_scores", "output_logits"}
+_IGNORED_CONFIG_FIELDS = {"bos_token_id", "decoder_start_token_id", "transformers_version", "_from_model_config"}
+# generate's switches that a generation_config may set too (their defaults; not written to generation_config.json)
+_SWITCH_DEFAULTS = dict(use_cache=True, return_dict_in_generate=False, output_scores=False, output_logits=False)
 # transformers' words, so that a user searching for them finds the same fix
 RIGHT_PADDING_WARNING = ("A decoder-only architecture is being used, but right-padding was detected! For correct "
                          "generation results, please set `padding_side='left'` when initializing the tokenizer.")
@@ -297,10 +298,10 @@ class GPT(PretrainedModelMixin, nn.Module):
 
     @no_grad()
     def generate(self, idx=None, max_new_tokens=None, max_length=None, do_sample=None, temperature=None, top_k=None,
-                 top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None, attention_mask=None,
+                 top_p=None, eos_token_id=None, seed=None, use_cache=None, pad_token_id=None, attention_mask=None,
                  num_beams=None, length_penalty=None, early_stopping=None, num_return_sequences=None,
                  repetition_penalty=None, no_repeat_ngram_size=None, min_length=None, min_new_tokens=None,
-                 input_ids=None, return_dict_in_generate=False, output_scores=False, output_logits=False, streamer=None,
+                 input_ids=None, return_dict_in_generate=None, output_scores=None, output_logits=None, streamer=None,
                  generation_config=None, tokenizer=None, **knobs):
         """Continue ``idx`` (B, T) token by token; returns prompt + new tokens, as Hugging Face's.
 
@@ -348,9 +349,10 @@ class GPT(PretrainedModelMixin, nn.Module):
         warpers ``min_p``, ``typical_p``, ``epsilon_cutoff``, ``eta_cutoff`` (after top-p); the
         processors ``sequence_bias``, ``bad_words_ids``, ``forced_bos_token_id``,
         ``forced_eos_token_id``, ``exponential_decay_length_penalty``, ``suppress_tokens``,
-        ``begin_suppress_tokens``; ``stop_strings`` with ``tokenizer`` (greedy and sampling).
+        ``begin_suppress_tokens``; ``stop_strings`` with ``tokenizer`` (a row that makes one ends as at EOS).
         ``generation_config`` (a dict, or a transformers ``GenerationConfig``: the fields it sets)
-        gives defaults over ``self.generation_config``; the arguments given explicitly win.
+        gives defaults over ``self.generation_config`` (``use_cache``, ``return_dict_in_generate``,
+        ``output_scores`` and ``output_logits`` too); the arguments given explicitly win.
         """
         from ..generation import generate
 
@@ -366,7 +368,10 @@ class GPT(PretrainedModelMixin, nn.Module):
                      num_return_sequences=num_return_sequences, repetition_penalty=repetition_penalty,
                      no_repeat_ngram_size=no_repeat_ngram_size, min_length=min_length, min_new_tokens=min_new_tokens,
                      **{k: knobs.get(k) for k in KNOB_DEFAULTS})
-        config = {**GENERATION_DEFAULTS, **self.generation_config, **_config_fields(generation_config)}
+        config = {**GENERATION_DEFAULTS, **_SWITCH_DEFAULTS, **self.generation_config, **_config_fields(generation_config)}
+        switches = {k: (config[k] if v is None else v) for k, v in dict(
+            use_cache=use_cache, return_dict_in_generate=return_dict_in_generate, output_scores=output_scores,
+            output_logits=output_logits).items()}
         args = {k: (config.get(k) if v is None else v) for k, v in given.items()}
         if max_new_tokens is None:
             max_new_tokens = config.get("max_new_tokens")
@@ -376,10 +381,8 @@ class GPT(PretrainedModelMixin, nn.Module):
             args["do_sample"] = False  # asking for beams means beam search, whatever the default
         if args["min_new_tokens"] is None:
             args["min_new_tokens"] = 0
-        return generate(self, idx, max_new_tokens=max_new_tokens, seed=seed, use_cache=use_cache,
-                        attention_mask=attention_mask, return_dict_in_generate=return_dict_in_generate,
-                        output_scores=output_scores, output_logits=output_logits, streamer=streamer,
-                        tokenizer=tokenizer, **args)
+        return generate(self, idx, max_new_tokens=max_new_tokens, seed=seed, attention_mask=attention_mask,
+                        streamer=streamer, tokenizer=tokenizer, **switches, **args)
 
     # --- saving and loading --------------------------------------------------------------------------
     def save_pretrained(self, save_directory, format=None):
@@ -415,10 +418,10 @@ def _config_fields(generation_config):
     else:
         raise TypeError(f"GPT.generate: generation_config must be a dict or a transformers GenerationConfig, got "
                         f"{type(generation_config).__name__}")
-    unknown = sorted(set(fields_) - set(GENERATION_DEFAULTS))
+    unknown = sorted(set(fields_) - set(GENERATION_DEFAULTS) - set(_SWITCH_DEFAULTS))
     if unknown:
         raise ValueError(f"GPT.generate: generation_config sets {unknown}, which generate does not take (it takes "
-                         f"{sorted(GENERATION_DEFAULTS)})")
+                         f"{sorted({**GENERATION_DEFAULTS, **_SWITCH_DEFAULTS})})")
     return fields_
 
 

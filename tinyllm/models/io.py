@@ -342,6 +342,8 @@ def _hf_generation_file(model):
     c, gen = model.config, getattr(model, "generation_config", {})
     out = {k: getattr(c, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(c, k) is not None}
     out.update({k: v for k, v in gen.items() if v is not None and v != HF_GENERATION_DEFAULTS.get(k)})
+    if isinstance(out.get("sequence_bias"), dict):  # JSON has no tuple keys: transformers' list form
+        out["sequence_bias"] = [[list(ids), bias] for ids, bias in out["sequence_bias"].items()]
     return out
 
 

@@ -437,8 +437,8 @@ def test_bad_values_are_named(kwargs, match):
 
 def test_unknown_arguments_are_named():
     model = small_model()
-    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['bad_words_ids', 'num_beam'\]"):
-        model.generate(np.array([[1, 2]]), num_beam=2, bad_words_ids=[[3]])
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['guidance_scale', 'num_beam'\]"):
+        model.generate(np.array([[1, 2]]), num_beam=2, guidance_scale=1.5)
 
 
 def test_bad_forward_masks_are_named():

@@ -4,7 +4,8 @@ Per source, ``num_beams`` running hypotheses are extended token by token. At eac
 running beam proposes every token; a candidate's score is its running sum of log-probabilities.
 The ``2 * num_beams`` best candidates are kept (so that at least ``num_beams`` do not end here):
 
-* a candidate that ends (its token is EOS, or the sequence reached ``max_length``) and ranks in
+* a candidate that ends (its token is EOS, the sequence reached ``max_length``, or a stopping
+  criterion such as ``stop_strings`` says it is done) and ranks in
   the first ``num_beams`` joins the finished hypotheses with the score
   ``sum_logprobs / generated_len ** length_penalty`` (generated_len counts the tokens after the
   prompt, EOS included), and the ``num_beams`` best finished ones are kept;
@@ -49,7 +50,7 @@ def _take(a, idx):
 
 
 def beam_search(step, input_ids, num_beams, max_length, eos_token_id, pad_token_id=None, length_penalty=1.0,
-                early_stopping=False, num_return_sequences=1, logits_processor=None):
+                early_stopping=False, num_return_sequences=1, logits_processor=None, stopping=None):
     """Beam search over a next-token model. Returns ``(sequences, scores)``.
 
     step(sequences, parents) -> logits (B * num_beams, V) for the next token of each flat row of
@@ -61,6 +62,8 @@ def beam_search(step, input_ids, num_beams, max_length, eos_token_id, pad_token_
     logits_processor(sequences, log_probs) -> log_probs (B * num_beams, V), optional: applied to
         the log-probabilities of each step before they are added to the beams' scores, as Hugging
         Face applies its logits processors in beam search (e.g. a repetition penalty).
+    stopping(sequences (N, cur_len + 1)) -> (N,) bool, optional: a candidate it says is done ends
+        as one with EOS does (transformers' stopping criteria, e.g. its stop strings).
     Returns sequences (B * num_return_sequences, L) int64 with L <= max_length, source b's
     hypotheses in rows b * num_return_sequences ..., best first, and their scores (same rows).
     """
@@ -105,6 +108,8 @@ def beam_search(step, input_ids, num_beams, max_length, eos_token_id, pad_token_
         ends = np.full(top_token.shape, cur_len + 1 >= max_length)
         if eos_token_id is not None:
             ends |= np.isin(top_token, eos_token_id)  # one id or several
+        if stopping is not None:
+            ends |= stopping(top_seqs[:, :, :cur_len + 1].reshape(batch * keep, cur_len + 1)).reshape(batch, keep)
 
         # the num_beams best that go on are the next running beams
         go_on_scores = top_scores + _NEG * ends

@@ -2,14 +2,19 @@
 
 One step of generation turns the logits of the last position into the next token:
 
-    logits --/ temperature--> --top-k--> --top-p--> softmax --sample--> token
+    logits --/ temperature--> --top-k--> --top-p--> --min-p, typical, epsilon, eta--> softmax --sample--> token
                                                       \\--argmax (greedy)--> token
 
 Before that, Hugging Face's logits processors change the logits when their knobs ask for it, in
-Hugging Face's order: ``encoder_repetition_penalty`` (an encoder-decoder's), ``repetition_penalty``,
-``no_repeat_ngram_size``, ``min_length``, ``min_new_tokens``. They see the ids so far: the prompt
-and the new tokens, or an encoder-decoder's decoder ids (its start token and the new tokens). ``num_beams > 1`` runs beam search (:mod:`tinyllm.beam_search`) instead, with
-the processors applied to each step's log-probabilities, as Hugging Face does.
+Hugging Face's order: ``sequence_bias``, ``encoder_repetition_penalty`` (an encoder-decoder's),
+``repetition_penalty``, ``no_repeat_ngram_size``, ``bad_words_ids``, ``min_length``,
+``min_new_tokens``, ``forced_bos_token_id``, ``forced_eos_token_id``,
+``exponential_decay_length_penalty``, ``suppress_tokens``, ``begin_suppress_tokens`` (the newer
+ones and the warpers in :mod:`tinyllm.logits_process`). They see the ids so far: the prompt
+and the new tokens, or an encoder-decoder's decoder ids (its start token and the new tokens).
+``stop_strings`` ends a row as EOS does. ``num_beams > 1`` runs beam search
+(:mod:`tinyllm.beam_search`) instead, with the processors applied to each step's
+log-probabilities, as Hugging Face does.
 
 The model is anything with ``forward(idx, kv_cache=..., last_only=True)``, ``new_kv_cache(B)``
 and ``config.block_size`` (and ``attention_mask=`` in forward, for padded prompts).
@@ -18,10 +23,13 @@ import inspect
 
 import numpy as np
 
+from . import logits_process as lp
+
 __all__ = ["generate", "greedy_or_sample", "output_record", "generate_output", "check_decoding_strategy", "left_pad",
            "apply_top_k", "apply_top_p", "sample_from_logits", "repetition_penalty_processor",
            "no_repeat_ngram_processor", "min_length_processor", "min_new_tokens_processor",
-           "encoder_repetition_penalty_processor", "check_sampling_args", "TextStreamer"]
+           "encoder_repetition_penalty_processor", "check_sampling_args", "TextStreamer", "sampling_warpers",
+           "stopping_criterion"]
 
 
 def left_pad(sequences, pad_token_id):
@@ -89,11 +97,11 @@ def _softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def sample_from_logits(logits, rng, do_sample=True, temperature=1.0, top_k=None, top_p=None):
-    """Next token ids (B,) from last-position logits (B, V)."""
+def sample_from_logits(logits, rng, do_sample=True, temperature=1.0, top_k=None, top_p=None, warpers=()):
+    """Next token ids (B,) from last-position logits (B, V); ``warpers``: see :func:`warp_logits`."""
     if not do_sample or temperature == 0:
         return logits.argmax(axis=-1)
-    logits = warp_logits(logits, temperature, top_k, top_p)
+    logits = warp_logits(logits, temperature, top_k, top_p, warpers)
     probs = _softmax(logits)
     # inverse-CDF sampling: one uniform number per row, so the draw depends only on the seed
     u = rng.random((logits.shape[0], 1))
@@ -138,17 +146,21 @@ class TextStreamer:
         print(text, end="", flush=True, file=self.file)
 
 
-def warp_logits(logits, temperature, top_k, top_p):
+def warp_logits(logits, temperature, top_k, top_p, warpers=()):
     """What sampling draws from, float64 (B, V): logits / temperature, then the top-k and top-p
-    filters (-inf where filtered), Hugging Face's warpers in their order."""
-    return apply_top_p(apply_top_k(logits.astype(np.float64) / temperature, top_k), top_p)
+    filters (-inf where filtered), then ``warpers`` (min-p, typical, epsilon, eta: see
+    :func:`sampling_warpers`), Hugging Face's warpers in their order."""
+    logits = apply_top_p(apply_top_k(logits.astype(np.float64) / temperature, top_k), top_p)
+    for warp in warpers:
+        logits = warp(logits)
+    return logits
 
 
-def _chosen_from(logits, do_sample, temperature, top_k, top_p):
+def _chosen_from(logits, do_sample, temperature, top_k, top_p, warpers=()):
     """The scores a token is chosen from, as Hugging Face's ``output_scores`` reports them, (B, V)
     float32: the processed logits, warped (:func:`warp_logits`) when sampling."""
     if do_sample and temperature != 0:
-        logits = warp_logits(logits, temperature, top_k, top_p)
+        logits = warp_logits(logits, temperature, top_k, top_p, warpers)
     return np.array(logits, dtype=np.float32)
 
 
@@ -261,9 +273,14 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
              top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None, num_beams=1,
              length_penalty=1.0, early_stopping=False, num_return_sequences=1, repetition_penalty=1.0,
              no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, attention_mask=None,
-             return_dict_in_generate=False, output_scores=False, output_logits=False, streamer=None):
+             return_dict_in_generate=False, output_scores=False, output_logits=False, streamer=None, tokenizer=None,
+             **knobs):
     """Prompt (B, T) or (T,) -> prompt + new tokens, see ``GPT.generate``; with
-    ``return_dict_in_generate`` a :class:`~tinyllm.models.outputs.GenerateOutput`."""
+    ``return_dict_in_generate`` a :class:`~tinyllm.models.outputs.GenerateOutput`. ``knobs``: those
+    of :data:`tinyllm.logits_process.KNOB_DEFAULTS` (``stop_strings`` with ``tokenizer``)."""
+    unknown = sorted(set(knobs) - set(lp.KNOB_DEFAULTS))
+    if unknown:
+        raise TypeError(f"generate: unknown argument(s) {unknown}")
     idx = np.asarray(idx)
     one_d = idx.ndim == 1
     if one_d:
@@ -287,8 +304,11 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
     if copies > 1:
         idx = np.repeat(idx, copies, axis=0)
         attention_mask = None if attention_mask is None else np.repeat(attention_mask, copies, axis=0)
+    knobs = lp.check_knobs(knobs, model.config.vocab_size)
     processors = _logits_processors(idx.shape[1], attention_mask, eos_token_id, repetition_penalty,
-                                    no_repeat_ngram_size, min_length, min_new_tokens)
+                                    no_repeat_ngram_size, min_length, min_new_tokens, knobs,
+                                    idx.shape[1] + max_new_tokens)
+    stopping = stopping_criterion(knobs, tokenizer, model.config.vocab_size)
     record = output_record(idx.shape[0], num_beams, output_scores, output_logits, streamer)
     was_training = model.training
     model.eval()
@@ -296,11 +316,12 @@ def generate(model, idx, max_new_tokens=None, max_length=None, do_sample=True, t
         if num_beams > 1:
             out, beam_scores = _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_tokens,
                                               eos_token_id, pad, length_penalty, early_stopping,
-                                              num_return_sequences, use_cache)
+                                              num_return_sequences, use_cache, stopping)
         else:
             step = _model_step(model, idx.shape[0], idx.shape[1] + max_new_tokens, use_cache, attention_mask)
             out, beam_scores = greedy_or_sample(step, idx, max_new_tokens, rng, do_sample, temperature, top_k, top_p,
-                                                eos_token_id, pad, processors, record, streamer), None
+                                                eos_token_id, pad, processors, record, streamer,
+                                                sampling_warpers(knobs), stopping), None
     finally:
         model.train(was_training)
     if return_dict_in_generate:
@@ -419,23 +440,80 @@ def min_new_tokens_processor(prompt_len, min_new_tokens, eos_token_id):
 
 
 def _logits_processors(prompt_len, attention_mask, eos_token_id, repetition_penalty, no_repeat_ngram_size,
-                       min_length, min_new_tokens):
+                       min_length, min_new_tokens, knobs=None, max_length=None, encoder_processor=None):
     """The processors the knobs ask for, in Hugging Face's order (``_get_logits_processor``); each
-    knob at its neutral value (penalty 1.0, sizes and lengths 0) adds nothing, and the lengths
-    need an EOS to act on."""
+    knob at its neutral value (penalty 1.0, sizes and lengths 0, None) adds nothing, and the
+    lengths need an EOS to act on. ``knobs``: :func:`tinyllm.logits_process.check_knobs`'s;
+    ``max_length``: the ids' final length (prompt counted), for ``forced_eos_token_id``;
+    ``encoder_processor``: an encoder-decoder's ``encoder_repetition_penalty``."""
+    knobs = knobs or {}
     processors = []
+    if knobs.get("sequence_bias") is not None:
+        processors.append(lp.sequence_bias_processor(knobs["sequence_bias"]))
+    if encoder_processor is not None:
+        processors.append(encoder_processor)
     if repetition_penalty != 1.0:
         # HF skips each row's left padding: the index of its first real token
         ignore = None if attention_mask is None else (attention_mask != 0).argmax(axis=1)
         processors.append(repetition_penalty_processor(float(repetition_penalty), ignore))
     if no_repeat_ngram_size > 0:
         processors.append(no_repeat_ngram_processor(no_repeat_ngram_size))
+    if knobs.get("bad_words_ids") is not None:
+        processors.append(lp.bad_words_processor(knobs["bad_words_ids"], eos_token_id))
     if eos_token_id is not None and min_length > 0 and min_new_tokens == 0:
         # given both, transformers replaces min_length by prompt_len + min_new_tokens
         processors.append(min_length_processor(min_length, eos_token_id))
     if eos_token_id is not None and min_new_tokens > 0:
         processors.append(min_new_tokens_processor(prompt_len, min_new_tokens, eos_token_id))
+    return processors + _forcing_processors(prompt_len, eos_token_id, knobs, max_length)
+
+
+def _forcing_processors(prompt_len, eos_token_id, knobs, max_length):
+    """The processors after the minimum lengths, in transformers' order: forced BOS / EOS, the
+    exponential length penalty, suppressed tokens. ``begin_suppress_tokens`` act at the first
+    generated position (the second when a forced BOS takes the first of a one-token prompt)."""
+    processors = []
+    if knobs.get("forced_bos_token_id") is not None:
+        processors.append(lp.forced_bos_processor(knobs["forced_bos_token_id"]))
+    if knobs.get("forced_eos_token_id") is not None:
+        processors.append(lp.forced_eos_processor(max_length, knobs["forced_eos_token_id"]))
+    if knobs.get("exponential_decay_length_penalty") is not None:
+        if eos_token_id is None:
+            raise ValueError("generate: exponential_decay_length_penalty raises the EOS score; it needs an eos_token_id")
+        processors.append(lp.exponential_decay_processor(*knobs["exponential_decay_length_penalty"], eos_token_id,
+                                                         prompt_len))
+    if knobs.get("suppress_tokens") is not None:
+        processors.append(lp.suppress_tokens_processor(knobs["suppress_tokens"]))
+    if knobs.get("begin_suppress_tokens") is not None:
+        begin = prompt_len + (1 if prompt_len == 1 and knobs.get("forced_bos_token_id") is not None else 0)
+        processors.append(lp.begin_suppress_processor(knobs["begin_suppress_tokens"], begin))
     return processors
+
+
+def sampling_warpers(knobs):
+    """The warpers after temperature, top-k and top-p, in transformers' order: min_p, typical_p
+    (< 1), epsilon_cutoff, eta_cutoff (in (0, 1)); each keeps at least one token (transformers'
+    min_tokens_to_keep for num_beams 1)."""
+    warpers = []
+    if knobs.get("min_p") is not None:
+        warpers.append(lp.min_p_warper(knobs["min_p"]))
+    if knobs.get("typical_p") is not None and knobs["typical_p"] < 1.0:
+        warpers.append(lp.typical_warper(knobs["typical_p"]))
+    if knobs.get("epsilon_cutoff") is not None and 0.0 < knobs["epsilon_cutoff"] < 1.0:
+        warpers.append(lp.epsilon_warper(knobs["epsilon_cutoff"]))
+    if knobs.get("eta_cutoff") is not None and 0.0 < knobs["eta_cutoff"] < 1.0:
+        warpers.append(lp.eta_warper(knobs["eta_cutoff"]))
+    return warpers
+
+
+def stopping_criterion(knobs, tokenizer, vocab_size):
+    """``stop_strings`` as a criterion (see :func:`tinyllm.logits_process.stop_strings_criterion`), or None."""
+    if knobs.get("stop_strings") is None:
+        return None
+    if tokenizer is None:
+        raise ValueError(f"generate: stop_strings={knobs['stop_strings']!r} need the tokenizer that reads them: pass "
+                         "tokenizer=")
+    return lp.stop_strings_criterion(knobs["stop_strings"], tokenizer, vocab_size)
 
 
 def _apply(processors, input_ids, scores):
@@ -497,7 +575,7 @@ def _model_step(model, rows, total_len, use_cache, attention_mask=None):
 
 
 def greedy_or_sample(step, idx, max_new_tokens, rng, do_sample, temperature, top_k, top_p, eos, pad,
-                     processors=(), record=(None, None), streamer=None):
+                     processors=(), record=(None, None), streamer=None, warpers=(), stopping=None):
     """Greedy or sampling, token by token, for a decoder-only model and an encoder-decoder alike:
     the next token's logits (N, V) from ``step(sequences (N, t))`` (e.g. :func:`_model_step`, the
     KV cache fed only the tokens it has not seen), through the logits ``processors`` (none unless
@@ -505,7 +583,9 @@ def greedy_or_sample(step, idx, max_new_tokens, rng, do_sample, temperature, top
     (int64 array, or None) is padded with ``pad``. ``idx`` (N, T): the prompts (an encoder-decoder:
     the decoder's start token). ``record`` (scores, logits): lists to append each step's
     chosen-from scores / raw logits to (:func:`output_record`). ``streamer``: told ``idx``, each
-    new token and the end (``put`` / ``end``, transformers')."""
+    new token and the end (``put`` / ``end``, transformers'). ``warpers``: the sampling warpers after
+    top-p (:func:`sampling_warpers`); ``stopping(ids (N, t)) -> (N,) bool``: a criterion that ends
+    a row as EOS does (padded after it when there is an ``eos``, as transformers pads only then)."""
     scores, raw = record
     if streamer is not None:
         streamer.put(idx.copy())  # (1, T)
@@ -519,15 +599,17 @@ def greedy_or_sample(step, idx, max_new_tokens, rng, do_sample, temperature, top
         if raw is not None:
             raw.append(np.array(model_logits, dtype=np.float32))
         if scores is not None:
-            scores.append(_chosen_from(logits, do_sample, temperature, top_k, top_p))
-        next_ids = sample_from_logits(logits, rng, do_sample, temperature, top_k, top_p)
+            scores.append(_chosen_from(logits, do_sample, temperature, top_k, top_p, warpers))
+        next_ids = sample_from_logits(logits, rng, do_sample, temperature, top_k, top_p, warpers)
         if eos is not None:
             next_ids = np.where(done, pad, next_ids)
             done |= np.isin(next_ids, eos)
         out[:, length] = next_ids
+        if stopping is not None:
+            done |= stopping(out[:, :length + 1])
         if streamer is not None:
             streamer.put(next_ids.copy())  # (1,)
-        if eos is not None and done.all():
+        if (eos is not None or stopping is not None) and done.all():
             out = out[:, :length + 1]
             break
     if streamer is not None:
@@ -536,7 +618,7 @@ def greedy_or_sample(step, idx, max_new_tokens, rng, do_sample, temperature, top
 
 
 def _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_tokens, eos, pad, length_penalty,
-                   early_stopping, num_return_sequences, use_cache):
+                   early_stopping, num_return_sequences, use_cache, stopping=None):
     """Beam search (see :mod:`tinyllm.beam_search`) over prompts already repeated num_beams times:
     idx (B * num_beams, P) -> (B * num_return_sequences, L), prompts included, best first."""
     from .beam_search import beam_search
@@ -548,4 +630,4 @@ def _beam_generate(model, idx, attention_mask, processors, num_beams, max_new_to
     step = _model_step(model, rows, prompt_len + max_new_tokens, use_cache, attention_mask)
     return beam_search(step, prompts, num_beams, max_length=prompt_len + max_new_tokens, eos_token_id=eos,
                        pad_token_id=pad, length_penalty=length_penalty, early_stopping=early_stopping,
-                       num_return_sequences=num_return_sequences, logits_processor=chain(processors))
+                       num_return_sequences=num_return_sequences, logits_processor=chain(processors), stopping=stopping)

@@ -385,7 +385,7 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
                  max_length=None, use_cache=True, input_ids=None, attention_mask=None, return_dict_in_generate=False,
                  output_scores=False, output_logits=False, streamer=None, eos_token_id=None, pad_token_id=None,
                  repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0, min_new_tokens=0,
-                 encoder_repetition_penalty=1.0):
+                 encoder_repetition_penalty=1.0, tokenizer=None, **knobs):
         """Translate: target ids (B * num_return_sequences, L) for source ids (B, S) (rows padded
         with pad_token_id), as Hugging Face's ``generate`` for an encoder-decoder model.
 
@@ -429,11 +429,24 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
         logits, one (N, V) array per new token; with beams, ``output_scores`` gives
         ``.sequences_scores``). ``streamer`` (e.g. :class:`tinyllm.generation.TextStreamer`) is
         given BOS (1, 1), each new token and the end (one source, greedy or sampled).
+
+        The GPT's further knobs (:mod:`tinyllm.logits_process`) work here too, on the decoder ids:
+        ``min_p``, ``typical_p``, ``epsilon_cutoff``, ``eta_cutoff`` (sampling), ``sequence_bias``,
+        ``bad_words_ids``, ``forced_bos_token_id`` (the first token after BOS),
+        ``forced_eos_token_id`` (the last), ``exponential_decay_length_penalty``,
+        ``suppress_tokens``, ``begin_suppress_tokens``, and ``stop_strings`` with ``tokenizer``
+        (greedy, sampling and beam search).
         """
         from ..beam_search import beam_search
-        from ..generation import _eos_ids, chain, generate_output, greedy_or_sample, output_record
+        from ..generation import (_eos_ids, chain, generate_output, greedy_or_sample, output_record, sampling_warpers,
+                                  stopping_criterion)
+        from ..logits_process import KNOB_DEFAULTS, check_knobs
 
         c = self.config
+        unknown = sorted(set(knobs) - set(KNOB_DEFAULTS))
+        if unknown:
+            raise TypeError(f"generate: unknown argument(s) {unknown}")
+        knobs = check_knobs(knobs, c.tgt_vocab_size)
         src_ids = one_of("src_ids", src_ids, "input_ids", input_ids, required=True, method="generate")
         src_ids = np.asarray(src_ids.data if isinstance(src_ids, Tensor) else src_ids)
         if attention_mask is not None:
@@ -449,13 +462,14 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
         eos = _eos_ids(c.eos_token_id if eos_token_id is None else eos_token_id)
         pad = c.pad_token_id if pad_token_id is None else pad_token_id
         copies = num_beams if num_beams > 1 else num_return_sequences
+        stopping = stopping_criterion(knobs, tokenizer, c.tgt_vocab_size)
         record = output_record(src_ids.shape[0] * copies, num_beams, output_scores, output_logits, streamer)
         was_training = self.training
         self.eval()
         try:
             src_ids = np.repeat(src_ids, copies, axis=0)  # each source's beams / samples next to each other
             processors = self._logits_processors(src_ids, eos, repetition_penalty, no_repeat_ngram_size, min_length,
-                                                 min_new_tokens, encoder_repetition_penalty)
+                                                 min_new_tokens, encoder_repetition_penalty, knobs, 1 + max_new_tokens)
             memory = self.encode(src_ids)
             step = self._decoder_step(memory, self.source_mask(src_ids), use_cache)
             bos = np.full((src_ids.shape[0] // copies, 1), c.bos_token_id, dtype=np.int64)
@@ -464,11 +478,12 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
                                                pad_token_id=pad, length_penalty=length_penalty,
                                                early_stopping=early_stopping,
                                                num_return_sequences=num_return_sequences,
-                                               logits_processor=chain(processors))
+                                               logits_processor=chain(processors), stopping=stopping)
             else:
                 out, beam_scores = greedy_or_sample(
                     step, np.repeat(bos, copies, axis=0), max_new_tokens, np.random.default_rng(seed), do_sample,
-                    temperature, top_k or None, top_p, eos, pad, processors, record, streamer), None
+                    temperature, top_k or None, top_p, eos, pad, processors, record, streamer, sampling_warpers(knobs),
+                    stopping), None
         finally:
             self.train(was_training)
         if return_dict_in_generate:
@@ -477,17 +492,17 @@ class EncoderDecoderTransformer(PretrainedModelMixin, nn.Module):
 
     @staticmethod
     def _logits_processors(src_ids, eos, repetition_penalty, no_repeat_ngram_size, min_length, min_new_tokens,
-                           encoder_repetition_penalty):
+                           encoder_repetition_penalty, knobs=None, max_length=None):
         """generate's logits processors, in transformers' order: they see the decoder ids (BOS and
         the new tokens; BOS is the "prompt" that ``min_new_tokens`` does not count), and
-        ``encoder_repetition_penalty`` sees ``src_ids`` (N, S), one row per decoded sequence."""
+        ``encoder_repetition_penalty`` sees ``src_ids`` (N, S), one row per decoded sequence.
+        ``max_length``: the decoder ids' final length, BOS counted (``forced_eos_token_id``)."""
         from ..generation import _logits_processors, encoder_repetition_penalty_processor
 
-        processors = _logits_processors(1, None, eos, repetition_penalty, no_repeat_ngram_size, min_length,
-                                        min_new_tokens)
-        if encoder_repetition_penalty != 1.0:
-            processors.insert(0, encoder_repetition_penalty_processor(float(encoder_repetition_penalty), src_ids))
-        return processors
+        encoder = (None if encoder_repetition_penalty == 1.0
+                   else encoder_repetition_penalty_processor(float(encoder_repetition_penalty), src_ids))
+        return _logits_processors(1, None, eos, repetition_penalty, no_repeat_ngram_size, min_length, min_new_tokens,
+                                  knobs, max_length, encoder)
 
     def _check_source_mask(self, src_ids, attention_mask, method="generate"):
         """An attention_mask given with the sources must say what pad_token_id says."""

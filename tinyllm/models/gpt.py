@@ -12,6 +12,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..tensor import Tensor, no_grad
+from ..logits_process import KNOB_DEFAULTS
 from .outputs import LMOutput, PretrainedModelMixin, one_of
 from .resize import resize_rows, resized_vocab_size
 
@@ -90,14 +91,19 @@ class GPTConfig:
 GENERATION_DEFAULTS = dict(max_length=None, do_sample=True, temperature=1.0, top_k=None, top_p=None, eos_token_id=None,
                            pad_token_id=None, num_beams=1, length_penalty=1.0, early_stopping=False,
                            num_return_sequences=1, repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
-                           min_new_tokens=0)
+                           min_new_tokens=0, max_new_tokens=None, **KNOB_DEFAULTS)
+# fields of a transformers GenerationConfig that generate reads elsewhere or that mean nothing here
+_IGNORED_CONFIG_FIELDS = {"bos_token_id", "decoder_start_token_id", "transformers_version", "_from_model_config"}
+# generate's switches that a generation_config may set too (their defaults; not written to generation_config.json)
+_SWITCH_DEFAULTS = dict(use_cache=True, return_dict_in_generate=False, output_scores=False, output_logits=False)
 # transformers' words, so that a user searching for them finds the same fix
 RIGHT_PADDING_WARNING = ("A decoder-only architecture is being used, but right-padding was detected! For correct "
                          "generation results, please set `padding_side='left'` when initializing the tokenizer.")
 _GENERATE_ARGS = ("idx (or input_ids), max_new_tokens, max_length, min_length, min_new_tokens, do_sample, temperature, top_k, "
                   "top_p, num_beams, length_penalty, early_stopping, num_return_sequences, repetition_penalty, "
                   "no_repeat_ngram_size, eos_token_id, pad_token_id, attention_mask, seed, use_cache, "
-                  "return_dict_in_generate, output_scores, output_logits, streamer")
+                  "return_dict_in_generate, output_scores, output_logits, streamer, generation_config, tokenizer, "
+                  + ", ".join(KNOB_DEFAULTS))
 
 
 class _Placeholders:
@@ -358,11 +364,11 @@ class GPT(PretrainedModelMixin, nn.Module):
 
     @no_grad()
     def generate(self, idx=None, max_new_tokens=None, max_length=None, do_sample=None, temperature=None, top_k=None,
-                 top_p=None, eos_token_id=None, seed=None, use_cache=True, pad_token_id=None, attention_mask=None,
+                 top_p=None, eos_token_id=None, seed=None, use_cache=None, pad_token_id=None, attention_mask=None,
                  num_beams=None, length_penalty=None, early_stopping=None, num_return_sequences=None,
                  repetition_penalty=None, no_repeat_ngram_size=None, min_length=None, min_new_tokens=None,
-                 input_ids=None, return_dict_in_generate=False, output_scores=False, output_logits=False, streamer=None,
-                 **unknown):
+                 input_ids=None, return_dict_in_generate=None, output_scores=None, output_logits=None, streamer=None,
+                 generation_config=None, tokenizer=None, **knobs):
         """Continue ``idx`` (B, T) token by token; returns prompt + new tokens, as Hugging Face's.
 
         Length: ``max_length`` counts the prompt, ``max_new_tokens`` does not (it wins when both
@@ -404,11 +410,21 @@ class GPT(PretrainedModelMixin, nn.Module):
         ``output_scores`` gives ``.sequences_scores``, not transformers' per-step beam scores).
         ``streamer`` (e.g. :class:`tinyllm.generation.TextStreamer`) is shown each token as it
         comes (one sequence, greedy or sampled).
+
+        transformers' further knobs (:mod:`tinyllm.logits_process`, its meanings): the sampling
+        warpers ``min_p``, ``typical_p``, ``epsilon_cutoff``, ``eta_cutoff`` (after top-p); the
+        processors ``sequence_bias``, ``bad_words_ids``, ``forced_bos_token_id``,
+        ``forced_eos_token_id``, ``exponential_decay_length_penalty``, ``suppress_tokens``,
+        ``begin_suppress_tokens``; ``stop_strings`` with ``tokenizer`` (a row that makes one ends as at EOS).
+        ``generation_config`` (a dict, or a transformers ``GenerationConfig``: the fields it sets)
+        gives defaults over ``self.generation_config`` (``use_cache``, ``return_dict_in_generate``,
+        ``output_scores`` and ``output_logits`` too); the arguments given explicitly win.
         """
         from ..generation import generate
 
+        unknown = sorted(set(knobs) - set(KNOB_DEFAULTS))
         if unknown:
-            raise TypeError(f"GPT.generate: unknown argument(s) {sorted(unknown)}; it takes {_GENERATE_ARGS}")
+            raise TypeError(f"GPT.generate: unknown argument(s) {unknown}; it takes {_GENERATE_ARGS}")
         idx = one_of("idx", idx, "input_ids", input_ids, required=True, method="GPT.generate")
         if attention_mask is not None:
             _warn_if_right_padded(attention_mask)
@@ -416,18 +432,23 @@ class GPT(PretrainedModelMixin, nn.Module):
                      eos_token_id=eos_token_id, pad_token_id=pad_token_id, num_beams=num_beams,
                      length_penalty=length_penalty, early_stopping=early_stopping,
                      num_return_sequences=num_return_sequences, repetition_penalty=repetition_penalty,
-                     no_repeat_ngram_size=no_repeat_ngram_size, min_length=min_length, min_new_tokens=min_new_tokens)
-        config = {**GENERATION_DEFAULTS, **self.generation_config}
+                     no_repeat_ngram_size=no_repeat_ngram_size, min_length=min_length, min_new_tokens=min_new_tokens,
+                     **{k: knobs.get(k) for k in KNOB_DEFAULTS})
+        config = {**GENERATION_DEFAULTS, **_SWITCH_DEFAULTS, **self.generation_config, **_config_fields(generation_config)}
+        switches = {k: (config[k] if v is None else v) for k, v in dict(
+            use_cache=use_cache, return_dict_in_generate=return_dict_in_generate, output_scores=output_scores,
+            output_logits=output_logits).items()}
         args = {k: (config.get(k) if v is None else v) for k, v in given.items()}
+        if max_new_tokens is None:
+            max_new_tokens = config.get("max_new_tokens")
         if max_new_tokens is not None and max_length is None:
             args["max_length"] = None  # max_new_tokens wins over a default max_length
         if do_sample is None and isinstance(args["num_beams"], (int, np.integer)) and args["num_beams"] > 1:
             args["do_sample"] = False  # asking for beams means beam search, whatever the default
         if args["min_new_tokens"] is None:
             args["min_new_tokens"] = 0
-        return generate(self, idx, max_new_tokens=max_new_tokens, seed=seed, use_cache=use_cache,
-                        attention_mask=attention_mask, return_dict_in_generate=return_dict_in_generate,
-                        output_scores=output_scores, output_logits=output_logits, streamer=streamer, **args)
+        return generate(self, idx, max_new_tokens=max_new_tokens, seed=seed, attention_mask=attention_mask,
+                        streamer=streamer, tokenizer=tokenizer, **switches, **args)
 
     # --- saving and loading --------------------------------------------------------------------------
     def save_pretrained(self, save_directory, format=None):
@@ -448,6 +469,26 @@ class GPT(PretrainedModelMixin, nn.Module):
         from .io import load_model
 
         return load_model(cls, directory, **options)
+
+
+def _config_fields(generation_config):
+    """generate's ``generation_config=`` as {field: value}: a dict (every key a field of
+    GENERATION_DEFAULTS), or a transformers ``GenerationConfig`` (the fields it sets, i.e. those
+    that differ from its defaults, as transformers reads it over the model's own)."""
+    if generation_config is None:
+        return {}
+    if isinstance(generation_config, dict):
+        fields_ = dict(generation_config)
+    elif hasattr(generation_config, "to_diff_dict"):
+        fields_ = {k: v for k, v in generation_config.to_diff_dict().items() if k not in _IGNORED_CONFIG_FIELDS}
+    else:
+        raise TypeError(f"GPT.generate: generation_config must be a dict or a transformers GenerationConfig, got "
+                        f"{type(generation_config).__name__}")
+    unknown = sorted(set(fields_) - set(GENERATION_DEFAULTS) - set(_SWITCH_DEFAULTS))
+    if unknown:
+        raise ValueError(f"GPT.generate: generation_config sets {unknown}, which generate does not take (it takes "
+                         f"{sorted({**GENERATION_DEFAULTS, **_SWITCH_DEFAULTS})})")
+    return fields_
 
 
 def _warn_if_right_padded(attention_mask):

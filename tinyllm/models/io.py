@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FileFormatError
+from ..logits_process import KNOB_DEFAULTS
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -341,6 +342,8 @@ def _hf_generation_file(model):
     c, gen = model.config, getattr(model, "generation_config", {})
     out = {k: getattr(c, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if getattr(c, k) is not None}
     out.update({k: v for k, v in gen.items() if v is not None and v != HF_GENERATION_DEFAULTS.get(k)})
+    if isinstance(out.get("sequence_bias"), dict):  # JSON has no tuple keys: transformers' list form
+        out["sequence_bias"] = [[list(ids), bias] for ids, bias in out["sequence_bias"].items()]
     return out
 
 
@@ -550,7 +553,8 @@ def _check_float_weights(state):
 HF_GENERATION_DEFAULTS = dict(max_length=None, do_sample=False, temperature=1.0, top_k=50, top_p=1.0,
                               eos_token_id=None, pad_token_id=None, num_beams=1, length_penalty=1.0,
                               early_stopping=False, num_return_sequences=1, repetition_penalty=1.0,
-                              no_repeat_ngram_size=0, min_length=0, min_new_tokens=0)
+                              no_repeat_ngram_size=0, min_length=0, min_new_tokens=0, max_new_tokens=None,
+                              **KNOB_DEFAULTS)
 
 
 def _hf_generation_config(raw, directory):

@@ -256,3 +256,11 @@ def test_floor_division_and_modulo_match_torch_and_refuse_a_wanted_gradient(torc
         assert ours.tolist() == theirs.tolist() and not ours.requires_grad
     with pytest.raises(RuntimeError, match="%: has no gradient here"):
         Tensor(randn(3), requires_grad=True) % 2
+
+
+def test_cpu_is_a_no_op_on_tensors_and_modules():
+    from tinyllm import nn
+    x = Tensor(randn(2), requires_grad=True)
+    layer = nn.Linear(2, 2)
+    assert x.cpu() is x and layer.cpu() is layer
+    np.testing.assert_array_equal(x.detach().cpu().numpy(), x.data)

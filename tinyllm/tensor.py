@@ -276,6 +276,10 @@ class Tensor:
         dtype = dtype_or_cpu(dtype, "Tensor.to")
         return self if dtype is None or dtype == self.dtype else self.astype(dtype)
 
+    def cpu(self):
+        """``self``: tinyllm runs on the CPU (PyTorch code writes ``x.detach().cpu().numpy()``)."""
+        return self
+
     def clone(self):
         """A copy with its own memory that stays in the graph (the gradient passes through)."""
         return _ops.Clone.apply(self)

@@ -200,6 +200,10 @@ class Module:
             p.requires_grad_(flag)
         return self
 
+    def cpu(self):
+        """``self``: tinyllm runs on the CPU (``model.cpu()`` in PyTorch code changes nothing)."""
+        return self
+
     def to(self, dtype):
         """Cast every float parameter and buffer to ``dtype`` (e.g. np.float64 for gradcheck).
 

@@ -158,6 +158,19 @@ def _as_id_list(ids, who):
         raise TypeError(f"{who}: ids must be integers, got {bad!r} ({type(bad).__name__})") from None
 
 
+_MAX_ID = 2 ** 32 - 1  # transformers' ids are u32 in the tokenizers library: a larger or negative one is an error
+
+
+def _check_id_range(ids, who):
+    """``ids`` (a list of int), if each is a possible token id (0 to 2**32 - 1: what transformers'
+    tokenizers accept); an id merely missing from the vocabulary is fine (decode skips it)."""
+    bad = next((i for i in ids if not 0 <= i <= _MAX_ID), None)
+    if bad is not None:
+        raise ValueError(f"{who}: id {bad} is not a token id (ids run from 0 to 2**32 - 1; transformers raises "
+                         "OverflowError here)")
+    return ids
+
+
 def _from_tensor(ids):
     """A tensor of another library (torch, ...: anything with ``.tolist()`` but NumPy's) -> Python
     lists or an int, as transformers' ``to_py_obj``; anything else as it is."""
@@ -434,7 +447,9 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None):
         """ids -> text. ``ids``: one sequence (a list, tuple, 1-D integer array or tensor such as
         ``out[0]``, or one int) -> a str; several (a 2-D array, a list of lists) -> a list of str,
-        as transformers' decode. ``clean_up_tokenization_spaces`` (default
+        as transformers' decode. An id the vocabulary lacks (say a sampled id of a model whose
+        embedding table was rounded up past the tokenizer's size) decodes to nothing, as in transformers
+        5; a negative id, or one of 2**32 or more, is an error. ``clean_up_tokenization_spaces`` (default
         :attr:`clean_up_tokenization_spaces`, False): apply :meth:`clean_up_tokenization` (a byte-level
         BPE refuses, with a warning, as transformers 5)."""
         clean_up = self._wants_clean_up(clean_up_tokenization_spaces)
@@ -455,8 +470,13 @@ class Tokenizer:
         return [self._decode_one(seq, skip_special_tokens, clean_up) for seq in sequences]
 
     def _decode_one(self, ids, skip_special_tokens, clean_up):
-        text = self._decode(_as_id_list(ids, f"{type(self).__name__}.decode"), skip_special_tokens)
+        ids = _check_id_range(_as_id_list(ids, f"{type(self).__name__}.decode"), f"{type(self).__name__}.decode")
+        text = self._decode([i for i in ids if self._has_id(i)], skip_special_tokens)
         return self.clean_up_tokenization(text) if clean_up else text
+
+    def _has_id(self, token_id):
+        """Whether ``token_id`` (an int) is an id of the vocabulary: decode skips any other, as transformers."""
+        return self._id_to_token(token_id) is not None
 
     def _wants_clean_up(self, clean_up_tokenization_spaces):
         """Whether decode applies :meth:`clean_up_tokenization`: as asked, else
@@ -488,12 +508,14 @@ class Tokenizer:
         return self.convert_ids_to_tokens(self.encode(text, add_special_tokens=add_special_tokens))
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens=False):
-        """An id -> its token (None for an id the vocabulary lacks, as transformers); a sequence of
-        ids -> a list of tokens, without :attr:`all_special_ids` if ``skip_special_tokens``."""
+        """An id -> its token (None for an id the vocabulary lacks, as transformers; a negative id or
+        one of 2**32 or more is an error, as there); a sequence of ids -> a list of tokens, without
+        :attr:`all_special_ids` if ``skip_special_tokens``."""
         if isinstance(ids, (int, np.integer)):
-            return self._id_to_token(int(ids))
+            return self._id_to_token(_check_id_range([int(ids)], "convert_ids_to_tokens")[0])
         skip = set(self.all_special_ids) if skip_special_tokens else set()
-        return [self._id_to_token(i) for i in _as_id_list(ids, "convert_ids_to_tokens") if i not in skip]
+        ids = _check_id_range(_as_id_list(ids, "convert_ids_to_tokens"), "convert_ids_to_tokens")
+        return [self._id_to_token(i) for i in ids if i not in skip]
 
     def convert_tokens_to_ids(self, tokens):
         """A token -> its id; a list of tokens -> a list of ids. A token the vocabulary lacks gives
@@ -1192,10 +1214,6 @@ class CharTokenizer(Tokenizer):
             ) from None
 
     def _decode(self, ids, skip_special_tokens):
-        n = len(self._itos)
-        bad = next((i for i in ids if not 0 <= i < n), None)
-        if bad is not None:
-            raise ValueError(f"CharTokenizer.decode: id {bad} is out of range for vocab_size {n}")
         if skip_special_tokens and self._special_ids:
             ids = [i for i in ids if i not in self._special_ids]
         itos = self._itos
@@ -1203,6 +1221,9 @@ class CharTokenizer(Tokenizer):
 
     def _token_to_id(self, token):
         return self.special_tokens.get(token, self.added_tokens.get(token, self._stoi.get(token)))
+
+    def _has_id(self, token_id):
+        return 0 <= token_id < len(self._itos)
 
     def _id_to_token(self, token_id):
         return self._itos[token_id] if 0 <= token_id < len(self._itos) else None
@@ -1415,6 +1436,9 @@ class BPETokenizer(Tokenizer):
             return self.added_tokens[token]
         return self._ordinary_token_id(token)
 
+    def _has_id(self, token_id):
+        return token_id in self._decoder
+
     def _id_to_token(self, token_id):
         if token_id in self._special_ids:
             return next(s for s, i in self.special_tokens.items() if i == token_id)
@@ -1528,12 +1552,7 @@ class BPETokenizer(Tokenizer):
         decoder = self._decoder
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._special_ids]
-        try:
-            data = b"".join([decoder[i] for i in ids])
-        except KeyError:
-            bad = next(i for i in ids if i not in decoder)
-            raise ValueError(f"BPETokenizer.decode: id {bad} is not in the vocabulary "
-                             f"(vocab_size {self.vocab_size})") from None
+        data = b"".join([decoder[i] for i in ids])
         # A sequence cut mid-character (e.g. by sampling) holds invalid UTF-8: show U+FFFD.
         return data.decode("utf-8", errors="replace")
 
@@ -2291,11 +2310,10 @@ class Seq2SeqTokenizer(Tokenizer):
             texts = [texts]
         return self(list(texts), padding=True, padding_side="right", return_tensors="np")["input_ids"]
 
+    def _has_id(self, token_id):
+        return token_id in self._special or self.base._has_id(token_id)
+
     def _decode(self, ids, skip_special_tokens):
-        n = self.vocab_size
-        bad = next((i for i in ids if not 0 <= i < n), None)
-        if bad is not None:
-            raise ValueError(f"Seq2SeqTokenizer.decode: id {bad} is out of range for vocab_size {n}")
         parts, run = [], []
         for i in ids:
             if i in self._special:

@@ -71,7 +71,7 @@ def test_model_max_length_is_the_default_max_length_as_in_transformers(ours, hf)
         lengths = sorted(map(len, ours(BATCH, padding="max_length").input_ids))
         assert lengths[0] == 6 < lengths[-1]  # padded to 6, and padding alone did not truncate
     finally:
-        ours.model_max_length, hf.model_max_length = None, int(1e30)
+        ours.model_max_length, hf.model_max_length = None, int(1e30)  # None: unknown, reported as 1e30
 
 
 @pytest.mark.filterwarnings("ignore:`max_length` is ignored")
@@ -153,7 +153,7 @@ def test_a_directory_transformers_saved_keeps_its_padding_settings(gpt2_files, t
     hf.save_pretrained(str(tmp_path))
     tok = AutoTokenizer.from_pretrained(tmp_path)
     assert (tok.pad_token, tok.pad_token_id, tok.padding_side, tok.truncation_side) == (EOT, 50256, "left", "left")
-    assert tok.model_max_length is None  # transformers' 1e30 means "no limit"
+    assert tok.model_max_length == int(1e30)  # transformers' "no limit", as transformers reports it
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     config["model_max_length"] = 1024  # as GPT-2's own directory on the Hub
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
@@ -182,7 +182,7 @@ def test_old_files_load_with_the_defaults_and_defaults_add_nothing_to_a_file():
     assert not {"pad_token", "padding_side", "truncation_side", "model_max_length"} & set(d)  # as before
     again = Tokenizer.from_dict(d)
     assert (again.pad_token, again.padding_side, again.truncation_side, again.model_max_length) == \
-        (None, "right", "right", None)
+        (None, "right", "right", int(1e30))
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe", "seq2seq"])

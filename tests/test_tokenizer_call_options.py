@@ -67,3 +67,43 @@ def test_every_tokenizer_skips_an_unknown_id():
     assert s2s.decode(s2s.encode("hello") + [s2s.vocab_size + 5]) == "hello</s>"
     with pytest.raises(ValueError, match="id -2 is not a token id"):
         s2s.decode([-2])
+
+
+# ---- model_max_length ---------------------------------------------------------------------------
+def test_model_max_length_of_a_directory_without_one_and_with_gpt2s(gpt2_dir, hf_auto, tmp_path):
+    """No model_max_length in the files: transformers reports 1e30 and neither truncates nor pads to it;
+    GPT-2's own tokenizer_config.json says 1024, which truncation=True then cuts to."""
+    transformers = pytest.importorskip("transformers")
+    mine = AutoTokenizer.from_pretrained(gpt2_dir)
+    assert mine.model_max_length == hf_auto.model_max_length == VERY_LARGE_INTEGER
+    long_texts = ["word " * 1500, "short"]
+    for kwargs in (dict(truncation=True), dict(truncation="longest_first", return_tensors=None)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tinyllm says that nothing is truncated; transformers 5 is silent
+            assert dict(mine(long_texts, **kwargs)) == dict(hf_auto(long_texts, **kwargs))
+    directory = shutil.copytree(gpt2_dir, tmp_path / "gpt2_1024")
+    (directory / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1024}))
+    mine = AutoTokenizer.from_pretrained(directory)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(directory))
+    assert mine.model_max_length == theirs.model_max_length == 1024
+    enc = mine(long_texts, truncation=True)
+    assert list(map(len, enc.input_ids)) == [1024, 1] and dict(enc) == dict(theirs(long_texts, truncation=True))
+    assert min(mine.model_max_length, 512) == 512  # what Hugging Face scripts compute
+
+
+def test_model_max_length_is_written_and_read_back(gpt2_files, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tok = BPETokenizer.from_gpt2_files(*gpt2_files)
+    tok.save_pretrained(tmp_path / "none")
+    assert "model_max_length" not in json.loads((tmp_path / "none" / "tokenizer_config.json").read_text())
+    for load in (AutoTokenizer.from_pretrained, lambda d: transformers.GPT2Tokenizer.from_pretrained(str(d))):
+        assert load(tmp_path / "none").model_max_length == VERY_LARGE_INTEGER
+    tok.model_max_length = 1024
+    tok.save_pretrained(tmp_path / "gpt2")
+    assert json.loads((tmp_path / "gpt2" / "tokenizer_config.json").read_text())["model_max_length"] == 1024
+    for load in (AutoTokenizer.from_pretrained, lambda d: transformers.GPT2Tokenizer.from_pretrained(str(d))):
+        assert load(tmp_path / "gpt2").model_max_length == 1024
+    (tmp_path / "gpt2" / "tinyllm_tokenizer.json").unlink()  # from GPT-2's files alone
+    assert AutoTokenizer.from_pretrained(tmp_path / "gpt2").model_max_length == 1024
+    tok.model_max_length = None  # unknown again
+    assert tok.model_max_length == VERY_LARGE_INTEGER and "model_max_length" not in tok.to_dict()

@@ -72,6 +72,7 @@ from .errors import FileFormatError
 __all__ = [
     "GPT2_SPLIT_PATTERN",
     "TOKENIZER_FILE",
+    "VERY_LARGE_INTEGER",
     "AutoTokenizer",
     "BPETokenizer",
     "BatchEncoding",
@@ -268,7 +269,8 @@ _PADDING = {False: None, None: None, "do_not_pad": None, True: "longest", "longe
             "max_length": "max_length"}
 _TRUNCATION = {False: False, None: False, "do_not_truncate": False, True: True, "longest_first": True,
                "only_first": True}
-_NO_LIMIT = 10 ** 20  # transformers' VERY_LARGE_INTEGER (1e30) in a tokenizer_config.json means "no limit"
+VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when the model's limit is unknown
+_LARGE_INTEGER = int(1e20)  # above it a model_max_length means "no limit", as in transformers
 
 
 class BatchEncoding(dict):
@@ -361,13 +363,12 @@ def _check_length(value, name, who):
 
 
 def _model_max_length(value, who):
-    """A model_max_length from a file or an argument, checked; transformers' "no limit" (1e30,
-    a float in JSON) -> None."""
+    """A model_max_length from a file or an argument, checked, as an int; None (no limit known) ->
+    transformers' :data:`VERY_LARGE_INTEGER`, as is a float such as 1e30 (what JSON may hold)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, (int, np.integer)) and value >= _NO_LIMIT:
-        value = None
-    return _check_length(value, "model_max_length", who)
+    value = _check_length(value, "model_max_length", who)
+    return VERY_LARGE_INTEGER if value is None else value
 
 
 def _pad_rows(rows, width, pad_value, side):
@@ -559,7 +560,21 @@ class Tokenizer:
 
     # ---- calling the tokenizer: batches ----------------------------------------------------
     model_input_names = ["input_ids", "attention_mask"]  # what calling the tokenizer returns
-    model_max_length = None  # the longest input the model takes, if known (truncation=True's default)
+    @property
+    def model_max_length(self):
+        """The longest input the model takes: truncation's default length. Unknown:
+        :data:`VERY_LARGE_INTEGER` (1e30, as transformers reports; anything above 1e20 means no limit),
+        so ``min(tokenizer.model_max_length, 1024)`` works as with transformers. Setting None means unknown."""
+        return self.__dict__.get("_model_max_length", VERY_LARGE_INTEGER)
+
+    @model_max_length.setter
+    def model_max_length(self, value):
+        self._model_max_length = _model_max_length(value, type(self).__name__)
+
+    @property
+    def _max_length_limit(self):
+        """:attr:`model_max_length` if it is a real limit, else None."""
+        return self.model_max_length if self.model_max_length <= _LARGE_INTEGER else None
 
     def __call__(self, text, padding=False, truncation=None, max_length=None, pad_to_multiple_of=None,
                  return_tensors=None, return_attention_mask=True, padding_side=None, add_special_tokens=True,
@@ -672,7 +687,7 @@ class Tokenizer:
         """Padding to max_length or truncation without a max_length: :attr:`model_max_length`, or,
         when unknown, a warning and neither (as transformers, whose limit is then 1e30).
         -> (pad_mode, truncate, max_length)."""
-        limit = _check_length(self.model_max_length, "model_max_length", who)
+        limit = self._max_length_limit
         if limit is not None:
             return pad_mode, truncate, limit
         what = "pad to max_length" if pad_mode == "max_length" else "truncate"
@@ -788,7 +803,7 @@ class Tokenizer:
         for name in ("padding_side", "truncation_side"):
             if getattr(self, name) != "right":
                 fields[name] = getattr(self, name)
-        if self.model_max_length is not None:
+        if self._max_length_limit is not None:
             fields["model_max_length"] = self.model_max_length
         for name in ("bos_token", "unk_token"):
             if f"_{name}" in self.__dict__:  # set, rather than the default (the eos token)
@@ -807,7 +822,7 @@ class Tokenizer:
                 setattr(self, name, d[name])
         if d.get("clean_up_tokenization_spaces") is not None:
             self.clean_up_tokenization_spaces = bool(d["clean_up_tokenization_spaces"])
-        self.model_max_length = _model_max_length(d.get("model_max_length"), type(self).__name__)
+        self.model_max_length = d.get("model_max_length")
         return self
 
     # ---- chat ----------------------------------------------------------------------------
@@ -1767,7 +1782,7 @@ class BPETokenizer(Tokenizer):
             "padding_side": self.padding_side,
             "truncation_side": self.truncation_side,
         }
-        if self.model_max_length is not None:
+        if self._max_length_limit is not None:
             config["model_max_length"] = self.model_max_length
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
@@ -1973,7 +1988,7 @@ def _hf_eos_token(directory, specials):
 def _with_hf_padding(tokenizer, directory):
     """The settings of a Hugging Face directory's ``tokenizer_config.json`` (or
     ``special_tokens_map.json`` for the special tokens): ``pad_token``, ``padding_side``,
-    ``truncation_side``, ``model_max_length`` (transformers' 1e30 meaning "no limit" -> None), and
+    ``truncation_side``, ``model_max_length`` (none, or transformers' 1e30: no limit), and
     ``bos_token`` / ``unk_token`` when they are tokens of the vocabulary (transformers would add
     a token otherwise; tinyllm keeps its default, the eos token). ``clean_up_tokenization_spaces``
     is not read: transformers 5 does not apply it to a BPE either."""

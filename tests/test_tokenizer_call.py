@@ -341,7 +341,7 @@ def test_errors_name_the_offending_value():
     with pytest.raises(ValueError, match=r"truncation_side='center' is not supported"):
         tok.truncation_side = "center"
     assert tok.padding_side == tok.truncation_side == "right"  # unchanged by the refused values
-    with pytest.raises(ValueError, match=r"truncation='only_second' is not supported.*pairs"):
+    with pytest.raises(ValueError, match=r"truncation='only_second' cuts the second text of a pair, but no text_pair"):
         tok(["the"], truncation="only_second", max_length=2)
     with pytest.raises(ValueError, match=r"max_length must be a non-negative int or None, got -1"):
         tok(["the"], truncation=True, max_length=-1)
@@ -353,10 +353,10 @@ def test_errors_name_the_offending_value():
         tok(["the"], return_tensors="tf")
     with pytest.raises(TypeError, match=r"text\[1\] must be a str, got int"):
         tok(["the", 3])
-    with pytest.raises(TypeError, match=r"expected a str or a list of str, got dict"):
+    with pytest.raises(TypeError, match=r"text must be a str or a list of str, got dict"):
         tok({"text": "the"})
-    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['text_pair'\]"):
-        tok("the", text_pair="cat")
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['return_overflowing_tokens', 'stride'\]"):
+        tok("the", stride=2, return_overflowing_tokens=True)
     with pytest.raises(ValueError, match=r"character 'z' at position 0"):
         tok(["the", "zeta"])
 

@@ -667,8 +667,8 @@ class Tokenizer:
         :attr:`padding_side`, ``"right"`` unless set: a decoder-only model generating from a batch
         needs ``"left"``). ``truncation=True`` keeps ``max_length`` tokens (special ones included),
         dropping the rest on :attr:`truncation_side`'s side. Without ``max_length`` both use
-        :attr:`model_max_length` (none known: a warning, and no padding / truncation, as
-        transformers); ``max_length`` with neither padding nor truncation asked truncates, with
+        :attr:`model_max_length` (none known: no padding / truncation, as transformers 5, and a
+        warning, which it does not give); ``max_length`` with neither padding nor truncation asked truncates, with
         transformers 4's warning. ``verbose=False`` silences these warnings. ``return_tensors``:
         ``None`` (lists), ``"np"`` or ``"pt"`` (int64 ndarrays; tinyllm has no torch); sequences of
         different lengths are then an error. ``add_special_tokens``: the tokens the tokenizer adds to

@@ -285,3 +285,13 @@ def test_transformers_5_has_no_encode_plus_nor_as_target_tokenizer(hf_auto, ours
     """Removed in transformers 5, so tinyllm adds neither: the call does their work."""
     for name in ("encode_plus", "batch_encode_plus", "as_target_tokenizer"):
         assert not hasattr(hf_auto, name) and not hasattr(ours, name)
+
+
+def test_pad_pads_token_type_ids_and_the_special_tokens_mask_as_transformers(padded):
+    ours, hf_auto = padded
+    options = dict(return_token_type_ids=True, return_special_tokens_mask=True)
+    for kwargs in (dict(), dict(padding_side="left"), dict(padding="max_length", max_length=20, return_tensors="np")):
+        rows = [[tok(t, pair, **options) for t, pair in (("Hello world", "x"), ("a", None), ("", "日本"))] for tok in padded]
+        mine, theirs = ours.pad(rows[0], **kwargs), hf_auto.pad(rows[1], **kwargs)
+        assert_same(("ok", dict(mine)), ("ok", dict(theirs)), kwargs)
+    assert mine["token_type_ids"][0].tolist() == [0, 0, 1] + [0] * 17  # not vacuous: padded with 0

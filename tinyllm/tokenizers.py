@@ -327,6 +327,22 @@ def _padding_rows(inputs, who):
     return rows, masks, batched, as_arrays
 
 
+def _padding_extra_rows(inputs, ids, batched, who):
+    """{name: rows} of the fields besides the mask that :meth:`Tokenizer.pad` pads, as transformers':
+    ``token_type_ids`` and ``special_tokens_mask``, when given; each row as long as its ids."""
+    extra = {}
+    for name in ("token_type_ids", "special_tokens_mask"):
+        if inputs.get(name) is None:
+            continue
+        values = _from_tensor(inputs[name])
+        rows = [_as_id_list(row, who) for row in (values if batched else [values])]
+        if [len(r) for r in rows] != [len(r) for r in ids]:
+            raise ValueError(f"{who}: {name} rows of lengths {[len(r) for r in rows]} do not match the "
+                             f"input_ids rows of lengths {[len(r) for r in ids]}")
+        extra[name] = rows
+    return extra
+
+
 def _strategy(table, value, name, who, options):
     """``table[value]``, or a ValueError naming ``value`` and the ``options``."""
     try:
@@ -787,7 +803,8 @@ class Tokenizer:
         one per sequence. ``padding`` (default True: to the longest) and the other arguments as in
         :meth:`__call__`; nothing is truncated, and ids given as arrays come back as arrays. Returns
         a :class:`BatchEncoding` of ``input_ids``, ``attention_mask`` (the given one padded with 0,
-        else 1 at the ids and 0 at the padding) and any other key as given (e.g. ``labels``)."""
+        else 1 at the ids and 0 at the padding), ``token_type_ids`` and ``special_tokens_mask`` if
+        given (padded with 0 and 1, as transformers) and any other key as given (e.g. ``labels``)."""
         who = f"{type(self).__name__}.pad"
         _check_return_tensors(return_tensors)
         inputs = _padding_inputs(encoded_inputs, who)
@@ -796,13 +813,14 @@ class Tokenizer:
             return_tensors = "np"  # arrays in, arrays out, as transformers
         pad_mode, max_length, _, pad_to_multiple_of, side = self._padding_and_truncation(
             padding, False, max_length, pad_to_multiple_of, padding_side, who)
-        fields = self._pad({"input_ids": ids, "attention_mask": masks}, pad_mode, max_length, pad_to_multiple_of, side)
+        fields = {"input_ids": ids, "attention_mask": masks, **_padding_extra_rows(inputs, ids, batched, who)}
+        fields = self._pad(fields, pad_mode, max_length, pad_to_multiple_of, side)
         if not (return_attention_mask or return_attention_mask is None):
             del fields["attention_mask"]
         enc = _batch_encoding(fields, return_tensors, True, who)
         if not batched:
             enc = BatchEncoding({name: rows[0] for name, rows in enc.items()})  # one sequence: (T,) or a list
-        enc.update({name: value for name, value in inputs.items() if name not in ("input_ids", "attention_mask")})
+        enc.update({name: value for name, value in inputs.items() if name not in fields and name != "attention_mask"})
         return enc
 
     def _padding_and_truncation(self, padding, truncation, max_length, pad_to_multiple_of, padding_side, who):

@@ -133,8 +133,10 @@ def padded(ours, hf_auto):
         tok.pad_token = None
 
 
-@pytest.mark.parametrize("kwargs", [OPTIONS, dict(OPTIONS, padding=True), dict(OPTIONS, padding=True, return_tensors="np"),
-                                    dict(OPTIONS, padding="max_length", max_length=12, truncation=True, padding_side="left"),
+@pytest.mark.parametrize("kwargs", [OPTIONS, dict(OPTIONS, padding=True),
+                                    dict(OPTIONS, padding=True, return_tensors="np"),
+                                    dict(OPTIONS, padding="max_length", max_length=12, truncation=True,
+                                         padding_side="left"),
                                     dict(OPTIONS, truncation=True, max_length=3, return_tensors="np", padding=True),
                                     dict(return_length=True, padding=True, pad_to_multiple_of=8),
                                     dict(return_offsets_mapping=True, return_attention_mask=False),
@@ -178,7 +180,8 @@ def test_offsets_of_drawn_texts_equal_transformers(ours, hf_auto, text):
 
 
 def test_pair_errors_equal_transformers(ours, hf_auto):
-    for text, pair, kind in ((["a", "b"], ["c"], ValueError), ("a", ["c", "d"], TypeError), (["a", "b"], "c", TypeError)):
+    for text, pair, kind in ((["a", "b"], ["c"], ValueError), ("a", ["c", "d"], TypeError),
+                             (["a", "b"], "c", TypeError)):
         with pytest.raises(kind):
             hf_auto(text, pair)
         with pytest.raises(kind, match="text_pair"):
@@ -193,7 +196,8 @@ def test_text_target_gives_labels_as_transformers(padded):
     """labels: the targets' input_ids, with the same padding (pad id, not -100) and truncation."""
     ours, hf_auto = padded
     sources, targets = ["Hi", "Hello there you", "café"], ["Bye now friend", "x", " 日本語 🎉"]
-    for kwargs in (dict(), dict(padding=True), dict(padding=True, return_tensors="np"), dict(truncation=True, max_length=2),
+    for kwargs in (dict(), dict(padding=True), dict(padding=True, return_tensors="np"),
+                   dict(truncation=True, max_length=2),
                    dict(OPTIONS, padding="max_length", max_length=6), dict(text_pair_target=["a", "b", "c"])):
         for text, target in ((sources, targets), (sources[1], targets[0]), (None, targets)):
             kwargs = dict(kwargs, text_target=target)
@@ -224,7 +228,8 @@ def _marian_style_oracle(tok):
 
 
 def test_seq2seq_text_target_equals_a_marian_style_transformers_tokenizer():
-    sources, targets = ["the cat sat on the mat", "a dog", "", "le chat 日本"], ["le chat est assis", "un chien", "x", ""]
+    sources = ["the cat sat on the mat", "a dog", "", "le chat 日本"]
+    targets = ["le chat est assis", "un chien", "x", ""]
     ours = Seq2SeqTokenizer.train(sources + targets + ["the quick brown fox jumps"], vocab_size=300)
     hf = _marian_style_oracle(ours)
     assert [hf.pad_token_id, hf.eos_token_id] == [ours.pad_token_id, ours.eos_token_id]
@@ -290,8 +295,9 @@ def test_transformers_5_has_no_encode_plus_nor_as_target_tokenizer(hf_auto, ours
 def test_pad_pads_token_type_ids_and_the_special_tokens_mask_as_transformers(padded):
     ours, hf_auto = padded
     options = dict(return_token_type_ids=True, return_special_tokens_mask=True)
+    pairs = (("Hello world", "x"), ("a", None), ("", "日本"))
     for kwargs in (dict(), dict(padding_side="left"), dict(padding="max_length", max_length=20, return_tensors="np")):
-        rows = [[tok(t, pair, **options) for t, pair in (("Hello world", "x"), ("a", None), ("", "日本"))] for tok in padded]
+        rows = [[tok(text, pair, **options) for text, pair in pairs] for tok in padded]
         mine, theirs = ours.pad(rows[0], **kwargs), hf_auto.pad(rows[1], **kwargs)
         assert_same(("ok", dict(mine)), ("ok", dict(theirs)), kwargs)
     assert mine["token_type_ids"][0].tolist() == [0, 0, 1] + [0] * 17  # not vacuous: padded with 0

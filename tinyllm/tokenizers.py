@@ -269,8 +269,8 @@ def _added_token_bytes(text):
 _SIDES = ("left", "right")
 _PADDING = {False: None, None: None, "do_not_pad": None, True: "longest", "longest": "longest",
             "max_length": "max_length"}
-_TRUNCATION = {False: None, None: None, "do_not_truncate": None, True: "longest_first", "longest_first": "longest_first",
-               "only_first": "only_first", "only_second": "only_second"}
+_TRUNCATION = {False: None, None: None, "do_not_truncate": None, True: "longest_first",
+               "longest_first": "longest_first", "only_first": "only_first", "only_second": "only_second"}
 # what padding puts in each field of a call's BatchEncoding (input_ids: the pad token's id)
 _PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1, "offset_mapping": (0, 0)}
 # the fields a call can return, in transformers' order
@@ -388,7 +388,8 @@ def _check_pairs(text_pair, texts, batched, who):
             raise TypeError(f"{who}: text is one str, so text_pair must be one str, got {type(text_pair).__name__}")
         return [text_pair or None]
     if isinstance(text_pair, str):
-        raise TypeError(f"{who}: text is a batch of {len(texts)}, so text_pair must be a list of as many str, got a str")
+        raise TypeError(f"{who}: text is a batch of {len(texts)}, so text_pair must be a list of as many str, "
+                        "got a str")
     pairs, _ = _check_call_texts(text_pair, who, "text_pair")
     if len(pairs) != len(texts):
         raise ValueError(f"{who}: text has {len(texts)} texts but text_pair has {len(pairs)}")
@@ -707,7 +708,8 @@ class Tokenizer:
         who = f"{type(self).__name__}(...)"
         if unknown:
             raise TypeError(f"{who}: unknown argument(s) {sorted(unknown)}; it takes text, text_pair, text_target, "
-                            "text_pair_target, add_special_tokens, padding, truncation, max_length, pad_to_multiple_of, "
+                            "text_pair_target, add_special_tokens, padding, truncation, max_length, "
+                            "pad_to_multiple_of, "
                             "padding_side, return_tensors, return_token_type_ids, return_attention_mask, "
                             "return_special_tokens_mask, return_offsets_mapping, return_length, verbose")
         if text is None and text_target is None:
@@ -720,7 +722,8 @@ class Tokenizer:
         wanted = dict(token_type_ids=bool(return_token_type_ids), special_tokens_mask=return_special_tokens_mask,
                       offset_mapping=return_offsets_mapping, length=return_length,
                       attention_mask=return_attention_mask is None or bool(return_attention_mask))
-        how = dict(add_special_tokens=add_special_tokens, plan=plan, wanted=wanted, return_tensors=return_tensors, who=who)
+        how = dict(add_special_tokens=add_special_tokens, plan=plan, wanted=wanted, return_tensors=return_tensors,
+                   who=who)
         enc = None if text is None else self._call_one(text, text_pair, **how)
         if text_target is None:
             return enc

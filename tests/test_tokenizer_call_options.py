@@ -301,3 +301,15 @@ def test_pad_pads_token_type_ids_and_the_special_tokens_mask_as_transformers(pad
         mine, theirs = ours.pad(rows[0], **kwargs), hf_auto.pad(rows[1], **kwargs)
         assert_same(("ok", dict(mine)), ("ok", dict(theirs)), kwargs)
     assert mine["token_type_ids"][0].tolist() == [0, 0, 1] + [0] * 17  # not vacuous: padded with 0
+
+
+def test_a_sequence_longer_than_model_max_length_warns_as_transformers(gpt2_files):
+    tok = BPETokenizer.from_gpt2_files(*gpt2_files)
+    tok.model_max_length = 4
+    with pytest.warns(UserWarning, match=r"sequence length is longer than the specified maximum .* \(6 > 4\)"):
+        assert len(tok(["a b c d e f", "a"]).input_ids[0]) == 6  # not truncated: only a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok("a b c d e f", verbose=False)
+        tok("a b c d", truncation=True)
+        tok("a b c d e f", max_length=5, truncation=False)  # a max_length given: no warning, as transformers

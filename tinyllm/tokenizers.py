@@ -723,7 +723,7 @@ class Tokenizer:
                       offset_mapping=return_offsets_mapping, length=return_length,
                       attention_mask=return_attention_mask is None or bool(return_attention_mask))
         how = dict(add_special_tokens=add_special_tokens, plan=plan, wanted=wanted, return_tensors=return_tensors,
-                   who=who)
+                   verbose=verbose, who=who)
         enc = None if text is None else self._call_one(text, text_pair, **how)
         if text_target is None:
             return enc
@@ -733,7 +733,7 @@ class Tokenizer:
         enc["labels"] = targets["input_ids"]
         return enc
 
-    def _call_one(self, text, text_pair, add_special_tokens, plan, wanted, return_tensors, who):
+    def _call_one(self, text, text_pair, add_special_tokens, plan, wanted, return_tensors, verbose, who):
         """The :class:`BatchEncoding` of ``text`` (and its ``text_pair``), encoded, truncated and padded as
         ``plan`` says (:meth:`_padding_and_truncation`), holding the fields ``wanted`` says."""
         texts, batched = _check_call_texts(text, who)
@@ -741,12 +741,22 @@ class Tokenizer:
         pad_mode, max_length, truncation, pad_to_multiple_of, side = plan
         rows = [self._encode_row(t, pair, add_special_tokens, truncation, max_length, wanted["offset_mapping"], who)
                 for t, pair in zip(texts, pairs)]
+        if verbose and max_length is None:
+            self._warn_if_too_long(max((len(row["input_ids"]) for row in rows), default=0))
         names = [name for name in _CALL_FIELDS if name == "input_ids" or (name != "length" and wanted[name])]
         fields = self._pad({name: [row[name] for row in rows] for name in names}, pad_mode, max_length,
                            pad_to_multiple_of, side)
         if wanted["length"]:
             fields["length"] = [len(ids) for ids in fields["input_ids"]]
         return _batch_encoding(fields, return_tensors, batched, who)
+
+    def _warn_if_too_long(self, length):
+        """transformers' warning when a call gives a sequence longer than :attr:`model_max_length`."""
+        limit = self._max_length_limit
+        if limit is not None and length > limit:
+            warnings.warn(f"Token indices sequence length is longer than the specified maximum sequence length for "
+                          f"this model ({length} > {limit}). Running this sequence through the model will result in "
+                          "indexing errors", stacklevel=4)
 
     def _encode_row(self, text, pair, add_special_tokens, truncation, max_length, with_offsets, who):
         """One row of a call: ``text``'s (and ``pair``'s) tokens, cut as ``truncation`` says to

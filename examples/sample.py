@@ -42,9 +42,19 @@ def main(argv=None):
         out = model.generate(prompt, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                              use_cache=not args.no_cache)
-        for row in out:  # (decode too can fail: a tokenizer with fewer ids than the model)
+        check_decodable(tokenizer, out)
+        for row in out:
             print(tokenizer.decode(row))
             print("-" * 40)
+
+
+def check_decodable(tokenizer, out):
+    """decode skips an id its tokenizer lacks, as transformers' does; here such an id means a model and a
+    tokenizer that do not belong together (e.g. a hand-edited one), so say so rather than print less text."""
+    bad = next((int(i) for i in np.unique(out) if tokenizer.convert_ids_to_tokens(int(i)) is None), None)
+    if bad is not None:
+        raise ValueError(f"sample: the model emitted id {bad}, which its tokenizer lacks (vocab_size "
+                         f"{tokenizer.vocab_size}): are the model and the tokenizer from the same run?")
 
 
 if __name__ == "__main__":

@@ -212,8 +212,9 @@ def test_seq2seq_tokenizer_batch_encode_and_errors(number_tokenizer):
     assert list(batch[1][:len(tok.encode("five"))]) == tok.encode("five")
     assert (batch[1][len(tok.encode("five")):] == tok.pad_token_id).all()
     assert tok.batch_decode(batch, skip_special_tokens=True) == ["three hundred five", "five"]
-    with pytest.raises(ValueError, match=f"id {tok.vocab_size} is out of range"):
-        tok.decode([tok.vocab_size])
+    assert tok.decode([tok.vocab_size]) == ""  # an id the vocabulary lacks: skipped, as transformers 5
+    with pytest.raises(ValueError, match="id -1 is not a token id"):
+        tok.decode([-1])
     with pytest.raises(TypeError, match="expected a str"):
         tok.encode(5)
     with pytest.raises(TypeError, match="base must be"):

@@ -508,7 +508,7 @@ def test_sample_example_with_a_tokenizer_smaller_than_the_model_is_a_clear_error
     CharTokenizer.from_text("ab\n").save_pretrained(tmp_path)
     with pytest.raises(SystemExit) as err:
         sample.main(["--model-dir", str(tmp_path), "--max-new-tokens", "30", "--temperature", "1"])
-    assert str(err.value.code).startswith("error: CharTokenizer.decode: id ") and "vocab_size 3" in str(err.value.code)
+    assert str(err.value.code).startswith("error: sample: the model emitted id ") and "vocab_size 3" in str(err.value.code)
 
 
 def test_ctrl_c_in_sample_example_says_interrupted_not_resume(examples, tmp_path, monkeypatch):

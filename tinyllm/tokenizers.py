@@ -34,7 +34,9 @@ Batches: calling the tokenizer
 :class:`BatchEncoding` (``input_ids`` + ``attention_mask``) with Hugging Face's meanings, so
 ``model.generate(**tokenizer(prompts, return_tensors="np", padding=True))`` runs a batch of
 prompts of different lengths once ``tokenizer.pad_token`` is set and ``tokenizer.padding_side``
-is ``"left"`` (see :meth:`Tokenizer.__call__`).
+is ``"left"`` (see :meth:`Tokenizer.__call__`). As transformers' fast tokenizers, a call also takes
+``text_pair``, ``text_target`` (-> ``labels``) and the ``return_offsets_mapping`` /
+``return_length`` / ``return_special_tokens_mask`` / ``return_token_type_ids`` options.
 
 Files
 -----
@@ -72,6 +74,7 @@ from .errors import FileFormatError
 __all__ = [
     "GPT2_SPLIT_PATTERN",
     "TOKENIZER_FILE",
+    "VERY_LARGE_INTEGER",
     "AutoTokenizer",
     "BPETokenizer",
     "BatchEncoding",
@@ -156,6 +159,19 @@ def _as_id_list(ids, who):
     except TypeError:
         bad = next(i for i in ids if not hasattr(i, "__index__"))
         raise TypeError(f"{who}: ids must be integers, got {bad!r} ({type(bad).__name__})") from None
+
+
+_MAX_ID = 2 ** 32 - 1  # transformers' ids are u32 in the tokenizers library: a larger or negative one is an error
+
+
+def _check_id_range(ids, who):
+    """``ids`` (a list of int), if each is a possible token id (0 to 2**32 - 1: what transformers'
+    tokenizers accept); an id merely missing from the vocabulary is fine (decode skips it)."""
+    bad = next((i for i in ids if not 0 <= i <= _MAX_ID), None)
+    if bad is not None:
+        raise ValueError(f"{who}: id {bad} is not a token id (ids run from 0 to 2**32 - 1; transformers raises "
+                         "OverflowError here)")
+    return ids
 
 
 def _from_tensor(ids):
@@ -253,9 +269,14 @@ def _added_token_bytes(text):
 _SIDES = ("left", "right")
 _PADDING = {False: None, None: None, "do_not_pad": None, True: "longest", "longest": "longest",
             "max_length": "max_length"}
-_TRUNCATION = {False: False, None: False, "do_not_truncate": False, True: True, "longest_first": True,
-               "only_first": True}
-_NO_LIMIT = 10 ** 20  # transformers' VERY_LARGE_INTEGER (1e30) in a tokenizer_config.json means "no limit"
+_TRUNCATION = {False: None, None: None, "do_not_truncate": None, True: "longest_first",
+               "longest_first": "longest_first", "only_first": "only_first", "only_second": "only_second"}
+# what padding puts in each field of a call's BatchEncoding (input_ids: the pad token's id)
+_PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "special_tokens_mask": 1, "offset_mapping": (0, 0)}
+# the fields a call can return, in transformers' order
+_CALL_FIELDS = ("input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "offset_mapping", "length")
+VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when the model's limit is unknown
+_LARGE_INTEGER = int(1e20)  # above it a model_max_length means "no limit", as in transformers
 
 
 class BatchEncoding(dict):
@@ -306,6 +327,22 @@ def _padding_rows(inputs, who):
     return rows, masks, batched, as_arrays
 
 
+def _padding_extra_rows(inputs, ids, batched, who):
+    """{name: rows} of the fields besides the mask that :meth:`Tokenizer.pad` pads, as transformers':
+    ``token_type_ids`` and ``special_tokens_mask``, when given; each row as long as its ids."""
+    extra = {}
+    for name in ("token_type_ids", "special_tokens_mask"):
+        if inputs.get(name) is None:
+            continue
+        values = _from_tensor(inputs[name])
+        rows = [_as_id_list(row, who) for row in (values if batched else [values])]
+        if [len(r) for r in rows] != [len(r) for r in ids]:
+            raise ValueError(f"{who}: {name} rows of lengths {[len(r) for r in rows]} do not match the "
+                             f"input_ids rows of lengths {[len(r) for r in ids]}")
+        extra[name] = rows
+    return extra
+
+
 def _strategy(table, value, name, who, options):
     """``table[value]``, or a ValueError naming ``value`` and the ``options``."""
     try:
@@ -328,17 +365,82 @@ def _check_side(value, name):
     return value
 
 
-def _check_call_texts(text, who):
+def _check_call_texts(text, who, name="text"):
     """The texts of a call, and whether a batch (a list or tuple of str) was given."""
     if isinstance(text, str):
         return [text], False
     if not isinstance(text, (list, tuple)):
-        raise TypeError(f"{who}: expected a str or a list of str, got {type(text).__name__}")
+        raise TypeError(f"{who}: {name} must be a str or a list of str, got {type(text).__name__}")
     for i, t in enumerate(text):
         if not isinstance(t, str):
-            raise TypeError(f"{who}: text[{i}] must be a str, got {type(t).__name__} (pre-split words, "
+            raise TypeError(f"{who}: {name}[{i}] must be a str, got {type(t).__name__} (pre-split words, "
                             "is_split_into_words, are not supported: join them into one str)")
     return list(text), True
+
+
+def _check_pairs(text_pair, texts, batched, who):
+    """The second text of each pair (None: no pair), as transformers pairs ``text_pair`` with ``text``:
+    a list of as many str for a batch, one str for one text (an empty one is no pair, as there)."""
+    if text_pair is None:
+        return [None] * len(texts)
+    if not batched:
+        if not isinstance(text_pair, str):
+            raise TypeError(f"{who}: text is one str, so text_pair must be one str, got {type(text_pair).__name__}")
+        return [text_pair or None]
+    if isinstance(text_pair, str):
+        raise TypeError(f"{who}: text is a batch of {len(texts)}, so text_pair must be a list of as many str, "
+                        "got a str")
+    pairs, _ = _check_call_texts(text_pair, who, "text_pair")
+    if len(pairs) != len(texts):
+        raise ValueError(f"{who}: text has {len(texts)} texts but text_pair has {len(pairs)}")
+    return pairs
+
+
+def _cut(segment, n, side):
+    """Keep ``n`` tokens of ``segment`` ((ids, offsets or None)), dropping the rest on ``side``."""
+    ids, offsets = segment
+    if len(ids) <= n:
+        return segment
+    keep = slice(len(ids) - n, None) if side == "left" else slice(0, n)
+    return ids[keep], None if offsets is None else offsets[keep]
+
+
+def _longest_first(n1, n2, limit):
+    """How many tokens of each text of a pair truncation="longest_first" keeps, as the tokenizers
+    library: the longer text loses tokens first, down to half of ``limit`` each."""
+    swap = n1 > n2
+    if swap:
+        n1, n2 = n2, n1
+    n2 = n1 if n1 > limit else max(n1, limit - n1)
+    if n1 + n2 > limit:
+        n1 = limit // 2
+        n2 = n1 + limit % 2
+    return (n2, n1) if swap else (n1, n2)
+
+
+def _truncate(first, second, strategy, limit, side, who):
+    """Cut a text's segment (and its pair's, or None) to ``limit`` tokens in all, as transformers'
+    ``truncation`` strategies: "longest_first", "only_first", "only_second"."""
+    if limit == 0:
+        return _cut(first, 0, side), None if second is None else _cut(second, 0, side)
+    if second is None:
+        if strategy == "only_second" and len(first[0]) > limit:
+            raise ValueError(f"{who}: truncation='only_second' cuts the second text of a pair, but no text_pair "
+                             f"was given and the text is {len(first[0])} tokens long (max_length {limit})")
+        return _cut(first, limit, side), None
+    n1, n2 = len(first[0]), len(second[0])
+    excess = n1 + n2 - limit
+    if excess <= 0:
+        return first, second
+    if strategy == "longest_first":
+        k1, k2 = _longest_first(n1, n2, limit)
+    else:
+        which, n = ("first", n1) if strategy == "only_first" else ("second", n2)
+        if n <= excess:
+            raise ValueError(f"{who}: truncation={strategy!r}: the {which} text has {n} tokens, too few to drop "
+                             f"the {excess} that max_length {limit} asks for (transformers raises here too)")
+        k1, k2 = (n1 - excess, n2) if strategy == "only_first" else (n1, n2 - excess)
+    return _cut(first, k1, side), _cut(second, k2, side)
 
 
 def _check_length(value, name, who):
@@ -348,13 +450,12 @@ def _check_length(value, name, who):
 
 
 def _model_max_length(value, who):
-    """A model_max_length from a file or an argument, checked; transformers' "no limit" (1e30,
-    a float in JSON) -> None."""
+    """A model_max_length from a file or an argument, checked, as an int; None (no limit known) ->
+    transformers' :data:`VERY_LARGE_INTEGER`, as is a float such as 1e30 (what JSON may hold)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, (int, np.integer)) and value >= _NO_LIMIT:
-        value = None
-    return _check_length(value, "model_max_length", who)
+    value = _check_length(value, "model_max_length", who)
+    return VERY_LARGE_INTEGER if value is None else value
 
 
 def _pad_rows(rows, width, pad_value, side):
@@ -366,21 +467,22 @@ def _pad_rows(rows, width, pad_value, side):
     return padded
 
 
-def _batch_encoding(seqs, masks, return_attention_mask, return_tensors, batched, who):
-    """The :class:`BatchEncoding` of rows of ids and their masks: lists (one row's, not ``batched``)
-    or int64 arrays (B, T) with ``return_tensors``."""
-    enc = {"input_ids": seqs}
-    if return_attention_mask or return_attention_mask is None:
-        enc["attention_mask"] = masks
+def _batch_encoding(fields, return_tensors, batched, who):
+    """The :class:`BatchEncoding` of ``fields`` ({name: rows}, in :data:`_CALL_FIELDS`' order): lists
+    (one row's, not ``batched``; ``length`` stays a list, as transformers') or int64 arrays (B, T)
+    with ``return_tensors`` ((B, T, 2) for offsets, (B,) for lengths)."""
+    enc = {name: fields[name] for name in _CALL_FIELDS if name in fields}
     if return_tensors is not None:
-        enc = {name: _stack(rows, who) for name, rows in enc.items()}  # (B, T); (1, T) for one sequence
+        enc = {name: np.asarray(rows, dtype=np.int64) if name == "length" else _stack(rows, who)
+               for name, rows in enc.items()}  # (B, T); (1, T) for one sequence
     elif not batched:
-        enc = {name: rows[0] for name, rows in enc.items()}
+        enc = {name: rows if name == "length" else rows[0] for name, rows in enc.items()}
     return BatchEncoding(enc)
 
 
 def _stack(rows, who):
-    """Equal-length id lists -> an int64 array (B, T); rows of different lengths are an error."""
+    """Equal-length rows -> an int64 array (B, T) (of offsets: (B, T, 2)); rows of different lengths
+    are an error."""
     lengths = sorted({len(r) for r in rows})
     if len(lengths) > 1:
         raise ValueError(
@@ -388,7 +490,7 @@ def _stack(rows, who):
             "which cannot be one array: pass padding=True (and truncation=True, max_length=...) to make "
             "them equal, or return_tensors=None for lists"
         )
-    return np.asarray(rows, dtype=np.int64).reshape(len(rows), lengths[0] if lengths else 0)
+    return np.asarray(rows, dtype=np.int64) if rows else np.zeros((0, 0), dtype=np.int64)
 
 
 class Tokenizer:
@@ -434,7 +536,9 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens=False, clean_up_tokenization_spaces=None):
         """ids -> text. ``ids``: one sequence (a list, tuple, 1-D integer array or tensor such as
         ``out[0]``, or one int) -> a str; several (a 2-D array, a list of lists) -> a list of str,
-        as transformers' decode. ``clean_up_tokenization_spaces`` (default
+        as transformers' decode. An id the vocabulary lacks (say a sampled id of a model whose
+        embedding table was rounded up past the tokenizer's size) decodes to nothing, as in transformers
+        5; a negative id, or one of 2**32 or more, is an error. ``clean_up_tokenization_spaces`` (default
         :attr:`clean_up_tokenization_spaces`, False): apply :meth:`clean_up_tokenization` (a byte-level
         BPE refuses, with a warning, as transformers 5)."""
         clean_up = self._wants_clean_up(clean_up_tokenization_spaces)
@@ -455,8 +559,13 @@ class Tokenizer:
         return [self._decode_one(seq, skip_special_tokens, clean_up) for seq in sequences]
 
     def _decode_one(self, ids, skip_special_tokens, clean_up):
-        text = self._decode(_as_id_list(ids, f"{type(self).__name__}.decode"), skip_special_tokens)
+        ids = _check_id_range(_as_id_list(ids, f"{type(self).__name__}.decode"), f"{type(self).__name__}.decode")
+        text = self._decode([i for i in ids if self._has_id(i)], skip_special_tokens)
         return self.clean_up_tokenization(text) if clean_up else text
+
+    def _has_id(self, token_id):
+        """Whether ``token_id`` (an int) is an id of the vocabulary: decode skips any other, as transformers."""
+        return self._id_to_token(token_id) is not None
 
     def _wants_clean_up(self, clean_up_tokenization_spaces):
         """Whether decode applies :meth:`clean_up_tokenization`: as asked, else
@@ -488,12 +597,14 @@ class Tokenizer:
         return self.convert_ids_to_tokens(self.encode(text, add_special_tokens=add_special_tokens))
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens=False):
-        """An id -> its token (None for an id the vocabulary lacks, as transformers); a sequence of
-        ids -> a list of tokens, without :attr:`all_special_ids` if ``skip_special_tokens``."""
+        """An id -> its token (None for an id the vocabulary lacks, as transformers; a negative id or
+        one of 2**32 or more is an error, as there); a sequence of ids -> a list of tokens, without
+        :attr:`all_special_ids` if ``skip_special_tokens``."""
         if isinstance(ids, (int, np.integer)):
-            return self._id_to_token(int(ids))
+            return self._id_to_token(_check_id_range([int(ids)], "convert_ids_to_tokens")[0])
         skip = set(self.all_special_ids) if skip_special_tokens else set()
-        return [self._id_to_token(i) for i in _as_id_list(ids, "convert_ids_to_tokens") if i not in skip]
+        ids = _check_id_range(_as_id_list(ids, "convert_ids_to_tokens"), "convert_ids_to_tokens")
+        return [self._id_to_token(i) for i in ids if i not in skip]
 
     def convert_tokens_to_ids(self, tokens):
         """A token -> its id; a list of tokens -> a list of ids. A token the vocabulary lacks gives
@@ -530,17 +641,35 @@ class Tokenizer:
         return {}
 
     def num_special_tokens_to_add(self, pair=False):
-        """How many special tokens ``add_special_tokens=True`` adds to a text (0 for GPT-2)."""
-        if pair:
-            raise ValueError(f"{type(self).__name__}: pairs of texts are not supported")
-        return len(self._with_special_tokens([]))
+        """How many special tokens ``add_special_tokens=True`` adds to a text or a pair (0 for GPT-2)."""
+        n = len(self._with_special_tokens([]))
+        if pair and n:
+            raise ValueError(f"{type(self).__name__}: pairs of texts are not supported (the tokenizer adds special "
+                             "tokens around a text)")
+        return n
 
     # ---- calling the tokenizer: batches ----------------------------------------------------
     model_input_names = ["input_ids", "attention_mask"]  # what calling the tokenizer returns
-    model_max_length = None  # the longest input the model takes, if known (truncation=True's default)
+    @property
+    def model_max_length(self):
+        """The longest input the model takes: truncation's default length. Unknown:
+        :data:`VERY_LARGE_INTEGER` (1e30, as transformers reports; anything above 1e20 means no limit),
+        so ``min(tokenizer.model_max_length, 1024)`` works as with transformers. Setting None means unknown."""
+        return self.__dict__.get("_model_max_length", VERY_LARGE_INTEGER)
 
-    def __call__(self, text, padding=False, truncation=None, max_length=None, pad_to_multiple_of=None,
-                 return_tensors=None, return_attention_mask=True, padding_side=None, add_special_tokens=True,
+    @model_max_length.setter
+    def model_max_length(self, value):
+        self._model_max_length = _model_max_length(value, type(self).__name__)
+
+    @property
+    def _max_length_limit(self):
+        """:attr:`model_max_length` if it is a real limit, else None."""
+        return self.model_max_length if self.model_max_length <= _LARGE_INTEGER else None
+
+    def __call__(self, text=None, text_pair=None, *, text_target=None, text_pair_target=None,
+                 add_special_tokens=True, padding=False, truncation=None, max_length=None, pad_to_multiple_of=None,
+                 padding_side=None, return_tensors=None, return_token_type_ids=None, return_attention_mask=None,
+                 return_special_tokens_mask=False, return_offsets_mapping=False, return_length=False, verbose=True,
                  **unknown):
         """Encode a text or a batch of texts, as a Hugging Face tokenizer's call does.
 
@@ -555,37 +684,129 @@ class Tokenizer:
         :attr:`padding_side`, ``"right"`` unless set: a decoder-only model generating from a batch
         needs ``"left"``). ``truncation=True`` keeps ``max_length`` tokens (special ones included),
         dropping the rest on :attr:`truncation_side`'s side. Without ``max_length`` both use
-        :attr:`model_max_length` (none known: a warning, and no padding / truncation, as
-        transformers); ``max_length`` with neither padding nor truncation asked truncates, with
-        transformers' warning. ``return_tensors``: ``None`` (lists), ``"np"`` or ``"pt"`` (int64
-        ndarrays; tinyllm has no torch); sequences of different lengths are then an error.
-        ``add_special_tokens``: the tokens the tokenizer adds to each text (only
-        :class:`Seq2SeqTokenizer` adds one, the EOS).
+        :attr:`model_max_length` (none known: no padding / truncation, as transformers 5, and a
+        warning, which it does not give); ``max_length`` with neither padding nor truncation asked truncates, with
+        transformers 4's warning. ``verbose=False`` silences these warnings. ``return_tensors``:
+        ``None`` (lists), ``"np"`` or ``"pt"`` (int64 ndarrays; tinyllm has no torch); sequences of
+        different lengths are then an error. ``add_special_tokens``: the tokens the tokenizer adds to
+        each text (only :class:`Seq2SeqTokenizer` adds one, the EOS).
+
+        As transformers' fast tokenizers, on request: ``return_token_type_ids`` (0 for ``text``, 1 for
+        ``text_pair``'s tokens, 0 at padding), ``return_special_tokens_mask`` (1 at the tokens
+        ``add_special_tokens`` added and at padding), ``return_offsets_mapping`` (each token's
+        ``(start, end)`` in the characters of its text; a byte-level token holding part of a character
+        covers that whole character; ``(0, 0)`` for added special tokens and padding),
+        ``return_length`` (each row's length, padding included).
+
+        ``text_pair``: a second text for each text, encoded after it (``truncation`` "longest_first",
+        "only_first" or "only_second" choose which loses tokens); only for a tokenizer that adds no
+        special tokens (GPT-2's, a CharTokenizer). ``text_target`` (and ``text_pair_target``): the
+        texts a seq2seq model learns to produce, encoded with the same arguments; their
+        ``input_ids`` become ``labels`` (padded with the pad id, as transformers: turning padding into
+        -100 is the data collator's job). ``text_target`` alone gives the targets' encoding.
         """
         who = f"{type(self).__name__}(...)"
         if unknown:
-            raise TypeError(f"{who}: unknown argument(s) {sorted(unknown)}; it takes text, padding, truncation, "
-                            "max_length, pad_to_multiple_of, return_tensors, return_attention_mask, padding_side, "
-                            "add_special_tokens")
-        texts, batched = _check_call_texts(text, who)
+            raise TypeError(f"{who}: unknown argument(s) {sorted(unknown)}; it takes text, text_pair, text_target, "
+                            "text_pair_target, add_special_tokens, padding, truncation, max_length, "
+                            "pad_to_multiple_of, "
+                            "padding_side, return_tensors, return_token_type_ids, return_attention_mask, "
+                            "return_special_tokens_mask, return_offsets_mapping, return_length, verbose")
+        if text is None and text_target is None:
+            raise ValueError(f"{who}: give text (or text_target), got neither")
         _check_return_tensors(return_tensors)
-        pad_mode, max_length, truncate_to, pad_to_multiple_of, side = self._padding_and_truncation(
-            padding, truncation, max_length, pad_to_multiple_of, padding_side, who)
-        seqs = [self._encode_for_call(t, add_special_tokens, truncate_to, who) for t in texts]
-        masks = [[1] * len(seq) for seq in seqs]
-        seqs, masks = self._pad(seqs, masks, pad_mode, max_length, pad_to_multiple_of, side)
-        return _batch_encoding(seqs, masks, return_attention_mask, return_tensors, batched, who)
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            plan = self._padding_and_truncation(padding, truncation, max_length, pad_to_multiple_of, padding_side, who)
+        wanted = dict(token_type_ids=bool(return_token_type_ids), special_tokens_mask=return_special_tokens_mask,
+                      offset_mapping=return_offsets_mapping, length=return_length,
+                      attention_mask=return_attention_mask is None or bool(return_attention_mask))
+        how = dict(add_special_tokens=add_special_tokens, plan=plan, wanted=wanted, return_tensors=return_tensors,
+                   verbose=verbose, who=who)
+        enc = None if text is None else self._call_one(text, text_pair, **how)
+        if text_target is None:
+            return enc
+        targets = self._call_one(text_target, text_pair_target, **how)
+        if enc is None:
+            return targets
+        enc["labels"] = targets["input_ids"]
+        return enc
 
-    def _pad(self, seqs, masks, pad_mode, max_length, pad_to_multiple_of, side):
-        """Pad the rows of ids (with :attr:`pad_token_id`) and of their masks (with 0) to the
-        longest row (``pad_mode`` "longest") or to ``max_length`` ("max_length"), then up to a
-        multiple of ``pad_to_multiple_of``; ``pad_mode`` None leaves them as they are."""
+    def _call_one(self, text, text_pair, add_special_tokens, plan, wanted, return_tensors, verbose, who):
+        """The :class:`BatchEncoding` of ``text`` (and its ``text_pair``), encoded, truncated and padded as
+        ``plan`` says (:meth:`_padding_and_truncation`), holding the fields ``wanted`` says."""
+        texts, batched = _check_call_texts(text, who)
+        pairs = _check_pairs(text_pair, texts, batched, who)
+        pad_mode, max_length, truncation, pad_to_multiple_of, side = plan
+        rows = [self._encode_row(t, pair, add_special_tokens, truncation, max_length, wanted["offset_mapping"], who)
+                for t, pair in zip(texts, pairs)]
+        if verbose and max_length is None:
+            self._warn_if_too_long(max((len(row["input_ids"]) for row in rows), default=0))
+        names = [name for name in _CALL_FIELDS if name == "input_ids" or (name != "length" and wanted[name])]
+        fields = self._pad({name: [row[name] for row in rows] for name in names}, pad_mode, max_length,
+                           pad_to_multiple_of, side)
+        if wanted["length"]:
+            fields["length"] = [len(ids) for ids in fields["input_ids"]]
+        return _batch_encoding(fields, return_tensors, batched, who)
+
+    def _warn_if_too_long(self, length):
+        """transformers' warning when a call gives a sequence longer than :attr:`model_max_length`."""
+        limit = self._max_length_limit
+        if limit is not None and length > limit:
+            warnings.warn(f"Token indices sequence length is longer than the specified maximum sequence length for "
+                          f"this model ({length} > {limit}). Running this sequence through the model will result in "
+                          "indexing errors", stacklevel=4)
+
+    def _encode_row(self, text, pair, add_special_tokens, truncation, max_length, with_offsets, who):
+        """One row of a call: ``text``'s (and ``pair``'s) tokens, cut as ``truncation`` says to
+        ``max_length`` counting the special tokens (which are kept, as transformers does), then those
+        added -> {field: list}."""
+        first = self._segment(text, with_offsets)
+        second = None if pair is None else self._segment(pair, with_offsets)
+        prefix, suffix = self._special_tokens_around() if add_special_tokens else ([], [])
+        if second is not None and (prefix or suffix):
+            raise ValueError(f"{who}: text_pair is not supported by {type(self).__name__}, which adds special tokens "
+                             "around a text")
+        if truncation is not None:
+            limit = max_length - len(prefix) - len(suffix)
+            if limit < 0:
+                raise ValueError(f"{who}: max_length={max_length} leaves no room for the {len(prefix) + len(suffix)} "
+                                 "special token(s) that add_special_tokens=True adds")
+            first, second = _truncate(first, second, truncation, limit, self.truncation_side, who)
+        (ids, offsets), (ids2, offsets2) = first, second or ([], [])
+        n, n2, n_special = len(ids), len(ids2), len(prefix) + len(suffix)
+        row = {"input_ids": prefix + ids + ids2 + suffix, "attention_mask": [1] * (n + n2 + n_special),
+               "token_type_ids": [0] * (len(prefix) + n) + [1] * n2 + [0] * len(suffix),
+               "special_tokens_mask": [1] * len(prefix) + [0] * (n + n2) + [1] * len(suffix)}
+        if with_offsets:
+            row["offset_mapping"] = [(0, 0)] * len(prefix) + offsets + offsets2 + [(0, 0)] * len(suffix)
+        return row
+
+    def _segment(self, text, with_offsets):
+        """``text``'s ids without the tokens the tokenizer adds, and (``with_offsets``) each one's
+        ``(start, end)`` in ``text``'s characters, else None."""
+        if not with_offsets:
+            return self._encode_plain(text), None
+        _check_text(text, f"{type(self).__name__}(...)")
+        ids, offsets = self._encode_with_offsets(text)
+        return ids, offsets
+
+    def _encode_with_offsets(self, text):
+        """``text`` -> (ids without added special tokens, their ``(start, end)`` character offsets)."""
+        raise NotImplementedError(f"{type(self).__name__} does not give offsets")
+
+    def _pad(self, fields, pad_mode, max_length, pad_to_multiple_of, side):
+        """Pad each row of each field ({name: rows}; input_ids with :attr:`pad_token_id`, the others
+        with :data:`_PAD_VALUES`) to the longest row (``pad_mode`` "longest") or to ``max_length``
+        ("max_length"), then up to a multiple of ``pad_to_multiple_of``; ``pad_mode`` None leaves them."""
         if pad_mode is None:
-            return seqs, masks
-        width = max(map(len, seqs), default=0) if pad_mode == "longest" else max_length
+            return fields
+        width = max(map(len, fields["input_ids"]), default=0) if pad_mode == "longest" else max_length
         if pad_to_multiple_of is not None:
             width = -(-width // pad_to_multiple_of) * pad_to_multiple_of  # round up
-        return _pad_rows(seqs, width, self.pad_token_id, side), _pad_rows(masks, width, 0, side)
+        pad_values = {**_PAD_VALUES, "input_ids": self.pad_token_id}
+        return {name: _pad_rows(rows, width, pad_values[name], side) for name, rows in fields.items()}
 
     def pad(self, encoded_inputs, padding=True, max_length=None, pad_to_multiple_of=None, padding_side=None,
             return_attention_mask=None, return_tensors=None):
@@ -595,7 +816,8 @@ class Tokenizer:
         one per sequence. ``padding`` (default True: to the longest) and the other arguments as in
         :meth:`__call__`; nothing is truncated, and ids given as arrays come back as arrays. Returns
         a :class:`BatchEncoding` of ``input_ids``, ``attention_mask`` (the given one padded with 0,
-        else 1 at the ids and 0 at the padding) and any other key as given (e.g. ``labels``)."""
+        else 1 at the ids and 0 at the padding), ``token_type_ids`` and ``special_tokens_mask`` if
+        given (padded with 0 and 1, as transformers) and any other key as given (e.g. ``labels``)."""
         who = f"{type(self).__name__}.pad"
         _check_return_tensors(return_tensors)
         inputs = _padding_inputs(encoded_inputs, who)
@@ -604,22 +826,24 @@ class Tokenizer:
             return_tensors = "np"  # arrays in, arrays out, as transformers
         pad_mode, max_length, _, pad_to_multiple_of, side = self._padding_and_truncation(
             padding, False, max_length, pad_to_multiple_of, padding_side, who)
-        ids, masks = self._pad(ids, masks, pad_mode, max_length, pad_to_multiple_of, side)
-        enc = _batch_encoding(ids, masks, return_attention_mask, return_tensors, True, who)
+        fields = {"input_ids": ids, "attention_mask": masks, **_padding_extra_rows(inputs, ids, batched, who)}
+        fields = self._pad(fields, pad_mode, max_length, pad_to_multiple_of, side)
+        if not (return_attention_mask or return_attention_mask is None):
+            del fields["attention_mask"]
+        enc = _batch_encoding(fields, return_tensors, True, who)
         if not batched:
             enc = BatchEncoding({name: rows[0] for name, rows in enc.items()})  # one sequence: (T,) or a list
-        enc.update({name: value for name, value in inputs.items() if name not in ("input_ids", "attention_mask")})
+        enc.update({name: value for name, value in inputs.items() if name not in fields and name != "attention_mask"})
         return enc
 
     def _padding_and_truncation(self, padding, truncation, max_length, pad_to_multiple_of, padding_side, who):
         """transformers' ``_get_padding_truncation_strategies``: -> (None / "longest" / "max_length",
-        max_length (model_max_length if not given), the length to truncate to or None,
-        pad_to_multiple_of, the padding side)."""
+        max_length (model_max_length if not given), the truncation strategy ("longest_first",
+        "only_first", "only_second") or None, pad_to_multiple_of, the padding side)."""
         pad_mode = _strategy(_PADDING, padding, "padding", who,
                              "True, False, 'longest', 'max_length' or 'do_not_pad'")
         truncate = _strategy(_TRUNCATION, truncation, "truncation", who,
-                             "True, False, 'longest_first', 'only_first' or 'do_not_truncate' ('only_second' "
-                             "needs pairs of texts, which tinyllm's tokenizers do not take)")
+                             "True, False, 'longest_first', 'only_first', 'only_second' or 'do_not_truncate'")
         max_length = _check_length(max_length, "max_length", who)
         pad_to_multiple_of = _check_length(pad_to_multiple_of, "pad_to_multiple_of", who)
         if pad_to_multiple_of == 0:
@@ -629,7 +853,7 @@ class Tokenizer:
             warnings.warn("Truncation was not explicitly activated but `max_length` is provided a specific value, "
                           "please use `truncation=True` to explicitly truncate examples to max length. "
                           "Defaulting to truncation.", stacklevel=3)
-            truncate = True
+            truncate = "longest_first"
         if padding is True and max_length is not None and not truncate:
             warnings.warn("`max_length` is ignored when `padding`=`True` and there is no truncation strategy. "
                           "To pad to max length, use `padding='max_length'`.", stacklevel=3)
@@ -644,42 +868,33 @@ class Tokenizer:
                 and max_length % pad_to_multiple_of):
             raise ValueError(f"{who}: truncation and padding are both on, but the truncation length ({max_length}) "
                              f"is not a multiple of pad_to_multiple_of ({pad_to_multiple_of})")
-        return pad_mode, max_length, (max_length if truncate else None), pad_to_multiple_of, side
+        return pad_mode, max_length, truncate, pad_to_multiple_of, side
 
     def _model_max_length_default(self, pad_mode, truncate, who):
         """Padding to max_length or truncation without a max_length: :attr:`model_max_length`, or,
         when unknown, a warning and neither (as transformers, whose limit is then 1e30).
         -> (pad_mode, truncate, max_length)."""
-        limit = _check_length(self.model_max_length, "model_max_length", who)
+        limit = self._max_length_limit
         if limit is not None:
             return pad_mode, truncate, limit
         what = "pad to max_length" if pad_mode == "max_length" else "truncate"
         warnings.warn(f"{who}: asked to {what} but max_length is not given and the tokenizer has no "
                       "model_max_length: no padding to max_length / no truncation. Pass max_length=...",
                       stacklevel=4)
-        return (None if pad_mode == "max_length" else pad_mode), False, None
-
-    def _encode_for_call(self, text, add_special_tokens, truncate_to, who):
-        """One text's ids for :meth:`__call__`: cut to ``truncate_to`` ids counting the special
-        tokens (which are kept, as transformers does), then the special tokens added."""
-        ids = self._encode_plain(text)
-        n_special = len(self._with_special_tokens([])) if add_special_tokens else 0
-        if truncate_to is not None:
-            keep = truncate_to - n_special
-            if keep < 0:
-                raise ValueError(f"{who}: max_length={truncate_to} leaves no room for the {n_special} special "
-                                 "token(s) that add_special_tokens=True adds")
-            if len(ids) > keep:
-                ids = ids[len(ids) - keep:] if self.truncation_side == "left" else ids[:keep]
-        return self._with_special_tokens(ids) if add_special_tokens else ids
+        return (None if pad_mode == "max_length" else pad_mode), None, None
 
     def _encode_plain(self, text):
         """``text``'s ids without the special tokens the tokenizer adds (see :meth:`_with_special_tokens`)."""
         return self.encode(text, add_special_tokens=False)
 
     def _with_special_tokens(self, ids):
-        """The ids with the special tokens the tokenizer adds around a text: none by default (as GPT-2)."""
-        return list(ids)
+        """The ids with the special tokens the tokenizer adds around a text (:meth:`_special_tokens_around`)."""
+        prefix, suffix = self._special_tokens_around()
+        return prefix + list(ids) + suffix
+
+    def _special_tokens_around(self):
+        """(ids before, ids after) a text that ``add_special_tokens=True`` adds: none by default (as GPT-2)."""
+        return [], []
 
     @property
     def padding_side(self):
@@ -766,7 +981,7 @@ class Tokenizer:
         for name in ("padding_side", "truncation_side"):
             if getattr(self, name) != "right":
                 fields[name] = getattr(self, name)
-        if self.model_max_length is not None:
+        if self._max_length_limit is not None:
             fields["model_max_length"] = self.model_max_length
         for name in ("bos_token", "unk_token"):
             if f"_{name}" in self.__dict__:  # set, rather than the default (the eos token)
@@ -785,7 +1000,7 @@ class Tokenizer:
                 setattr(self, name, d[name])
         if d.get("clean_up_tokenization_spaces") is not None:
             self.clean_up_tokenization_spaces = bool(d["clean_up_tokenization_spaces"])
-        self.model_max_length = _model_max_length(d.get("model_max_length"), type(self).__name__)
+        self.model_max_length = d.get("model_max_length")
         return self
 
     # ---- chat ----------------------------------------------------------------------------
@@ -1179,6 +1394,20 @@ class CharTokenizer(Tokenizer):
             start += len(piece)
         return ids
 
+    def _encode_with_offsets(self, text):
+        """``text`` -> (its ids, each token's ``(start, end)`` character offsets: one character, or an
+        added token's characters)."""
+        ids, offsets, start = [], [], 0
+        for piece, token_id in self._split_added(text, self._special_re):
+            if token_id is not None:
+                ids.append(token_id)
+                offsets.append((start, start + len(piece)))
+            else:
+                ids.extend(self._encode_chars(piece, start))
+                offsets.extend((start + i, start + i + 1) for i in range(len(piece)))
+            start += len(piece)
+        return ids, offsets
+
     def _encode_chars(self, text, start):
         """The ids of ``text``'s characters; ``start``: where ``text`` begins in what was encoded."""
         stoi = self._stoi
@@ -1192,10 +1421,6 @@ class CharTokenizer(Tokenizer):
             ) from None
 
     def _decode(self, ids, skip_special_tokens):
-        n = len(self._itos)
-        bad = next((i for i in ids if not 0 <= i < n), None)
-        if bad is not None:
-            raise ValueError(f"CharTokenizer.decode: id {bad} is out of range for vocab_size {n}")
         if skip_special_tokens and self._special_ids:
             ids = [i for i in ids if i not in self._special_ids]
         itos = self._itos
@@ -1203,6 +1428,9 @@ class CharTokenizer(Tokenizer):
 
     def _token_to_id(self, token):
         return self.special_tokens.get(token, self.added_tokens.get(token, self._stoi.get(token)))
+
+    def _has_id(self, token_id):
+        return 0 <= token_id < len(self._itos)
 
     def _id_to_token(self, token_id):
         return self._itos[token_id] if 0 <= token_id < len(self._itos) else None
@@ -1415,6 +1643,9 @@ class BPETokenizer(Tokenizer):
             return self.added_tokens[token]
         return self._ordinary_token_id(token)
 
+    def _has_id(self, token_id):
+        return token_id in self._decoder
+
     def _id_to_token(self, token_id):
         if token_id in self._special_ids:
             return next(s for s, i in self.special_tokens.items() if i == token_id)
@@ -1497,18 +1728,50 @@ class BPETokenizer(Tokenizer):
 
     def _encode_ordinary(self, text):
         ids = []
-        cache = self._cache
         for chunk in self._split_re.findall(text):
-            chunk_ids = cache.get(chunk)
-            if chunk_ids is None:
-                chunk_ids = self._bpe([self._byte_ids[b] for b in chunk.encode("utf-8")])
-                cache[chunk] = chunk_ids
-                if len(cache) > self._cache_size:
-                    cache.popitem(last=False)
-            else:
-                cache.move_to_end(chunk)
-            ids.extend(chunk_ids)
+            ids.extend(self._encode_chunk(chunk))
         return ids
+
+    def _encode_chunk(self, chunk):
+        """The ids of one pre-tokenizer chunk, from the cache or by :meth:`_bpe`."""
+        cache = self._cache
+        chunk_ids = cache.get(chunk)
+        if chunk_ids is None:
+            chunk_ids = self._bpe([self._byte_ids[b] for b in chunk.encode("utf-8")])
+            cache[chunk] = chunk_ids
+            if len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(chunk)
+        return chunk_ids
+
+    def _encode_with_offsets(self, text, allowed_special="all"):
+        """``text`` -> (its ids, as :meth:`encode`, and each token's ``(start, end)`` in ``text``'s
+        characters, as transformers' fast tokenizer gives them)."""
+        ids, offsets, start = [], [], 0
+        for piece, token_id in self._split_added(text, self._special_re_for(allowed_special)):
+            if token_id is not None:
+                ids.append(token_id)
+                offsets.append((start, start + len(piece)))
+            else:
+                for match in self._split_re.finditer(piece):
+                    chunk_ids = self._encode_chunk(match.group())
+                    ids.extend(chunk_ids)
+                    offsets.extend(self._chunk_offsets(match.group(), chunk_ids, start + match.start()))
+            start += len(piece)
+        return ids, offsets
+
+    def _chunk_offsets(self, chunk, chunk_ids, start):
+        """The character offsets of ``chunk``'s tokens, ``chunk`` beginning at character ``start``: a token
+        covers the characters its bytes belong to, so the three tokens of "日"'s three bytes each get
+        that one character, as in the tokenizers library."""
+        char_of_byte = [i for i, c in enumerate(chunk) for _ in c.encode("utf-8")]
+        offsets, b = [], 0
+        for token_id in chunk_ids:
+            n = len(self._vocab[token_id])  # (its bytes)
+            offsets.append((start + char_of_byte[b], start + char_of_byte[b + n - 1] + 1))
+            b += n
+        return offsets
 
     def _bpe(self, ids):
         """Merge the lowest-ranked adjacent pair everywhere, left to right, until none is left."""
@@ -1528,12 +1791,7 @@ class BPETokenizer(Tokenizer):
         decoder = self._decoder
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._special_ids]
-        try:
-            data = b"".join([decoder[i] for i in ids])
-        except KeyError:
-            bad = next(i for i in ids if i not in decoder)
-            raise ValueError(f"BPETokenizer.decode: id {bad} is not in the vocabulary "
-                             f"(vocab_size {self.vocab_size})") from None
+        data = b"".join([decoder[i] for i in ids])
         # A sequence cut mid-character (e.g. by sampling) holds invalid UTF-8: show U+FFFD.
         return data.decode("utf-8", errors="replace")
 
@@ -1748,7 +2006,7 @@ class BPETokenizer(Tokenizer):
             "padding_side": self.padding_side,
             "truncation_side": self.truncation_side,
         }
-        if self.model_max_length is not None:
+        if self._max_length_limit is not None:
             config["model_max_length"] = self.model_max_length
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
@@ -1954,7 +2212,7 @@ def _hf_eos_token(directory, specials):
 def _with_hf_padding(tokenizer, directory):
     """The settings of a Hugging Face directory's ``tokenizer_config.json`` (or
     ``special_tokens_map.json`` for the special tokens): ``pad_token``, ``padding_side``,
-    ``truncation_side``, ``model_max_length`` (transformers' 1e30 meaning "no limit" -> None), and
+    ``truncation_side``, ``model_max_length`` (none, or transformers' 1e30: no limit), and
     ``bos_token`` / ``unk_token`` when they are tokens of the vocabulary (transformers would add
     a token otherwise; tinyllm keeps its default, the eos token). ``clean_up_tokenization_spaces``
     is not read: transformers 5 does not apply it to a BPE either."""
@@ -2266,8 +2524,13 @@ class Seq2SeqTokenizer(Tokenizer):
     def _encode_plain(self, text):
         return self.encode(text, add_special_tokens=False)
 
-    def _with_special_tokens(self, ids):
-        return list(ids) + [self.eos_token_id]  # as encode: the text, then EOS
+    def _special_tokens_around(self):
+        return [], [self.eos_token_id]  # as encode: the text, then EOS
+
+    def _encode_with_offsets(self, text):
+        if isinstance(self.base, BPETokenizer):
+            return self.base._encode_with_offsets(text, allowed_special="none")  # as encode
+        return self.base._encode_with_offsets(text)
 
     def encode(self, text, return_tensors=None, add_special_tokens=True, **call_kwargs):
         """``text`` -> its ids followed by EOS (without it if ``add_special_tokens=False``);
@@ -2291,11 +2554,10 @@ class Seq2SeqTokenizer(Tokenizer):
             texts = [texts]
         return self(list(texts), padding=True, padding_side="right", return_tensors="np")["input_ids"]
 
+    def _has_id(self, token_id):
+        return token_id in self._special or self.base._has_id(token_id)
+
     def _decode(self, ids, skip_special_tokens):
-        n = self.vocab_size
-        bad = next((i for i in ids if not 0 <= i < n), None)
-        if bad is not None:
-            raise ValueError(f"Seq2SeqTokenizer.decode: id {bad} is out of range for vocab_size {n}")
         parts, run = [], []
         for i in ids:
             if i in self._special:

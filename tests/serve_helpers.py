@@ -8,6 +8,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from tinyllm import GPT, GPTConfig
 from tinyllm.tokenizers import BPETokenizer, CharTokenizer, shakespeare_chat_template
@@ -111,3 +112,30 @@ def reference(model, tokenizer, prompt, max_tokens, temperature=1.0, top_p=1.0, 
                          top_p=top_p, top_k=top_k or model.config.vocab_size, seed=seed)
     new = out[0, ids.shape[1]:]
     return tokenizer.decode(new), new.tolist()
+
+
+# --- module-scoped fixtures a test file imports (``from serve_helpers import char_dir, server, ...``):
+# a char-level model directory, a server on it, an openai client, and the model loaded beside it
+
+@pytest.fixture(scope="module")
+def char_dir(tmp_path_factory):
+    return save_char_model(tmp_path_factory.mktemp("char"))
+
+
+@pytest.fixture(scope="module")
+def server(char_dir):
+    with ServerThread(char_dir) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.client()
+
+
+@pytest.fixture(scope="module")
+def ref(char_dir):
+    """The model and tokenizer loaded separately (for model.generate while the server is idle)."""
+    from tinyllm import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(char_dir), AutoTokenizer.from_pretrained(char_dir)

@@ -6,25 +6,7 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
-from serve_helpers import ServerThread, save_char_model  # noqa: E402
-
-from tinyllm import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def char_dir(tmp_path_factory):
-    return save_char_model(tmp_path_factory.mktemp("char"))
-
-
-@pytest.fixture(scope="module")
-def client(char_dir):
-    with ServerThread(char_dir) as s:
-        yield s.client()
-
-
-@pytest.fixture(scope="module")
-def ref(char_dir):
-    return AutoModelForCausalLM.from_pretrained(char_dir), AutoTokenizer.from_pretrained(char_dir)
+from serve_helpers import char_dir, client, ref, server  # noqa: E402,F401  (fixtures)
 
 
 def penalised_greedy(model, prompt_ids, n, frequency=0.0, presence=0.0, bias=None):

@@ -8,20 +8,9 @@ import pytest
 pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
-from serve_helpers import ServerThread, save_char_model  # noqa: E402
+from serve_helpers import char_dir, server  # noqa: E402,F401  (fixtures)
 
 from tinyllm import AutoTokenizer  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def char_dir(tmp_path_factory):
-    return save_char_model(tmp_path_factory.mktemp("char"))
-
-
-@pytest.fixture(scope="module")
-def server(char_dir):
-    with ServerThread(char_dir) as s:
-        yield s
 
 
 def post(server, path, body):

@@ -955,6 +955,9 @@ class ValuesIndices(tuple):
     values = property(lambda self: self[0])
     indices = property(lambda self: self[1])
 
+    def __repr__(self):
+        return f"ValuesIndices(\nvalues={self[0]!r},\nindices={self[1]!r})"
+
 
 class _HookHandle:
     def __init__(self, hooks, hook):
